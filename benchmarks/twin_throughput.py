@@ -1,0 +1,117 @@
+"""Throughput of the twin's compiled kernel against a plain-numpy Euler-Maruyama baseline.
+
+Both run in this process on the same network and inputs, so the ratio is meaningful on a noisy
+machine.  Scenarios (issue "numerical twin"):
+
+* A: the 784-input 64/10 all-to-all network, 10,000 trajectories, 200 steps;
+* B: the 8-wide 4-deep layered network, 250 inputs x 1,000 samples, 1,000 steps.
+
+The baseline is what one would write in numpy: float32 state, ``X @ C`` through (threaded)
+OpenBLAS, ``Generator.standard_normal(dtype=float32)``; it runs a slice of the same work (fewer
+steps) and its rate is reported per neuron update, which does not depend on the slice.
+
+Usage: ``python benchmarks/twin_throughput.py [--json] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from sim_backend import twin
+from tc_hw import Params, layered, thermo_gd_network
+
+PEAK_SGEMM_FLOPS = 190e9  # this machine's float32 sgemm peak on 2 cores (DEVELOPERS.md)
+
+
+def numpy_baseline(params: Params, inputs, n_samples: int, n_steps: int, dt: float, seed: int = 0) -> float:
+    """Plain-numpy Euler-Maruyama; returns seconds for ``n_steps`` steps of all trajectories."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    field = np.repeat(params.field(inputs), n_samples, axis=0).astype(f32)
+    c = params.coupling_matrix().astype(f32)
+    q2, s3, r4 = (f32(2) * params.quadratic).astype(f32), (3 * params.cubic).astype(f32), (4 * params.quartic).astype(f32)
+    x = np.zeros_like(field)
+    mu_dt, sigma = f32(params.mobility * dt), f32(np.sqrt(2 * params.mobility * params.kT * dt))
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        force = field - x * (q2 + x * (s3 + r4 * x)) - x @ c
+        x = x + mu_dt * force + sigma * rng.standard_normal(x.shape, dtype=f32)
+    return time.perf_counter() - t0
+
+
+def scenario(name, params, inputs, n_samples, n_steps, baseline_steps, dt=1e-3):
+    n = params.network.n_nodes
+    updates = len(inputs) * n_samples * n * n_steps
+    twin.sample_reset(params, inputs[:2], dt * 2, 2, dt=dt)  # compile / load the cached kernel
+    t0 = time.perf_counter()
+    twin.sample_reset(params, inputs, dt * n_steps, n_samples, dt=dt, nodes=params.network.outputs)
+    seconds = time.perf_counter() - t0
+    base_s = numpy_baseline(params, inputs, n_samples, baseline_steps, dt)
+    base_rate = len(inputs) * n_samples * n * baseline_steps / base_s
+    rate = updates / seconds
+    # coupling flops actually executed by the kernel: dense product (2 N^2) or CSR (2 nnz)
+    dense = params.network.n_edges / max(1, n * (n - 1) / 2) > 0.5 and n >= 16
+    n_pad = n + (n & 1)
+    flops_per_traj_step = 2 * n_pad * n_pad if dense else 4 * params.network.n_edges
+    flops_per_traj_step += 8 * n_pad  # local force and update
+    flops = flops_per_traj_step * len(inputs) * n_samples * n_steps
+    return {
+        "scenario": name,
+        "nodes": n,
+        "trajectories": len(inputs) * n_samples,
+        "steps": n_steps,
+        "twin": {"seconds": seconds, "neuron_updates_per_s": rate},
+        "numpy": {"seconds_for_steps": base_s, "steps": baseline_steps, "neuron_updates_per_s": base_rate},
+        "ratio": rate / base_rate,
+        "kernel_gflops": flops / seconds / 1e9,
+        "fraction_of_sgemm_peak": flops / seconds / PEAK_SGEMM_FLOPS,
+        "coupling_path": "dense" if dense else "sparse",
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="one JSON object per scenario")
+    ap.add_argument("--quick", action="store_true", help="smaller B (for smoke tests)")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+
+    net_a = thermo_gd_network()
+    params_a = Params.uniform(
+        net_a, 1, 0, 1, coupling=rng.normal(0, 0.3, net_a.n_edges), crossbar=rng.normal(0, 0.05, net_a.n_crossbar)
+    )
+    inputs_a = rng.normal(size=(10000, 784))
+    net_b = layered(8, 4, 1)
+    params_b = Params.uniform(
+        net_b, 10, 0, 10, coupling=rng.normal(0, 1, net_b.n_edges), crossbar=rng.normal(0, 3, net_b.n_crossbar)
+    )
+    inputs_b = np.linspace(0, 1, 250)[:, None]
+    results = [
+        scenario("A: 784-input 64/10 all-to-all, 10,000 x 200 steps", params_a, inputs_a, 1, 200, 50),
+        scenario(
+            "B: layered 8x4, 250 inputs x 1,000 samples x 1,000 steps",
+            params_b,
+            inputs_b,
+            100 if args.quick else 1000,
+            1000,
+            20,
+        ),
+    ]
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(
+                f"{r['scenario']}: twin {r['twin']['neuron_updates_per_s']:.3g} updates/s, numpy "
+                f"{r['numpy']['neuron_updates_per_s']:.3g}/s, ratio {r['ratio']:.1f}, "
+                f"{r['kernel_gflops']:.1f} GFLOP/s ({100 * r['fraction_of_sgemm_peak']:.0f} % of sgemm peak)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The compiled Langevin kernel (numba): the twin's hot loop.
+
+Trajectories are processed in blocks of ``LANES`` independent lanes; within a block every array
+is laid out ``(node, lane)`` so that each inner loop runs over lanes and vectorises (AVX2: 8
+float32 lanes).  Per step the kernel computes the coupling force (a register-blocked dense product for
+dense graphs, a CSR loop for sparse ones), the local force ``-(2Q x + 3S x^2 + 4R x^3)`` plus the
+precomputed field ``B - I W``, draws the Gaussians (:mod:`sim_backend.rng`) and updates the
+state, all in one pass over the block, which stays in L1/L2 cache.
+
+Blocks are spread over threads with ``prange``.  Padding lanes (past the last trajectory) are
+computed and discarded, so every trajectory runs through exactly the same code path and the
+result of a trajectory is bitwise independent of the block it lands in and of the thread count.
+That is why the dense product is not a BLAS call: BLAS kernels round a column differently
+depending on its position in the matrix, which would make results depend on batch size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .rng import gauss_pair
+
+LANES = 128
+
+
+@njit(fastmath=True, cache=True)
+def _dense_product(c, xt, gt):
+    """``gt[b, i] = sum_j c[i, j] xt[b, j]`` for one block; rows of ``c`` in pairs, lanes in fours.
+
+    The sum over ``j`` is vectorised the same way for every lane, so each lane's result depends
+    only on its own data.  Shapes: ``c`` (Np, Np), ``xt`` and ``gt`` (LANES, Np), Np even.
+    """
+    n = c.shape[0]
+    for b in range(0, LANES, 4):
+        for i in range(0, n, 2):
+            a0 = a1 = a2 = a3 = e0 = e1 = e2 = e3 = xt[0, 0] - xt[0, 0]  # zero of xt's dtype
+            for j in range(n):
+                ci = c[i, j]
+                di = c[i + 1, j]
+                x0 = xt[b, j]
+                x1 = xt[b + 1, j]
+                x2 = xt[b + 2, j]
+                x3 = xt[b + 3, j]
+                a0 += ci * x0
+                a1 += ci * x1
+                a2 += ci * x2
+                a3 += ci * x3
+                e0 += di * x0
+                e1 += di * x1
+                e2 += di * x2
+                e3 += di * x3
+            gt[b, i] = a0
+            gt[b + 1, i] = a1
+            gt[b + 2, i] = a2
+            gt[b + 3, i] = a3
+            gt[b, i + 1] = e0
+            gt[b + 1, i + 1] = e1
+            gt[b + 2, i + 1] = e2
+            gt[b + 3, i + 1] = e3
+
+
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def run_block_kernel(
+    dense,  # (Np, Np) float, dense symmetric couplings, or (0, 0) when sparse
+    indptr,  # (Np + 1,) int64 CSR row pointers (all zero when dense)
+    indices,  # (nnz,) int64
+    values,  # (nnz,) float
+    field,  # (P, Np) float: B - I @ W per input vector
+    lane_input,  # (T,) int64: input vector of each trajectory
+    states,  # (T, 4) uint32: initial xoshiro128++ states
+    a1,  # (Np,) float: 2 Q
+    a2,  # (Np,) float: 3 S
+    a3,  # (Np,) float: 4 R
+    x0,  # (Np,) float: start state
+    mu_dt,  # float: mobility * dt
+    noise_scale,  # float: sqrt(2 mobility kT dt) (EM) or half of it (LM, applied to xi_n + xi_n+1)
+    n_steps,  # int
+    obs_steps,  # (n_obs,) int64, strictly increasing, in 1..n_steps
+    obs_nodes,  # (n_o,) int64
+    scheme,  # 0: Euler-Maruyama, 1: Leimkuhler-Matthews
+    rail,  # float: |x| is clipped to rail after each step (inf: no rails)
+    out,  # (T, n_obs, n_o) float: observed states
+    final,  # (T, Np) float or (0, Np): full final state
+):
+    n_traj = lane_input.shape[0]
+    n_pad = field.shape[1]
+    n_obs = obs_steps.shape[0]
+    n_o = obs_nodes.shape[0]
+    use_dense = dense.shape[0] > 0
+    n_blocks = (n_traj + LANES - 1) // LANES
+    for blk in prange(n_blocks):
+        x = np.empty((n_pad, LANES), field.dtype)
+        f = np.empty((n_pad, LANES), field.dtype)
+        g = np.zeros((n_pad, LANES), field.dtype)  # coupling force (dense)
+        xt = np.zeros((LANES, n_pad), field.dtype)  # lane-major copies for the dense product
+        gt = np.zeros((LANES, n_pad), field.dtype)
+        xi = np.zeros((n_pad, LANES), field.dtype)  # previous noise (LM)
+        h = np.empty((n_pad, LANES), field.dtype)
+        s = np.empty((4, LANES), np.uint32)
+        for b in range(LANES):
+            t = min(blk * LANES + b, n_traj - 1)
+            p = lane_input[t]
+            for i in range(n_pad):
+                h[i, b] = field[p, i]
+                x[i, b] = x0[i]
+            for w in range(4):
+                s[w, b] = states[t, w]
+        if scheme == 1:
+            for i in range(0, n_pad, 2):
+                for b in range(LANES):
+                    z1, z2 = gauss_pair(s, b)
+                    xi[i, b] = z1
+                    xi[i + 1, b] = z2
+        k_obs = 0
+        for step in range(1, n_steps + 1):
+            if use_dense:
+                for i in range(n_pad):
+                    for b in range(LANES):
+                        xt[b, i] = x[i, b]
+                _dense_product(dense, xt, gt)
+                for b in range(LANES):
+                    for i in range(n_pad):
+                        g[i, b] = gt[b, i]
+            for i in range(n_pad):
+                c1 = a1[i]
+                c2 = a2[i]
+                c3 = a3[i]
+                if use_dense:
+                    for b in range(LANES):
+                        xv = x[i, b]
+                        f[i, b] = h[i, b] - g[i, b] - xv * (c1 + xv * (c2 + c3 * xv))
+                else:
+                    for b in range(LANES):
+                        xv = x[i, b]
+                        f[i, b] = h[i, b] - xv * (c1 + xv * (c2 + c3 * xv))
+                    for k in range(indptr[i], indptr[i + 1]):
+                        j = indices[k]
+                        c = values[k]
+                        for b in range(LANES):
+                            f[i, b] -= c * x[j, b]
+            for i in range(0, n_pad, 2):
+                if scheme == 1:
+                    for b in range(LANES):
+                        z1, z2 = gauss_pair(s, b)
+                        n1 = xi[i, b] + z1
+                        n2 = xi[i + 1, b] + z2
+                        xi[i, b] = z1
+                        xi[i + 1, b] = z2
+                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -rail), rail)
+                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -rail), rail)
+                else:
+                    for b in range(LANES):
+                        z1, z2 = gauss_pair(s, b)
+                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -rail), rail)
+                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -rail), rail)
+            if k_obs < n_obs and obs_steps[k_obs] == step:
+                for b in range(LANES):
+                    t = blk * LANES + b
+                    if t < n_traj:
+                        for q in range(n_o):
+                            out[t, k_obs, q] = x[obs_nodes[q], b]
+                k_obs += 1
+        if final.shape[0] > 0:
+            for b in range(LANES):
+                t = blk * LANES + b
+                if t < n_traj:
+                    for i in range(n_pad):
+                        final[t, i] = x[i, b]

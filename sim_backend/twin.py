@@ -1,0 +1,276 @@
+"""The numerical twin: sampling a thermodynamic computer by its overdamped Langevin dynamics.
+
+Public functions
+----------------
+:func:`sample_reset`
+    M independent runs per input vector from ``x0`` (default 0), observed at one or several
+    times (reset sampling, eq. 11 of Whitelam & Casert).
+:func:`sample_serial`
+    One continuous run per input vector, observed every ``interval`` (serial sampling, eq. 12).
+:func:`reset_moments`
+    Mean and variance of reset samples, accumulated chunk by chunk so that memory stays bounded
+    whatever ``M``.
+
+Times and ``dt`` are physical times; the drift is ``mobility * force`` and the noise has variance
+``2 mobility kT dt``.  The number of steps to an observation time ``t`` is ``round(t / dt)``.
+The trajectory of input ``p``, sample ``m`` depends only on ``(seed, p, m)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tc_hw.params import Params
+
+from . import kernel
+from .rng import stream_states
+
+__all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for"]
+
+
+@dataclass
+class Run:
+    """Result of a twin run.
+
+    ``x`` has shape (P, M, n_obs, n) (observation times on axis 2); ``heat_kT`` (P, M) is the
+    heat given to the bath over the whole run in units of kT, ``V(x0) - V(x_final)`` (exact for
+    the time-independent potential of one run; the input is switched on at ``x0`` and, from
+    ``x0 = 0``, costs no work); ``times`` the observation times.
+    """
+
+    x: np.ndarray
+    times: np.ndarray
+    nodes: np.ndarray
+    heat_kT: np.ndarray | None = None
+    final: np.ndarray | None = None
+
+
+def steps_for(t: float, dt: float) -> int:
+    """Number of steps of ``dt`` that reach time ``t`` (``round(t/dt)``, at least 1)."""
+    n = int(round(float(t) / float(dt)))
+    if n < 1 or abs(n * dt - t) > 1e-6 * max(t, dt):
+        raise ValueError(f"time {t} is not a positive multiple of dt = {dt}")
+    return n
+
+
+def _prepare(params: Params, dtype):
+    """Padded float arrays the kernel needs: dense or CSR couplings and local-force terms."""
+    n = params.network.n_nodes
+    n_pad = n + (n & 1)  # nodes are updated in pairs
+    c = np.zeros((n_pad, n_pad))
+    c[:n, :n] = params.coupling_matrix()
+    density = params.network.n_edges / max(1, n * (n - 1) / 2)
+    if density > 0.5 and n >= 16:
+        dense = np.ascontiguousarray(c, dtype=dtype)
+        indptr = np.zeros(n_pad + 1, np.int64)
+        indices = np.zeros(1, np.int64)
+        values = np.zeros(1, dtype)
+    else:
+        dense = np.zeros((0, 0), dtype)
+        nz = c != 0
+        indptr = np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64)
+        rows, cols = np.nonzero(nz)
+        indices = np.ascontiguousarray(cols, dtype=np.int64) if len(cols) else np.zeros(1, np.int64)
+        values = np.ascontiguousarray(c[rows, cols], dtype=dtype) if len(cols) else np.zeros(1, dtype)
+
+    def pad(v):
+        out = np.zeros(n_pad, dtype)
+        out[:n] = v
+        return out
+
+    return dense, indptr, indices, values, pad(2 * params.quadratic), pad(3 * params.cubic), pad(4 * params.quartic), pad
+
+
+def _simulate(
+    params: Params,
+    inputs,
+    n_samples: int,
+    n_steps: int,
+    obs_steps,
+    nodes,
+    dt: float,
+    seed: int,
+    dtype,
+    scheme: str,
+    x0,
+    rail,
+    want_final: bool,
+    sample_offset: int = 0,
+):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if scheme not in ("em", "lm"):
+        raise ValueError(f"scheme must be 'em' (Euler-Maruyama) or 'lm' (Leimkuhler-Matthews), got {scheme!r}")
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be positive, got {dt}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    inputs = params.check_inputs(inputs)
+    n = params.network.n_nodes
+    nodes = np.arange(n) if nodes is None else np.asarray(nodes, np.int64).reshape(-1)
+    if len(nodes) == 0 or nodes.min() < 0 or nodes.max() >= n:
+        raise ValueError(f"nodes must be indices in 0..{n - 1}")
+    dense, indptr, indices, values, a1, a2, a3, pad = _prepare(params, dtype)
+    p_count = len(inputs)
+    field = np.zeros((p_count, len(a1)), dtype)
+    field[:, :n] = params.field(inputs)
+    lane_input = np.repeat(np.arange(p_count, dtype=np.int64), n_samples)
+    sample = np.tile(np.arange(sample_offset, sample_offset + n_samples, dtype=np.int64), p_count)
+    states = stream_states(seed, lane_input, sample)
+    start = pad(np.zeros(n) if x0 is None else np.broadcast_to(np.asarray(x0, float), (n,)))
+    t_count = len(lane_input)
+    out = np.empty((t_count, len(obs_steps), len(nodes)), dtype)
+    final = np.empty((t_count if want_final else 0, len(a1)), dtype)
+    rail_value = np.finfo(dtype).max if rail is None else float(rail)
+    kernel.run_block_kernel(
+        dense,
+        indptr,
+        indices,
+        values,
+        field,
+        lane_input,
+        states,
+        a1,
+        a2,
+        a3,
+        start,
+        dtype.type(params.mobility * dt),
+        dtype.type(np.sqrt(2 * params.mobility * params.kT * dt) * (1.0 if scheme == "em" else 0.5)),
+        int(n_steps),
+        np.asarray(obs_steps, np.int64),
+        nodes,
+        0 if scheme == "em" else 1,
+        dtype.type(rail_value),
+        out,
+        final,
+    )
+    out = out.reshape(p_count, n_samples, len(obs_steps), len(nodes))
+    heat = fin = None
+    if want_final:
+        fin = final[:, :n].reshape(p_count, n_samples, n)
+        v_end = params.energy(fin.astype(np.float64), inputs[:, None, :])
+        v_start = params.energy(start[:n].astype(np.float64), inputs)[:, None]
+        heat = (v_start - v_end) / params.kT
+    return out, nodes, heat, fin
+
+
+def sample_reset(
+    params: Params,
+    inputs,
+    times,
+    n_samples: int,
+    *,
+    dt: float = 1e-3,
+    seed: int = 0,
+    nodes=None,
+    dtype=np.float32,
+    scheme: str = "em",
+    x0=None,
+    rail: float | None = None,
+    energy: bool = False,
+    sample_offset: int = 0,
+) -> Run:
+    """Reset sampling: ``n_samples`` independent runs per input vector, observed at ``times``.
+
+    Parameters
+    ----------
+    params : Params
+    inputs : array_like, shape (P, K)
+    times : float or sequence of float
+        Observation time(s), multiples of ``dt``.  Several times share one run per sample.
+    n_samples : int
+        M, runs per input vector.
+    dt : float
+        Time step.
+    seed : int
+        Seed; trajectory ``(p, m)`` depends only on ``(seed, p, m + sample_offset)``.
+    nodes : sequence of int, optional
+        Nodes to record (default all), in the order given.
+    dtype : float32 (default) or float64
+        Precision of the state.
+    scheme : {"em", "lm"}
+        Euler-Maruyama (the papers' scheme) or Leimkuhler-Matthews (same cost, second order for
+        equilibrium averages).
+    x0 : array_like, shape (N,), optional
+        Start state (default 0).
+    rail : float, optional
+        Clip nodes to ``[-rail, rail]`` after every step (hardware rails).
+    energy : bool
+        Also return the heat per trajectory and the final state.
+
+    Returns
+    -------
+    Run
+        ``x`` has shape (P, M, n_times, n).
+    """
+    t = np.atleast_1d(np.asarray(times, dtype=float))
+    steps = np.array([steps_for(v, dt) for v in t], np.int64)
+    if np.any(np.diff(steps) <= 0):
+        raise ValueError(f"observation times must be strictly increasing, got {t.tolist()}")
+    out, nodes, heat, fin = _simulate(
+        params, inputs, n_samples, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, sample_offset
+    )
+    return Run(out, steps * dt, nodes, heat, fin)
+
+
+def sample_serial(
+    params: Params,
+    inputs,
+    interval: float,
+    n_samples: int,
+    *,
+    dt: float = 1e-3,
+    seed: int = 0,
+    nodes=None,
+    dtype=np.float32,
+    scheme: str = "em",
+    x0=None,
+    rail: float | None = None,
+    energy: bool = False,
+) -> Run:
+    """Serial sampling: one run per input vector, read every ``interval`` (first at ``interval``).
+
+    Returns a :class:`Run` whose ``x`` has shape (P, M, 1, n): ``x[p, m, 0]`` is the reading at
+    ``times[m] = (m + 1) * interval``.  Other arguments as for :func:`sample_reset`; the run of
+    input ``p`` depends only on ``(seed, p)``.
+    """
+    k = steps_for(interval, dt)
+    steps = k * np.arange(1, n_samples + 1, dtype=np.int64)
+    out, nodes, heat, fin = _simulate(params, inputs, 1, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy)
+    return Run(out.transpose(0, 2, 1, 3), steps * dt, nodes, heat, fin)
+
+
+def reset_moments(
+    params: Params,
+    inputs,
+    times,
+    n_samples: int,
+    *,
+    chunk: int = 256,
+    **kwargs,
+):
+    """Mean and variance over ``n_samples`` reset runs, accumulated in chunks of samples.
+
+    Returns ``mean, var`` of shape (P, n_times, n) (float64, ``var`` with ``ddof=1``).  The
+    samples are exactly those of :func:`sample_reset` with the same seed.
+    """
+    total = s1 = s2 = None
+    done = 0
+    while done < n_samples:
+        m = min(chunk, n_samples - done)
+        x = sample_reset(params, inputs, times, m, sample_offset=done, **kwargs).x.astype(np.float64)
+        mean_c = x.mean(1)
+        m2_c = ((x - mean_c[:, None]) ** 2).sum(1)
+        if total is None:
+            total, s1, s2 = m, mean_c, m2_c
+        else:  # Chan et al. pairwise update
+            delta = mean_c - s1
+            new = total + m
+            s1 = s1 + delta * m / new
+            s2 = s2 + m2_c + delta**2 * total * m / new
+            total = new
+        done += m
+    return s1, s2 / max(total - 1, 1)

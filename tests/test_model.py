@@ -1,0 +1,162 @@
+"""Networks, parameters, validation and parameter files."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from tc_hw import Network, Params, ParamsError, all_to_all, layered, load_params, save_params
+from tc_hw.params import from_ising_convention
+
+
+def small_params(readout=True):
+    rng = np.random.default_rng(0)
+    net = layered(3, 2, 2)
+    return Params(
+        net,
+        rng.uniform(0.5, 1, 6),
+        rng.normal(0, 0.1, 6),
+        rng.uniform(0.5, 1, 6),
+        rng.normal(size=6),
+        rng.normal(size=net.n_edges),
+        rng.normal(size=net.n_crossbar),
+        readout=rng.normal(size=(2, 3)) if readout else None,
+        kT=0.1,
+    )
+
+
+def test_layered_and_all_to_all_topologies():
+    net = layered(8, 4, 1)
+    assert net.n_nodes == 32 and net.n_edges == 3 * 64 and net.n_crossbar == 8
+    assert net.outputs.tolist() == list(range(24, 32))
+    assert (net.edges[:, 0] < net.edges[:, 1]).all()
+    assert np.array_equal(net.edges, np.unique(net.edges, axis=0))  # row-major order
+    big = all_to_all(64, 10, 784)
+    assert big.n_nodes == 74 and big.n_edges == 2701 and big.n_crossbar == 784 * 74
+    assert big.crossbar[:3].tolist() == [[0, 0], [0, 1], [0, 2]]  # line-major
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((3, [(0, 3)], 1, [], [0]), "outside"),
+        ((3, [(1, 1)], 1, [], [0]), "different nodes"),
+        ((3, [(0, 1)], 1, [(1, 0)], [0]), "input lines"),
+        ((3, [(0, 1)], 1, [], [0, 0]), "repeated"),
+        ((3, [(0, 1, 2)], 1, [], [0]), "shape"),
+    ],
+)
+def test_network_errors_name_the_problem(args, message):
+    with pytest.raises(ValueError, match=message):
+        Network(*args)
+
+
+def test_edges_are_normalised():
+    net = Network(3, [(2, 0), (1, 0), (0, 2)], 0, [], [2])
+    assert net.edges.tolist() == [[0, 1], [0, 2]]
+
+
+def test_params_validation():
+    p = small_params()
+    with pytest.raises(ParamsError, match="coupling must have shape"):
+        p.copy(coupling=np.zeros(3))
+    with pytest.raises(ParamsError, match="bias has non-finite"):
+        p.copy(bias=np.array([0, np.nan, 0, 0, 0, 0.0]))
+    with pytest.raises(ParamsError, match="unstable"):
+        p.copy(quartic=np.array([1, 1, -1, 1, 1, 1.0]))
+    with pytest.raises(ParamsError, match="unstable"):
+        p.copy(quartic=np.zeros(6), quadratic=np.array([1, 1, 0, 1, 1, 1.0]))
+    with pytest.raises(ParamsError, match="positive definite"):
+        p.copy(quartic=np.zeros(6), cubic=np.zeros(6), quadratic=np.full(6, 0.1), coupling=np.full(9, 2.0))
+    with pytest.raises(ParamsError, match="kT"):
+        p.copy(kT=0)
+    with pytest.raises(ParamsError, match="readout"):
+        p.copy(readout=np.ones((2, 4)))
+    # a board model with rails may hold an unconfined potential, but only when it says so
+    p.copy(quartic=np.zeros(6), quadratic=np.zeros(6), cubic=np.zeros(6), require_stable=False)
+
+
+def test_energy_force_and_dense_views_agree():
+    p = small_params()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 6))
+    inputs = rng.normal(size=(4, 2))
+    c = p.coupling_matrix()
+    assert np.allclose(c, c.T) and np.all(np.diag(c) == 0)
+    eps = 1e-6
+    num = np.stack(
+        [(p.energy(x + eps * np.eye(6)[i], inputs) - p.energy(x - eps * np.eye(6)[i], inputs)) / (2 * eps) for i in range(6)],
+        -1,
+    )
+    np.testing.assert_allclose(p.force(x, inputs), -num, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(p.field(inputs), p.force(np.zeros((4, 6)), inputs))
+
+
+def test_ising_convention_flips_the_bias_only():
+    net = layered(2, 2, 1)
+    p = from_ising_convention(net, 1.0, 1.0, [0.5, 0, 0, 0], np.ones(4), np.ones(2))
+    assert p.bias[0] == -0.5 and (p.coupling == 1).all()
+    x = np.array([0.3, -0.2, 0.1, 0.4])
+    direct = (x**2 + x**4).sum() + 0.5 * x[0] + sum(x[a] * x[b] for a, b in net.edges) + 0.7 * (x[0] + x[1])
+    assert np.isclose(p.energy(x, [0.7]), direct)
+
+
+def test_vector_round_trip():
+    p = small_params()
+    v = p.vector()
+    q = p.with_vector(v * 2)
+    np.testing.assert_allclose(q.coupling, 2 * p.coupling)
+    np.testing.assert_allclose(q.readout, 2 * p.readout)
+    with pytest.raises(ParamsError):
+        p.with_vector(v[:-1])
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".json"])
+@pytest.mark.parametrize("readout", [True, False])
+def test_parameter_files_round_trip(tmp_path, suffix, readout):
+    p = small_params(readout)
+    path = save_params(p, tmp_path / f"p{suffix}", provenance={"made_by": "test"})
+    q = load_params(path)
+    assert q.network.same_as(p.network) and q.network.layers == p.network.layers
+    np.testing.assert_array_equal(q.vector(), p.vector())
+    assert q.kT == p.kT and q.mobility == p.mobility
+
+
+def test_hdf5_update_keeps_other_groups(tmp_path):
+    path = tmp_path / "run.h5"
+    with h5py.File(path, "w") as f:
+        f["log/loss"] = np.arange(3.0)
+    save_params(small_params(), path)
+    save_params(small_params(False), path)
+    with h5py.File(path) as f:
+        assert list(f["log/loss"][()]) == [0, 1, 2]
+    assert load_params(path).readout is None
+
+
+def test_malformed_files_give_clear_errors(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(ParamsError, match="not a readable HDF5"):
+        load_params(bad)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = 1
+    with pytest.raises(ParamsError, match="format attribute"):
+        load_params(other)
+    js = tmp_path / "bad.json"
+    js.write_text("{")
+    with pytest.raises(ParamsError, match="not valid JSON"):
+        load_params(js)
+    d = json.loads(save_params(small_params(), tmp_path / "ok.json").read_text())
+    del d["params"]["coupling"]
+    js.write_text(json.dumps(d))
+    with pytest.raises(ParamsError, match="coupling"):
+        load_params(js)
+    d = json.loads((tmp_path / "ok.json").read_text())
+    d["params"]["bias"][0] = float("nan")
+    js.write_text(json.dumps(d))
+    with pytest.raises(ParamsError, match="non-finite"):
+        load_params(js)
+    with pytest.raises(FileNotFoundError):
+        load_params(tmp_path / "missing.h5")
