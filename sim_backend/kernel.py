@@ -25,15 +25,16 @@ LANES = 128
 
 
 @njit(fastmath=True, cache=True)
-def _dense_product(c, xt, gt):
-    """``gt[b, i] = sum_j c[i, j] xt[b, j]`` for one block; rows of ``c`` in pairs, lanes in fours.
+def _dense_product(c, xt, g):
+    """``g[i, b] = sum_j c[i, j] xt[b, j]`` for one block; rows of ``c`` in pairs, lanes in fours.
 
     The sum over ``j`` is vectorised the same way for every lane, so each lane's result depends
-    only on its own data.  Shapes: ``c`` (Np, Np), ``xt`` and ``gt`` (LANES, Np), Np even.
+    only on its own data.  Shapes: ``c`` (Np, Nj), ``xt`` (LANES, Nj), ``g`` (Np, LANES), with
+    Np even and Nj >= Np a multiple of 8 (zero-padded) so that the ``j`` loop has no remainder.
     """
-    n = c.shape[0]
+    n = c.shape[1]
     for b in range(0, LANES, 4):
-        for i in range(0, n, 2):
+        for i in range(0, c.shape[0], 2):
             a0 = a1 = a2 = a3 = e0 = e1 = e2 = e3 = xt[0, 0] - xt[0, 0]  # zero of xt's dtype
             for j in range(n):
                 ci = c[i, j]
@@ -50,19 +51,19 @@ def _dense_product(c, xt, gt):
                 e1 += di * x1
                 e2 += di * x2
                 e3 += di * x3
-            gt[b, i] = a0
-            gt[b + 1, i] = a1
-            gt[b + 2, i] = a2
-            gt[b + 3, i] = a3
-            gt[b, i + 1] = e0
-            gt[b + 1, i + 1] = e1
-            gt[b + 2, i + 1] = e2
-            gt[b + 3, i + 1] = e3
+            g[i, b] = a0
+            g[i, b + 1] = a1
+            g[i, b + 2] = a2
+            g[i, b + 3] = a3
+            g[i + 1, b] = e0
+            g[i + 1, b + 1] = e1
+            g[i + 1, b + 2] = e2
+            g[i + 1, b + 3] = e3
 
 
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def run_block_kernel(
-    dense,  # (Np, Np) float, dense symmetric couplings, or (0, 0) when sparse
+    dense,  # (Np, Nj) float, dense symmetric couplings zero-padded to Nj columns, or (0, 0) when sparse
     indptr,  # (Np + 1,) int64 CSR row pointers (all zero when dense)
     indices,  # (nnz,) int64
     values,  # (nnz,) float
@@ -93,8 +94,7 @@ def run_block_kernel(
         x = np.empty((n_pad, LANES), field.dtype)
         f = np.empty((n_pad, LANES), field.dtype)
         g = np.zeros((n_pad, LANES), field.dtype)  # coupling force (dense)
-        xt = np.zeros((LANES, n_pad), field.dtype)  # lane-major copies for the dense product
-        gt = np.zeros((LANES, n_pad), field.dtype)
+        xt = np.zeros((LANES, dense.shape[1]), field.dtype)  # lane-major copies for the dense product
         xi = np.zeros((n_pad, LANES), field.dtype)  # previous noise (LM)
         h = np.empty((n_pad, LANES), field.dtype)
         s = np.empty((4, LANES), np.uint32)
@@ -118,10 +118,7 @@ def run_block_kernel(
                 for i in range(n_pad):
                     for b in range(LANES):
                         xt[b, i] = x[i, b]
-                _dense_product(dense, xt, gt)
-                for b in range(LANES):
-                    for i in range(n_pad):
-                        g[i, b] = gt[b, i]
+                _dense_product(dense, xt, g)
             for i in range(n_pad):
                 c1 = a1[i]
                 c2 = a2[i]

@@ -63,7 +63,9 @@ def _prepare(params: Params, dtype):
     c[:n, :n] = params.coupling_matrix()
     density = params.network.n_edges / max(1, n * (n - 1) / 2)
     if density > 0.5 and n >= 16:
-        dense = np.ascontiguousarray(c, dtype=dtype)
+        n_j = -(-n_pad // 8) * 8  # columns padded to whole 8-wide vectors
+        dense = np.zeros((n_pad, n_j), dtype)
+        dense[:, :n_pad] = c
         indptr = np.zeros(n_pad + 1, np.int64)
         indices = np.zeros(1, np.int64)
         values = np.zeros(1, dtype)
@@ -110,7 +112,7 @@ def _simulate(
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     inputs = params.check_inputs(inputs)
     n = params.network.n_nodes
-    nodes = np.arange(n) if nodes is None else np.asarray(nodes, np.int64).reshape(-1)
+    nodes = np.arange(n) if nodes is None else np.array(nodes, np.int64).reshape(-1)  # writable: one kernel signature
     if len(nodes) == 0 or nodes.min() < 0 or nodes.max() >= n:
         raise ValueError(f"nodes must be indices in 0..{n - 1}")
     dense, indptr, indices, values, a1, a2, a3, pad = _prepare(params, dtype)

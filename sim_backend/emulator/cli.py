@@ -1,0 +1,158 @@
+"""Command line of the board emulator: ``python -m sim_backend.emulator`` / ``tc-hw emulate``.
+
+::
+
+    python -m sim_backend.emulator [--board FILE.toml|default|ideal|jj|layered96] [--port 5025]
+        [--host 127.0.0.1] [--pty] [--ready-file PATH] [--seed N] [--fault-rate F]
+        [--truth-file PATH] [--no-warmup] [--print-board] [-v]
+
+On start it prints one line to stdout, flushed::
+
+    READY {"tcp": "TCPIP0::127.0.0.1::5025::SOCKET", "host": "127.0.0.1", "port": 5025,
+           "pty": "/dev/pts/7" | null, "asrl": "ASRL/dev/pts/7::INSTR" | null, "pid": 1234,
+           "board": "default", "nodes": 32, "channels": 352}
+
+(one line) and writes the same JSON object to ``--ready-file`` (atomically; removed again on a
+clean exit).  SIGTERM or SIGINT: stop accepting, close connections, exit 0.  Exit status 2 for a
+bad board file or argument (e.g. a non-loopback ``--host``), 1 if the port cannot be bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("sim_backend.emulator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tc-hw emulate",
+        description="Emulate a TC board (board manual rev. 1) over TCP on loopback and optionally a pty.",
+    )
+    p.add_argument("--board", help="board file (TOML) or preset name: default, ideal, jj, layered96 (default: default)")
+    p.add_argument("--port", type=int, default=5025, help="TCP port (0: pick a free one; default 5025)")
+    p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (127.0.0.0/8 or ::1 only)")
+    p.add_argument("--pty", action="store_true", help="also serve on a pseudo-terminal (serial line)")
+    p.add_argument("--ready-file", help="write the ready JSON here once serving")
+    p.add_argument("--seed", type=int, help="override the board seed (hidden truth and acquisition noise)")
+    p.add_argument("--fault-rate", type=float, help="probability per reply of an injected fault (default: board file, 0)")
+    p.add_argument("--truth-file", help="write the hidden truth (JSON) here")
+    p.add_argument("--no-warmup", action="store_true", help="do not load the twin kernel before READY")
+    p.add_argument("--print-board", action="store_true", help="print the board file TOML of a preset and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="log connections and faults to stderr")
+    return p
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    """Run the emulator until SIGTERM/SIGINT; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="emulator: %(levelname)s %(message)s")
+
+    from .board import PRESETS, Board, BoardFileError, board_from_name_or_path
+    from .faults import FaultInjector
+    from .server import PtyServer, TcpServer, check_loopback
+
+    if args.print_board:
+        name = args.board or "default"
+        if name not in PRESETS:
+            print(f"emulator: no preset {name!r}; presets: {sorted(PRESETS)}", file=sys.stderr)
+            return 2
+        sys.stdout.write(PRESETS[name])
+        return 0
+    try:
+        host = check_loopback(args.host)
+    except ValueError as e:
+        print(f"emulator: {e}", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print(f"emulator: --port must be 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    try:
+        desc = board_from_name_or_path(args.board)
+        if args.seed is not None:
+            if args.seed < 0:
+                raise BoardFileError(f"--seed must be >= 0, got {args.seed}")
+            desc = replace(desc, seed=args.seed)
+        if args.fault_rate is not None:
+            desc = replace(desc, faults=replace(desc.faults, rate=args.fault_rate).validated("--fault-rate"))
+    except (OSError, ValueError) as e:
+        print(f"emulator: {e}", file=sys.stderr)
+        return 2
+
+    from .acquire import warm_up
+    from .instrument import Instrument
+    from .truth import dump_truth
+
+    board = Board(desc)
+    if args.truth_file:
+        dump_truth(board.truth, args.truth_file)
+    if not args.no_warmup:
+        warm_up(board.params(board.truth["channels"]["vmin"] * 0.0, desc.temperature_k))
+
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+    instrument = Instrument(board)
+    faults = FaultInjector(desc.faults, desc.seed)
+    try:
+        tcp = TcpServer(instrument, faults, host, args.port)
+    except OSError as e:
+        print(f"emulator: cannot listen on {host}:{args.port}: {e}", file=sys.stderr)
+        instrument.close()
+        return 1
+    pty = PtyServer(instrument, faults) if args.pty else None
+    tcp.start()
+    if pty:
+        pty.start()
+
+    ready = {
+        "tcp": tcp.resource,
+        "host": host,
+        "port": tcp.port,
+        "pty": pty.path if pty else None,
+        "asrl": pty.resource if pty else None,
+        "pid": os.getpid(),
+        "board": desc.name,
+        "nodes": board.network.n_nodes,
+        "channels": board.n_channels,
+    }
+    ready_file = Path(args.ready_file) if args.ready_file else None
+    if ready_file:
+        _write_json_atomic(ready_file, ready)
+    sys.stdout.write("READY " + json.dumps(ready) + "\n")
+    sys.stdout.flush()
+
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        log.info("shutting down")
+        tcp.close()
+        if pty:
+            pty.close()
+        instrument.close()
+        if ready_file:
+            try:
+                ready_file.unlink()
+            except OSError:
+                pass
+    return 0

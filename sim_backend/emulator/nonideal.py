@@ -1,0 +1,290 @@
+"""Hidden non-idealities of an emulated board: their sizes, their seeded draw, their evaluation.
+
+This is the one module that knows how a board deviates from its nominal map.  Three pieces:
+
+:class:`NonIdeal`
+    The *sizes* of every non-ideality, as read from the ``[nonideal]`` table of a board file.
+    Every size may be 0; with all of them 0 (``ideal = true``) an element's value is exactly
+    ``nominal gain * applied volts`` (RLC) and the ADC only quantises.
+:func:`draw_truth`
+    Draws the hidden per-channel / per-node parameters from those sizes with a seeded generator
+    (the same board seed always gives the same board).  The result is a plain dict of arrays (the
+    "truth", see :mod:`sim_backend.emulator.truth` for its JSON form).
+:func:`element_values` and :func:`adc_read`
+    Evaluate the truth: element values from control voltages and board temperature, and ADC
+    readings (volts and int16 codes) from node values.
+
+Element curves (per channel ``c``; ``v`` the applied control voltage in volts, ``T`` kelvin)::
+
+    g(T) = gain_nominal * gain_factor * (1 + tempco_per_k * (T - t0_k))
+    RLC (period == 0):  value = g(T) * (v + offset_v + nonlin * s(v))
+        s(v) = span * (3 sqrt(3) / 2) * (u - u^3),  u = (v - center) / (span / 2)
+        (|s| <= span on the safe range, so ``nonlin`` is the deviation in fractions of full scale;
+        the curve is monotonic on the safe range for |nonlin| < 1 / (6 sqrt 3) ~ 0.096)
+    periodic (JJ flux elements, period > 0):
+        theta = 2 pi (v + offset_v) / period
+        value = g(T) * period / (2 pi) * (sin(theta) + nonlin / 2 * sin(2 theta))
+        (slope g at v = -offset_v; monotonic branch |theta| < ~pi/2)
+
+ADC (per node ``i``; ``x`` node volts)::
+
+    reading = adc_gain_i * x + adc_offset_v_i + adc_noise_v_i * N(0, 1)
+    code = clip(rint(reading * 32768 / range_v), -32768, 32767)      (int16)
+
+Board temperature: ``T(t) = t0_k + temp_drift_k * sin(2 pi t / temp_period_s + temp_phase)``, ``t``
+seconds since the emulator started.
+
+Adding a non-ideality (e.g. crosstalk, slow element drift)
+----------------------------------------------------------
+1. add its size to :class:`NonIdeal` (default, and 0 under ``ideal = true`` comes for free);
+2. draw its hidden parameters in :func:`draw_truth` -- *append* the draw at the end so the
+   parameters of existing boards stay the same for a given seed;
+3. write a stage ``stage(values, volts, temp_k, elapsed_s, truth) -> values`` and append it to
+   :data:`ELEMENT_STAGES` (element-side effects) or extend :func:`adc_read` (readout effects).
+:func:`element_values` runs the stages in order, so ``truth.element_value`` and the board's
+physics use the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+__all__ = [
+    "NonIdeal",
+    "draw_truth",
+    "element_curve",
+    "element_values",
+    "adc_read",
+    "adc_codes",
+    "board_temperature",
+    "ELEMENT_STAGES",
+    "RLC_NONLIN_LIMIT",
+]
+
+#: Largest |nonlinearity| that keeps an RLC curve monotonic on its safe range (with margin).
+RLC_NONLIN_LIMIT = 0.09
+
+#: Stream id mixed into the board seed for the hidden-parameter draw.
+_TRUTH_STREAM = 0x7C0B0A2D
+
+_S_NORM = 3.0 * math.sqrt(3.0) / 2.0  # makes max |u - u^3| on [-1, 1] equal to 1
+
+
+@dataclass(frozen=True)
+class NonIdeal:
+    """Sizes of the non-idealities (the ``[nonideal]`` table of a board file).
+
+    Element curves (drawn uniformly in ``[-size, +size]`` per channel):
+
+    gain_spread : fraction, gain factor ``1 + U(-1, 1) * gain_spread`` (manual: up to 0.20)
+    offset : fraction of the channel's span ``vmax - vmin``; offset in volts (manual: up to 0.05)
+    nonlinearity : fraction of full scale (a few %; RLC limited to ``RLC_NONLIN_LIMIT``)
+    tempco_per_k : relative change per kelvin (manual: up to 0.005)
+
+    Board temperature:
+
+    temp_drift_k : amplitude of the slow sinusoidal drift, kelvin
+    temp_period_s : its period, seconds
+
+    ADC (per node):
+
+    adc_gain_spread : fraction, ADC gain ``1 + U(-1, 1) * adc_gain_spread`` (manual: +-0.03)
+    adc_offset_v : volts, offset ``U(-1, 1) * adc_offset_v`` (manual: up to 0.020)
+    adc_noise_v : volts rms of additive Gaussian readout noise
+    adc_noise_spread : fraction, per-node noise ``adc_noise_v * (1 + U(-1, 1) * spread)``
+    """
+
+    gain_spread: float = 0.20
+    offset: float = 0.05
+    nonlinearity: float = 0.03
+    tempco_per_k: float = 0.005
+    temp_drift_k: float = 0.5
+    temp_period_s: float = 900.0
+    adc_gain_spread: float = 0.03
+    adc_offset_v: float = 0.020
+    adc_noise_v: float = 0.001
+    adc_noise_spread: float = 0.25
+
+    @classmethod
+    def ideal(cls) -> "NonIdeal":
+        """All sizes zero (``temp_period_s`` keeps its default; it is irrelevant at zero drift)."""
+        return cls(**{f.name: 0.0 for f in fields(cls) if f.name != "temp_period_s"})
+
+    @classmethod
+    def from_table(cls, table: dict, where: str = "[nonideal]") -> "NonIdeal":
+        """Build from a TOML table; ``ideal = true`` starts from all zeros, other keys override.
+
+        Raises ``ValueError`` naming unknown keys, non-numbers and negative sizes."""
+        table = dict(table)
+        ideal = table.pop("ideal", False)
+        if not isinstance(ideal, bool):
+            raise ValueError(f"{where}: ideal must be true or false, got {ideal!r}")
+        base = cls.ideal() if ideal else cls()
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known | {'ideal'})}")
+        values = {}
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{where}: {key} must be a finite number, got {value!r}")
+            if value < 0:
+                raise ValueError(f"{where}: {key} must be >= 0, got {value!r}")
+            values[key] = float(value)
+        out = replace(base, **values)
+        if out.temp_period_s <= 0:
+            raise ValueError(f"{where}: temp_period_s must be > 0, got {out.temp_period_s}")
+        return out
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def draw_truth(layout, nonideal: NonIdeal, *, seed: int, t0_k: float, technology: str) -> dict:
+    """Draw the hidden parameters of one board.
+
+    Parameters
+    ----------
+    layout : :class:`sim_backend.emulator.board.Layout`
+        Channel arrays (kind, a, b, vmin, vmax, gain, period) and ``n_nodes``.
+    nonideal : NonIdeal
+        Sizes.
+    seed : int
+        Board seed (non-negative).
+    t0_k : float
+        Reference temperature of the tempco (kelvin); also the mean board temperature.
+    technology : str
+        ``"RLC"`` or ``"JJ"`` (recorded only; the curve type follows each channel's period).
+
+    Returns
+    -------
+    dict
+        ``channels``: per-channel arrays, shape (n_channels,); ``adc``: per-node arrays, shape
+        (N,); ``temperature``: scalars.  See :mod:`sim_backend.emulator.truth`.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _TRUTH_STREAM]))
+    n_ch = layout.n_channels
+    n = layout.n_nodes
+    span = layout.vmax - layout.vmin
+    ni = nonideal
+    # Draw order is part of the board's identity: append new draws at the end.
+    u_gain = rng.uniform(-1.0, 1.0, n_ch)
+    u_off = rng.uniform(-1.0, 1.0, n_ch)
+    u_nl = rng.uniform(-1.0, 1.0, n_ch)
+    u_tc = rng.uniform(-1.0, 1.0, n_ch)
+    u_adc_gain = rng.uniform(-1.0, 1.0, n)
+    u_adc_off = rng.uniform(-1.0, 1.0, n)
+    u_adc_noise = rng.uniform(-1.0, 1.0, n)
+    temp_phase = float(rng.uniform(0.0, 2.0 * math.pi))
+    channels = {
+        "kind": np.asarray(layout.kind).copy(),
+        "a": layout.a.copy(),
+        "b": layout.b.copy(),
+        "vmin": layout.vmin.copy(),
+        "vmax": layout.vmax.copy(),
+        "gain_nominal": layout.gain.copy(),
+        "period": layout.period.copy(),
+        "gain_factor": 1.0 + ni.gain_spread * u_gain,
+        "offset_v": ni.offset * span * u_off,
+        "nonlin": ni.nonlinearity * u_nl,
+        "tempco_per_k": ni.tempco_per_k * u_tc,
+    }
+    adc = {
+        "gain": 1.0 + ni.adc_gain_spread * u_adc_gain,
+        "offset_v": ni.adc_offset_v * u_adc_off,
+        "noise_v": ni.adc_noise_v * (1.0 + ni.adc_noise_spread * u_adc_noise),
+    }
+    temperature = {
+        "t0_k": float(t0_k),
+        "drift_k": ni.temp_drift_k,
+        "period_s": ni.temp_period_s,
+        "phase": temp_phase,
+    }
+    return {
+        "technology": technology,
+        "seed": int(seed),
+        "nonideal": ni.as_dict(),
+        "channels": channels,
+        "adc": adc,
+        "temperature": temperature,
+    }
+
+
+# ----------------------------------------------------------------------------- elements
+def element_curve(ch: dict, volts, temp_k, t0_k: float) -> np.ndarray:
+    """The static curve of channels ``ch`` (a dict of equally shaped parameter arrays).
+
+    ``volts`` broadcasts against the parameter arrays; returns element values (energy units of
+    the board equation) as float64.  See the module docstring for the formulas.
+    """
+    v = np.asarray(volts, dtype=np.float64)
+    gain = np.asarray(ch["gain_nominal"], float) * np.asarray(ch["gain_factor"], float)
+    g = gain * (1.0 + np.asarray(ch["tempco_per_k"], float) * (np.asarray(temp_k, float) - t0_k))
+    off = np.asarray(ch["offset_v"], float)
+    nl = np.asarray(ch["nonlin"], float)
+    period = np.asarray(ch["period"], float)
+    vmin = np.asarray(ch["vmin"], float)
+    vmax = np.asarray(ch["vmax"], float)
+    span = vmax - vmin
+    half = np.where(span > 0, span / 2.0, 1.0)
+    u = (v - (vmin + vmax) / 2.0) / half
+    smooth = span * _S_NORM * (u - u**3)
+    linear = g * (v + off + nl * smooth)
+    safe_period = np.where(period > 0, period, 1.0)
+    theta = 2.0 * np.pi * (v + off) / safe_period
+    periodic = g * safe_period / (2.0 * np.pi) * (np.sin(theta) + 0.5 * nl * np.sin(2.0 * theta))
+    return np.where(period > 0, periodic, linear)
+
+
+def _curve_stage(values, volts, temp_k, elapsed_s, truth):
+    del values, elapsed_s
+    return element_curve(truth["channels"], volts, temp_k, truth["temperature"]["t0_k"])
+
+
+#: Element-side stages, run in order by :func:`element_values`.  Each is
+#: ``stage(values, volts, temp_k, elapsed_s, truth) -> values`` on arrays of shape (n_channels,).
+#: Crosstalk (values += X @ volts) or slow drift (values *= 1 + d(elapsed_s)) go here.
+ELEMENT_STAGES = [_curve_stage]
+
+
+def element_values(truth: dict, volts, temp_k: float, elapsed_s: float = 0.0) -> np.ndarray:
+    """Values of all elements, shape (n_channels,), from applied volts, shape (n_channels,)."""
+    v = np.asarray(volts, dtype=np.float64)
+    values = np.zeros_like(v)
+    for stage in ELEMENT_STAGES:
+        values = stage(values, v, temp_k, elapsed_s, truth)
+    return values
+
+
+def board_temperature(truth: dict, elapsed_s: float) -> float:
+    """Board temperature in kelvin, ``elapsed_s`` seconds after the emulator started."""
+    t = truth["temperature"]
+    return float(t["t0_k"] + t["drift_k"] * math.sin(2.0 * math.pi * elapsed_s / t["period_s"] + t["phase"]))
+
+
+# ----------------------------------------------------------------------------- ADC
+def adc_read(adc: dict, x, nodes=None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """ADC readings in volts (before quantisation), same shape as ``x``.
+
+    ``x`` has node values (volts) on its last axis, for ``nodes`` (default all, in order).
+    ``rng`` adds the readout noise; ``None`` gives the noiseless reading.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    idx = slice(None) if nodes is None else np.asarray(nodes, np.int64)
+    gain = np.asarray(adc["gain"], float)[idx]
+    offset = np.asarray(adc["offset_v"], float)[idx]
+    out = gain * x + offset
+    if rng is not None:
+        noise = np.asarray(adc["noise_v"], float)[idx]
+        if np.any(noise > 0):
+            out = out + noise * rng.standard_normal(out.shape)
+    return out
+
+
+def adc_codes(readings, range_v: float) -> np.ndarray:
+    """Quantise ADC readings (volts) to int16 codes: ``rint(v * 32768 / range)``, saturating."""
+    c = np.rint(np.asarray(readings, np.float64) * (32768.0 / range_v))
+    return np.clip(c, -32768, 32767).astype(np.int16)

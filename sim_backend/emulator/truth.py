@@ -1,0 +1,96 @@
+"""The hidden truth of an emulated board, as a JSON file, and functions to evaluate it.
+
+Written by ``--truth-file PATH`` at start-up (before the ready line); never reachable over SCPI.
+Tests read it to compare what calibration found with what the board really is::
+
+    truth = load_truth(path)
+    element_value(truth, channel=5, volts=1.2, temp_k=300.3)   # element value, energy units
+    adc_volts(truth, node=3, volts=0.5)                        # noiseless ADC reading, volts
+    adc_code(truth, node=3, volts=0.5)                         # noiseless int16 code
+
+JSON layout (format ``tc-hw-emulator-truth/1``; arrays as lists)::
+
+    format, name, technology, seed, n_nodes, n_inputs, tau_s (s), rail_v (V)
+    nonideal     {the sizes used: gain_spread, offset, ...}
+    channels     {kind, a, b, vmin, vmax, gain_nominal, period, gain_factor, offset_v,
+                  nonlin, tempco_per_k}                          each of length n_channels
+    adc          {gain, offset_v, noise_v (length N), range_v}
+    temperature  {t0_k, drift_k, period_s, phase}
+    dac          {lsb_v, full_scale_v}
+
+The curves are :func:`sim_backend.emulator.nonideal.element_curve` (formulas in that module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import nonideal as ni
+
+__all__ = ["dump_truth", "load_truth", "element_value", "adc_volts", "adc_code", "board_temperature"]
+
+_STRING_ARRAYS = {"kind"}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def dump_truth(truth: dict, path) -> None:
+    """Write ``truth`` as JSON (atomically: a temporary file renamed into place)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(truth), indent=1), encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def load_truth(path) -> dict:
+    """Read a truth file; per-channel and per-node lists become numpy arrays."""
+    truth = json.loads(Path(path).read_text(encoding="utf-8"))
+    for section in ("channels", "adc"):
+        for k, v in truth[section].items():
+            if isinstance(v, list):
+                truth[section][k] = np.asarray(v, dtype=str if k in _STRING_ARRAYS else None)
+    return truth
+
+
+def _channels(truth: dict, channel) -> dict:
+    idx = np.asarray(channel, np.int64)
+    return {k: np.asarray(v)[idx] for k, v in truth["channels"].items() if k != "kind"}
+
+
+def element_value(truth: dict, channel, volts, temp_k: float | None = None) -> np.ndarray:
+    """True element value of ``channel`` (int or int array) at applied ``volts`` and ``temp_k``.
+
+    ``channel`` and ``volts`` broadcast; ``temp_k`` defaults to the reference temperature ``t0_k``.
+    Pass the *applied* (DAC-quantised) voltage, as ``DAC:BLOCK?`` reports it.
+    """
+    t0 = truth["temperature"]["t0_k"]
+    return ni.element_curve(_channels(truth, channel), volts, t0 if temp_k is None else temp_k, t0)
+
+
+def adc_volts(truth: dict, node, volts) -> np.ndarray:
+    """Noiseless ADC reading (volts) of node(s) ``node`` whose true value is ``volts``."""
+    adc = truth["adc"]
+    idx = np.asarray(node, np.int64)
+    return np.asarray(adc["gain"], float)[idx] * np.asarray(volts, float) + np.asarray(adc["offset_v"], float)[idx]
+
+
+def adc_code(truth: dict, node, volts) -> np.ndarray:
+    """Noiseless int16 code for node(s) ``node`` at true value ``volts``."""
+    return ni.adc_codes(adc_volts(truth, node, volts), truth["adc"]["range_v"])
+
+
+def board_temperature(truth: dict, elapsed_s: float) -> float:
+    """Board temperature (kelvin) ``elapsed_s`` seconds after the emulator started."""
+    return ni.board_temperature(truth, elapsed_s)
