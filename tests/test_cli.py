@@ -1,0 +1,33 @@
+"""The command line against the twin and against an emulator process."""
+
+import json
+import subprocess
+import sys
+
+from tests.emulator_process import emulator  # noqa: F401  (module-scoped fixture)
+
+
+def tc_hw(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tc_hw.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_info_and_acquire_through_the_emulator(emulator):  # noqa: F811
+    out = tc_hw("info", "--resource", emulator.tcp, "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["identity"].startswith("TCLAB") and info["nodes"] == 32 and info["channels"] == 296
+    out = tc_hw("acquire", "--resource", emulator.tcp, "--mode", "reset", "--time", "1e-6", "--samples", "200",
+                "--set", "0=1.0", "32=1.0", "--json")
+    assert out.returncode == 0, out.stderr
+    acq = json.loads(out.stdout)
+    assert len(acq["mean_v"]) == 32 and len(acq["std_v"]) == 32 and acq["samples"] == 200
+
+
+def test_unsafe_set_is_refused_with_exit_code_2():
+    out = tc_hw("acquire", "--resource", "twin", "--set", "0=9")
+    assert out.returncode == 2 and "ch 0" in out.stderr and "outside" in out.stderr
+
+
+def test_unreachable_board_is_a_device_fault():
+    out = tc_hw("info", "--resource", "TCPIP0::127.0.0.1::1::SOCKET", timeout=120)
+    assert out.returncode == 3, (out.returncode, out.stderr)
