@@ -339,11 +339,9 @@ class TCBoard:
 
     # -- acquisitions --------------------------------------------------------------------
     def _set_acq(self, **settings: str) -> None:
-        """Send the ``ACQ:<KEY> <value>`` settings that differ from what the board has, on one line."""
-        todo = {k: v for k, v in settings.items() if self._acq.get(k) != v}
-        if todo:
-            self.session.write(";".join(f"ACQ:{k} {v}" for k, v in todo.items()))
-            self._acq.update(todo)
+        """Send all ``ACQ:<KEY> <value>`` settings on one line (cheap, and never stale)."""
+        self.session.write(";".join(f"ACQ:{k} {v}" for k, v in settings.items()))
+        self._acq = dict(settings)
 
     def acquisition_timeout(self, p: int, m: int, time_s: float) -> float:
         """Seconds to allow one ``INIT`` of ``p`` vectors x ``m`` samples to finish.
@@ -423,14 +421,13 @@ class TCBoard:
 
         t0 = time.monotonic()
         temperature = self.temperature()
-        self._set_acq(MODE=mode_u, TIME=repr(time_s), NODES=nodes_arg)
         codes = np.empty((p, m, n), dtype=np.int16)
         reconnects0 = self.session.reconnects
         for p0, p1, m0, m1 in plan:
             chunk = inputs[p0:p1]
             if self._board_inputs is None or not np.array_equal(self._board_inputs, chunk):
                 self._send_inputs(chunk)
-            self._set_acq(COUNT=str(m1 - m0))
+            self._set_acq(MODE=mode_u, TIME=repr(time_s), COUNT=str(m1 - m0), NODES=nodes_arg)
             codes[p0:p1, m0:m1] = self._run_once(p1 - p0, m1 - m0, n, time_s)
         if len(plan) > 1:
             self._send_inputs(inputs)  # leave the user's batch on the board

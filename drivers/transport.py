@@ -372,13 +372,18 @@ class SerialTransport:
                 xonxoff=False,
                 rtscts=False,
                 dsrdtr=False,
-                timeout=self._timeout,
+                timeout=self._poll_s(),
                 write_timeout=self._timeout,
             )
         except (serial.SerialException, OSError, ValueError) as e:
             raise TransportClosed(f"cannot open serial line {self.port}: {e}") from e
         self._buf.clear()
         log.debug("opened serial line %s", self.port)
+
+    def _poll_s(self) -> float:
+        # reads wait at most this long per call and loop until the deadline, so the timeout can
+        # change without reconfiguring the port (pyserial re-runs tcsetattr on every change)
+        return min(0.05, self._timeout)
 
     def close(self) -> None:
         ser, self._ser = self._ser, None
@@ -404,9 +409,6 @@ class SerialTransport:
     @timeout.setter
     def timeout(self, seconds: float) -> None:
         self._timeout = _check_timeout(seconds)
-        if self._ser is not None:
-            self._ser.timeout = self._timeout
-            self._ser.write_timeout = self._timeout
 
     def _require(self):
         if self._ser is None:
@@ -437,22 +439,16 @@ class SerialTransport:
         import serial
 
         ser = self._require()
-        wait = deadline - time.monotonic()
-        if wait <= 0:
-            raise TransportTimeout(f"{self.port}: no (complete) reply within {self._timeout:.3g} s")
-        try:
-            ser.timeout = wait
-            chunk = ser.read(max(1, ser.in_waiting))
-        except (serial.SerialException, OSError) as e:
-            raise TransportClosed(f"{self.port}: read failed: {e}") from e
-        finally:
+        while True:
             try:
-                ser.timeout = self._timeout
-            except Exception:
-                pass
-        if not chunk:
-            raise TransportTimeout(f"{self.port}: no (complete) reply within {self._timeout:.3g} s")
-        self._buf += chunk
+                chunk = ser.read(max(1, ser.in_waiting))
+            except (serial.SerialException, OSError) as e:
+                raise TransportClosed(f"{self.port}: read failed: {e}") from e
+            if chunk:
+                self._buf += chunk
+                return
+            if time.monotonic() >= deadline:
+                raise TransportTimeout(f"{self.port}: no (complete) reply within {self._timeout:.3g} s")
 
     def read_line(self) -> bytes:
         deadline = time.monotonic() + self._timeout

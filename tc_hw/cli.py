@@ -91,7 +91,9 @@ def cmd_demo(args) -> int:
     from .data.thermo_gd import load_published
 
     params = load_published()
-    result = evaluate_mnist(params, args.samples, args.seed, **MNIST_DEFAULTS, progress=not args.json)
+    result = evaluate_mnist(
+        params, args.samples, args.seed, MNIST_DEFAULTS["time"], MNIST_DEFAULTS["dt"], progress=not args.json
+    )
     _emit(
         args,
         result,

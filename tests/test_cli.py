@@ -31,3 +31,10 @@ def test_unsafe_set_is_refused_with_exit_code_2():
 def test_unreachable_board_is_a_device_fault():
     out = tc_hw("info", "--resource", "TCPIP0::127.0.0.1::1::SOCKET", timeout=120)
     assert out.returncode == 3, (out.returncode, out.stderr)
+
+
+def test_demo_runs_and_prints_json():
+    out = tc_hw("demo", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert 0.91 < result["top1"] < 0.93
