@@ -14,6 +14,11 @@ from tc_hw.params import Params
 __all__ = ["euler_maruyama", "underdamped"]
 
 
+def _force(params: Params, field, c, x):
+    """``-dV/dx`` given the precomputed field ``B - I W`` (P, 1, N) and coupling matrix ``c``."""
+    return field - x * (2 * params.quadratic + x * (3 * params.cubic + 4 * x * params.quartic)) - x @ c
+
+
 def euler_maruyama(
     params: Params,
     inputs,
@@ -65,7 +70,7 @@ def euler_maruyama(
     sigma = np.sqrt(2 * mu * params.kT * dt)
 
     def force(x):
-        return field - x * (2 * params.quadratic + x * (3 * params.cubic + 4 * x * params.quartic)) - x @ c
+        return _force(params, field, c, x)
 
     x = np.zeros((p_count, n_samples, n)) if x0 is None else np.broadcast_to(np.asarray(x0, float), (p_count, n_samples, n)).copy()
     f = force(x)
@@ -120,7 +125,7 @@ def underdamped(
     c = params.coupling_matrix()
 
     def force(x):
-        return field - x * (2 * params.quadratic + x * (3 * params.cubic + 4 * x * params.quartic)) - x @ c
+        return _force(params, field, c, x)
 
     a = np.exp(-gamma * dt / mass)
     b = np.sqrt(params.kT / mass * (1 - a * a))
