@@ -246,6 +246,8 @@ class ScpiSession:
         reconnect it is asked whether the command still has to be sent; ``False`` means the
         board already carried it out.  Without it, commands are assumed idempotent.
         """
+        if "?" in cmd:
+            raise ValueError(f"{cmd!r} is a query: use query() or query_block(), which read its reply")
         desc = _describe(cmd)
         if not check:
             self._with_recovery(lambda: self.send(cmd), desc)

@@ -241,10 +241,16 @@ class VisaTransport:
 
     def write(self, data: bytes) -> None:
         res = self._require()
+        slow = not self.is_socket and len(data) > 0.5 * self._timeout * self.bytes_per_second
         try:
+            if slow:  # a big block on a serial line: allow for the baud rate
+                res.timeout = int(1000 * (self._timeout + 2.0 * len(data) / self.bytes_per_second))
             res.write_raw(bytes(data))
         except Exception as e:
             raise self._visa_errors(e, "write") from e
+        finally:
+            if slow and self._res is not None:
+                self.timeout = self._timeout
 
     def clear_input(self) -> None:
         self._buf.clear()
@@ -419,7 +425,10 @@ class SerialTransport:
         import serial
 
         ser = self._require()
+        need = self._timeout + 2.0 * len(data) / self.bytes_per_second  # big blocks on a slow line
         try:
+            if ser.write_timeout is None or ser.write_timeout < need:
+                ser.write_timeout = need
             ser.write(bytes(data))
             ser.flush()
         except serial.SerialTimeoutException as e:
