@@ -51,6 +51,7 @@ class TwinDevice:
         self.technology = desc.technology
         self.n_nodes = self.network.n_nodes
         self.n_inputs = self.network.n_inputs
+        self.n_channels = len(self.channel_map)
         self.tau_s = desc.tau_s
         self.rail_v = desc.rail_v
         self._volts = np.zeros(len(self.channel_map))

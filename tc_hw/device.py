@@ -135,6 +135,7 @@ class Device(Protocol):
     technology: str  #: ``RLC`` or ``JJ``
     n_nodes: int
     n_inputs: int
+    n_channels: int
     channel_map: ChannelMap
     tau_s: float  #: nominal node time constant, seconds
 

@@ -211,6 +211,24 @@ def test_small_reset_acquisition(dev):
     assert dev.error() == 0
 
 
+def test_ascii_fetch_and_compute_seconds_diagnostics(dev):
+    """Emulator diagnostics: ``FORM ASC`` gives the same codes as text; ``DIAG:COMP?`` grows."""
+    dev.write(b"INP:BLOCK " + block(np.array([[0.25]], "<f4").tobytes()))
+    c0 = float(dev.query("DIAG:COMP?"))
+    dev.write("ACQ:TIME 1e-6;ACQ:COUNT 20;OUTP ON;INIT")
+    assert dev.query("*OPC?") == "1"
+    assert float(dev.query("DIAG:COMP?")) > c0
+    codes = np.frombuffer(dev.query_block("FETC?"), "<i2")
+    dev.write("FORM ASC")
+    assert dev.query("FORM?") == "ASC"
+    text = dev.query("FETC?")
+    np.testing.assert_array_equal(np.array(text.split(","), dtype=np.int16), codes)
+    dev.write("FORM BOGUS")
+    assert dev.error() == -102
+    dev.write("*RST")
+    assert dev.query("FORM?") == "INT"
+
+
 def test_calibration_reference_reads_true_adc(dev, emulator):
     truth = emulator.truth()
     dev.write(b"INP:BLOCK " + block(np.zeros(1, "<f4").tobytes()))

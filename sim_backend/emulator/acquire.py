@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -135,9 +136,9 @@ def warm_up(params: Params) -> None:
 class Worker:
     """Runs acquisitions one at a time on a daemon thread.
 
-    ``submit(req, cancelled, done)`` queues a request; ``done(req, codes, error)`` is called on the
-    worker thread with the codes (or ``None``) and ``error`` (``None``, ``"cancelled"`` or a
-    message).
+    ``submit(req, cancelled, done)`` queues a request; ``done(req, codes, error, seconds)`` is
+    called on the worker thread with the codes (or ``None``), ``error`` (``None``, ``"cancelled"``
+    or a message) and the seconds the computation took.
     """
 
     def __init__(self):
@@ -160,12 +161,13 @@ class Worker:
             if job is None:
                 return
             req, cancelled, done = job
+            t0 = time.perf_counter()
             try:
                 codes = run_acquisition(req, cancelled)
             except Cancelled:
-                done(req, None, "cancelled")
+                done(req, None, "cancelled", time.perf_counter() - t0)
             except Exception as e:  # a failure is reported as -200, never kills the worker
                 log.exception("acquisition %d failed", req.ident)
-                done(req, None, f"{type(e).__name__}: {e}")
+                done(req, None, f"{type(e).__name__}: {e}", time.perf_counter() - t0)
             else:
-                done(req, codes, None)
+                done(req, codes, None, time.perf_counter() - t0)

@@ -16,6 +16,13 @@ Commands beyond the manual (harmless, SCPI-conventional): the queries ``ACQ:MODE
 ``ACQ:TIME?``, ``ACQ:COUNT?``, ``ACQ:NODES?``, ``CAL:REF?``, ``INP:BLOCK?``, ``SYST:ERR:COUNT?``,
 ``*WAI``, ``ABORt``, and ``INP:COUNT <P>`` for boards without input lines (K = 0).
 
+Emulator diagnostics (not in the manual; a real board need not have them):
+``FORMat[:DATA] ASCii|INTeger`` (and ``FORM?``) switches ``FETC?`` between the manual's int16
+block (``INT``, the default, restored by ``*RST``) and one line of comma-separated codes (``ASC``,
+used only as the slow baseline of ``benchmarks/acquire_overhead.py``); ``DIAGnostic:COMPute?``
+gives the seconds the emulator has spent computing acquisitions since it started, so a client can
+split its wall time into board compute and everything else.
+
 Limits: ``ACQ:TIME`` must lie in (0, 1e5 tau]; ``ACQ:COUNT`` in 1..10^7; an acquisition may hold
 at most 2^28 codes (otherwise ``INIT`` gives -200).
 """
@@ -77,6 +84,7 @@ class Instrument:
         self._acq_counter = 0
         self._current: int | None = None  # ident of the running acquisition
         self._worker = Worker()
+        self._compute_s = 0.0  # seconds spent in run_acquisition since start (DIAG:COMP?)
         self._table = self._build_table()
         self._reset_state()
 
@@ -131,6 +139,7 @@ class Instrument:
         self._state = "IDLE"
         self._data: np.ndarray | None = None
         self._current = None
+        self._ascii = False  # FORM ASC: FETC? as text (emulator diagnostic)
 
     def _refuse_while_running(self) -> None:
         if self._state == "RUNNING":
@@ -178,6 +187,9 @@ class Instrument:
             ("FETCh?", self._fetch_q),
             ("CALibration:REFerence", self._cal_ref),
             ("CALibration:REFerence?", self._cal_ref_q),
+            ("FORMat[:DATA]", self._form),
+            ("FORMat[:DATA]?", self._form_q),
+            ("DIAGnostic:COMPute?", self._compute_q),
         ]:
             t.add(pattern, handler)
         return t
@@ -473,8 +485,9 @@ class Instrument:
         self._current = ident
         self._worker.submit(req, lambda: self._current != ident or self._closing, self._finished)
 
-    def _finished(self, req: Request, codes, error) -> None:
+    def _finished(self, req: Request, codes, error, seconds: float = 0.0) -> None:
         with self._cond:
+            self._compute_s += seconds
             if self._current != req.ident or self._state != "RUNNING":
                 return  # aborted: discard
             self._current = None
@@ -497,4 +510,19 @@ class Instrument:
         expect_args(args, 0)
         if self._state != "DONE" or self._data is None:
             raise ScpiError(-230, f"no data (acquisition state {self._state})")
+        if self._ascii:
+            return ",".join(map(str, self._data.reshape(-1).tolist())).encode()
         return block(self._data.astype("<i2").tobytes())
+
+    # ------------------------------------------------------------------ emulator diagnostics
+    def _form(self, args):
+        expect_args(args, 1)
+        self._ascii = arg_keyword(args[0], {"ASC": True, "ASCII": True, "INT": False, "INTEGER": False})
+
+    def _form_q(self, args):
+        expect_args(args, 0)
+        return b"ASC" if self._ascii else b"INT"
+
+    def _compute_q(self, args):
+        expect_args(args, 0)
+        return _fmt(self._compute_s)
