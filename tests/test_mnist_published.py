@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tc_hw.cli import evaluate_mnist
+from tc_hw.evaluation import evaluate_mnist
 from tc_hw.data.paths import shared_dir
 from tc_hw.data.thermo_gd import load_published
 

@@ -1,0 +1,126 @@
+"""``tc-hw emulate``, ``info`` and ``acquire``: talking to a board (or the twin) directly."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
+
+
+def cmd_emulate(args) -> int:
+    from sim_backend.emulator import main as emulator_main
+
+    return emulator_main(args.emulator_args)
+
+
+def _device_summary(dev) -> dict:
+    kinds = {}
+    for ch in dev.channel_map:
+        kinds[ch.kind] = kinds.get(ch.kind, 0) + 1
+    return {
+        "identity": dev.identity,
+        "technology": dev.technology,
+        "nodes": dev.n_nodes,
+        "inputs": dev.n_inputs,
+        "channels": len(dev.channel_map),
+        "channels_by_kind": kinds,
+        "tau_s": dev.tau_s,
+        "temperature_k": dev.temperature(),
+    }
+
+
+def cmd_info(args) -> int:
+    from ..backends import open_device
+
+    dev = open_device(args.resource)
+    try:
+        info = _device_summary(dev)
+    finally:
+        dev.close()
+    emit(
+        args,
+        info,
+        f"{info['identity']}\n  {info['technology']} board: {info['nodes']} nodes, {info['inputs']} inputs, "
+        f"{info['channels']} channels {info['channels_by_kind']}, tau = {info['tau_s']:g} s, T = {info['temperature_k']:.2f} K",
+    )
+    return EXIT_OK
+
+
+def _parse_sets(items) -> dict:
+    out = {}
+    for item in items or []:
+        ch, sep, volts = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects CH=VOLTS, got {item!r}")
+        out[int(ch)] = float(volts)
+    return out
+
+
+def cmd_acquire(args) -> int:
+    from ..backends import open_device
+    from ..device import armed
+
+    dev = open_device(args.resource)
+    try:
+        volts = np.zeros(len(dev.channel_map))
+        for ch, v in _parse_sets(args.set).items():
+            if not 0 <= ch < len(volts):
+                raise ValueError(f"channel {ch} does not exist (board has {len(volts)})")
+            volts[ch] = v
+        dev.set_channels(volts)
+        dev.set_inputs(np.zeros((1, dev.n_inputs)))
+        with armed(dev):
+            acq = dev.acquire(args.mode, args.time, args.samples)
+    finally:
+        dev.close()
+    x = acq.volts[0]
+    result = {
+        "identity": dev.identity,
+        "mode": args.mode,
+        "time_s": args.time,
+        "samples": args.samples,
+        "nodes": acq.nodes.tolist(),
+        "mean_v": x.mean(0).tolist(),
+        "std_v": x.std(0, ddof=1).tolist(),
+    }
+    lines = [f"{args.mode} acquisition, t = {args.time:g} s, {args.samples} samples ({dev.identity}):"]
+    lines += [f"  node {n:3d}: mean {m:+.5f} V  std {sd:.5f} V" for n, m, sd in zip(acq.nodes, result["mean_v"], result["std_v"])]
+    emit(args, result, "\n".join(lines))
+    return EXIT_OK
+
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "emulate",
+        help="run a board emulator (its own process) on 127.0.0.1 and/or a pty",
+        description="Start the board emulator; all arguments go to it (see `tc-hw emulate --help`).",
+        add_help=False,
+    )
+    p.add_argument("emulator_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_emulate)
+
+    RESOURCE_HELP = "board resource: TCPIP0::127.0.0.1::5025::SOCKET, ASRL/dev/pts/N::INSTR, /dev/ttyX, or twin"
+    p = sub.add_parser("info", help="identity and size of a board", description="Query a board's identity, technology and channel counts.")
+    p.add_argument("--resource", required=True, help=RESOURCE_HELP)
+    add_json(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "acquire",
+        help="program channels, acquire, print per-node mean and std",
+        description=(
+            "Program every channel to 0 V except those given with --set, apply one zero input vector, "
+            "acquire and print per-node mean and standard deviation in volts. Unsafe voltages are refused."
+        ),
+        epilog="example: tc-hw acquire --resource twin --mode reset --time 1e-6 --samples 200 --set 0=1.0 32=1.0 --json",
+    )
+    p.add_argument("--resource", required=True, help=RESOURCE_HELP)
+    p.add_argument("--mode", choices=["reset", "serial"], default="reset", help="sampling mode (default: reset)")
+    p.add_argument("--time", type=float, default=1e-6, help="observation time / interval, seconds (default: 1e-6)")
+    p.add_argument("--samples", type=int, default=200, help="samples per input vector (default: 200)")
+    p.add_argument("--set", nargs="*", metavar="CH=VOLTS", help="channel voltages (others are 0 V)")
+    add_json(p)
+    p.set_defaults(func=cmd_acquire)

@@ -1,0 +1,339 @@
+"""Direct training: back-propagation through the computer's own stochastic dynamics.
+
+The computer is trained for what it is used for: the class is read from the output nodes at the
+observation time ``t_f`` of one noisy reset trajectory.  The loss is the cross-entropy of
+``softmax(scale * x_out(t_f))`` with the label, where ``x(t)`` is the Euler-Maruyama trajectory
+
+    x_{k+1} = x_k + dt F(x_k) + sqrt(2 mu kT dt) xi_k,   F(x) = u - (2Q + 3S x + 4R x^2) x - C x,
+    u = B - I W
+
+(``mu = 1``), with the noise ``xi`` held fixed while differentiating (the reparametrisation
+gradient).  The adjoint runs backwards,
+
+    lam_K = dL/dx_K,   lam_k = lam_{k+1} - dt [(2Q + 6S x_k + 12R x_k^2) lam_{k+1} + C lam_{k+1}],
+
+and gives ``dL/du = dt sum_k lam_{k+1}`` and ``dL/dC_ab = -dt sum_k (lam_{k+1,a} x_{k,b} +
+lam_{k+1,b} x_{k,a})`` on the network's edges; ``dL/dB = dL/du``, ``dL/dW = -I^T dL/du``.  The
+self terms ``Q, S, R`` and ``kT`` stay fixed (they are the computer's hardware, ``J2 = J4 =
+kT = 1`` in the gradient-descent paper).  Every image gets a new noise realisation every epoch,
+so the computer learns to classify from one sample; the twin's evaluation averages 10.
+
+Cost here (2 cores): one epoch of 60,000 digits with 200 steps is about 30 s of float32 numpy
+(BLAS on one thread: threaded OpenBLAS is slow on these small products).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..params import Params
+
+__all__ = ["DirectConfig", "forward", "backward", "train_direct", "train_mnist_direct", "trajectory_loss_and_grad", "initial_params"]
+
+
+@dataclass(frozen=True)
+class DirectConfig:
+    """Settings of direct training (times in units of ``1/mobility``)."""
+
+    epochs: int = 12
+    batch: int = 128
+    lr: float = 3e-3
+    lr_final: float = 1e-4  #: cosine decay from ``lr`` to this
+    scale: float = 3.0  #: logits = scale * x_out(t_f)
+    time_obs: float = 0.2
+    dt: float = 1e-3
+    weight_decay: float = 0.0
+    validation: int = 5000  #: training digits held out to pick the best epoch
+    seed: int = 0
+
+
+class _Model:
+    """Dense float32 view of ``Params``: ``W`` (K, N), ``B`` (N,), ``C`` (N, N) on edges."""
+
+    def __init__(self, params: Params):
+        net = params.network
+        self.params = params
+        self.mask = np.zeros((net.n_nodes, net.n_nodes), np.float32)
+        a, b = net.edges.T
+        self.mask[a, b] = self.mask[b, a] = 1
+        self.wmask = np.zeros((net.n_inputs, net.n_nodes), np.float32)
+        self.wmask[tuple(net.crossbar.T)] = 1
+        f32 = np.float32
+        self.W = params.crossbar_matrix().astype(f32)
+        self.B = params.bias.astype(f32)
+        self.C = params.coupling_matrix().astype(f32)
+        self.q2 = (2 * params.quadratic).astype(f32)
+        self.s3 = (3 * params.cubic).astype(f32)
+        self.r4 = (4 * params.quartic).astype(f32)
+        self.sigma = f32(np.sqrt(2 * params.mobility * params.kT))
+        self.mu = f32(params.mobility)
+
+    def tensors(self) -> list[np.ndarray]:
+        return [self.W, self.B, self.C]
+
+    def to_params(self) -> Params:
+        net = self.params.network
+        a, b = net.edges.T
+        k, j = net.crossbar.T
+        return self.params.copy(
+            bias=self.B.astype(np.float64),
+            coupling=self.C[a, b].astype(np.float64),
+            crossbar=self.W[k, j].astype(np.float64),
+        )
+
+
+def forward(model: _Model, inputs, noise, dt: float) -> np.ndarray:
+    """Euler-Maruyama trajectories from ``x = 0``: states ``x_0..x_K``, shape (K+1, P, N).
+
+    ``inputs`` has shape (P, K_in); ``noise`` shape (K, P, N), standard normal, float32.
+    """
+    f32 = np.float32
+    steps, p, n = noise.shape
+    mu_dt = f32(model.mu * dt)
+    amp = f32(model.sigma * np.sqrt(dt))
+    u = model.B[None, :] - inputs @ model.W  # (P, N)
+    xs = np.empty((steps + 1, p, n), u.dtype)
+    x = np.zeros((p, n), u.dtype)
+    xs[0] = x
+    for k in range(steps):
+        force = u - x * (model.q2 + x * (model.s3 + model.r4 * x)) - x @ model.C
+        x = x + mu_dt * force + amp * noise[k]
+        xs[k + 1] = x
+    return xs
+
+
+def backward(model: _Model, inputs, xs, lam, dt: float) -> list[np.ndarray]:
+    """Adjoint of :func:`forward`: gradients ``[dL/dW, dL/dB, dL/dC]`` from ``lam = dL/dx_K``.
+
+    ``xs`` is the output of :func:`forward`, shape (K+1, P, N); ``lam`` has shape (P, N).
+    """
+    f32 = np.float32
+    steps, p, n = xs.shape[0] - 1, xs.shape[1], xs.shape[2]
+    mu_dt = f32(model.mu * dt)
+    lam = np.asarray(lam, xs.dtype)
+    lams = np.empty((steps, p, n), xs.dtype)  # lam_{k+1} for k = 0..steps-1
+    for k in range(steps - 1, -1, -1):
+        lams[k] = lam
+        xk = xs[k]
+        curv = model.q2 + xk * (2 * model.s3 + 3 * model.r4 * xk)
+        lam = lam - mu_dt * (curv * lam + lam @ model.C)
+    g_u = mu_dt * lams.sum(axis=0)  # (P, N)
+    g_c = -mu_dt * (lams.reshape(-1, n).T @ xs[:-1].reshape(-1, n))
+    g_c = (g_c + g_c.T) * model.mask
+    return [-(inputs.T @ g_u) * model.wmask, g_u.sum(axis=0), g_c]
+
+
+def trajectory_loss_and_grad(model: _Model, inputs, labels, noise, dt: float, scale: float, outputs):
+    """Mean cross-entropy of ``softmax(scale * x_out(t_f))`` over a batch, and its gradient.
+
+    Parameters
+    ----------
+    inputs : ndarray, shape (P, K), float32
+    labels : ndarray of int, shape (P,)
+    noise : ndarray, shape (steps, P, N), float32, standard normal
+    dt : float
+    scale : float
+        Logit scale applied to the output nodes.
+    outputs : ndarray of int, shape (n_out,)
+
+    Returns
+    -------
+    loss : float
+    grads : list of ndarray, shapes of ``model.tensors()``
+    correct : int
+        Digits whose single trajectory is classified correctly.
+    """
+    xs = forward(model, inputs, noise, dt)
+    p, n = xs.shape[1:]
+    logits = scale * xs[-1][:, outputs]
+    logits -= logits.max(axis=1, keepdims=True)
+    prob = np.exp(logits)
+    prob /= prob.sum(axis=1, keepdims=True)
+    rows = np.arange(p)
+    loss = float(-np.log(prob[rows, labels] + 1e-30).mean())
+    correct = int((logits.argmax(axis=1) == labels).sum())
+    prob[rows, labels] -= 1
+    lam = np.zeros((p, n), xs.dtype)
+    lam[:, outputs] = (scale / p) * prob
+    return loss, backward(model, inputs, xs, lam, dt), correct
+
+
+class _Adam:
+    def __init__(self, tensors, lr: float, b1=0.9, b2=0.999, eps=1e-8):
+        self.m = [np.zeros_like(t) for t in tensors]
+        self.v = [np.zeros_like(t) for t in tensors]
+        self.lr, self.b1, self.b2, self.eps, self.t = lr, b1, b2, eps, 0
+
+    def step(self, tensors, grads, lr: float) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
+        for t, g, m, v in zip(tensors, grads, self.m, self.v):
+            m *= self.b1
+            m += (1 - self.b1) * g
+            v *= self.b2
+            v += (1 - self.b2) * g * g
+            t -= (lr * (m / c1) / (np.sqrt(v / c2) + self.eps)).astype(t.dtype)
+
+
+def _accuracy(model: _Model, inputs, labels, cfg: DirectConfig, seed: int) -> float:
+    """One-trajectory accuracy on ``inputs`` (no gradient), for picking the best epoch."""
+    from sim_backend.twin import sample_reset
+
+    run = sample_reset(model.to_params(), inputs, cfg.time_obs, 1, dt=cfg.dt, seed=seed,
+                       nodes=model.params.network.outputs)
+    return float((run.x[:, 0, 0, :].argmax(axis=1) == labels).mean())
+
+
+def train_direct(params: Params, inputs, labels, cfg: DirectConfig = DirectConfig(), progress: bool = True):
+    """Train ``params`` (bias, couplings, crossbar) on ``(inputs, labels)`` through the dynamics.
+
+    Parameters
+    ----------
+    params : Params
+        Start point (its self terms, ``kT`` and mobility are kept).
+    inputs : ndarray, shape (P, K)
+    labels : ndarray of int, shape (P,)
+    cfg : DirectConfig
+    progress : bool
+        Show a tqdm bar on stderr.
+
+    Returns
+    -------
+    Params
+        The parameters of the epoch with the best validation accuracy.
+    history : dict
+        Per-epoch ``loss`` (training cross-entropy), ``train_acc`` (one sample), ``val_acc``.
+    """
+    from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
+
+    from sim_backend.rng import normal
+
+    x_all = np.asarray(inputs, np.float32)
+    y_all = np.asarray(labels, np.int64)
+    if x_all.ndim != 2 or x_all.shape[1] != params.network.n_inputs or len(x_all) != len(y_all):
+        raise ValueError(f"inputs must have shape (P, {params.network.n_inputs}) with one label each")
+    if not np.isfinite(x_all).all():
+        raise ValueError("inputs contain NaN or infinite values")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(x_all))
+    n_val = min(cfg.validation, len(x_all) // 5)
+    val, train = order[:n_val], order[n_val:]
+    model = _Model(params)
+    outputs = np.asarray(params.network.outputs)
+    steps = int(round(cfg.time_obs / cfg.dt))
+    opt = _Adam(model.tensors(), cfg.lr)
+    n_batches = -(-len(train) // cfg.batch)
+    total = cfg.epochs * n_batches
+    history = {"loss": [], "train_acc": [], "val_acc": []}
+    best = (-1.0, model.to_params())
+    bar = tqdm(total=total, desc="direct training", unit="batch", disable=not progress, file=sys.stderr)
+    it = 0
+    with threadpool_limits(1, "blas"):
+        for epoch in range(cfg.epochs):
+            perm = rng.permutation(train)
+            losses, correct = [], 0
+            for b in range(n_batches):
+                idx = perm[b * cfg.batch : (b + 1) * cfg.batch]
+                noise = normal(cfg.seed * 1_000_003 + it, steps * len(idx) * model.B.size).reshape(
+                    steps, len(idx), -1
+                )
+                loss, grads, ok = trajectory_loss_and_grad(model, x_all[idx], y_all[idx], noise, cfg.dt, cfg.scale, outputs)
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at epoch {epoch}, batch {b}: lower lr")
+                if cfg.weight_decay:
+                    grads[0] = grads[0] + cfg.weight_decay * model.W
+                    grads[2] = grads[2] + cfg.weight_decay * model.C
+                frac = it / max(1, total - 1)
+                lr = cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + np.cos(np.pi * frac))
+                opt.step(model.tensors(), grads, lr)
+                losses.append(loss)
+                correct += ok
+                it += 1
+                bar.update()
+                if b % 20 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{correct / ((b + 1) * cfg.batch):.3f}")
+            val_acc = _accuracy(model, x_all[val], y_all[val], cfg, seed=cfg.seed + 17 + epoch) if n_val else float("nan")
+            history["loss"].append(float(np.mean(losses)))
+            history["train_acc"].append(correct / len(train))
+            history["val_acc"].append(val_acc)
+            bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.4f}")
+            if not n_val or val_acc > best[0]:
+                best = (val_acc, model.to_params())
+    bar.close()
+    return best[1], history
+
+
+def train_mnist_direct(out=None, init=None, cfg: DirectConfig = DirectConfig(), evaluate_samples: int = 10,
+                       progress: bool = True):
+    """Direct training of the 784/64/10 computer on MNIST; evaluate on the test set; save.
+
+    Parameters
+    ----------
+    out : path, optional
+        Parameter file to write (HDF5), with ``<stem>_loss.png`` and ``<stem>_confusion.png``.
+    init : Params or path, optional
+        Start point (e.g. the OM solution); default: ``thermo_gd_network`` with ``J2 = J4 =
+        kT = 1`` and small random couplings (N(0, 1e-2) scaled by 1/sqrt(inputs + couplings at the node)).
+    cfg : DirectConfig
+    evaluate_samples : int
+        Samples per test digit for the final twin evaluation.
+
+    Returns
+    -------
+    (Params, dict)
+        The metrics hold ``top1``, ``top2`` (full test set), ``train_seconds``,
+        ``heat_per_inference_kT`` and the per-epoch history.
+    """
+    from ..evaluation import evaluate_mnist
+    from ..files import load_params, save_params
+    from ..network import thermo_gd_network
+    from ..tasks import mnist_inputs
+
+    if init is None:
+        params = initial_params(thermo_gd_network(), cfg.seed)
+    elif isinstance(init, Params):
+        params = init
+    else:
+        params = load_params(init)
+    images, labels = mnist_inputs("train")
+    t0 = time.perf_counter()
+    trained, history = train_direct(params, images, labels, cfg, progress)
+    seconds = time.perf_counter() - t0
+    metrics = evaluate_mnist(trained, evaluate_samples, cfg.seed, cfg.time_obs, cfg.dt, progress=progress)
+    result = {
+        "method": "direct",
+        "task": "mnist",
+        "top1": metrics["top1"],
+        "top2": metrics["top2"],
+        "train_seconds": round(seconds, 1),
+        "heat_per_inference_kT": metrics["heat_per_inference_kT"],
+        "samples": evaluate_samples,
+        "history": history,
+    }
+    if out is not None:
+        from .plots import confusion_png, loss_png
+
+        provenance = {"method": "direct", "task": "mnist", "config": cfg.__dict__, **{k: result[k] for k in ("top1", "top2", "train_seconds")}}
+        save_params(trained, out, provenance)
+        result["out"] = str(out)
+        result["plots"] = [
+            str(loss_png(out, {"train cross-entropy": history["loss"]}, "epoch",
+                         extra={"validation accuracy (1 sample)": history["val_acc"]})),
+            str(confusion_png(out, metrics["confusion"])),
+        ]
+    return trained, result
+
+
+def initial_params(network, seed: int = 0, sigma: float = 1e-2) -> Params:
+    """``J2 = J4 = kT = 1``, zero biases, couplings and crossbar from N(0, sigma^2)/sqrt(fan-in)."""
+    rng = np.random.default_rng(seed)
+    fan = np.maximum(1, network.fan_in() + network.degree())
+    c = rng.normal(0, sigma, network.n_edges) / np.sqrt(fan[network.edges[:, 1]])
+    w = rng.normal(0, sigma, network.n_crossbar) / np.sqrt(fan[network.crossbar[:, 1]])
+    n = network.n_nodes
+    return Params(network, np.ones(n), np.zeros(n), np.ones(n), np.zeros(n), c, w)
