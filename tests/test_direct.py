@@ -67,3 +67,17 @@ def test_bad_inputs_are_refused():
     bad[2, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         train_direct(initial_params(net), bad, np.zeros(10, int), DirectConfig(epochs=1), progress=False)
+
+
+def test_cos_direct_training_leaves_the_plateau(tmp_path):
+    """A short run gets well below the loss 1/2 of any linear response, and writes its files."""
+    from tc_hw.files import load_params
+    from tc_hw.train.direct import train_cos_direct
+
+    out = tmp_path / "cos.h5"
+    trained, r = train_cos_direct(out=out, iterations=400, points=16, samples=8, eval_samples=50, progress=False)
+    assert r["loss"] < 0.15 and r["iterations"] == 400
+    assert load_params(out).readout.shape == (1, 8)
+    assert all(p.endswith(".png") for p in r["plots"])
+    with pytest.raises(ValueError, match="reset"):
+        train_cos_direct(mode="serial")

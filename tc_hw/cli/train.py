@@ -26,7 +26,7 @@ def _train_cos(args):
         sizes = {k: getattr(args, k) for k in ("population", "points", "samples") if getattr(args, k)}
         return train_cos_ga(args.generations, mode=args.mode, seed=args.seed, out=args.out,
                             progress=not args.json, **sizes)
-    from ..train.cos import train_cos_direct
+    from ..train.direct import train_cos_direct
 
     return train_cos_direct(out=args.out, seed=args.seed, mode=args.mode, progress=not args.json,
                             **({"iterations": args.epochs} if args.epochs else {}))

@@ -337,3 +337,143 @@ def initial_params(network, seed: int = 0, sigma: float = 1e-2) -> Params:
     w = rng.normal(0, sigma, network.n_crossbar) / np.sqrt(fan[network.crossbar[:, 1]])
     n = network.n_nodes
     return Params(network, np.ones(n), np.zeros(n), np.ones(n), np.zeros(n), c, w)
+
+
+def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: int = 800, points: int = 20,
+                     samples: int = 16, dt: float = 1e-2, lr: float = 5e-2, lr_final: float = 1e-3,
+                     t_f: float = 1.0, restarts: int = 4, max_seconds: float | None = None,
+                     eval_samples: int = 1000, progress: bool = True):
+    """Train the 8x4 layered cos(2 pi z) computer through its dynamics (reset sampling).
+
+    Each iteration draws ``points`` inputs ``z`` uniformly on [0, 1] and ``samples`` fresh
+    trajectories per input to ``t_f``; the loss is the task's ``mean_z (f . <x_out(z)> - cos 2 pi
+    z)^2`` with the sample mean over those trajectories, differentiated exactly (adjoint) with
+    respect to biases, couplings, crossbar and readout ``f``, and stepped with Adam (cosine
+    learning-rate decay).
+
+    The start matters: cos(2 pi z) is even about z = 1/2, so its best linear fit is zero, and a
+    network started near zero (linear response) sits on the plateau loss = 1/2 with vanishing
+    gradient.  The start is therefore in the nonlinear regime: crossbar N(0, 4^2) (the field
+    ``w z`` must reach the quartic's scale), biases N(0, 1), couplings N(0, 0.5^2), readout
+    N(0, 0.3^2).  Even so a start can stall on the plateau, so ``restarts`` starts are trained
+    for ``iterations / (4 restarts)`` iterations each and the best goes on (they count against
+    ``iterations``).  The same computer, kT, dt and final measurement as
+    :func:`tc_hw.train.cos.train_cos_ga`, so the two methods compare loss for wall time.
+
+    Returns
+    -------
+    (Params, dict)
+        Metrics: ``loss`` (all 250 points, ``eval_samples`` samples, ``dt``), ``loss_check_dt``
+        (the same at dt = 1e-3), ``iterations``, ``train_seconds``, ``history`` (per-iteration minibatch loss).
+    """
+    from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
+
+    from sim_backend.rng import normal
+
+    from ..files import save_params
+    from ..tasks import cos_task
+    from .cos import cos_network, evaluate_cos
+
+    if mode != "reset":
+        raise ValueError("direct training of the cos task supports mode='reset' only (use --method ga for serial)")
+    base = cos_network()
+    rng = np.random.default_rng(seed)
+    steps = int(round(t_f / dt))
+    outputs = np.asarray(base.network.outputs)
+
+    def start():
+        net = base.network
+        p = base.copy(bias=rng.normal(0, 1.0, net.n_nodes), coupling=rng.normal(0, 0.5, net.n_edges),
+                      crossbar=rng.normal(0, 4.0, net.n_crossbar))
+        model = _Model(p)
+        tensors = model.tensors() + [rng.normal(0, 0.3, base.readout.shape[1]).astype(np.float32)]
+        return model, tensors, _Adam(tensors, lr)
+
+    def step(model, tensors, opt, it, step_lr) -> float:
+        f = tensors[-1]
+        z = rng.uniform(0, 1, points).astype(np.float32)
+        inputs = np.repeat(z, samples)[:, None]
+        noise = normal(seed * 1_000_003 + it, steps * len(inputs) * model.B.size).reshape(steps, len(inputs), -1)
+        xs = forward(model, inputs, noise, dt)
+        xbar = xs[-1][:, outputs].reshape(points, samples, -1).mean(axis=1)  # (points, n_out)
+        err = xbar @ f - np.cos(2 * np.pi * z)
+        loss = float(np.mean(err**2))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at iteration {it}: lower lr")
+        lam = np.zeros((len(inputs), model.B.size), np.float32)
+        lam[:, outputs] = np.repeat(2 * err / (points * samples), samples)[:, None] * f[None, :]
+        opt.step(tensors, backward(model, inputs, xs, lam, dt) + [(2 / points) * (err @ xbar)], step_lr)
+        return loss
+
+    history = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=iterations, desc="direct training (cos)", unit="it", disable=not progress, file=sys.stderr)
+    probe = iterations // (4 * restarts) if restarts > 1 else 0
+    with threadpool_limits(1, "blas"):
+        # a few starts, each trained briefly; the one with the lowest recent loss goes on
+        runs = []
+        for r in range(restarts if probe else 1):
+            run = start()
+            losses = [step(*run, len(history) + i, lr) for i in range(probe)]
+            history += losses
+            bar.update(probe)
+            runs.append((np.mean(losses[-max(1, probe // 4):]) if losses else 0.0, r, run))
+        model, tensors, opt = min(runs, key=lambda t: (t[0], t[1]))[2]
+        rest = iterations - len(history)
+        for i in range(rest):
+            step_lr = lr_final + 0.5 * (lr - lr_final) * (1 + np.cos(np.pi * i / max(1, rest - 1)))
+            history.append(step(model, tensors, opt, len(history), step_lr))
+            bar.update()
+            bar.set_postfix(loss=f"{np.mean(history[-20:]):.2e}")
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                break
+    f = tensors[-1]
+    bar.close()
+    seconds = time.perf_counter() - t0
+    trained = model.to_params().copy(readout=f[None, :].astype(np.float64))
+    z_all, y0 = cos_task()
+    vec = trained.vector()[None, :]
+    loss_final = float(evaluate_cos(vec, trained, z_all, y0, samples=eval_samples, dt=dt, seed=seed + 1)[0])
+    loss_check = float(evaluate_cos(vec, trained, z_all, y0, samples=eval_samples, dt=1e-3, seed=seed + 2)[0])
+    result = {
+        "method": "direct",
+        "task": "cos",
+        "loss": loss_final,
+        "loss_check_dt": loss_check,
+        "iterations": len(history),
+        "train_seconds": round(seconds, 1),
+        "history": history,
+    }
+    if out is not None:
+        from .plots import loss_png
+
+        provenance = {"method": "direct", "task": "cos", "iterations": len(history), "points": points,
+                      "samples": samples, "dt": dt, "lr": lr, "seed": seed, "loss": loss_final}
+        save_params(trained, out, provenance)
+        result["out"] = str(out)
+        result["plots"] = [str(loss_png(out, {"minibatch loss": history}, "iteration", log=True)),
+                           str(cos_png(out, trained, dt, seed))]
+    return trained, result
+
+
+def cos_png(out, params: Params, dt: float, seed: int = 0):
+    """The learned ``y(z)`` (mean and standard error, 1000 samples) against ``cos(2 pi z)``."""
+    from sim_backend.twin import sample_reset
+
+    from ..plotting import figure, save
+    from ..tasks import cos_task
+    from .plots import png_path
+
+    z, y0 = cos_task()
+    x = sample_reset(params, z, 1.0, 1000, dt=dt, seed=seed + 3, nodes=params.network.outputs).x[:, :, 0, :]
+    y = x @ params.readout[0]  # (P, M)
+    fig, ax = figure()
+    ax.plot(z[:, 0], y0, "k--", label="target cos(2 pi z)")
+    ax.fill_between(z[:, 0], y.mean(1) - y.std(1) / np.sqrt(y.shape[1]), y.mean(1) + y.std(1) / np.sqrt(y.shape[1]),
+                    alpha=0.4)
+    ax.plot(z[:, 0], y.mean(1), label="computer <y(z)>")
+    ax.set_xlabel("input z")
+    ax.set_ylabel("output")
+    ax.legend()
+    return save(fig, png_path(out, "cos"))
