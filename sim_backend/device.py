@@ -84,6 +84,13 @@ class TwinDevice:
     def close(self) -> None:
         self.arm(False)
 
+    def reseed(self, seed: int) -> None:
+        """Seed of the next acquisition (the twin's noise is reproducible; a board's is not).
+
+        Loops that must repeat exactly after a resume (``tc-hw refine --resume``) call this with
+        a seed derived from the run seed, the generation and the candidate."""
+        self._seed = int(seed)
+
     def params(self) -> Params:
         """What the board computes now: element values ``gain * applied volts``."""
         v = self._volts * self.channel_map.gain

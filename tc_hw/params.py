@@ -224,6 +224,32 @@ class Params:
         """A validated copy with some fields replaced."""
         return replace(self, **changes)
 
+    def rescaled(self, lam: float) -> "Params":
+        """The same computer in node coordinates ``y = x / lam`` (an exact change of variables).
+
+        ``V(x) = V(lam y)`` gives ``Q lam^2, S lam^3, R lam^4, B lam, C lam^2, W lam``; the
+        dynamics of ``y`` have mobility ``mobility / lam^2`` at the same ``kT`` and the same time,
+        and the readout ``lam f`` gives the same answer.  With ``lam < 1`` every element shrinks
+        (biases least, quartic terms most), which is how a program that is too strong for a
+        board's element ranges is made to fit: the price is a longer physical time on the board
+        (``tau * mobility * kT`` per unit of program time grows by ``1 / lam^2``) and node
+        readings ``1 / lam`` larger.
+        """
+        lam = float(lam)
+        if not (np.isfinite(lam) and lam > 0):
+            raise ParamsError(f"the coordinate scale must be a positive number, got {lam}")
+        return replace(
+            self,
+            quadratic=self.quadratic * lam**2,
+            cubic=self.cubic * lam**3,
+            quartic=self.quartic * lam**4,
+            bias=self.bias * lam,
+            coupling=self.coupling * lam**2,
+            crossbar=self.crossbar * lam,
+            readout=None if self.readout is None else self.readout * lam,
+            mobility=self.mobility / lam**2,
+        )
+
     @classmethod
     def uniform(
         cls,

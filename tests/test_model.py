@@ -160,3 +160,26 @@ def test_malformed_files_give_clear_errors(tmp_path):
         load_params(js)
     with pytest.raises(FileNotFoundError):
         load_params(tmp_path / "missing.h5")
+
+
+def test_rescaled_program_computes_the_same_answer():
+    """y = x / lam: same output (readout lam f) at the same time, from the twin, within noise."""
+    from sim_backend.twin import sample_reset
+    from tc_hw.network import layered
+
+    rng = np.random.default_rng(0)
+    net = layered(4, 2, 1)
+    p = Params.uniform(net, 1.0, 0.0, 1.0, bias=rng.normal(0, 1, net.n_nodes), coupling=rng.normal(0, 0.5, net.n_edges),
+                       crossbar=rng.normal(0, 1, net.n_crossbar), readout=rng.normal(0, 1, (1, 4)), kT=0.3)
+    q = p.rescaled(0.5)
+    assert q.mobility == 4.0 and q.kT == p.kT and np.allclose(q.quartic, p.quartic / 16)
+    x = np.linspace(-1, 1, 2 * net.n_nodes).reshape(2, -1)
+    np.testing.assert_allclose(q.energy(x / 0.5), p.energy(x))  # V(lam y) = V(x)
+    z = np.array([[0.2], [0.9]])
+    m = 4000
+    yp = sample_reset(p, z, 1.0, m, dt=1e-3, seed=1, nodes=net.outputs).x[:, :, 0] @ p.readout[0]
+    yq = sample_reset(q, z, 1.0, m, dt=2.5e-4, seed=2, nodes=net.outputs).x[:, :, 0] @ q.readout[0]
+    se = np.sqrt((yp.var(1) + yq.var(1)) / m)
+    assert np.all(np.abs(yp.mean(1) - yq.mean(1)) < 5 * se)
+    with pytest.raises(ParamsError):
+        p.rescaled(0.0)

@@ -345,7 +345,8 @@ def initial_params(network, seed: int = 0, sigma: float = 1e-2) -> Params:
 
 def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: int = 800, points: int = 20,
                      samples: int = 16, dt: float = 1e-2, lr: float = 5e-2, lr_final: float = 1e-3,
-                     t_f: float = 1.0, restarts: int = 4, max_seconds: float | None = None,
+                     t_f: float = 1.0, restarts: int = 4, bound: float | None = 2.0,
+                     max_seconds: float | None = None,
                      eval_samples: int = 1000, progress: bool = True):
     """Train the 8x4 layered cos(2 pi z) computer through its dynamics (reset sampling).
 
@@ -361,7 +362,11 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
     ``w z`` must reach the quartic's scale), biases N(0, 1), couplings N(0, 0.5^2), readout
     N(0, 0.3^2).  Even so a start can stall on the plateau, so ``restarts`` starts are trained
     for ``iterations / (4 restarts)`` iterations each and the best goes on (they count against
-    ``iterations``).  The same computer, kT, dt and final measurement as
+    ``iterations``).
+
+    ``bound`` keeps every bias, coupling and crossbar weight in ``[-bound, bound]`` (projected
+    after each step), so the result fits a board: the default board's B/C/W channels reach +-20
+    board units (+-5 V at 4 per volt), i.e. +-2 in program units at kT = 0.1.  None: unbounded.  The same computer, kT, dt and final measurement as
     :func:`tc_hw.train.cos.train_cos_ga`, so the two methods compare loss for wall time.
 
     Returns
@@ -392,7 +397,13 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
                       crossbar=rng.normal(0, 4.0, net.n_crossbar))
         model = _Model(p)
         tensors = model.tensors() + [rng.normal(0, 0.3, base.readout.shape[1]).astype(np.float32)]
+        project(model)
         return model, tensors, _Adam(tensors, lr)
+
+    def project(model):
+        if bound is not None:
+            for t in model.tensors():
+                np.clip(t, -bound, bound, out=t)
 
     def step(model, tensors, opt, it, step_lr) -> float:
         f = tensors[-1]
@@ -408,6 +419,7 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
         lam = np.zeros((len(inputs), model.B.size), np.float32)
         lam[:, outputs] = np.repeat(2 * err / (points * samples), samples)[:, None] * f[None, :]
         opt.step(tensors, backward(model, inputs, xs, lam, dt) + [(2 / points) * (err @ xbar)], step_lr)
+        project(model)
         return loss
 
     history = []

@@ -1,0 +1,196 @@
+"""HDF5 run logs that another process can watch live and that survive a kill at any moment.
+
+One file per run, NeXus-style (``NX_class`` attributes), written with h5py in SWMR mode::
+
+    /entry                      NXentry   attrs: format, format_version, start_time, program, version
+      config                    dataset   JSON text: the run's settings (task, sizes, seeds, paths)
+      instrument                NXinstrument  attrs: identity, technology, resource, calibration id/hash
+      generations               NXdata    one row per generation, appended:
+        population   (G, P, n)  the candidates evaluated (search-space vectors)
+        losses       (G, P)     their measured losses
+        elite_losses (G, E)     losses of the elites selected in that generation
+        best_loss    (G,)       smallest loss of the generation
+        best         (G, n)     its vector
+        temperature_k (G, 2)    board temperature before and after the generation
+        wall_s       (G,)       seconds the generation took
+        retries      (G,)       connection faults recovered during the generation
+        paused_s     (G,)       seconds paused for the temperature band
+        codes        (G, P, M*, n*) optional raw ADC codes, attr ``volts_per_code``
+      completed_generations (1,) written last, after every row of a generation is in place
+
+Every dataset is created up front (SWMR forbids creating objects later), rows are written
+first and ``completed_generations`` last, then the file is flushed.  A reader
+(:func:`read_log`, or ``h5py.File(path, "r", libver="latest", swmr=True)`` while the run goes on)
+trusts only the first ``completed_generations`` rows, so a run killed mid-generation (SIGKILL
+included) leaves a readable file whose half-written generation simply does not count.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+__all__ = ["RunLog", "read_log", "LOG_FORMAT"]
+
+LOG_FORMAT = "tc-hw/run-log"
+LOG_VERSION = 1
+_ROWS = ("population", "losses", "elite_losses", "best_loss", "best", "temperature_k", "wall_s", "retries", "paused_s")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tc-hw")
+    except PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+class RunLog:
+    """Append-only per-generation log of a refinement (or any ask/tell) run.
+
+    Use :meth:`create` for a new run and :meth:`reopen` to resume one; then :meth:`append` once
+    per completed generation and :meth:`close` at the end (also a context manager).
+    """
+
+    def __init__(self, f: h5py.File):
+        self.f = f
+        self.g = f["entry/generations"]
+        self.done = f["entry/completed_generations"]
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path, config: dict, *, population: int, n_params: int, elites: int,
+               instrument: dict | None = None, codes_shape: tuple | None = None,
+               volts_per_code: float | None = None) -> "RunLog":
+        """Create ``path`` (refuses to overwrite) with every dataset, then switch to SWMR mode.
+
+        ``config`` is stored as JSON; ``instrument`` values become attributes of
+        ``entry/instrument``; ``codes_shape`` ``(P, M, n)`` reserves raw ADC codes per generation.
+        """
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} exists: use --resume to continue that run, or another --log")
+        f = h5py.File(path, "w", libver="latest")
+        e = f.create_group("entry")
+        e.attrs.update({"NX_class": "NXentry", "format": LOG_FORMAT, "format_version": LOG_VERSION,
+                        "start_time": _dt.datetime.now(_dt.timezone.utc).isoformat(), "program": "tc-hw",
+                        "version": _version()})
+        e.create_dataset("config", data=json.dumps(config, default=str))
+        ins = e.create_group("instrument")
+        ins.attrs["NX_class"] = "NXinstrument"
+        for k, v in (instrument or {}).items():
+            ins.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v, default=str)
+        g = e.create_group("generations")
+        g.attrs.update({"NX_class": "NXdata", "signal": "best_loss"})
+        p, n = int(population), int(n_params)
+        shapes = {"population": (p, n), "losses": (p,), "elite_losses": (int(elites),), "best_loss": (),
+                  "best": (n,), "temperature_k": (2,), "wall_s": (), "retries": (), "paused_s": ()}
+        for name, shape in shapes.items():
+            dtype = np.int64 if name == "retries" else np.float64
+            g.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape) if shape else (64,),
+                             dtype=dtype, fillvalue=np.nan if dtype is np.float64 else 0)
+        if codes_shape is not None:
+            d = g.create_dataset("codes", shape=(0, *codes_shape), maxshape=(None, *codes_shape),
+                                 chunks=(1, *codes_shape), dtype=np.int16, compression="gzip", compression_opts=1)
+            d.attrs["volts_per_code"] = float(volts_per_code or np.nan)
+        e.create_dataset("completed_generations", data=np.zeros(1, np.int64), maxshape=(1,))
+        f.swmr_mode = True
+        f.flush()
+        return cls(f)
+
+    @classmethod
+    def reopen(cls, path) -> "RunLog":
+        """Open an existing log to append after its last completed generation."""
+        path = Path(path)
+        check = read_log(path)  # raises a clear error for a file that is not a run log
+        del check
+        f = h5py.File(path, "r+", libver="latest")
+        f.swmr_mode = True
+        return cls(f)
+
+    # ------------------------------------------------------------------ writing
+    @property
+    def completed(self) -> int:
+        return int(self.done[0])
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.f["entry/config"][()])
+
+    def append(self, generation: int, row: dict) -> None:
+        """Write generation ``generation`` (0-based; must equal :attr:`completed`), then count it.
+
+        ``row`` holds the arrays named in the module docstring (``codes`` only if reserved).
+        A row left half-written by a kill is overwritten here on resume.
+        """
+        if generation != self.completed:
+            raise ValueError(f"generation {generation} does not follow the {self.completed} completed ones")
+        names = _ROWS + (("codes",) if "codes" in self.g else ())
+        for name in names:
+            d = self.g[name]
+            if d.shape[0] < generation + 1:
+                d.resize(generation + 1, axis=0)
+            value = row.get(name)
+            if value is None:
+                continue
+            d[generation] = np.asarray(value, dtype=d.dtype).reshape(d.shape[1:])
+        for name in names:
+            self.g[name].flush()
+        self.done[0] = generation + 1  # last: the generation counts only now
+        self.done.flush()
+        self.f.flush()
+
+    def truncate(self, completed: int) -> None:
+        """Count only the first ``completed`` generations (their rows stay; later ones are redone)."""
+        if not 0 <= completed <= self.completed:
+            raise ValueError(f"cannot truncate {self.completed} generations to {completed}")
+        self.done[0] = completed
+        self.done.flush()
+        self.f.flush()
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.flush()
+            self.f.close()
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_log(path) -> dict:
+    """Read a run log (also while it is being written): its completed generations only.
+
+    Returns a dict with ``config`` (dict), ``instrument`` (dict of attributes), ``attrs`` (the
+    entry's), ``completed_generations`` and one array per dataset, cut to the completed rows.
+    Raises ``ValueError`` for a file that is not a tc-hw run log.
+    """
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r", libver="latest", swmr=True)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from e
+    with f:
+        e = f.get("entry")
+        if e is None or e.attrs.get("format") != LOG_FORMAT:
+            raise ValueError(f"{path}: not a tc-hw run log")
+        if int(e.attrs["format_version"]) > LOG_VERSION:
+            raise ValueError(f"{path}: run-log version {e.attrs['format_version']} is newer than this code")
+        done = e["completed_generations"]
+        done.refresh()
+        n = int(done[0])
+        out = {"config": json.loads(e["config"][()]), "attrs": dict(e.attrs),
+               "instrument": dict(e["instrument"].attrs), "completed_generations": n}
+        for name, d in e["generations"].items():
+            d.refresh()
+            out[name] = d[:n]
+            if name == "codes":
+                out["volts_per_code"] = float(d.attrs["volts_per_code"])
+        return out
