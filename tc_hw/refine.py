@@ -209,7 +209,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         log.truncate(ga.generation)
     session = getattr(device, "session", None)
     paused_total, retries_total = 0.0, 0
-    t_start = time.monotonic()
+    t_start, g_start = time.monotonic(), ga.generation
     bar = tqdm(total=cfg.generations, initial=ga.generation, desc="refine", unit="gen",
                disable=not progress, file=sys.stderr)
     try:
@@ -244,7 +244,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
             ga.save(ckpt)
             bar.update()
             el = time.monotonic() - t_start
-            rate = (ga.generation - bar.initial) / max(el, 1e-9)
+            rate = (ga.generation - g_start) / max(el, 1e-9)
             bar.set_postfix(best=f"{ga.best[1]:.3g}", gen_per_min=f"{60 * rate:.1f}")
     finally:
         bar.close()

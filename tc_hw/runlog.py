@@ -107,9 +107,14 @@ class RunLog:
     def reopen(cls, path) -> "RunLog":
         """Open an existing log to append after its last completed generation."""
         path = Path(path)
-        check = read_log(path)  # raises a clear error for a file that is not a run log
-        del check
-        f = h5py.File(path, "r+", libver="latest")
+        read_log(path)  # raises a clear error for a file that is not a run log
+        try:
+            f = h5py.File(path, "r+", libver="latest")
+        except OSError as e:
+            if "already open for write" not in str(e):
+                raise
+            _rewrite(path)  # a killed SWMR writer leaves the superblock marked open: copy it clean
+            f = h5py.File(path, "r+", libver="latest")
         f.swmr_mode = True
         return cls(f)
 
@@ -163,6 +168,22 @@ class RunLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _rewrite(path: Path) -> None:
+    """Copy a log whose writer was killed into a fresh file (same layout), atomically replacing it.
+
+    HDF5 marks a file open for SWMR writing in its superblock; a killed writer never clears the
+    mark, so the file reads fine but cannot be opened for writing again (``h5clear -s`` would
+    clear it; h5py has no binding).  Copying every object with ``H5Ocopy`` keeps chunking and
+    maximum shapes, so appending continues as before.
+    """
+    tmp = path.with_name(path.name + ".rewrite")
+    with h5py.File(path, "r", libver="latest", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
+        dst.attrs.update(dict(src.attrs))
+        for name in src:
+            src.copy(src[name], dst, name=name)
+    tmp.replace(path)
 
 
 def read_log(path) -> dict:

@@ -87,3 +87,24 @@ def test_live_reader_and_sigkill_leave_a_readable_file(tmp_path):
     assert n >= seen[-1] and r["codes"].shape == (n, 4, 5, 3) and r["volts_per_code"] == 1e-4
     np.testing.assert_array_equal(r["best"][:, 0], np.arange(n))  # every counted row complete
     assert np.isfinite(r["losses"]).all()
+
+
+def test_a_killed_log_can_be_reopened_and_appended(tmp_path):
+    path = tmp_path / "k.h5"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if read_log(path)["completed_generations"] >= 3:
+                break
+        except (ValueError, OSError):
+            pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n = read_log(path)["completed_generations"]
+    with RunLog.reopen(path) as log:
+        assert log.completed == n
+        log.append(n, {**_row(n), "codes": np.zeros((4, 5, 3))})
+    r = read_log(path)
+    assert r["completed_generations"] == n + 1 and r["best_loss"][-1] == n

@@ -1,0 +1,208 @@
+"""``tc-hw calibrate``, ``upload``, ``refine`` and ``report``: programs on a board."""
+
+from __future__ import annotations
+
+from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
+
+
+def _load_cal(path, device):
+    import calibration
+
+    return calibration.nominal(device.channel_map) if path in (None, "nominal") else calibration.load(path)
+
+
+def _program(args, device):
+    """The parameter file, rescaled (``--scale``) to fit the board if asked."""
+    from ..files import load_params
+
+    params = load_params(args.params)
+    scale = getattr(args, "scale", None)
+    if scale in (None, "1", "none"):
+        return params, 1.0
+    if scale == "auto":
+        from calibration.scale import fitting_scale
+
+        lam = fitting_scale(params, device.channel_map)
+    else:
+        lam = float(scale)
+    return params.rescaled(lam), lam
+
+
+def cmd_calibrate(args) -> int:
+    import calibration
+
+    from ..backends import open_device
+
+    dev = open_device(args.resource)
+    try:
+        _, summary = calibration.calibrate(dev, args.out, progress=not args.json)
+    finally:
+        dev.close()
+    lines = [f"calibration of {summary.get('identity', args.resource)} appended to {args.out}"]
+    for k, v in summary.items():
+        if k not in ("identity",):
+            lines.append(f"  {k}: {v}")
+    lines.append(f"Next: tc-hw upload --resource {args.resource} --params P.h5 --cal {args.out}")
+    emit(args, summary, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_upload(args) -> int:
+    import calibration
+
+    from ..backends import open_device
+
+    dev = open_device(args.resource)
+    try:
+        cal = _load_cal(args.cal, dev)
+        params, lam = _program(args, dev)
+        rep = calibration.upload(dev, params, cal)
+        rep["scale"] = lam
+        if args.task == "cos":
+            from ..refine import measure_cos_loss
+            from ..train.cos import evaluate_cos
+            from ..tasks import cos_task
+
+            z, y0 = cos_task()
+            rep["twin_loss"] = float(evaluate_cos(params.vector()[None, :], params, z, y0, samples=1000, dt=1e-3,
+                                                  seed=args.seed)[0])
+            rep["board_loss"] = measure_cos_loss(dev, params, cal, seed=args.seed)
+            if args.cal not in (None, "nominal"):
+                rep["nominal_board_loss"] = measure_cos_loss(dev, params, calibration.nominal(dev.channel_map),
+                                                             seed=args.seed)
+                calibration.upload(dev, params, cal)  # leave the calibrated program on the board
+    finally:
+        dev.close()
+    if not args.full:
+        rep.pop("volts", None)
+        rep.pop("effective", None)
+    human = [f"uploaded {args.params} to {rep['identity']} through {args.cal or 'nominal gains'}"
+             f" ({rep['channels']} channels, read back within {rep['readback_max_error_v'] * 1e6:.0f} uV)"]
+    for kind, d in rep["difference"].items():
+        human.append(f"  {kind}: effective - trained max {d['max_abs']:.3g}, rms {d['rms']:.3g}")
+    for k in ("twin_loss", "board_loss", "nominal_board_loss"):
+        if k in rep:
+            human.append(f"  {k}: {rep[k]:.4g}")
+    human += [f"  warning: {w}" for w in rep.get("warnings", [])]
+    emit(args, rep, "\n".join(human))
+    return EXIT_OK
+
+
+def cmd_refine(args) -> int:
+    from ..backends import open_device
+    from ..refine import RefineConfig, refine
+    from ..tasks import cos_task
+    from ..train.cos import evaluate_cos
+
+    dev = open_device(args.resource)
+    try:
+        cal = _load_cal(args.cal, dev)
+        params, lam = _program(args, dev)
+        sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples") if getattr(args, k)}
+        cfg = RefineConfig(generations=args.generations, seed=args.seed, **sizes,
+                           temp_band=tuple(args.temp_band) if args.temp_band else None)
+        result = refine(dev, params, cal, args.log, cfg, resume=args.resume, progress=not args.json, task=args.task)
+    finally:
+        dev.close()
+    z, y0 = cos_task(cfg.final_points)
+    result["twin_loss"] = float(evaluate_cos(params.vector()[None, :], params, z, y0, samples=cfg.final_samples,
+                                             dt=1e-3, seed=args.seed)[0])
+    result["scale"] = lam
+    if not args.full:
+        result.pop("best_volts", None)
+    emit(args, result,
+         f"refined on the board for {result['generations']} generations ({result['stop']}):\n"
+         f"  twin loss {result['twin_loss']:.4g}, calibrated upload {result['start_loss']:.4g}, "
+         f"refined {result['refined_loss']:.4g}\n  log: {result['log']}\nNext: tc-hw report {result['log']}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from ..report import report
+
+    r = report(args.log, args.folder)
+    emit(args, r, f"{r['generations']} generations, best loss {r['best_loss']:.4g}\n  " + "\n  ".join(r["plots"]))
+    return EXIT_OK
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="measure a board and append a calibration record",
+        description=(
+            "Calibrate a board through its commands only: ADC gain and offset from CAL:REF sweeps, "
+            "every element's value against control voltage from measured fluctuations, node time "
+            "constants and temperatures. Fits with a poor quality figure are reported and never used. "
+            "The record (HDF5) is append-only; plots are written next to it."
+        ),
+        epilog="example: tc-hw calibrate --resource TCPIP0::127.0.0.1::5025::SOCKET --out cal.h5 --json",
+    )
+    p.add_argument("--resource", required=True, help=RESOURCE_HELP)
+    p.add_argument("--out", required=True, help="calibration record to create or append to (.h5)")
+    add_json(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    scale_help = ("node-coordinate scale lambda < 1 that shrinks a program too strong for the board's element "
+                  "ranges (exact: longer board time, larger readings); 'auto' picks the largest that fits")
+    p = sub.add_parser(
+        "upload",
+        help="map a parameter file to channel volts through a calibration and upload it",
+        description=(
+            "Trained parameters -> element values -> volts through the calibrated inverse curves, on the "
+            "DAC grid. A program that does not fit is refused with what is out of range and a suggested "
+            "rescaling. All channels are written in one block, read back and verified; the report gives "
+            "the effective parameters and their difference from the trained ones. With --task cos the "
+            "board's loss is measured (M = 1000) and compared with the twin's and with a nominal-gain upload."
+        ),
+        epilog="example: tc-hw upload --resource TCPIP0::127.0.0.1::5025::SOCKET --params cos.h5 --cal cal.h5 --task cos --json",
+    )
+    p.add_argument("--resource", required=True, help=RESOURCE_HELP)
+    p.add_argument("--params", required=True, help="parameter file (.h5 or .json)")
+    p.add_argument("--cal", help="calibration record (default: nominal gains, no calibration)")
+    p.add_argument("--scale", help=scale_help)
+    p.add_argument("--task", choices=["cos"], help="also measure the task's loss on the board")
+    p.add_argument("--seed", type=int, default=0, help="seed of the twin comparison (default: 0)")
+    p.add_argument("--full", action="store_true", help="include per-channel volts and effective values")
+    add_json(p)
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser(
+        "refine",
+        help="continue training on the board itself (genetic algorithm, run log)",
+        description=(
+            "Start from a program trained on the twin, upload it through the calibration and refine it by "
+            "the genetic algorithm scoring candidates from samples measured on the board. Every generation "
+            "goes to the run log (HDF5, SWMR: watch it live with `tc-hw report`); a killed run continues "
+            "with --resume. Candidates never leave the channels' safe ranges. The loop pauses while the "
+            "board temperature is outside --temp-band."
+        ),
+        epilog=("example: tc-hw refine --resource TCPIP0::127.0.0.1::5025::SOCKET --params cos.h5 --cal cal.h5 "
+                "--task cos --generations 30 --log run.h5 --json"),
+    )
+    p.add_argument("--resource", required=True, help=RESOURCE_HELP)
+    p.add_argument("--params", required=True, help="program trained on the twin (.h5)")
+    p.add_argument("--cal", help="calibration record (default: nominal gains)")
+    p.add_argument("--task", default="cos", choices=["cos"], help="task scored on the board (default: cos)")
+    p.add_argument("--log", required=True, help="run log to write (.h5); with --resume, the one to continue")
+    p.add_argument("--resume", action="store_true", help="continue the run in --log after its last generation")
+    p.add_argument("--generations", type=int, default=30, help="generations (default: 30)")
+    p.add_argument("--population", type=int, help="candidates per generation (default: 20)")
+    p.add_argument("--points", type=int, help="inputs per generation (default: 25)")
+    p.add_argument("--samples", type=int, help="readings per input per candidate (default: 100)")
+    p.add_argument("--final-samples", type=int, help="readings per input of the final start/refined measurement "
+                   "on all 250 inputs (default: 1000)")
+    p.add_argument("--scale", help=scale_help)
+    p.add_argument("--temp-band", type=float, nargs=2, metavar=("LOW_K", "HIGH_K"),
+                   help="pause while the board is outside this band (default: calibration temperature +- 5 K)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the GA and of seeded backends (default: 0)")
+    p.add_argument("--full", action="store_true", help="include the best candidate's channel volts")
+    add_json(p)
+    p.set_defaults(func=cmd_refine)
+
+    p = sub.add_parser("report", help="plots of a run log (loss, elite parameters, temperature)",
+                       description="Write PNG plots of a refinement run log; works while the run is still going.",
+                       epilog="example: tc-hw report run.h5")
+    p.add_argument("log", help="run log (.h5)")
+    p.add_argument("--folder", help="where to write the PNGs (default: beside the log)")
+    add_json(p)
+    p.set_defaults(func=cmd_report)
