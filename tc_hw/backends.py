@@ -42,7 +42,11 @@ def backend_for(resource: str) -> str:
 
 
 def open_device(resource: str, **options):
-    """Open the device behind ``resource`` with the backend that serves it."""
+    """Open the device behind ``resource`` (or a board named in the station file,
+    :mod:`tc_hw.station`) with the backend that serves it."""
+    from .station import resolve
+
+    resource, _ = resolve(resource)
     name = backend_for(resource)
     eps = available()
     if name not in eps:

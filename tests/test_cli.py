@@ -38,3 +38,21 @@ def test_demo_runs_and_prints_json():
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert 0.91 < result["top1"] < 0.93
+
+
+def test_station_file_names_a_board(tmp_path, monkeypatch):
+    from tc_hw.station import boards, resolve
+
+    st = tmp_path / "station.toml"
+    st.write_text('[board.bench1]\nresource = "twin"\ncalibration = "cal/b1.h5"\n')
+    monkeypatch.setenv("TC_HW_STATION", str(st))
+    assert resolve("bench1")[0] == "twin" and resolve("twin:ideal") == ("twin:ideal", {})
+    assert boards()["bench1"]["calibration"] == str(tmp_path / "cal" / "b1.h5")
+    out = subprocess.run([sys.executable, "-m", "tc_hw.cli", "info", "--resource", "bench1", "--json"],
+                         capture_output=True, text=True, timeout=120, env={**__import__("os").environ})
+    assert out.returncode == 0 and json.loads(out.stdout)["nodes"] == 32
+    st.write_text("[board.x]\nnote = 1\n")
+    import pytest
+
+    with pytest.raises(ValueError, match="resource"):
+        boards()

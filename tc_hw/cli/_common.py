@@ -6,7 +6,8 @@ import json
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DEVICE = 0, 1, 2, 3
 
-RESOURCE_HELP = "board resource: TCPIP0::127.0.0.1::5025::SOCKET, ASRL/dev/pts/N::INSTR, /dev/ttyX, or twin"
+RESOURCE_HELP = ("board: a name from the station file (tc-hw-station.toml), or a resource: "
+                 "TCPIP0::127.0.0.1::5025::SOCKET, ASRL/dev/pts/N::INSTR, /dev/ttyX, or twin")
 
 
 def emit(args, result: dict, human: str) -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
 
 
-def _load_cal(path, device):
+def _load_cal(path, device, resource: str | None = None):
+    """The calibration record ``path``; without one, the station file's for the board, else nominal gains."""
     import calibration
 
+    from ..station import resolve
+
+    if path is None and resource is not None:
+        path = resolve(resource)[1].get("calibration")
     return calibration.nominal(device.channel_map) if path in (None, "nominal") else calibration.load(path)
 
 
@@ -54,7 +59,7 @@ def cmd_upload(args) -> int:
 
     dev = open_device(args.resource)
     try:
-        cal = _load_cal(args.cal, dev)
+        cal = _load_cal(args.cal, dev, args.resource)
         params, lam = _program(args, dev)
         rep = calibration.upload(dev, params, cal)
         rep["scale"] = lam
@@ -96,7 +101,7 @@ def cmd_refine(args) -> int:
 
     dev = open_device(args.resource)
     try:
-        cal = _load_cal(args.cal, dev)
+        cal = _load_cal(args.cal, dev, args.resource)
         params, lam = _program(args, dev)
         sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples") if getattr(args, k)}
         cfg = RefineConfig(generations=args.generations, seed=args.seed, **sizes,
