@@ -34,6 +34,15 @@ ADC (per node ``i``; ``x`` node volts)::
 Board temperature: ``T(t) = t0_k + temp_drift_k * sin(2 pi t / temp_period_s + temp_phase)``, ``t``
 seconds since the emulator started.
 
+Beyond the static curve (both default 0, i.e. off; the twin models neither, and calibration
+assumes neither -- they exist for work that has to live with them)::
+
+    crosstalk (DAC lines): value_c += g_c * (xtalk_prev_c * v_(c-1) + xtalk_next_c * v_(c+1))
+        g_c = gain_nominal * gain_factor; xtalk_* ~ U(-1, 1) * crosstalk (fraction of a
+        neighbouring channel's volts, channel-index neighbours, none past the ends)
+    slow drift (ageing): value_c *= 1 + drift_per_s_c * elapsed_s
+        drift_per_s_c ~ U(-1, 1) * drift_per_hour / 3600 (relative change per hour)
+
 Adding a non-ideality (e.g. crosstalk, slow element drift)
 ----------------------------------------------------------
 1. add its size to :class:`NonIdeal` (default, and 0 under ``ideal = true`` comes for free);
@@ -95,6 +104,11 @@ class NonIdeal:
     adc_offset_v : volts, offset ``U(-1, 1) * adc_offset_v`` (manual: up to 0.020)
     adc_noise_v : volts rms of additive Gaussian readout noise
     adc_noise_spread : fraction, per-node noise ``adc_noise_v * (1 + U(-1, 1) * spread)``
+
+    Beyond the static curve (0 = off):
+
+    crosstalk : fraction of each neighbouring DAC channel's volts added to a channel's own
+    drift_per_hour : relative element drift per hour since start (per channel, uniform sign)
     """
 
     gain_spread: float = 0.20
@@ -107,6 +121,8 @@ class NonIdeal:
     adc_offset_v: float = 0.020
     adc_noise_v: float = 0.001
     adc_noise_spread: float = 0.25
+    crosstalk: float = 0.0
+    drift_per_hour: float = 0.0
 
     @classmethod
     def ideal(cls) -> "NonIdeal":
@@ -179,6 +195,10 @@ def draw_truth(layout, nonideal: NonIdeal, *, seed: int, t0_k: float, technology
     u_adc_off = rng.uniform(-1.0, 1.0, n)
     u_adc_noise = rng.uniform(-1.0, 1.0, n)
     temp_phase = float(rng.uniform(0.0, 2.0 * math.pi))
+    # appended later (crosstalk, drift): drawn after everything above, so older boards are unchanged
+    u_xprev = rng.uniform(-1.0, 1.0, n_ch)
+    u_xnext = rng.uniform(-1.0, 1.0, n_ch)
+    u_drift = rng.uniform(-1.0, 1.0, n_ch)
     channels = {
         "kind": np.asarray(layout.kind).copy(),
         "a": layout.a.copy(),
@@ -191,6 +211,9 @@ def draw_truth(layout, nonideal: NonIdeal, *, seed: int, t0_k: float, technology
         "offset_v": ni.offset * span * u_off,
         "nonlin": ni.nonlinearity * u_nl,
         "tempco_per_k": ni.tempco_per_k * u_tc,
+        "xtalk_prev": ni.crosstalk * u_xprev * (np.arange(n_ch) > 0),
+        "xtalk_next": ni.crosstalk * u_xnext * (np.arange(n_ch) < n_ch - 1),
+        "drift_per_s": ni.drift_per_hour / 3600.0 * u_drift,
     }
     adc = {
         "gain": 1.0 + ni.adc_gain_spread * u_adc_gain,
@@ -244,10 +267,35 @@ def _curve_stage(values, volts, temp_k, elapsed_s, truth):
     return element_curve(truth["channels"], volts, temp_k, truth["temperature"]["t0_k"])
 
 
+def _crosstalk_stage(values, volts, temp_k, elapsed_s, truth):
+    """``values += g * (xtalk_prev * v[c-1] + xtalk_next * v[c+1])`` (off when all zero)."""
+    del temp_k, elapsed_s
+    ch = truth["channels"]
+    prev = np.asarray(ch.get("xtalk_prev", 0.0), float)
+    nxt = np.asarray(ch.get("xtalk_next", 0.0), float)
+    if not (np.any(prev) or np.any(nxt)):
+        return values
+    v = np.asarray(volts, np.float64)
+    left = np.concatenate([[0.0], v[:-1]])
+    right = np.concatenate([v[1:], [0.0]])
+    g = np.asarray(ch["gain_nominal"], float) * np.asarray(ch["gain_factor"], float)
+    return values + g * (prev * left + nxt * right)
+
+
+def _drift_stage(values, volts, temp_k, elapsed_s, truth):
+    """``values *= 1 + drift_per_s * elapsed_s`` (off when all zero)."""
+    del volts, temp_k
+    d = np.asarray(truth["channels"].get("drift_per_s", 0.0), float)
+    if not np.any(d):
+        return values
+    return values * (1.0 + d * float(elapsed_s))
+
+
 #: Element-side stages, run in order by :func:`element_values`.  Each is
 #: ``stage(values, volts, temp_k, elapsed_s, truth) -> values`` on arrays of shape (n_channels,).
-#: Crosstalk (values += X @ volts) or slow drift (values *= 1 + d(elapsed_s)) go here.
-ELEMENT_STAGES = [_curve_stage]
+#: The static curve, DAC crosstalk (values += X @ volts), slow drift (values *= 1 + d t).
+#: :func:`sim_backend.emulator.truth.element_value` evaluates the static curve alone.
+ELEMENT_STAGES = [_curve_stage, _crosstalk_stage, _drift_stage]
 
 
 def element_values(truth: dict, volts, temp_k: float, elapsed_s: float = 0.0) -> np.ndarray:

@@ -115,8 +115,8 @@ def start_emulator(
     truth_file = work / f"truth-{tag}.json" if truth else None
     log_file = work / f"emulator-{tag}.log"
     cmd = [sys.executable, "-m", "sim_backend.emulator", "--port", "0", "--ready-file", str(ready_file)]
-    if board is not None:
-        cmd += ["--board", str(board)]
+    if board is not None:  # a preset name, or a board file (made absolute: the child runs in workdir)
+        cmd += ["--board", str(Path(board).resolve()) if Path(board).exists() else str(board)]
     if pty:
         cmd.append("--pty")
     if truth_file is not None:

@@ -1,0 +1,168 @@
+"""ADC readout calibration: per-node gain and offset from ``CAL:REF`` sweeps.
+
+With ``CAL:REF <v>`` every ADC input reads the reference ``v`` instead of its node, so the
+readings of node ``i`` are ``gain_i * v + offset_i + noise``.  :func:`measure` steps the
+reference over ``levels`` volts, acquires ``samples`` readings per input vector at each, and
+keeps per-level means, variances and counts (plus a few raw codes); :func:`fit` is a weighted
+straight line per node.  Node volts are then ``x = (reading - offset) / gain``.
+
+``CAL:REF`` is a board command outside the :class:`tc_hw.device.Device` protocol: it is sent
+through ``device.cal_ref(v)`` when the backend has one, else as a raw SCPI command on
+``device.session``; a backend with neither (the ideal twin) has an ideal readout, and
+:func:`measure` returns ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tc_hw.device import armed
+
+__all__ = ["AdcData", "AdcFit", "measure", "fit", "ideal", "supports_cal_ref", "set_cal_ref", "DEFAULT_LEVELS"]
+
+#: Reference levels (volts): inside the +-5 V CAL:REF limit and the ADC full scale with margin.
+DEFAULT_LEVELS = tuple(np.linspace(-3.5, 3.5, 8).round(6))
+
+
+@dataclass
+class AdcData:
+    """Raw material of the ADC fit: ``levels`` (L,), ``mean``/``var`` (L, N) of readings in volts,
+    ``count`` (L,), ``raw`` (L, m, N) int16 codes of the first input vector, ``volts_per_code``,
+    ``saturated`` (L, N) fraction of codes at full scale, ``temperature_k`` (L,)."""
+
+    levels: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    count: np.ndarray
+    raw: np.ndarray
+    volts_per_code: float
+    saturated: np.ndarray
+    temperature_k: np.ndarray
+
+
+@dataclass
+class AdcFit:
+    """Per-node ``gain``/``offset`` (volts) with one-sigma errors and reduced chi-square."""
+
+    gain: np.ndarray
+    offset: np.ndarray
+    gain_sd: np.ndarray
+    offset_sd: np.ndarray
+    chi2_red: np.ndarray
+    ok: np.ndarray
+    measured: bool = True
+    reason: list = field(default_factory=list)
+
+    def correct(self, readings, nodes=None) -> np.ndarray:
+        """Node volts from raw readings (volts, nodes on the last axis)."""
+        idx = slice(None) if nodes is None else np.asarray(nodes)
+        return (np.asarray(readings, np.float64) - self.offset[idx]) / self.gain[idx]
+
+
+def ideal(n_nodes: int) -> AdcFit:
+    """Identity readout (for backends without ``CAL:REF``)."""
+    z = np.zeros(n_nodes)
+    return AdcFit(np.ones(n_nodes), z.copy(), z.copy(), z.copy(), np.full(n_nodes, np.nan),
+                  np.ones(n_nodes, bool), measured=False, reason=["backend has no CAL:REF: readout assumed ideal"])
+
+
+def supports_cal_ref(device) -> bool:
+    return hasattr(device, "cal_ref") or hasattr(getattr(device, "session", None), "write")
+
+
+def set_cal_ref(device, volts: float | None) -> None:
+    """Route ``volts`` to every ADC input (``None``: ``CAL:REF OFF``)."""
+    if hasattr(device, "cal_ref"):
+        device.cal_ref(volts)
+        return
+    session = getattr(device, "session", None)
+    if session is None or not hasattr(session, "write"):
+        raise NotImplementedError(f"{type(device).__name__} has no CAL:REF")
+    if volts is None:
+        session.write("CAL:REF OFF")
+    else:
+        v = float(volts)
+        if not (math.isfinite(v) and -5.0 <= v <= 5.0):
+            raise ValueError(f"CAL:REF accepts -5..5 V, got {v}")
+        session.write(f"CAL:REF {v:.6f}")
+
+
+def measure(device, levels=DEFAULT_LEVELS, samples: int = 64, chains: int = 256, keep_raw: int = 32) -> AdcData | None:
+    """Acquire ``samples`` x ``chains`` readings of every node at each reference level.
+
+    Needs nothing of the elements (the reference replaces the nodes); the device is armed only
+    for the duration and ``CAL:REF`` is always switched off again.  Returns ``None`` when the
+    backend has no ``CAL:REF``.
+    """
+    if not supports_cal_ref(device):
+        return None
+    n = device.n_nodes
+    levels = np.asarray(levels, np.float64)
+    device.set_inputs(np.zeros((chains, device.n_inputs)))
+    mean = np.zeros((len(levels), n))
+    var = np.zeros((len(levels), n))
+    sat = np.zeros((len(levels), n))
+    count = np.zeros(len(levels))
+    temps = np.zeros(len(levels))
+    raw = np.zeros((len(levels), min(keep_raw, samples), n), np.int16)
+    vpc = math.nan
+    try:
+        with armed(device):
+            for k, ref in enumerate(levels):
+                set_cal_ref(device, float(ref))
+                acq = device.acquire("reset", device.tau_s, samples)
+                r = acq.volts.reshape(-1, n)
+                mean[k] = r.mean(0)
+                var[k] = r.var(0, ddof=1)
+                count[k] = len(r)
+                temps[k] = acq.temperature_k
+                codes = acq.codes if acq.codes is not None else np.zeros(acq.volts.shape, np.int16)
+                sat[k] = ((codes <= -32768) | (codes >= 32767)).reshape(-1, n).mean(0)
+                raw[k] = codes[0, : raw.shape[1]]
+                vpc = acq.volts_per_code if acq.volts_per_code is not None else math.nan
+    finally:
+        set_cal_ref(device, None)
+    return AdcData(levels, mean, var, count, raw, float(vpc), sat, temps)
+
+
+def fit(data: AdcData, chi2_max: float = 10.0) -> AdcFit:
+    """Weighted straight line ``mean = gain * level + offset`` per node.
+
+    Levels with saturated codes are dropped.  A node is refused (``ok`` False) with fewer than
+    3 usable levels or a reduced chi-square above ``chi2_max`` (the readout is then not linear).
+    """
+    n = data.mean.shape[1]
+    gain = np.full(n, np.nan)
+    off = np.full(n, np.nan)
+    gsd = np.full(n, np.nan)
+    osd = np.full(n, np.nan)
+    chi = np.full(n, np.nan)
+    ok = np.zeros(n, bool)
+    reasons = []
+    q = (data.volts_per_code**2 / 12.0) if math.isfinite(data.volts_per_code) else 0.0
+    for i in range(n):
+        use = data.saturated[:, i] == 0
+        x = data.levels[use]
+        y = data.mean[use, i]
+        s2 = np.maximum(data.var[use, i], q) / data.count[use]
+        if len(x) < 3:
+            reasons.append(f"node {i}: only {len(x)} unsaturated reference levels")
+            continue
+        w = 1.0 / s2
+        a = np.stack([x, np.ones_like(x)], 1)
+        m = a.T @ (a * w[:, None])
+        cov = np.linalg.inv(m)
+        c = cov @ (a.T @ (w * y))
+        res = y - a @ c
+        dof = len(x) - 2
+        chi[i] = float((w * res * res).sum() / dof)
+        scale = max(1.0, chi[i])
+        gain[i], off[i] = c
+        gsd[i], osd[i] = np.sqrt(np.diag(cov) * scale)
+        ok[i] = chi[i] <= chi2_max and gain[i] > 0
+        if not ok[i]:
+            reasons.append(f"node {i}: reduced chi-square {chi[i]:.3g} (non-linear readout?)")
+    return AdcFit(gain, off, gsd, osd, chi, ok, True, reasons)
