@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist  # noqa: F401  (public re-export)
-from . import board, hardware, train, twin
+from . import board, demo, hardware, train, twin
 from ._common import EXIT_BAD_INPUT, EXIT_DEVICE, EXIT_ERROR, EXIT_OK  # noqa: F401
 
 __all__ = ["main", "build_parser", "evaluate_mnist"]
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `tc-hw COMMAND --help` for each command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (twin, train, board, hardware):
+    for group in (demo, twin, train, board, hardware):
         group.add_parsers(sub)
     return parser
 

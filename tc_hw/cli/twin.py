@@ -1,4 +1,4 @@
-"""``tc-hw evaluate`` and ``tc-hw demo``: trained computers on the twin."""
+"""``tc-hw evaluate``: trained computers on the twin."""
 
 from __future__ import annotations
 
@@ -31,26 +31,6 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args) -> int:
-    from ..data.thermo_gd import load_published
-
-    params = load_published()
-    result = evaluate_mnist(
-        params, args.samples, args.seed, MNIST_DEFAULTS["time"], MNIST_DEFAULTS["dt"], progress=not args.json
-    )
-    emit(
-        args,
-        result,
-        "tc-hw demo: the published 784/64/10 thermodynamic computer (arXiv 2509.15324) on the twin\n"
-        f"  MNIST test set top-1 {100 * result['top1']:.2f} %, top-2 {100 * result['top2']:.2f} % "
-        f"({args.samples} samples per digit, {result['seconds']:.1f} s)\n"
-        f"  heat per inference {result['heat_per_inference_kT']:.3g} kT\n"
-        "Next: `tc-hw evaluate --help` to evaluate your own parameter file.",
-    )
-    return EXIT_OK
-
-
-
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -74,13 +54,3 @@ def add_parsers(sub) -> None:
     p.add_argument("--dt", type=float, help="time step (default: 1e-3)")
     add_json(p)
     p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser(
-        "demo",
-        help="run the main job on the embedded default",
-        description="Evaluate the published MNIST thermodynamic computer on the twin and print its accuracy.",
-    )
-    p.add_argument("--samples", type=int, default=1, help="trajectories per digit (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    add_json(p)
-    p.set_defaults(func=cmd_demo)
