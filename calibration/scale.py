@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from tc_hw.params import Params
 
@@ -11,27 +11,40 @@ from .mapping import _POWER, MappingError, channel_values
 __all__ = ["fitting_scale"]
 
 
-def fitting_scale(params: Params, channel_map, margin: float = 0.8) -> float:
-    """Largest ``lam <= 1`` such that ``params.rescaled(lam)`` fits every channel's nominal reach.
+def fitting_scale(params: Params, channel_map, cal=None, margin: float = 0.9) -> float:
+    """Largest ``lam <= 1`` such that ``params.rescaled(lam)`` fits every channel's reach.
 
     An element of kind with power ``p`` (Q, C: 2; R: 4; B, W: 1) scales as ``lam^p``
-    (:meth:`tc_hw.params.Params.rescaled`); its board value must stay within ``margin`` times
-    the nominal reach ``gain * [vmin, vmax]`` on its side of zero (the margin leaves room for
-    the calibrated curves, which differ from nominal by a few per cent).
+    (:meth:`tc_hw.params.Params.rescaled`).  Its board value must lie in the channel's reach:
+    the calibrated range ``cal.value_range(channel)`` if ``cal`` is given, else the nominal
+    ``gain * [vmin, vmax]``.  A reach that excludes zero (an offset element, e.g. a quartic
+    term that cannot be switched fully off) also sets a lower bound on ``lam``.  ``margin``
+    keeps the values that far inside the reach (0.9: 10 %).
 
-    Raises :class:`~calibration.mapping.MappingError` if some value has the wrong sign for its
-    channel (no scale helps).
+    Raises :class:`~calibration.mapping.MappingError` if no scale fits, naming the channel.
     """
     values, src = channel_values(params, channel_map)
-    lam = 1.0
+    lo_lam, hi_lam = 0.0, 1.0
     for c in channel_map:
-        v = values[c.index]
+        v = float(values[c.index])
+        if cal is not None:
+            lo, hi = (float(t) for t in cal.value_range(c.index))
+        else:
+            lo, hi = sorted((c.gain * c.vmin, c.gain * c.vmax))
+        lo, hi = (lo / margin if lo > 0 else lo * margin), (hi / margin if hi < 0 else hi * margin)
+        name = f"{src[c.index][0]}[{src[c.index][1]}] (ch {c.index}, {c.kind})"
         if v == 0:
+            if not lo <= 0 <= hi:
+                raise MappingError(f"{name} = 0 but the channel reaches only [{lo:.4g}, {hi:.4g}] at any scale")
             continue
-        ends = np.array([c.gain * c.vmin, c.gain * c.vmax])
-        side = ends.max() if v > 0 else ends.min()
-        if side * v <= 0:
-            raise MappingError(f"{src[c.index][0]}[{src[c.index][1]}] = {v:+.4g} (board units) has a sign that "
-                               f"channel {c.index} ({c.kind}) cannot reach at any scale")
-        lam = min(lam, (margin * abs(side) / abs(v)) ** (1.0 / _POWER[c.kind]))
-    return float(lam)
+        p = _POWER[c.kind]
+        far, near = (hi, lo) if v > 0 else (lo, hi)  # the end that caps lam, the one that floors it
+        if far / v <= 0:
+            raise MappingError(f"{name} = {v:+.4g} (board units) has a sign the channel cannot reach")
+        hi_lam = min(hi_lam, (far / v) ** (1.0 / p))
+        if near / v > 0:
+            lo_lam = max(lo_lam, (near / v) ** (1.0 / p))
+    if lo_lam > hi_lam or not math.isfinite(hi_lam):
+        raise MappingError(f"no coordinate scale fits: the program needs lambda >= {lo_lam:.4g} for some channels "
+                           f"and <= {hi_lam:.4g} for others")
+    return float(hi_lam)

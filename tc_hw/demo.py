@@ -97,7 +97,7 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
                                            seed=seed)[0])
             heat = sample_reset(params, z, 1.0, 200, dt=1e-3, seed=seed, energy=True,
                                 nodes=params.network.outputs).heat_kT
-            lam = fitting_scale(params, dev.channel_map)
+            lam = fitting_scale(params, dev.channel_map, cal)
             program = params.rescaled(lam)
 
             _say(progress, f"uploading (coordinate scale {lam:.3f}) with nominal gains, then through the calibration")

@@ -16,8 +16,8 @@ def _load_cal(path, device, resource: str | None = None):
     return calibration.nominal(device.channel_map) if path in (None, "nominal") else calibration.load(path)
 
 
-def _program(args, device):
-    """The parameter file, rescaled (``--scale``) to fit the board if asked."""
+def _program(args, device, cal=None):
+    """The parameter file, rescaled (``--scale``) to fit the board (through ``cal``) if asked."""
     from ..files import load_params
 
     params = load_params(args.params)
@@ -27,7 +27,7 @@ def _program(args, device):
     if scale == "auto":
         from calibration.scale import fitting_scale
 
-        lam = fitting_scale(params, device.channel_map)
+        lam = fitting_scale(params, device.channel_map, cal)
     else:
         lam = float(scale)
     return params.rescaled(lam), lam
@@ -60,7 +60,7 @@ def cmd_upload(args) -> int:
     dev = open_device(args.resource)
     try:
         cal = _load_cal(args.cal, dev, args.resource)
-        params, lam = _program(args, dev)
+        params, lam = _program(args, dev, cal)
         rep = calibration.upload(dev, params, cal)
         rep["scale"] = lam
         if args.task == "cos":
@@ -102,7 +102,7 @@ def cmd_refine(args) -> int:
     dev = open_device(args.resource)
     try:
         cal = _load_cal(args.cal, dev, args.resource)
-        params, lam = _program(args, dev)
+        params, lam = _program(args, dev, cal)
         sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples") if getattr(args, k)}
         cfg = RefineConfig(generations=args.generations, seed=args.seed, **sizes,
                            temp_band=tuple(args.temp_band) if args.temp_band else None)
