@@ -14,7 +14,7 @@ import numpy as np
 
 from .params import Params
 
-__all__ = ["ClassificationScore", "score_classification", "mnist_inputs", "cos_task"]
+__all__ = ["ClassificationScore", "score_classification", "mnist_inputs", "cos_task", "cos_loss"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,34 @@ def cos_task(n_points: int = 250):
     """Inputs ``z_j = j/(K-1)`` on [0, 1], shape (K, 1), and targets ``cos(2 pi z)``, shape (K,)."""
     z = np.linspace(0.0, 1.0, n_points)
     return z[:, None], np.cos(2 * np.pi * z)
+
+
+def cos_loss(params: Params, output_samples, targets) -> float:
+    """Loss (14) of Whitelam & Casert: mean over inputs of ``(y0(z_j) - y(z_j))^2``.
+
+    ``y(z) = sum_i f_i <x_i(z)>`` is the computer's output (readout weights ``f`` of ``params``
+    applied to the sample means of the output nodes; without readout weights there must be one
+    output node).
+
+    Parameters
+    ----------
+    params : Params
+        Supplies the readout weights, shape (1, n_out), if any.
+    output_samples : array_like, shape (P, M, n_out)
+        Output-node values, M samples (reset or serial) for each of P inputs.
+    targets : array_like, shape (P,)
+        ``y0(z_j)``, e.g. ``cos(2 pi z_j)`` from :func:`cos_task`.
+
+    Returns
+    -------
+    float (``inf`` if the outputs are not finite).
+    """
+    y = params.output(np.asarray(output_samples, dtype=np.float64).mean(axis=1))  # (P, n_features)
+    t = np.asarray(targets, dtype=np.float64).reshape(-1)
+    if y.ndim != 2 or y.shape[1] != 1:
+        raise ValueError(f"the output must be one number per input, got shape {y.shape[1:]} (set readout weights)")
+    if y.shape[0] != t.shape[0]:
+        raise ValueError(f"{y.shape[0]} outputs for {t.shape[0]} targets")
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = float(np.mean((y[:, 0] - t) ** 2))
+    return loss if np.isfinite(loss) else float("inf")

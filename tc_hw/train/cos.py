@@ -1,0 +1,464 @@
+"""Train a layered thermodynamic computer by genetic algorithm to express ``cos(2 pi z)``.
+
+The task of Whitelam & Casert (out-of-equilibrium thermodynamic computing, Sec. III C, Figs. 6-9):
+an 8-wide, 4-deep layered network (:func:`tc_hw.network.layered`) of thermodynamic neurons with
+intrinsic couplings ``J = (J2, J3, J4) = (1, 0, 1)`` (nonlinear) or ``(1, 0, 0)`` (linear), at
+``beta = 10`` (``kT = 0.1``), one input ``I = z`` fed to the first layer, output
+``y(z) = sum_i f_i <x_i(z)>`` over the 8 last-layer neurons, loss (14) = mean squared error to
+``cos(2 pi z)``.  Trained by the genetic algorithm (:class:`tc_hw.train.ga.GeneticAlgorithm`):
+population 50, best 5 kept, mutations ``0.1 / sqrt(fan-in)``, first population spread ``N(0, 1e-2)``
+around a start vector (see "Where the GA starts").  Trained are
+the biases, couplings, crossbar weights and the readout ``f``; ``J`` is fixed.
+
+Sampling: ``mode="reset"`` takes M independent runs from ``x = 0`` to ``t_f = 1`` per input (eq.
+11); ``mode="serial"`` reads one run per input every ``t_obs = 0.2``, M times (eq. 12).
+
+Cost and defaults
+-----------------
+One trajectory step of the 32-node network costs about 70 ns on one core of this project's CI
+machine (35 ns on two idle cores; 100-150 ns effective while other jobs share the machine), the
+same whether the population is sampled in one batch (:mod:`sim_backend.population`) or candidate
+by candidate.  A paper-size reset generation (50 candidates x 250 inputs x M = 1000 x 1000 steps
+of dt = 1e-3 = 1.25e10 trajectory steps) therefore costs about 870 s on one core and 430 s on
+two; a paper-size serial generation (50 x 250 x 200 000 steps) about 175 s on one core.  The
+defaults cut the reset cost 2500-fold: ``points = 25`` inputs, ``samples = 40`` and
+``dt = 0.01`` (100 steps to ``t_f``), i.e. 5e6 trajectory steps, 0.35 s of one core, measured
+0.7-0.8 s per generation on the shared 2-core machine: 100 generations in about 1.5 minutes,
+300 in 4.  Serial defaults (200 readings, 4000 steps per input) cost about the same.  Pass
+``points=250, samples=1000, dt=1e-3`` for the paper's settings.
+
+``dt = 0.01`` is ten times the paper's.  The GA tunes the computer to the dynamics it is trained
+on, so the discretisation error shows up when the trained computer is re-run at dt = 1e-3
+(``loss_check_dt``): measured 0.017 at dt = 0.01 vs 0.039 at dt = 1e-3 after 300 generations.
+
+Where the GA starts
+-------------------
+With the paper's start (every trainable value ``N(0, 1e-2)``, ``start="paper"``) the input barely
+reaches the last layer by ``t_f = 1``: at the start the z-dependent part of ``y(z)`` is about
+2e-5 (each of the three inter-layer hops attenuates it about tenfold), and ``cos(2 pi z)`` is
+orthogonal on [0, 1] to the odd (linear) part of the response, so the loss only sees the
+second-order part.  The GA then sits at the loss of a constant output (~0.52) on a plateau:
+measured 2500 generations without progress (25 x 20 samples), and 300 generations with 10 x 200.
+The paper does not say how many generations it ran.  The default ``start="aligned"``
+(:func:`start_vector`) centres the first population on couplings -0.5 between layers and
+crossbar weights -2 (plus the same ``N(0, 1e-2)`` spread), where the input does reach the output;
+from there the defaults reach loss ~0.4 at 100 generations and ~0.02 at 300 (reset), ~0.07 at 300
+(serial).  The linear ``(1, 0, 0)`` network stays at ~0.50, as in the paper.
+
+"Fixed input batch": every candidate of a generation is evaluated on the same inputs and, with
+``common_noise=True`` (default), the same noise realisation (trajectory ``(p, m)`` uses noise
+stream ``(seed_g, p, m)`` for every candidate), so that loss differences within a generation come
+from the parameters only.  ``batch="grid"`` (default) uses the same ``points`` evenly spaced
+inputs every generation; ``batch="random"`` draws ``points`` of the paper's 250 inputs anew each
+generation.  The noise seed ``seed_g`` changes every generation, and the elites are re-measured
+with it (see :mod:`tc_hw.train.ga`).  In reset mode the training losses use antithetic noise
+pairs (``antithetic=True``), which lowers their sampling noise several-fold while the response is
+weak; the final, reported loss uses independent runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tc_hw.files import save_params
+from tc_hw.network import layered
+from tc_hw.params import Params, ParamsError
+from tc_hw.tasks import cos_loss, cos_task
+
+from .ga import GeneticAlgorithm, fan_in_sigma
+
+__all__ = ["train_cos_ga", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
+
+#: Element kinds the genetic algorithm changes (the paper's theta = {W, b, J_ij, f}).
+TRAINABLE = ("bias", "coupling", "crossbar", "readout")
+
+PAPER_POINTS = 250
+
+#: Default M per mode: about the same cost per generation (reset: 40 runs of 100 steps per input;
+#: serial: one run of 200 readings x 20 steps per input).
+DEFAULT_SAMPLES = {"reset": 40, "serial": 200}
+
+
+def cos_network(neuron=(1.0, 0.0, 1.0), kT: float = 0.1, width: int = 8, depth: int = 4) -> Params:
+    """The untrained computer: layered ``width x depth``, one input, ``J = neuron`` on every node,
+    zero biases, couplings, crossbar and readout (shape (1, width))."""
+    j2, j3, j4 = (float(v) for v in neuron)
+    net = layered(width, depth, 1)
+    return Params.uniform(net, j2, j3, j4, kT=kT, readout=np.zeros((1, len(net.outputs))))
+
+
+def start_vector(base: Params, start: str = "aligned", coupling: float = -0.5, crossbar: float = -2.0,
+                 monostable: bool = False) -> np.ndarray:
+    """Centre of the first population, laid out as ``base.vector()``.
+
+    ``"paper"``: every trainable value 0 (with ``init_sigma = 0.1`` the paper's ``N(0, 1e-2)``).
+    ``"aligned"``: couplings ``coupling`` (negative: neighbouring layers align) and crossbar
+    weights ``crossbar`` (the input ``z`` pushes the first layer up), so that the input reaches the
+    last layer by ``t_f = 1``.  With ``monostable`` (used for serial sampling), or for nodes without
+    quartic term, the couplings are scaled down to half the value at which the quadratic part of
+    ``V`` stops being positive definite: strong aligned couplings make the network a ferromagnet
+    with two long-lived states at ``kT = 0.1``, which ruins long time averages (and a linear
+    network would be unbounded).  Biases and readout are 0.
+    """
+    if start == "paper":
+        return base.copy(bias=0.0, coupling=0.0, crossbar=0.0, readout=np.zeros_like(base.readout)).vector()
+    if start != "aligned":
+        raise ValueError(f"start must be 'paper' or 'aligned', got {start!r}")
+    c = float(coupling)
+    if (monostable or (base.quartic == 0).any()) and base.network.n_edges and c != 0:
+        n = base.network.n_nodes
+        unit = np.zeros((n, n))
+        a, b = base.network.edges.T
+        unit[a, b] = unit[b, a] = 1.0
+        lam = np.abs(np.linalg.eigvalsh(unit)).max()
+        limit = 2 * base.quadratic.min() / lam
+        c = float(np.sign(c) * min(abs(c), 0.5 * limit))
+    net = base.network
+    p = base.copy(bias=0.0, coupling=np.full(net.n_edges, c), crossbar=np.full(net.n_crossbar, float(crossbar)),
+                  readout=np.zeros_like(base.readout))
+    return p.vector()
+
+
+def _noise_seed(seed: int, generation: int, stream: int = 0) -> int:
+    """Twin seed for generation ``generation`` (stream 0: noise, 1: input batch, 2-3: final checks)."""
+    ss = np.random.SeedSequence([int(seed), 0x636F73, int(generation), int(stream)])
+    return int(ss.generate_state(1, np.uint64)[0])
+
+
+def _sample(cands, z, mode, samples, dt, t_f, t_obs, seeds, antithetic=False):
+    from sim_backend import population as pp
+
+    if mode == "reset":
+        x = pp.population_reset(cands, z, t_f, samples, dt=dt, seed=seeds, antithetic=antithetic)
+    else:
+        x = pp.population_serial(cands, z, t_obs, samples, dt=dt, seed=seeds)
+    return x[:, :, :, -1, :]  # (C, P, M, n_out)
+
+
+def evaluate_cos(vectors, base: Params, z, targets, *, mode="reset", samples=100, dt=1e-2, t_f=1.0,
+                 t_obs=0.2, seed=0, common_noise=True, antithetic=False) -> np.ndarray:
+    """Loss (14) of every candidate, shape (C,); ``+inf`` for unstable or diverging candidates.
+
+    ``vectors`` (C, n) are laid out as ``base.vector()``; ``z`` (P, 1) inputs, ``targets`` (P,).
+    All candidates are sampled in one batch (:mod:`sim_backend.population`); with
+    ``common_noise`` they share the noise streams of ``seed``, otherwise candidate ``c`` uses
+    ``seed + c``.
+    """
+    vectors = np.atleast_2d(np.asarray(vectors, float))
+    loss = np.full(len(vectors), np.inf)
+    cands, rows = [], []
+    for r, v in enumerate(vectors):
+        try:
+            cands.append(base.with_vector(v))
+            rows.append(r)
+        except ParamsError:  # e.g. a linear network whose couplings make V unbounded
+            pass
+    if not cands:
+        return loss
+    seeds = int(seed) if common_noise else [int(seed) + r for r in rows]
+    with np.errstate(all="ignore"):
+        x = _sample(cands, z, mode, samples, dt, t_f, t_obs, seeds, antithetic)
+    for k, (r, c) in enumerate(zip(rows, cands)):
+        loss[r] = cos_loss(c, x[k], targets)
+    return loss
+
+
+def _json_list(a) -> list:
+    """A float array as a list for JSON: NaN and infinities become None."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(a, float)]
+
+
+def _settings(**kw) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
+
+
+def train_cos_ga(
+    generations: int = 100,
+    population: int = 50,
+    points: int = 25,
+    samples: int | None = None,
+    mode: str = "reset",
+    seed: int = 0,
+    out=None,
+    progress: bool = True,
+    *,
+    neuron=(1.0, 0.0, 1.0),
+    width: int = 8,
+    depth: int = 4,
+    kT: float = 0.1,
+    dt: float = 1e-2,
+    t_f: float = 1.0,
+    t_obs: float = 0.2,
+    elites: int = 5,
+    mutation: float = 0.1,
+    init_sigma: float = 0.1,
+    start: str = "aligned",
+    batch: str = "grid",
+    common_noise: bool = True,
+    antithetic: bool = True,
+    target_loss: float | None = None,
+    patience: int | None = None,
+    max_seconds: float | None = None,
+    checkpoint=None,
+    resume: bool = False,
+    eval_points: int = PAPER_POINTS,
+    eval_samples: int = 1000,
+    check_dt: float | None = 1e-3,
+    check_samples: int = 250,
+    plots: bool = True,
+) -> tuple[Params, dict]:
+    """Train the cos(2 pi z) computer by genetic algorithm; returns ``(params, metrics)``.
+
+    Parameters
+    ----------
+    generations : int
+        Generations to run in total (a resumed run continues up to this number).
+    population, elites, mutation, init_sigma
+        GA settings (paper: 50, 5, 0.1 / sqrt(fan-in), N(0, 0.1^2) start).
+    start : {"aligned", "paper"}
+        Centre of the first population (:func:`start_vector`); see the module docstring for why
+        the default is not the paper's.
+    points : int
+        Inputs per generation (paper: 250).
+    samples : int, optional
+        M: reset runs (``mode="reset"``) or serial readings (``mode="serial"``) per input
+        (paper: 1000; default :data:`DEFAULT_SAMPLES`, 40 reset or 200 serial).
+    mode : {"reset", "serial"}
+    seed : int
+        Seeds the GA and, through it, every noise seed: the run is reproducible bitwise.
+    out : path, optional
+        Result file (``.h5``): the trained parameters (:func:`tc_hw.files.save_params`, with
+        provenance: method, task, settings, loss history) plus a ``ga_history`` group.  Next to it
+        go ``<stem>_loss.png``, ``<stem>_cos.png`` and the checkpoint ``<stem>_ga.h5``.
+    progress : bool
+        tqdm progress bar on stderr with the current best loss.
+    neuron : (J2, J3, J4)
+        ``(1, 0, 1)`` nonlinear (default) or ``(1, 0, 0)`` linear.
+    width, depth : int
+        Layered design (paper: 8 x 4).
+    kT, dt, t_f, t_obs
+        Bath temperature (paper: beta = 10), time step (paper: 1e-3), observation time of reset
+        sampling and reading interval of serial sampling.
+    batch : {"grid", "random"}
+        Inputs per generation: a fixed grid of ``points``, or ``points`` of the 250 paper inputs
+        drawn each generation (see the module docstring).
+    common_noise : bool
+        Same noise streams for every candidate of a generation.
+    antithetic : bool
+        Reset mode only: half of each input's ``samples`` runs are driven by the negated noise
+        of the other half (:func:`sim_backend.population.population_reset`), which cuts the
+        sampling noise of the loss several-fold while the network's response is weak.  Only the
+        training losses use it; the final measurement uses independent runs.
+    target_loss, patience, max_seconds
+        Further stopping criteria (see :class:`tc_hw.train.ga.GAConfig`).
+    checkpoint : path, optional
+        GA checkpoint written every generation (default ``<stem>_ga.h5`` when ``out`` is given).
+    resume : bool
+        Continue from ``checkpoint`` if it exists (its settings must match).
+    eval_points, eval_samples
+        Final measurement: the elites are re-measured on ``eval_points`` inputs with
+        ``max(samples, eval_samples // 5)`` samples, the best is returned and measured once more
+        with ``eval_samples`` samples and fresh noise (the reported ``loss``).
+    check_dt, check_samples : float or None, int
+        Also report the loss of the trained computer at time step ``check_dt`` (default the
+        paper's 1e-3; None to skip), from ``check_samples`` samples (``loss_check_dt``; with fewer
+        samples it carries a larger noise floor, about ``var(y) / check_samples``).
+    plots : bool
+        Write the PNGs (needs ``out``).
+
+    Returns
+    -------
+    params : Params
+    metrics : dict
+        ``loss`` (final, fresh measurement on ``eval_points`` inputs), ``loss_check_dt``,
+        ``generations``, ``train_seconds``, ``seconds_per_generation``, ``stop_reason``,
+        ``best_loss_history`` and ``elite_loss_history`` (per generation),
+        ``heat_per_trajectory_kT`` and ``heat_per_inference_kT`` (mean heat given to the bath,
+        ``(V(x0) - V(x_final)) / kT`` as in :class:`sim_backend.twin.Run`, of one run and of one
+        inference = ``eval_samples`` reset runs or one serial run; negative: starting from
+        ``x = 0`` the network takes up thermal energy from the bath), ``files``.  All values are
+        JSON-serialisable (NaN and infinities in histories are None).
+    """
+    from tqdm.auto import tqdm
+
+    from sim_backend import twin
+
+    if mode not in ("reset", "serial"):
+        raise ValueError(f"mode must be 'reset' or 'serial', got {mode!r}")
+    if samples is None:
+        samples = DEFAULT_SAMPLES[mode]
+    if batch not in ("grid", "random"):
+        raise ValueError(f"batch must be 'grid' or 'random', got {batch!r}")
+    if points < 1 or samples < 1 or generations < 0:
+        raise ValueError("points and samples must be >= 1 and generations >= 0")
+    if antithetic and mode == "reset" and samples % 2:
+        raise ValueError(f"antithetic sampling needs an even number of samples, got {samples}")
+    if batch == "random" and points > PAPER_POINTS:
+        raise ValueError(f"batch='random' draws from the {PAPER_POINTS} paper inputs; points must be <= {PAPER_POINTS}")
+    t0 = time.perf_counter()
+    base = cos_network(neuron, kT, width, depth)
+    settings = _settings(
+        task="cos", method="ga", mode=mode, neuron=tuple(float(v) for v in neuron), kT=kT, width=width, depth=depth,
+        population=population, elites=elites, points=points, samples=samples, dt=dt,
+        t_f=t_f, t_obs=t_obs, mutation=mutation, init_sigma=init_sigma, start=start, batch=batch,
+        common_noise=common_noise, antithetic=bool(antithetic and mode == "reset"), seed=seed, trainable=TRAINABLE,
+    )
+    out = None if out is None else Path(out)
+    if checkpoint is None and out is not None:
+        checkpoint = out.with_name(out.stem + "_ga.h5")
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+
+    sigma = fan_in_sigma(base, TRAINABLE, mutation)
+    init = np.where(sigma > 0, init_sigma, 0.0)
+    # the first population is x0 + N(0, init_sigma^2) on the trainable entries
+    x0 = start_vector(base, start, monostable=mode == "serial")
+    stop = dict(max_generations=generations, target_loss=target_loss, patience=patience, max_seconds=max_seconds)
+    if resume and checkpoint is not None and checkpoint.exists():
+        ga = GeneticAlgorithm.load(checkpoint)
+        if ga.meta.get("settings") != json.loads(json.dumps(settings)):
+            raise ValueError(f"{checkpoint} was written with other settings {ga.meta.get('settings')}; "
+                             "delete it or resume=False to start afresh")
+        ga.with_config(**stop)
+    else:
+        ga = GeneticAlgorithm(x0, sigma, init_sigma=init, population=population, elites=elites, seed=seed, **stop)
+    meta = {"settings": settings}
+
+    z_paper, t_paper = cos_task(PAPER_POINTS)
+    z_grid, t_grid = cos_task(points)
+
+    def batch_for(g: int):
+        if batch == "grid":
+            return z_grid, t_grid
+        rng = np.random.default_rng(_noise_seed(seed, g, 1))
+        idx = np.sort(rng.choice(PAPER_POINTS, points, replace=False))
+        return z_paper[idx], t_paper[idx]
+
+    bar = tqdm(total=generations, initial=min(ga.generation, generations), disable=not progress, file=sys.stderr,
+               desc=f"GA cos {mode}", unit="gen", dynamic_ncols=True)
+    try:
+        while ga.stop_reason() is None:
+            g = ga.generation
+            z, tgt = batch_for(g)
+            losses = evaluate_cos(ga.ask(), base, z, tgt, mode=mode, samples=samples, dt=dt, t_f=t_f,
+                                  t_obs=t_obs, seed=_noise_seed(seed, g), common_noise=common_noise,
+                                  antithetic=settings["antithetic"])
+            ga.tell(losses)
+            if checkpoint is not None:
+                ga.save(checkpoint, meta)
+            bar.update(1)
+            bar.set_postfix(best=f"{ga.history['best'][-1]:.4g}", elite=f"{ga.history['elite'][-1]:.4g}")
+    finally:
+        bar.close()
+    reason = ga.stop_reason()
+    train_seconds = ga.elapsed
+
+    # ---- final measurement: elites on the evaluation inputs, then the chosen one with fresh noise
+    z_eval, t_eval = cos_task(eval_points)
+    elite_vectors = ga.elites if ga.generation else x0[None]
+    kw = dict(mode=mode, dt=dt, t_f=t_f, t_obs=t_obs)
+    sel_samples = max(samples, eval_samples // 5)
+    elite_eval = evaluate_cos(elite_vectors, base, z_eval, t_eval, samples=sel_samples,
+                              seed=_noise_seed(seed, 0, 2), **kw)
+    chosen = int(np.argmin(elite_eval))
+    best = base.with_vector(elite_vectors[chosen])
+    ev_seed = _noise_seed(seed, 0, 3)
+    if mode == "reset":
+        run = twin.sample_reset(best, z_eval, t_f, eval_samples, dt=dt, seed=ev_seed, nodes=best.network.outputs,
+                                energy=True)
+        heat_traj = float(np.mean(run.heat_kT))
+        heat_inf = heat_traj * eval_samples
+    else:
+        run = twin.sample_serial(best, z_eval, t_obs, eval_samples, dt=dt, seed=ev_seed, nodes=best.network.outputs,
+                                 energy=True)
+        heat_traj = heat_inf = float(np.mean(run.heat_kT))
+    y_samples = run.x[:, :, -1, :]
+    final_loss = cos_loss(best, y_samples, t_eval)
+    y_mean = best.output(y_samples.astype(np.float64).mean(1))[:, 0]
+    y_per_sample = (y_samples.astype(np.float64) @ best.readout[0])  # (P, M)
+    y_se = y_per_sample.std(1, ddof=1) / np.sqrt(y_per_sample.shape[1])
+    loss_check = None
+    if check_dt is not None and check_dt != dt:
+        loss_check = float(evaluate_cos(best.vector(), base, z_eval, t_eval, samples=check_samples, seed=ev_seed,
+                                        **{**kw, "dt": check_dt})[0])
+
+    metrics = {
+        "loss": final_loss,
+        "loss_check_dt": loss_check,
+        "check_dt": check_dt,
+        "elite_eval_losses": _json_list(elite_eval),
+        "generations": ga.generation,
+        "stop_reason": reason,
+        "train_seconds": train_seconds,
+        "seconds_per_generation": train_seconds / max(ga.generation, 1),
+        "total_seconds": None,
+        "best_loss_history": _json_list(ga.history["best"]),
+        "elite_loss_history": _json_list(ga.history["elite"]),
+        "heat_per_trajectory_kT": heat_traj,
+        "heat_per_inference_kT": heat_inf,
+        "settings": settings,
+        "files": {},
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        prov = {
+            "method": "ga",
+            "task": "cos",
+            "settings": json.dumps(settings),
+            "loss": repr(final_loss),
+            "loss_history": json.dumps(metrics["best_loss_history"]),
+            "elite_loss_history": json.dumps(metrics["elite_loss_history"]),
+            "generations": str(ga.generation),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        save_params(best, out, prov)
+        metrics["files"]["params"] = str(out)
+        if out.suffix.lower() != ".json":
+            import h5py
+
+            with h5py.File(out, "a") as f:
+                if "ga_history" in f:
+                    del f["ga_history"]
+                g = f.create_group("ga_history")
+                for k, v in ga.history.items():
+                    g[k] = v
+                g["eval_z"] = z_eval[:, 0]
+                g["eval_output"] = y_mean
+        if checkpoint is not None:
+            metrics["files"]["checkpoint"] = str(checkpoint)
+        if plots:
+            metrics["files"].update(_plots(out, ga.history, z_eval[:, 0], y_mean, y_se, t_eval, final_loss, settings))
+    metrics["total_seconds"] = time.perf_counter() - t0
+    return best, metrics
+
+
+def _plots(out: Path, history, z, y, y_se, target, loss, settings) -> dict:
+    from tc_hw.plotting import figure, save
+
+    label = "J = ({:g}, {:g}, {:g}), {} sampling".format(*settings["neuron"], settings["mode"])
+    fig, ax = figure()
+    gen = np.arange(1, len(history["best"]) + 1)
+    if len(gen):
+        ax.semilogy(gen, history["best"], label="best of generation")
+        ax.semilogy(gen, history["elite"], ".", ms=3, alpha=0.6, label="previous best, re-measured")
+        ax.semilogy(gen, history["mean"], alpha=0.5, label="population mean")
+    ax.axhline(loss, color="k", ls=":", label=f"final (250 inputs): {loss:.3g}")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("loss (mean squared error)")
+    ax.set_title(f"GA, cos(2 pi z): {label}")
+    ax.legend(fontsize=8)
+    loss_png = save(fig, out.with_name(out.stem + "_loss.png"))
+    fig, ax = figure()
+    ax.plot(z, target, "k", label="cos(2 pi z)")
+    ax.plot(z, y, color="C2", label=f"computer output, loss {loss:.3g}")
+    ax.fill_between(z, y - 2 * y_se, y + 2 * y_se, color="C2", alpha=0.3, lw=0)
+    ax.set_xlabel("input z")
+    ax.set_ylabel("output y(z)")
+    ax.set_title(label)
+    ax.legend(fontsize=8)
+    cos_png = save(fig, out.with_name(out.stem + "_cos.png"))
+    return {"loss_png": str(loss_png), "cos_png": str(cos_png)}

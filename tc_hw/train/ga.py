@@ -1,0 +1,356 @@
+"""Genetic algorithm of Whitelam & Casert (out-of-equilibrium thermodynamic computing), ask/tell.
+
+The algorithm never evaluates anything itself: :meth:`GeneticAlgorithm.ask` hands out a
+population of parameter vectors, the caller measures a loss for each (on the twin, the emulator or
+a real board) and passes them to :meth:`GeneticAlgorithm.tell`.  One generation::
+
+    pop = ga.ask()                   # (population, n_params)
+    losses = [evaluate(v) for v in pop]
+    ga.tell(losses)                  # selection, then mutation of the next population
+
+Selection and mutation (paper, Sec. III B): the ``elites`` candidates with the smallest losses
+are kept; the next population is made of clones of them, each parameter mutated by adding
+``sigma_i * N(0, 1)``.  The paper uses ``sigma_i = 0.1 / sqrt(C_i)`` with ``C_i`` the fan-in of
+parameter ``i`` (:func:`fan_in_sigma`); parameters with ``sigma_i = 0`` are never changed.  The
+first population is ``x0 + init_sigma * N(0, 1)`` (paper: every parameter ``N(0, 1e-2)``).
+
+Elites are re-measured.  With ``keep_elites=True`` (default) rows ``0 .. elites-1`` of every
+population after the first are the current elites, unmutated, and rows ``elites ..`` are their
+mutated clones (parent of row ``r`` is elite ``(r - elites) % elites``).  The caller evaluates the
+elites again with fresh noise, and selection uses only these fresh losses: the best of 50 noisy
+measurements is biased low, and a lucky candidate would otherwise survive on one good draw.
+With ``keep_elites=False`` all rows are mutants (the paper's literal wording).
+
+Losses must be real numbers; ``+inf`` marks a failed or unstable candidate (never selected unless
+everything failed).  NaN, ``-inf`` and a wrong number of losses raise :class:`ValueError`.
+
+Checkpoints (:meth:`GeneticAlgorithm.save`, :meth:`GeneticAlgorithm.load`) are HDF5, no pickle:
+the arrays, the history, the configuration and the numpy ``Generator``'s bit-generator state as a
+JSON string attribute.  The next population is drawn in :meth:`tell` (or the constructor) and is
+part of the state, so a run resumed from any checkpoint asks exactly the same populations as the
+uninterrupted run.  Only the wall-time stopping criterion depends on the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+
+__all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "tc-hw/ga-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GAConfig:
+    """Settings of a :class:`GeneticAlgorithm` (all stored in checkpoints).
+
+    Stopping criteria (any that is set ends the run; see :meth:`GeneticAlgorithm.stop_reason`):
+    ``max_generations`` generations told; best loss of a generation ``<= target_loss``; no
+    improvement of the best loss seen by more than ``min_delta`` for ``patience`` generations;
+    ``max_seconds`` of wall time (summed over resumed sessions).
+    """
+
+    population: int = 50
+    elites: int = 5
+    keep_elites: bool = True
+    seed: int = 0
+    max_generations: int | None = None
+    target_loss: float | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
+    max_seconds: float | None = None
+
+    def __post_init__(self):
+        if self.population < 2:
+            raise ValueError(f"population must be >= 2, got {self.population}")
+        if not 1 <= self.elites < self.population:
+            raise ValueError(f"elites must be in 1..population-1, got {self.elites}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.max_generations is not None and self.max_generations < 0:
+            raise ValueError(f"max_generations must be >= 0, got {self.max_generations}")
+
+
+class GeneticAlgorithm:
+    """Ask/tell genetic algorithm with elite re-measurement and exact checkpoint/resume.
+
+    Parameters
+    ----------
+    x0 : array_like, shape (n_params,)
+        Centre of the first population.
+    sigma : float or array_like, shape (n_params,)
+        Standard deviation of the mutation of each parameter (0: the parameter is fixed).
+    init_sigma : float or array_like, shape (n_params,), optional
+        Spread of the first population around ``x0`` (default ``sigma``).
+    population, elites, keep_elites, seed, max_generations, target_loss, patience, min_delta,
+    max_seconds
+        See :class:`GAConfig`.
+
+    Attributes
+    ----------
+    generation : int
+        Number of generations told so far.
+    history : dict of str to ndarray, each shape (generation,)
+        ``best`` (smallest loss of each generation), ``mean`` (mean of its finite losses),
+        ``elite`` (loss of row 0, the previous best elite re-measured; NaN in generation 0 or
+        without ``keep_elites``), ``seconds`` (wall time at the end of the generation).
+    """
+
+    def __init__(self, x0, sigma, *, init_sigma=None, population: int = 50, elites: int = 5,
+                 keep_elites: bool = True, seed: int = 0, max_generations: int | None = None,
+                 target_loss: float | None = None, patience: int | None = None, min_delta: float = 0.0,
+                 max_seconds: float | None = None):
+        self.config = GAConfig(population, elites, keep_elites, int(seed), max_generations, target_loss,
+                               patience, float(min_delta), max_seconds)
+        self.x0 = self._vector(x0, "x0")
+        n = self.x0.size
+        self.sigma = self._per_param(sigma, n, "sigma")
+        self.init_sigma = self.sigma.copy() if init_sigma is None else self._per_param(init_sigma, n, "init_sigma")
+        self.rng = np.random.default_rng(self.config.seed)
+        self.generation = 0
+        self.elites = np.zeros((0, n))
+        self.elite_losses = np.zeros(0)
+        self.history = {k: np.zeros(0) for k in ("best", "mean", "elite", "seconds")}
+        self._best_seen = np.inf
+        self._since_improved = 0
+        self._elapsed_before = 0.0
+        self._t0 = time.perf_counter()
+        self.meta: dict = {}  # the caller's dict stored by save(), read back by load()
+        self._population = self.x0 + self.init_sigma * self.rng.standard_normal((population, n))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _vector(v, name) -> np.ndarray:
+        a = np.array(v, dtype=np.float64)
+        if a.ndim != 1 or a.size == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D vector, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} has non-finite values")
+        return a
+
+    @staticmethod
+    def _per_param(v, n, name) -> np.ndarray:
+        a = np.array(np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)))
+        if not np.isfinite(a).all() or (a < 0).any():
+            raise ValueError(f"{name} must be finite and >= 0")
+        return a
+
+    @property
+    def n_params(self) -> int:
+        return self.x0.size
+
+    @property
+    def elapsed(self) -> float:
+        """Wall time in seconds spent by this run, including sessions before a resume."""
+        return self._elapsed_before + time.perf_counter() - self._t0
+
+    # ------------------------------------------------------------------ ask / tell
+    def ask(self) -> np.ndarray:
+        """The population to evaluate, shape (population, n_params) (a copy).
+
+        Asking again before :meth:`tell` returns the same population.
+        """
+        return self._population.copy()
+
+    def tell(self, losses) -> None:
+        """Report the loss of every row of :meth:`ask`'s population, shape (population,).
+
+        Selects the elites by these losses, records the history and draws the next population.
+        """
+        pop = self.config.population
+        loss = np.asarray(losses, dtype=np.float64)
+        if loss.shape != (pop,):
+            raise ValueError(f"expected {pop} losses (one per candidate), got shape {loss.shape}")
+        if np.isnan(loss).any():
+            raise ValueError(f"losses contain NaN at rows {np.flatnonzero(np.isnan(loss))[:10].tolist()}; "
+                             "report a failed candidate as +inf")
+        if (loss == -np.inf).any():
+            raise ValueError("losses contain -inf")
+        order = np.argsort(loss, kind="stable")[: self.config.elites]
+        self.elites = self._population[order].copy()
+        self.elite_losses = loss[order].copy()
+        finite = loss[np.isfinite(loss)]
+        best = float(loss[order[0]])
+        elite = float(loss[0]) if self.config.keep_elites and self.generation > 0 else np.nan
+        for key, value in (("best", best), ("mean", float(finite.mean()) if finite.size else np.inf),
+                           ("elite", elite), ("seconds", self.elapsed)):
+            self.history[key] = np.append(self.history[key], value)
+        if best < self._best_seen - self.config.min_delta:
+            self._best_seen = best
+            self._since_improved = 0
+        else:
+            self._since_improved += 1
+        self.generation += 1
+        self._population = self._breed()
+
+    def _breed(self) -> np.ndarray:
+        cfg = self.config
+        e = cfg.elites
+        n_keep = e if cfg.keep_elites else 0
+        parents = self.elites[np.arange(cfg.population - n_keep) % e]
+        children = parents + self.sigma * self.rng.standard_normal(parents.shape)
+        return np.concatenate([self.elites[:n_keep], children]) if n_keep else children
+
+    # ------------------------------------------------------------------ results
+    @property
+    def best(self) -> tuple[np.ndarray, float]:
+        """Best elite of the last generation and its loss (``(x0, inf)`` before the first tell)."""
+        if self.generation == 0:
+            return self.x0.copy(), np.inf
+        return self.elites[0].copy(), float(self.elite_losses[0])
+
+    def stop_reason(self) -> str | None:
+        """Why the run should stop now (``"generations"``, ``"target"``, ``"stagnation"``,
+        ``"time"``), or None to go on."""
+        cfg = self.config
+        if cfg.max_generations is not None and self.generation >= cfg.max_generations:
+            return "generations"
+        if self.generation and cfg.target_loss is not None and self.history["best"][-1] <= cfg.target_loss:
+            return "target"
+        if cfg.patience is not None and self._since_improved >= cfg.patience:
+            return "stagnation"
+        if cfg.max_seconds is not None and self.elapsed >= cfg.max_seconds:
+            return "time"
+        return None
+
+    def run(self, evaluate: Callable[[np.ndarray], np.ndarray], *, checkpoint=None,
+            callback: Callable[["GeneticAlgorithm"], None] | None = None) -> str:
+        """Ask, ``evaluate(population) -> losses``, tell, until :meth:`stop_reason`; returns it.
+
+        ``checkpoint``: path written after every generation.  ``callback(ga)`` runs after every
+        generation.  At least one stopping criterion must be set.
+        """
+        cfg = self.config
+        if all(v is None for v in (cfg.max_generations, cfg.target_loss, cfg.patience, cfg.max_seconds)):
+            raise ValueError("set a stopping criterion (max_generations, target_loss, patience or max_seconds)")
+        while (reason := self.stop_reason()) is None:
+            self.tell(evaluate(self.ask()))
+            if checkpoint is not None:
+                self.save(checkpoint)
+            if callback is not None:
+                callback(self)
+        return reason
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path, meta: dict | None = None) -> Path:
+        """Write the full state to an HDF5 checkpoint (atomically: temporary file, then rename).
+
+        ``meta`` is any JSON-serialisable dict the caller wants back on :meth:`load` (e.g. the
+        settings of the evaluation, to refuse resuming with different ones).
+        """
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = CHECKPOINT_FORMAT
+            f.attrs["format_version"] = CHECKPOINT_VERSION
+            f.attrs["config"] = json.dumps(asdict(self.config))
+            f.attrs["rng_state"] = json.dumps(self.rng.bit_generator.state)
+            f.attrs["generation"] = self.generation
+            f.attrs["elapsed_s"] = self.elapsed
+            f.attrs["best_seen"] = self._best_seen
+            f.attrs["since_improved"] = self._since_improved
+            f.attrs["meta"] = json.dumps(meta or {})
+            for name in ("x0", "sigma", "init_sigma", "elites", "elite_losses"):
+                f[name] = getattr(self, name)
+            f["population"] = self._population
+            for k, v in self.history.items():
+                f[f"history/{k}"] = v
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "GeneticAlgorithm":
+        """Resume from a checkpoint written by :meth:`save` (the caller's ``meta`` is in ``.meta``)."""
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"{path}: not a GA checkpoint (format {f.attrs.get('format')!r})")
+            if int(f.attrs["format_version"]) > CHECKPOINT_VERSION:
+                raise ValueError(f"{path}: checkpoint version {f.attrs['format_version']} is newer than this code")
+            cfg = GAConfig(**json.loads(f.attrs["config"]))
+            ga = cls.__new__(cls)
+            ga.config = cfg
+            for name in ("x0", "sigma", "init_sigma", "elites", "elite_losses"):
+                setattr(ga, name, np.array(f[name][()], dtype=np.float64))
+            ga._population = np.array(f["population"][()], dtype=np.float64)
+            ga.history = {k: np.array(f[f"history/{k}"][()], dtype=np.float64) for k in f["history"]}
+            state = json.loads(f.attrs["rng_state"])
+            ga.rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+            ga.rng.bit_generator.state = state
+            ga.generation = int(f.attrs["generation"])
+            ga._elapsed_before = float(f.attrs["elapsed_s"])
+            ga._best_seen = float(f.attrs["best_seen"])
+            ga._since_improved = int(f.attrs["since_improved"])
+            ga.meta = json.loads(f.attrs["meta"])
+        ga.elites = ga.elites.reshape(-1, ga.x0.size)
+        ga._t0 = time.perf_counter()
+        return ga
+
+    def with_config(self, **changes) -> "GeneticAlgorithm":
+        """Change stopping criteria in place (e.g. more generations after a resume); returns self.
+
+        Only ``max_generations``, ``target_loss``, ``patience``, ``min_delta`` and ``max_seconds``
+        may change; the others define the random sequence.
+        """
+        allowed = {"max_generations", "target_loss", "patience", "min_delta", "max_seconds"}
+        bad = set(changes) - allowed
+        if bad:
+            raise ValueError(f"cannot change {sorted(bad)} of a running GA")
+        self.config = GAConfig(**{**asdict(self.config), **changes})
+        return self
+
+
+def fan_in_sigma(params, trainable=("bias", "coupling", "crossbar", "readout"), scale: float = 0.1) -> np.ndarray:
+    """Mutation scales ``scale / sqrt(C)`` per entry of ``params.vector()`` (paper, Sec. III B).
+
+    ``C`` is the fan-in: 1 for biases and readout weights; ``N_j`` for crossbar weights into node
+    ``j``; ``(N_a + N_b) / 2`` for the coupling ``(a, b)``.  ``N_j`` is the number of connections
+    entering node ``j``: its couplings plus its input lines.  (The paper's network is not
+    feed-forward, so every coupling counts; for the layered 8x4 design ``N`` is 9, 16, 16, 8 by
+    layer.)  Kinds not in ``trainable`` get 0 (never mutated).
+
+    Parameters
+    ----------
+    params : tc_hw.params.Params
+    trainable : sequence of str
+        Element kinds to mutate (``quadratic``, ``cubic``, ``quartic``, ``bias``, ``coupling``,
+        ``crossbar``, ``readout``).
+    scale : float
+        Mutation scale of a parameter with fan-in 1 (paper: 0.1, i.e. variance 1e-2).
+
+    Returns
+    -------
+    ndarray, shape (params.vector().size,)
+    """
+    from tc_hw.params import ELEMENT_KINDS
+
+    net = params.network
+    conn = (net.degree() + net.fan_in()).astype(np.float64)
+    conn = np.maximum(conn, 1.0)
+    known = set(ELEMENT_KINDS) | {"readout"}
+    bad = set(trainable) - known
+    if bad:
+        raise ValueError(f"unknown element kinds {sorted(bad)}; use {sorted(known)}")
+    parts = []
+    for kind in ELEMENT_KINDS:
+        size = getattr(params, kind).size
+        if kind not in trainable:
+            parts.append(np.zeros(size))
+        elif kind == "coupling":
+            a, b = net.edges.T
+            parts.append(scale / np.sqrt((conn[a] + conn[b]) / 2))
+        elif kind == "crossbar":
+            parts.append(scale / np.sqrt(conn[net.crossbar[:, 1]]))
+        else:
+            parts.append(np.full(size, scale))
+    if params.readout is not None:
+        parts.append(np.full(params.readout.size, scale if "readout" in trainable else 0.0))
+    return np.concatenate(parts)
