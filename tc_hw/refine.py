@@ -192,7 +192,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     if ga is None:
         ga = GeneticAlgorithm(prob.x0, prob.sigma, init_sigma=prob.sigma, population=cfg.population,
                               elites=cfg.elites, seed=cfg.seed, max_generations=cfg.generations,
-                              max_seconds=cfg.max_seconds)
+                              max_seconds=cfg.max_seconds, start_with_x0=True)
     ga.with_config(max_generations=cfg.generations)
     band = cfg.temp_band or (cal.temperature_k - 5.0, cal.temperature_k + 5.0)
     if not np.all(np.isfinite(band)):

@@ -94,6 +94,8 @@ class GeneticAlgorithm:
     population, elites, keep_elites, seed, max_generations, target_loss, patience, min_delta,
     max_seconds
         See :class:`GAConfig`.
+    start_with_x0 : bool
+        Row 0 of the first population is ``x0`` itself, unmutated (used by refinement).
 
     Attributes
     ----------
@@ -108,7 +110,7 @@ class GeneticAlgorithm:
     def __init__(self, x0, sigma, *, init_sigma=None, population: int = 50, elites: int = 5,
                  keep_elites: bool = True, seed: int = 0, max_generations: int | None = None,
                  target_loss: float | None = None, patience: int | None = None, min_delta: float = 0.0,
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, start_with_x0: bool = False):
         self.config = GAConfig(population, elites, keep_elites, int(seed), max_generations, target_loss,
                                patience, float(min_delta), max_seconds)
         self.x0 = self._vector(x0, "x0")
@@ -126,6 +128,8 @@ class GeneticAlgorithm:
         self._t0 = time.perf_counter()
         self.meta: dict = {}  # the caller's dict stored by save(), read back by load()
         self._population = self.x0 + self.init_sigma * self.rng.standard_normal((population, n))
+        if start_with_x0:  # refinement: the program itself competes, so the GA cannot end worse than it began
+            self._population[0] = self.x0
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
