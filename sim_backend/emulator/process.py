@@ -108,7 +108,7 @@ def start_emulator(
     (default: a new temporary directory).  Raises ``RuntimeError`` (with the emulator's stderr)
     if it exits or is not ready within ``timeout`` seconds (the twin kernel may compile first).
     """
-    work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="tc-emu-"))
+    work = Path(workdir).resolve() if workdir is not None else Path(tempfile.mkdtemp(prefix="tc-emu-"))
     work.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     ready_file = work / f"ready-{tag}.json"
