@@ -154,7 +154,7 @@ def _simulate(
     if want_final:
         fin = final[:, :n].reshape(p_count, n_samples, n)
         v_end = params.energy(fin.astype(np.float64), inputs[:, None, :])
-        v_start = params.energy(start[:n].astype(np.float64), inputs)[:, None]
+        v_start = np.broadcast_to(params.energy(start[:n].astype(np.float64), inputs), (p_count,))[:, None]
         heat = (v_start - v_end) / params.kT
     return out, nodes, heat, fin
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, emit
 
 #: task -> methods, the first being the default
-METHODS = {"mnist": ("om", "direct"), "cos": ("ga", "direct")}
+METHODS = {"mnist": ("om", "direct"), "cos": ("ga", "direct"), "generate": ("reverse",)}
 
 
 def _train_mnist(args):
@@ -32,13 +32,29 @@ def _train_cos(args):
                             **({"iterations": args.epochs} if args.epochs else {}))
 
 
+def _train_generative(args):
+    from ..train.generative import train_generative
+
+    return train_generative(digits=args.digits, out=args.out, seed=args.seed, progress=not args.json)
+
+
+def cmd_generate(args) -> int:
+    from ..train.generative import generate_png
+
+    r = generate_png(args.params, args.n, args.png, seed=args.seed, teacher=args.teacher, progress=not args.json)
+    emit(args, {k: v for k, v in r.items() if isinstance(v, (int, float, str, list, dict))},
+         f"{args.n} samples from {args.params} -> {args.png} (mean heat {r.get('heat_kT', float('nan')):.3g} kT)")
+    return EXIT_OK
+
+
 def cmd_train(args) -> int:
     method = args.method or METHODS[args.task][0]
     if method not in METHODS[args.task]:
         print(f"tc-hw train: task {args.task!r} has methods {', '.join(METHODS[args.task])}, not {method!r}")
         return EXIT_BAD_INPUT
     args.method = method
-    _, result = (_train_mnist if args.task == "mnist" else _train_cos)(args)
+    run = {"mnist": _train_mnist, "cos": _train_cos, "generate": _train_generative}[args.task]
+    _, result = run(args)
     result = {k: v for k, v in result.items() if k != "history"}
     shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
                       if k not in ("out", "plots", "config"))
@@ -59,7 +75,8 @@ def add_parsers(sub) -> None:
             "idealised trajectories, exact least squares (--solver lstsq) or Adam (--solver gd)\n"
             "  mnist/direct  back-propagation through the stochastic dynamics at the observation time\n"
             "  cos/ga        the genetic algorithm of the out-of-equilibrium paper on cos(2 pi z), 8x4 layered network\n"
-            "  cos/direct    the same network trained through its dynamics"
+            "  cos/direct    the same network trained through its dynamics\n"
+            "  generate      generative computer (arXiv 2506.15121): reverse-path action on MNIST --digits"
         ),
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
         epilog=(
@@ -81,5 +98,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--points", type=int, help="ga: inputs z per generation")
     p.add_argument("--samples", type=int, help="ga: samples per input")
     p.add_argument("--mode", choices=["reset", "serial"], default="reset", help="cos: sampling mode (default: reset)")
+    p.add_argument("--digits", default="0,1,2", help="generate: MNIST digits to learn (default: 0,1,2)")
     add_json(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="generate images with a trained generative computer",
+                       description="Evolve the trained computer from thermal noise on the twin and write a grid of samples.",
+                       epilog="example: tc-hw generate --params gen.h5 --n 64 --png grid.png")
+    p.add_argument("--params", required=True, help="generative parameter file from `tc-hw train --task generate`")
+    p.add_argument("--n", type=int, default=64, help="samples (default: 64)")
+    p.add_argument("--png", required=True, help="grid image to write")
+    p.add_argument("--teacher", help="classifier file to label each tile (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_json(p)
+    p.set_defaults(func=cmd_generate)
