@@ -69,7 +69,7 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
     from .refine import RefineConfig, measure_cos_loss, refine
     from .report import report
     from .tasks import cos_task
-    from .train.cos import evaluate_cos
+    from .train.cos import twin_cos_loss
     from .train.direct import train_cos_direct
 
     folder = Path(folder)
@@ -92,10 +92,8 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
             params, trained = train_cos_direct(out=folder / "cos.h5", seed=seed, bound=3.0, eval_samples=200,
                                                progress=progress)
             timings["train_s"] = time.monotonic() - t
-            z, y0 = cos_task()
-            twin_loss = float(evaluate_cos(params.vector()[None], params, z, y0, samples=1000, dt=1e-3,
-                                           seed=seed)[0])
-            heat = sample_reset(params, z, 1.0, 200, dt=1e-3, seed=seed, energy=True,
+            twin_loss = twin_cos_loss(params, seed=seed)
+            heat = sample_reset(params, cos_task()[0], 1.0, 200, dt=1e-3, seed=seed, energy=True,
                                 nodes=params.network.outputs).heat_kT
             lam = fitting_scale(params, dev.channel_map, cal)
             program = params.rescaled(lam)

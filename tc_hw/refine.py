@@ -103,8 +103,9 @@ class _Problem:
         volts[self.trainable] = np.clip(v[:k], self.lo, self.hi)
         return volts, np.asarray(v[k:])
 
-    def losses(self, population, z, seeds) -> tuple[np.ndarray, np.ndarray]:
-        """Loss of every candidate (one upload and one acquisition each) and the mean outputs."""
+    def losses(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Loss of every candidate (one upload and one acquisition of ``samples`` readings per
+        input each, default ``cfg.samples``) and the mean outputs."""
         target = np.cos(2 * np.pi * z[:, 0])
         out, ys = np.empty(len(population)), np.empty((len(population), len(z)))
         dev = self.device
@@ -115,7 +116,7 @@ class _Problem:
             if seeds is not None and hasattr(dev, "reseed"):
                 dev.reseed(seeds[c])
             with armed(dev):
-                acq = dev.acquire("reset", self.time_s, self.cfg.samples, nodes=self.outputs)
+                acq = dev.acquire("reset", self.time_s, samples or self.cfg.samples, nodes=self.outputs)
             x = self.cal.adc.correct(acq.volts, self.outputs)  # (P, M, n_out)
             ys[c] = x.mean(axis=1) @ f
             err = np.mean((ys[c] - target) ** 2)
@@ -127,10 +128,10 @@ def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples:
                      volts=None) -> float:
     """cos(2 pi z) loss of ``params`` uploaded through ``cal`` (or of given ``volts``), measured on
     ``device`` with ``points`` inputs and ``samples`` readings each."""
-    prob = _Problem(device, params, cal, RefineConfig(samples=samples))
+    prob = _Problem(device, params, cal, RefineConfig())
     z, _ = cos_task(points)
     v = prob.x0 if volts is None else np.concatenate([np.asarray(volts)[prob.trainable], prob.readout0])
-    loss, _ = prob.losses(v[None, :], z, [seed])
+    loss, _ = prob.losses(v[None, :], z, [seed], samples)
     return float(loss[0])
 
 
@@ -143,7 +144,10 @@ def _wait_for_band(device, band, cfg: RefineConfig, bar) -> tuple[float, float]:
             raise DeviceError(f"board temperature {temp:.2f} K outside {band[0]:.2f}..{band[1]:.2f} K "
                               f"for {cfg.max_pause_s:.0f} s: giving up")
         msg = f"paused: board at {temp:.2f} K, outside {band[0]:.2f}..{band[1]:.2f} K; waiting"
-        bar.set_description_str(msg) if bar is not None else print(msg, file=sys.stderr)
+        if bar is not None:
+            bar.set_description_str(msg)
+        else:
+            print(msg, file=sys.stderr)
         time.sleep(cfg.pause_poll_s)
         temp = float(device.temperature())
     return temp, time.monotonic() - t0
@@ -252,10 +256,8 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     best_v, _ = ga.best
     volts, f = prob.split(best_v)
     z, _ = cos_task(cfg.final_points)
-    final = RefineConfig(**{**asdict(cfg), "samples": cfg.final_samples})
-    fprob = _Problem(device, params, cal, final)
-    start = fprob.losses(fprob.x0[None, :], z, [_seed(cfg.seed, 7, 0)])[0][0]
-    refined = fprob.losses(best_v[None, :], z, [_seed(cfg.seed, 7, 1)])[0][0]
+    start = prob.losses(prob.x0[None, :], z, [_seed(cfg.seed, 7, 0)], cfg.final_samples)[0][0]
+    refined = prob.losses(best_v[None, :], z, [_seed(cfg.seed, 7, 1)], cfg.final_samples)[0][0]
     return {"start_loss": float(start), "refined_loss": float(refined), "generations": int(ga.generation),
             "stop": stop, "best_volts": volts.tolist(), "best_readout": f.tolist(),
             "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,9 @@ def report(log_path, folder=None) -> dict:
     t = r["temperature_k"]
     ax.plot(gens, t[:, 0], label="start of generation")
     ax.plot(gens, t[:, 1], label="end of generation")
-    band = r["instrument"].get("temp_band_k")
+    band = r["instrument"].get("temp_band_k")  # a JSON list (RunLog stores non-scalar attributes as JSON)
     if band is not None:
-        lo, hi = np.asarray(band if not isinstance(band, str) else __import__("json").loads(band), float)
+        lo, hi = np.asarray(json.loads(band), float)
         if np.isfinite(lo) and np.isfinite(hi):
             ax.axhspan(lo, hi, color="g", alpha=0.08, label="allowed band")
     paused = np.flatnonzero(r["paused_s"] > 0)

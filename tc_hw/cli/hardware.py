@@ -65,12 +65,9 @@ def cmd_upload(args) -> int:
         rep["scale"] = lam
         if args.task == "cos":
             from ..refine import measure_cos_loss
-            from ..train.cos import evaluate_cos
-            from ..tasks import cos_task
+            from ..train.cos import twin_cos_loss
 
-            z, y0 = cos_task()
-            rep["twin_loss"] = float(evaluate_cos(params.vector()[None, :], params, z, y0, samples=1000, dt=1e-3,
-                                                  seed=args.seed)[0])
+            rep["twin_loss"] = twin_cos_loss(params, seed=args.seed)
             rep["board_loss"] = measure_cos_loss(dev, params, cal, seed=args.seed)
             if args.cal not in (None, "nominal"):
                 rep["nominal_board_loss"] = measure_cos_loss(dev, params, calibration.nominal(dev.channel_map),
@@ -96,8 +93,7 @@ def cmd_upload(args) -> int:
 def cmd_refine(args) -> int:
     from ..backends import open_device
     from ..refine import RefineConfig, refine
-    from ..tasks import cos_task
-    from ..train.cos import evaluate_cos
+    from ..train.cos import twin_cos_loss
 
     dev = open_device(args.resource)
     try:
@@ -109,9 +105,7 @@ def cmd_refine(args) -> int:
         result = refine(dev, params, cal, args.log, cfg, resume=args.resume, progress=not args.json, task=args.task)
     finally:
         dev.close()
-    z, y0 = cos_task(cfg.final_points)
-    result["twin_loss"] = float(evaluate_cos(params.vector()[None, :], params, z, y0, samples=cfg.final_samples,
-                                             dt=1e-3, seed=args.seed)[0])
+    result["twin_loss"] = twin_cos_loss(params, points=cfg.final_points, samples=cfg.final_samples, seed=args.seed)
     result["scale"] = lam
     if not args.full:
         result.pop("best_volts", None)

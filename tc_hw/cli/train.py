@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, emit
 
 #: task -> methods, the first being the default
@@ -78,7 +80,7 @@ def add_parsers(sub) -> None:
             "  cos/direct    the same network trained through its dynamics\n"
             "  generate      generative computer (arXiv 2506.15121): reverse-path action on MNIST --digits"
         ),
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
             "  tc-hw train --task mnist --method om --out om.h5 --json\n"

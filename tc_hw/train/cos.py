@@ -173,6 +173,13 @@ def _json_list(a) -> list:
     return [float(v) if np.isfinite(v) else None for v in np.asarray(a, float)]
 
 
+def twin_cos_loss(params: Params, *, points: int = PAPER_POINTS, samples: int = 1000, dt: float = 1e-3,
+                  seed: int = 0) -> float:
+    """Loss (14) of one trained computer on ``points`` inputs of [0, 1], ``samples`` reset runs each."""
+    z, y0 = cos_task(points)
+    return float(evaluate_cos(params.vector()[None, :], params, z, y0, samples=samples, dt=dt, seed=seed)[0])
+
+
 def _settings(**kw) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
 
