@@ -2,10 +2,12 @@
 
 Trajectories are processed in blocks of ``LANES`` independent lanes; within a block every array
 is laid out ``(node, lane)`` so that each inner loop runs over lanes and vectorises (AVX2: 8
-float32 lanes).  Per step the kernel computes the coupling force (a register-blocked dense product for
-dense graphs, a CSR loop for sparse ones), the local force ``-(2Q x + 3S x^2 + 4R x^3)`` plus the
-precomputed field ``B - I W``, draws the Gaussians (:mod:`sim_backend.rng`) and updates the
-state, all in one pass over the block, which stays in L1/L2 cache.
+float32 lanes).  Each step has two passes over the block, which stays in L1/L2 cache:
+
+1. the deterministic force ``B - I W - C x - (2Q x + 3S x^2 + 4R x^3)`` (the field ``B - I W`` is
+   precomputed per input).  Dense graphs use the explicit-SIMD register tile of
+   :mod:`sim_backend.simd`; sparse ones a CSR loop;
+2. the Gaussians (:mod:`sim_backend.rng`) and the update of the state, node pair by node pair.
 
 Blocks are spread over threads with ``prange``.  Padding lanes (past the last trajectory) are
 computed and discarded, so every trajectory runs through exactly the same code path and the
@@ -20,59 +22,23 @@ import numpy as np
 from numba import njit, prange
 
 from .rng import gauss_pair
+from .simd import dense_force
 
 LANES = 128
 
 
-@njit(fastmath=True, cache=True)
-def _dense_product(c, xt, g):
-    """``g[i, b] = sum_j c[i, j] xt[b, j]`` for one block; rows of ``c`` in pairs, lanes in fours.
-
-    The sum over ``j`` is vectorised the same way for every lane, so each lane's result depends
-    only on its own data.  Shapes: ``c`` (Np, Nj), ``xt`` (LANES, Nj), ``g`` (Np, LANES), with
-    Np even and Nj >= Np a multiple of 8 (zero-padded) so that the ``j`` loop has no remainder.
-    """
-    n = c.shape[1]
-    for b in range(0, LANES, 4):
-        for i in range(0, c.shape[0], 2):
-            a0 = a1 = a2 = a3 = e0 = e1 = e2 = e3 = xt[0, 0] - xt[0, 0]  # zero of xt's dtype
-            for j in range(n):
-                ci = c[i, j]
-                di = c[i + 1, j]
-                x0 = xt[b, j]
-                x1 = xt[b + 1, j]
-                x2 = xt[b + 2, j]
-                x3 = xt[b + 3, j]
-                a0 += ci * x0
-                a1 += ci * x1
-                a2 += ci * x2
-                a3 += ci * x3
-                e0 += di * x0
-                e1 += di * x1
-                e2 += di * x2
-                e3 += di * x3
-            g[i, b] = a0
-            g[i, b + 1] = a1
-            g[i, b + 2] = a2
-            g[i, b + 3] = a3
-            g[i + 1, b] = e0
-            g[i + 1, b + 1] = e1
-            g[i + 1, b + 2] = e2
-            g[i + 1, b + 3] = e3
-
-
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def run_block_kernel(
-    dense,  # (Np, Nj) float, dense symmetric couplings zero-padded to Nj columns, or (0, 0) when sparse
+    dense,  # (Nr, Np) float: dense symmetric couplings, rows zero-padded to Nr (multiple of 4), or (0, 0) when sparse
     indptr,  # (Np + 1,) int64 CSR row pointers (all zero when dense)
     indices,  # (nnz,) int64
     values,  # (nnz,) float
     field,  # (P, Np) float: B - I @ W per input vector
     lane_input,  # (T,) int64: input vector of each trajectory
     states,  # (T, 4) uint32: initial xoshiro128++ states
-    a1,  # (Np,) float: 2 Q
-    a2,  # (Np,) float: 3 S
-    a3,  # (Np,) float: 4 R
+    a1,  # (Nr,) float: 2 Q (zero-padded to Nr >= Np rows)
+    a2,  # (Nr,) float: 3 S
+    a3,  # (Nr,) float: 4 R
     x0,  # (Np,) float: start state
     mu_dt,  # float: mobility * dt
     noise_scale,  # float: sqrt(2 mobility kT dt) (EM) or half of it (LM, applied to xi_n + xi_n+1)
@@ -91,12 +57,11 @@ def run_block_kernel(
     use_dense = dense.shape[0] > 0
     n_blocks = (n_traj + LANES - 1) // LANES
     for blk in prange(n_blocks):
-        x = np.empty((n_pad, LANES), field.dtype)
-        f = np.empty((n_pad, LANES), field.dtype)
-        g = np.zeros((n_pad, LANES), field.dtype)  # coupling force (dense)
-        xt = np.zeros((LANES, dense.shape[1]), field.dtype)  # lane-major copies for the dense product
+        n_rows = a1.shape[0]  # the dense force works on whole tiles of rows; rows >= n_pad stay zero
+        x = np.zeros((n_rows, LANES), field.dtype)
+        f = np.zeros((n_rows, LANES), field.dtype)
+        h = np.zeros((n_rows, LANES), field.dtype)
         xi = np.zeros((n_pad, LANES), field.dtype)  # previous noise (LM)
-        h = np.empty((n_pad, LANES), field.dtype)
         s = np.empty((4, LANES), np.uint32)
         for b in range(LANES):
             t = min(blk * LANES + b, n_traj - 1)
@@ -115,19 +80,12 @@ def run_block_kernel(
         k_obs = 0
         for step in range(1, n_steps + 1):
             if use_dense:
+                dense_force(dense, x, h, a1, a2, a3, f)
+            else:
                 for i in range(n_pad):
-                    for b in range(LANES):
-                        xt[b, i] = x[i, b]
-                _dense_product(dense, xt, g)
-            for i in range(n_pad):
-                c1 = a1[i]
-                c2 = a2[i]
-                c3 = a3[i]
-                if use_dense:
-                    for b in range(LANES):
-                        xv = x[i, b]
-                        f[i, b] = h[i, b] - g[i, b] - xv * (c1 + xv * (c2 + c3 * xv))
-                else:
+                    c1 = a1[i]
+                    c2 = a2[i]
+                    c3 = a3[i]
                     for b in range(LANES):
                         xv = x[i, b]
                         f[i, b] = h[i, b] - xv * (c1 + xv * (c2 + c3 * xv))

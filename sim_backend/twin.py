@@ -55,17 +55,25 @@ def steps_for(t: float, dt: float) -> int:
     return n
 
 
+def uses_dense_coupling(params: Params) -> bool:
+    """Whether the kernel computes the couplings as a dense tile product (else a CSR loop).
+
+    Dense when at least 16 nodes and more than half of all pairs are coupled."""
+    n = params.network.n_nodes
+    return n >= 16 and params.network.n_edges / max(1, n * (n - 1) / 2) > 0.5
+
+
 def _prepare(params: Params, dtype):
     """Padded float arrays the kernel needs: dense or CSR couplings and local-force terms."""
     n = params.network.n_nodes
     n_pad = n + (n & 1)  # nodes are updated in pairs
+    n_rows = n_pad  # rows of the kernel's per-node arrays
     c = np.zeros((n_pad, n_pad))
     c[:n, :n] = params.coupling_matrix()
-    density = params.network.n_edges / max(1, n * (n - 1) / 2)
-    if density > 0.5 and n >= 16:
-        n_j = -(-n_pad // 8) * 8  # columns padded to whole 8-wide vectors
-        dense = np.zeros((n_pad, n_j), dtype)
-        dense[:, :n_pad] = c
+    if uses_dense_coupling(params):
+        n_rows = -(-n_pad // 4) * 4  # whole tiles of the dense force (sim_backend.simd)
+        dense = np.zeros((n_rows, n_pad), dtype)
+        dense[:n_pad] = c
         indptr = np.zeros(n_pad + 1, np.int64)
         indices = np.zeros(1, np.int64)
         values = np.zeros(1, dtype)
@@ -78,7 +86,7 @@ def _prepare(params: Params, dtype):
         values = np.ascontiguousarray(c[rows, cols], dtype=dtype) if len(cols) else np.zeros(1, dtype)
 
     def pad(v):
-        out = np.zeros(n_pad, dtype)
+        out = np.zeros(n_rows, dtype)
         out[:n] = v
         return out
 

@@ -8,7 +8,7 @@ from scipy import stats
 
 from sim_backend import reference, twin
 from sim_backend.rng import normal
-from tc_hw import Network, Params, layered
+from tc_hw import Network, Params, all_to_all, layered
 
 
 def one_node(J2, J3, J4, kT, bias=0.0):
@@ -67,7 +67,7 @@ def random_quadratic(n, rng, kT=0.5):
     )
 
 
-@pytest.mark.parametrize("n", [6, 20])  # 6 uses the sparse path, 20 the dense (BLAS) path
+@pytest.mark.parametrize("n", [6, 20])  # 6 uses the sparse path, 20 the dense (SIMD tile) path
 def test_quadratic_network_matches_exact_ou_moments(n):
     rng = np.random.default_rng(n)
     p = random_quadratic(n, rng)
@@ -139,29 +139,54 @@ def test_heat_is_minus_energy_change_and_matches_stratonovich_sum():
     np.testing.assert_allclose(heat[0], -p.energy(x[0, :, -1]) / p.kT, atol=0.05)
 
 
-def test_seed_gives_same_numbers_whatever_batch_or_threads():
+@pytest.mark.parametrize(
+    "net, dtype",
+    [(layered(8, 2, 2), np.float32), (all_to_all(14, 4, 2), np.float32), (all_to_all(14, 4, 2), np.float64)],
+    ids=["sparse", "dense-f32", "dense-f64"],
+)
+def test_seed_gives_same_numbers_whatever_batch_or_threads(net, dtype):
     import numba
 
     rng = np.random.default_rng(0)
-    net = layered(8, 2, 2)
     p = Params.uniform(net, 1, 0, 1, coupling=rng.normal(0, 0.3, net.n_edges), crossbar=1.0, kT=0.5)
     inputs = rng.normal(size=(7, 2))
-    full = twin.sample_reset(p, inputs, 0.2, 300, seed=42).x
-    again = twin.sample_reset(p, inputs, 0.2, 300, seed=42).x
-    np.testing.assert_array_equal(full, again)
-    part = twin.sample_reset(p, inputs[:3], 0.2, 120, seed=42).x
-    np.testing.assert_array_equal(part, full[:3, :120])
-    tail = twin.sample_reset(p, inputs, 0.2, 100, seed=42, sample_offset=200).x
-    np.testing.assert_array_equal(tail, full[:, 200:])
+    run = lambda x, m, **kw: twin.sample_reset(p, x, 0.2, m, seed=kw.pop("seed", 42), dtype=dtype, **kw).x  # noqa: E731
+    full = run(inputs, 300)
+    np.testing.assert_array_equal(run(inputs, 300), full)
+    np.testing.assert_array_equal(run(inputs[:3], 120), full[:3, :120])
+    np.testing.assert_array_equal(run(inputs, 100, sample_offset=200), full[:, 200:])
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        one = twin.sample_reset(p, inputs, 0.2, 300, seed=42).x
+        one = run(inputs, 300)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one, full)
-    other = twin.sample_reset(p, inputs, 0.2, 300, seed=43).x
-    assert not np.array_equal(other, full)
+    assert not np.array_equal(run(inputs, 300, seed=43), full)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [2, 21, 74])
+def test_simd_dense_force_matches_numpy(n, dtype):
+    from numba import njit
+
+    from sim_backend.simd import dense_force
+
+    run = njit(lambda c, x, h, a1, a2, a3, f: dense_force(c, x, h, a1, a2, a3, f))
+    rng = np.random.default_rng(n)
+    rows, lanes = -(-n // 4) * 4, 128
+    c = np.zeros((rows, n), dtype)
+    c[:n] = rng.normal(size=(n, n))
+    x, h = (np.zeros((rows, lanes), dtype) for _ in range(2))
+    x[:n], h[:n] = rng.normal(size=(2, n, lanes))
+    a1, a2, a3 = (np.zeros(rows, dtype) for _ in range(3))
+    a1[:n], a2[:n], a3[:n] = rng.normal(size=(3, n))
+    f = np.full((rows, lanes), np.nan, dtype)
+    run(c, x, h, a1, a2, a3, f)
+    x64 = x.astype(float)
+    expect = h - c.astype(float) @ x64[:n] - x64 * (a1[:, None] + x64 * (a2[:, None] + a3[:, None] * x64))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(f, expect, rtol=tol, atol=tol * np.abs(expect).max())
 
 
 def test_generator_is_standard_normal():
