@@ -30,15 +30,16 @@ from numba.extending import intrinsic
 VECTOR_BYTES = 32  # AVX2 register
 
 
-def tile_shape(itemsize: int) -> tuple[int, int]:
-    """``(rows, lanes)`` covered by one tile for elements of ``itemsize`` bytes."""
-    width = VECTOR_BYTES // itemsize
-    vectors = 4 if itemsize == 4 else 2
-    return 8 // vectors, vectors * width
+@njit(inline="always")
+def tile_shape(itemsize):
+    """``(rows, lanes)`` covered by one tile for elements of ``itemsize`` bytes (4: 2 x 32, 8: 4 x 8)."""
+    if itemsize == 4:
+        return 2, 32
+    return 4, 8
 
 
 @intrinsic
-def _tile(typingctx, c, x, h, a1, a2, a3, f, i, b):
+def force_tile(typingctx, c, x, h, a1, a2, a3, f, i, b):
     """One tile of the force ``f = h - c @ x - x (a1 + x (a2 + a3 x))``, rows ``i:i+RB``, lanes ``b:b+LB``.
 
     ``c`` (Nr, Nj), ``x``, ``h``, ``f`` (Nr, L) C-contiguous; ``a1, a2, a3`` (Nr,); one float dtype.
@@ -50,7 +51,7 @@ def _tile(typingctx, c, x, h, a1, a2, a3, f, i, b):
     def codegen(context, builder, signature, args):
         item = context.get_data_type(signature.args[0].dtype)
         size = context.get_abi_sizeof(item)
-        rows, lanes = tile_shape(size)
+        rows, lanes = tile_shape.py_func(size)
         width = VECTOR_BYTES // size
         n_vec = lanes // width
         vec = ir.VectorType(item, width)
@@ -116,9 +117,7 @@ def dense_force(c, x, h, a1, a2, a3, f):
     Shapes: ``c`` (Nr, Nj) with ``Nj <= Nr``; ``x``, ``h``, ``f`` (Nr, L); ``a1..a3`` (Nr,).  ``Nr``
     is a multiple of 4 and ``L`` of 32 (zero padding); all C-contiguous, one float dtype.
     """
-    small = x.itemsize == 4
-    rows = 2 if small else 4
-    lanes = 32 if small else 8
+    rows, lanes = tile_shape(x.itemsize)
     for b in range(0, x.shape[1], lanes):  # a lane strip of x stays in L1 while the rows pass
         for i in range(0, c.shape[0], rows):
-            _tile(c, x, h, a1, a2, a3, f, i, b)
+            force_tile(c, x, h, a1, a2, a3, f, i, b)
