@@ -456,3 +456,41 @@ def test_ideal_board_matches_twin_moments(tmp_path):
     assert np.abs(z_mean).max() < 4, z_mean
     assert np.abs(z_var).max() < 4, z_var
     assert me[0] > 0.1 and abs(me[1:]).max() < 0.1  # the bias on node 0 shows
+
+
+def test_emulator_exits_when_its_launcher_is_killed(tmp_path):
+    """An emulator never outlives a killed notebook kernel or test run (``--parent-pid``)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from sim_backend.emulator.process import start_emulator\n"
+        f"emu = start_emulator(workdir={str(tmp_path)!r}, truth=False, extra_args=['--no-warmup'])\n"
+        "print(emu.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(launcher.stdout.readline())
+        os.kill(pid, 0)  # running
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            try:  # reap it if it became our child's orphan in this process group
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the emulator kept running after its launcher was killed")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override the board seed (hidden truth and acquisition noise)")
     p.add_argument("--fault-rate", type=float, help="probability per reply of an injected fault (default: board file, 0)")
     p.add_argument("--truth-file", help="write the hidden truth (JSON) here")
+    p.add_argument("--parent-pid", type=int,
+                   help="exit when the process with this pid ends (launchers pass their own pid, so that an "
+                        "emulator never outlives a killed notebook or test run)")
     p.add_argument("--no-warmup", action="store_true", help="do not load the twin kernel before READY")
     p.add_argument("--print-board", action="store_true", help="print the board file TOML of a preset and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log connections and faults to stderr")
@@ -57,6 +60,18 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (and is not our reparented-to init)."""
+    if os.getppid() != pid:  # our parent died and we were adopted
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
 
 
 def main(argv=None) -> int:
@@ -143,7 +158,9 @@ def main(argv=None) -> int:
 
     try:
         while not stop.wait(0.5):
-            pass
+            if args.parent_pid is not None and not _alive(args.parent_pid):
+                log.info("parent process %d is gone", args.parent_pid)
+                break
     finally:
         log.info("shutting down")
         tcp.close()

@@ -114,7 +114,8 @@ def start_emulator(
     ready_file = work / f"ready-{tag}.json"
     truth_file = work / f"truth-{tag}.json" if truth else None
     log_file = work / f"emulator-{tag}.log"
-    cmd = [sys.executable, "-m", "sim_backend.emulator", "--port", "0", "--ready-file", str(ready_file)]
+    cmd = [sys.executable, "-m", "sim_backend.emulator", "--port", "0", "--ready-file", str(ready_file),
+           "--parent-pid", str(os.getpid())]
     if board is not None:  # a preset name, or a board file (made absolute: the child runs in workdir)
         cmd += ["--board", str(Path(board).resolve()) if Path(board).exists() else str(board)]
     if pty:
