@@ -229,7 +229,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
     for k, c in enumerate(candidates):
         if len(cols):
             values[k] = c.coupling_matrix()[rows, cols]
-        field[k, :, :n] = c.field(inputs)
+        field[k] = twin._field(c, inputs, n_pad)  # the twin's own field: bitwise the same numbers
         a1[k, :n] = 2 * c.quadratic
         a2[k, :n] = 3 * c.cubic
         a3[k, :n] = 4 * c.quartic

@@ -1,4 +1,4 @@
-"""An explicit-SIMD register tile for the twin's dense coupling force.
+"""Explicit-SIMD register tiles for the twin's dense products.
 
 LLVM does not vectorise the product ``g[i, b] = sum_j c[i, j] x[j, b]`` well when it is written
 as scalar numba loops: it either vectorises the ``j`` sum (then every output needs a horizontal
@@ -6,8 +6,12 @@ reduction and the state must be transposed each step) or keeps the accumulators 
 intrinsic below writes the textbook GEMM micro-kernel directly in LLVM IR: a tile of ``RB`` rows
 times ``NV`` vectors of lanes stays in registers (8 accumulators), each step of the ``j`` loop
 loads ``NV`` lane vectors of ``x[j]``, broadcasts ``RB`` coefficients ``c[i + r, j]`` and issues
-``RB * NV`` fused multiply-adds.  The tile's epilogue adds the field and the local force
-``-x (2Q + 3S x + 4R x^2)``, so the block's whole deterministic force comes out of one pass.
+``RB * NV`` fused multiply-adds.  Two tiles share that loop:
+
+* :func:`force_tile`, whose epilogue adds the field and the local force ``-x (2Q + 3S x + 4R x^2)``,
+  so a block's whole deterministic force comes out of one pass (the Langevin kernel);
+* :func:`product_tile`, a plain product (the field ``B - I W`` of many inputs, see
+  :func:`field_kernel`).
 
 Tiles, chosen so that 8 of the 16 AVX2 registers accumulate:
 
@@ -23,7 +27,8 @@ LLVM splits the 256-bit operations.
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import njit, types
+import numpy as np
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -38,73 +43,123 @@ def tile_shape(itemsize):
     return 4, 8
 
 
+class _Tile:
+    """LLVM IR of one tile's accumulation loop; ``acc[r][v]`` holds the sums after :meth:`build`."""
+
+    def __init__(self, context, builder, c_type, x_type, c, x, i, b):
+        self.builder = builder
+        item = context.get_data_type(c_type.dtype)
+        size = context.get_abi_sizeof(item)
+        self.rows, lanes = tile_shape.py_func(size)
+        self.width = VECTOR_BYTES // size
+        self.n_vec = lanes // self.width
+        self.vec = ir.VectorType(item, self.width)
+        self.ca = context.make_array(c_type)(context, builder, c)
+        self.xa = context.make_array(x_type)(context, builder, x)
+        self.i0, self.b0 = i, b
+        self.ld = cgutils.unpack_tuple(builder, self.xa.shape)[1]  # lanes per row of every (., L) array
+        name = f"llvm.fmuladd.v{self.width}f{8 * size}"
+        self.fma_fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.vec, [self.vec] * 3), name)
+        self.rows_i = [builder.add(i, self.const(r)) for r in range(self.rows)]
+
+    @staticmethod
+    def const(k):
+        return ir.Constant(ir.IntType(64), k)
+
+    def fma(self, a, b, c):
+        return self.builder.call(self.fma_fn, [a, b, c])
+
+    def splat(self, scalar):
+        w = self.width
+        v = self.builder.insert_element(ir.Constant(self.vec, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+        return self.builder.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined), mask)
+
+    def vector_at(self, array, row, v):
+        """Pointer to lanes ``b + v*W .. b + v*W + W-1`` of ``row`` of a (., L) array."""
+        bld = self.builder
+        ptr = bld.gep(array.data, [bld.add(bld.add(bld.mul(row, self.ld), self.b0), self.const(v * self.width))])
+        return bld.bitcast(ptr, self.vec.as_pointer())
+
+    def build(self):
+        """Emit ``acc[r][v] = sum_j c[i + r, j] x[j, b + v*W : ...]`` (the j loop, in order)."""
+        bld = self.builder
+        n = cgutils.unpack_tuple(bld, self.ca.shape)[1]
+        c_rows = [bld.gep(self.ca.data, [bld.mul(row, n)]) for row in self.rows_i]
+        zero = ir.Constant(self.vec, [0.0] * self.width)
+        entry = bld.block
+        loop = bld.append_basic_block("tile.loop")
+        done = bld.append_basic_block("tile.done")
+        bld.branch(loop)
+        bld.position_at_end(loop)
+        j = bld.phi(ir.IntType(64))
+        acc = [[bld.phi(self.vec) for _ in range(self.n_vec)] for _ in range(self.rows)]
+        xs = [bld.load(self.vector_at(self.xa, j, v), align=4) for v in range(self.n_vec)]
+        new = [[self.fma(self.splat(bld.load(bld.gep(c_rows[r], [j]))), xs[v], acc[r][v]) for v in range(self.n_vec)]
+               for r in range(self.rows)]
+        j_next = bld.add(j, self.const(1))
+        j.add_incoming(self.const(0), entry)
+        j.add_incoming(j_next, loop)
+        for r in range(self.rows):
+            for v in range(self.n_vec):
+                acc[r][v].add_incoming(zero, entry)
+                acc[r][v].add_incoming(new[r][v], loop)
+        bld.cbranch(bld.icmp_signed("<", j_next, n), loop, done)
+        bld.position_at_end(done)
+        self.acc = new
+
+
+def _index(context, builder, value, ty):
+    return context.cast(builder, value, ty, types.int64)
+
+
+@intrinsic
+def product_tile(typingctx, c, x, g, i, b):
+    """One tile of ``g = c @ x``: rows ``i:i+RB`` of ``g``, lanes ``b:b+LB``.
+
+    ``c`` (Nr, Nj), ``x`` (>= Nj, L), ``g`` (Nr, L), C-contiguous, one float dtype, ``Nj >= 1``.
+    """
+    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in (c, x, g)):
+        return None
+    sig = types.void(c, x, g, i, b)
+
+    def codegen(context, builder, signature, args):
+        ts = signature.args
+        tile = _Tile(context, builder, ts[0], ts[1], args[0], args[1],
+                     _index(context, builder, args[3], ts[3]), _index(context, builder, args[4], ts[4]))
+        tile.build()
+        ga = context.make_array(ts[2])(context, builder, args[2])
+        for r, row in enumerate(tile.rows_i):
+            for v in range(tile.n_vec):
+                builder.store(tile.acc[r][v], tile.vector_at(ga, row, v), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @intrinsic
 def force_tile(typingctx, c, x, h, a1, a2, a3, f, i, b):
     """One tile of the force ``f = h - c @ x - x (a1 + x (a2 + a3 x))``, rows ``i:i+RB``, lanes ``b:b+LB``.
 
     ``c`` (Nr, Nj), ``x``, ``h``, ``f`` (Nr, L) C-contiguous; ``a1, a2, a3`` (Nr,); one float dtype.
     """
-    if not all(isinstance(a, types.Array) and a.ndim == 2 for a in (c, x, h, f)):
+    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in (c, x, h, f)):
         return None
     sig = types.void(c, x, h, a1, a2, a3, f, i, b)
 
     def codegen(context, builder, signature, args):
-        item = context.get_data_type(signature.args[0].dtype)
-        size = context.get_abi_sizeof(item)
-        rows, lanes = tile_shape.py_func(size)
-        width = VECTOR_BYTES // size
-        n_vec = lanes // width
-        vec = ir.VectorType(item, width)
-        i64 = ir.IntType(64)
-        const = lambda k: ir.Constant(i64, k)  # noqa: E731
-        arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:7], args[:7])]
-        ca, xa, ha, a1a, a2a, a3a, fa = arrays
-        i0 = context.cast(builder, args[7], signature.args[7], types.int64)
-        b0 = context.cast(builder, args[8], signature.args[8], types.int64)
-        n = cgutils.unpack_tuple(builder, ca.shape)[1]
-        ld = cgutils.unpack_tuple(builder, xa.shape)[1]  # x, h and f share one shape
-        fma_name = f"llvm.fmuladd.v{width}f{8 * size}"
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), fma_name)
-        zero = ir.Constant(vec, [0.0] * width)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-
-        def splat(scalar):
-            v = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), splat_mask)
-
-        def vector_at(array, row, v):
-            ptr = builder.gep(array.data, [builder.add(builder.add(builder.mul(row, ld), b0), const(v * width))])
-            return builder.bitcast(ptr, vec.as_pointer())
-
-        rows_i = [builder.add(i0, const(r)) for r in range(rows)]
-        c_rows = [builder.gep(ca.data, [builder.mul(row, n)]) for row in rows_i]
-        entry = builder.block
-        loop = builder.append_basic_block("tile.loop")
-        done = builder.append_basic_block("tile.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        j = builder.phi(i64)
-        acc = [[builder.phi(vec) for _ in range(n_vec)] for _ in range(rows)]
-        xs = [builder.load(vector_at(xa, j, v), align=4) for v in range(n_vec)]
-        new = [[builder.call(fma, [splat(builder.load(builder.gep(c_rows[r], [j]))), xs[v], acc[r][v]])
-                for v in range(n_vec)] for r in range(rows)]
-        j_next = builder.add(j, const(1))
-        j.add_incoming(const(0), entry)
-        j.add_incoming(j_next, loop)
-        for r in range(rows):
-            for v in range(n_vec):
-                acc[r][v].add_incoming(zero, entry)
-                acc[r][v].add_incoming(new[r][v], loop)
-        builder.cbranch(builder.icmp_signed("<", j_next, n), loop, done)
-
-        builder.position_at_end(done)  # epilogue: add the local force and the field
-        for r, row in enumerate(rows_i):
-            k1, k2, k3 = (splat(builder.load(builder.gep(a.data, [row]))) for a in (a1a, a2a, a3a))
-            for v in range(n_vec):
-                xv = builder.load(vector_at(xa, row, v), align=4)
-                poly = builder.call(fma, [builder.call(fma, [k3, xv, k2]), xv, k1])  # a1 + x (a2 + a3 x)
-                rest = builder.fsub(builder.load(vector_at(ha, row, v), align=4), new[r][v])  # h - (c @ x)
-                builder.store(builder.fsub(rest, builder.fmul(xv, poly)), vector_at(fa, row, v), align=4)
+        ts = signature.args
+        tile = _Tile(context, builder, ts[0], ts[1], args[0], args[1],
+                     _index(context, builder, args[7], ts[7]), _index(context, builder, args[8], ts[8]))
+        tile.build()
+        ha, a1a, a2a, a3a, fa = (context.make_array(t)(context, builder, v) for t, v in zip(ts[2:7], args[2:7]))
+        for r, row in enumerate(tile.rows_i):  # epilogue: add the local force and the field
+            k1, k2, k3 = (tile.splat(builder.load(builder.gep(a.data, [row]))) for a in (a1a, a2a, a3a))
+            for v in range(tile.n_vec):
+                xv = builder.load(tile.vector_at(tile.xa, row, v), align=4)
+                poly = tile.fma(tile.fma(k3, xv, k2), xv, k1)  # a1 + x (a2 + a3 x)
+                rest = builder.fsub(builder.load(tile.vector_at(ha, row, v), align=4), tile.acc[r][v])  # h - c @ x
+                builder.store(builder.fsub(rest, builder.fmul(xv, poly)), tile.vector_at(fa, row, v), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -121,3 +176,35 @@ def dense_force(c, x, h, a1, a2, a3, f):
     for b in range(0, x.shape[1], lanes):  # a lane strip of x stays in L1 while the rows pass
         for i in range(0, c.shape[0], rows):
             force_tile(c, x, h, a1, a2, a3, f, i, b)
+
+
+@njit(parallel=True, cache=True)
+def field_kernel(inputs, w, bias, out):
+    """``out[p, :N] = bias - inputs[p] @ w[:, :N]`` for every input vector, the same way for each.
+
+    ``inputs`` (P, K), ``w`` (K, NL) the crossbar matrix with columns zero-padded to a multiple of
+    the tile's lanes, ``bias`` (N,), ``out`` (P, >= N); one float dtype, ``K >= 1``.  The inputs
+    are the tile's rows and the nodes its lanes, so no transpose is needed.  Unlike a BLAS product,
+    the sum over ``k`` for input ``p`` does not depend on ``p``'s position in the batch, so the
+    twin's float64 runs are bitwise batch-independent too.
+    """
+    n_in, k_in = inputs.shape
+    n = bias.shape[0]
+    rows, lanes = tile_shape(inputs.itemsize)
+    if w.shape[1] % lanes != 0 or w.shape[0] != k_in or k_in < 1:
+        raise ValueError("field_kernel: w must be (K, multiple of the tile lanes), K >= 1")
+    chunk = 16 * rows  # inputs per task; a strip of w's lanes is reused by all of them from cache
+    for blk in prange((n_in + chunk - 1) // chunk):
+        p0 = blk * chunk
+        g = np.empty((chunk, w.shape[1]), inputs.dtype)
+        if p0 + chunk <= n_in:
+            block = inputs[p0 : p0 + chunk]
+        else:  # the last, partial chunk: zero-padded copy
+            block = np.zeros((chunk, k_in), inputs.dtype)
+            block[: n_in - p0] = inputs[p0:]
+        for b in range(0, w.shape[1], lanes):
+            for i in range(0, chunk, rows):
+                product_tile(block, w, g, i, b)
+        for r in range(min(chunk, n_in - p0)):
+            for i in range(n):
+                out[p0 + r, i] = bias[i] - g[r, i]

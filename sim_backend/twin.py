@@ -26,6 +26,7 @@ from tc_hw.params import Params
 
 from . import kernel
 from .rng import stream_states
+from .simd import field_kernel, tile_shape
 
 __all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for"]
 
@@ -93,6 +94,23 @@ def _prepare(params: Params, dtype):
     return dense, indptr, indices, values, pad(2 * params.quadratic), pad(3 * params.cubic), pad(4 * params.quartic), pad
 
 
+def _field(params: Params, inputs: np.ndarray, n_cols: int) -> np.ndarray:
+    """``B - I W`` per input vector, shape (P, n_cols) float64 (columns past N are zero).
+
+    Same numbers as :meth:`Params.field` up to rounding, but computed the same way for every input
+    (:func:`sim_backend.simd.field_kernel`), so a trajectory does not depend on the batch."""
+    n = params.network.n_nodes
+    out = np.zeros((len(inputs), n_cols))
+    if params.network.n_inputs == 0 or len(inputs) == 0:
+        out[:, :n] = params.bias
+        return out
+    lanes = tile_shape.py_func(8)[1]
+    w = np.zeros((params.network.n_inputs, -(-n // lanes) * lanes))
+    w[:, :n] = params.crossbar_matrix()
+    field_kernel(np.ascontiguousarray(inputs, dtype=np.float64), w, params.bias.astype(np.float64), out)
+    return out
+
+
 def _simulate(
     params: Params,
     inputs,
@@ -125,15 +143,15 @@ def _simulate(
         raise ValueError(f"nodes must be indices in 0..{n - 1}")
     dense, indptr, indices, values, a1, a2, a3, pad = _prepare(params, dtype)
     p_count = len(inputs)
-    field = np.zeros((p_count, len(a1)), dtype)
-    field[:, :n] = params.field(inputs)
+    n_pad = n + (n & 1)
+    field = _field(params, inputs, n_pad).astype(dtype)
     lane_input = np.repeat(np.arange(p_count, dtype=np.int64), n_samples)
     sample = np.tile(np.arange(sample_offset, sample_offset + n_samples, dtype=np.int64), p_count)
     states = stream_states(seed, lane_input, sample)
     start = pad(np.zeros(n) if x0 is None else np.broadcast_to(np.asarray(x0, float), (n,)))
     t_count = len(lane_input)
     out = np.empty((t_count, len(obs_steps), len(nodes)), dtype)
-    final = np.empty((t_count if want_final else 0, len(a1)), dtype)
+    final = np.empty((t_count if want_final else 0, n_pad), dtype)
     rail_value = np.finfo(dtype).max if rail is None else float(rail)
     kernel.run_block_kernel(
         dense,

@@ -165,6 +165,18 @@ def test_seed_gives_same_numbers_whatever_batch_or_threads(net, dtype):
     assert not np.array_equal(run(inputs, 300, seed=43), full)
 
 
+def test_wide_crossbar_float64_runs_are_batch_independent():
+    """The field B - I W of many inputs is not a BLAS product (whose rounding depends on the row)."""
+    rng = np.random.default_rng(1)
+    net = all_to_all(14, 4, 300)
+    p = Params.uniform(net, 1, 0, 1, coupling=rng.normal(0, 0.3, net.n_edges), crossbar=rng.normal(0, 0.1, net.n_crossbar))
+    inputs = rng.normal(size=(41, 300))
+    np.testing.assert_allclose(twin._field(p, inputs, 19)[:, :18], p.field(inputs), rtol=1e-12, atol=1e-12)
+    full = twin.sample_reset(p, inputs, 0.05, 3, dtype=np.float64, seed=2).x
+    for m in (1, 5, 17):
+        np.testing.assert_array_equal(twin.sample_reset(p, inputs[:m], 0.05, 3, dtype=np.float64, seed=2).x, full[:m])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [2, 21, 74])
 def test_simd_dense_force_matches_numpy(n, dtype):
