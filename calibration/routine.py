@@ -387,8 +387,12 @@ def calibrate(device, out_path, progress: bool = True, **options):
             tau_data = acquire_tau(device, zero.volts, use_fit, interval_s=opts["tau_interval_tau"] * tau,
                                    samples=opts["tau_samples"], groups=opts["groups"], repeats=opts["tau_repeats"])
             writer.add_tau(tau_data)
-            for cfg in design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"]):
-                run(cfg, opts["repeats_self"])
+            # planned one acquisition at a time, so that each one's helper settings use everything
+            # measured before it (a node whose zero-stage equations were lost to the rails, e.g. with
+            # a large quartic offset, would otherwise keep nominal helpers through the whole sweep)
+            n_self = len(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"]))
+            for i in range(n_self):
+                run(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"])[i], opts["repeats_self"])
             matchings = design.edge_colouring(graph.edges, n) if len(graph.edges) else []
             if selected is not None:
                 want = set(int(e) for e in np.flatnonzero(np.isin(graph.edge_ch, list(selected))))

@@ -3,22 +3,35 @@
 1. start an emulated board as its own process (the embedded default with crosstalk and slow
    drift, which neither the twin nor the calibration model), unless a ``resource`` is given;
 2. calibrate it through its commands (:func:`calibration.calibrate`);
-3. train the cos(2 pi z) computer on the twin (direct training, elements bounded so that the
-   program fits the board after a coordinate rescaling);
+3. lay the cos(2 pi z) computer out on the board's own coupling graph (:func:`board_computer`:
+   up to 4 layers of up to 8 nodes, reached from input line 0; on the default board this is the
+   paper's 8x4 layered computer), choose element bounds from the calibrated reach
+   (:func:`plan_for_board`) and train it on the twin (direct training), once more with a
+   larger coordinate scale if its nodes would reach the board's rails;
 4. upload it with nominal gains and through the calibration, measuring the board's loss each way;
-5. refine it on the board with the genetic algorithm, logging every generation;
+5. refine it on the board (:func:`tc_hw.refine.refine`: least-squares readout, then the genetic
+   algorithm, then the best of start, fitted readout and GA measured together), logging every
+   generation;
 6. write the report: PNG plots and ``report.md`` with the figures.
+
+A board that cannot run it (fewer than 32 nodes, no input line, an input that reaches no
+coupled node, element ranges no coordinate scale fits) is refused with :class:`DemoError`
+saying why (``tc-hw demo`` exits with 2).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["run_demo", "DEMO_BOARD"]
+import numpy as np
+
+__all__ = ["run_demo", "DEMO_BOARD", "DemoError", "board_computer", "plan_for_board", "BoardPlan", "embed"]
 
 
 def _demo_board() -> str:
@@ -35,6 +48,21 @@ DEMO_BOARD = "default board + 0.5 % DAC crosstalk + 2 %/h element drift"
 
 #: Calibration settings of the demo: fewer samples than a full calibration (a few minutes here).
 QUICK_CALIBRATION = dict(chains=128, samples=256)
+
+#: The demo's computer: up to WIDTH x DEPTH nodes; boards need at least MIN_NODES nodes.
+WIDTH, DEPTH, MIN_NODES = 8, 4, 32
+#: Element bound of direct training (program units) where the board's reach allows it.
+BOUND = 3.0
+#: Smallest planned coordinate scale (a reading lasts 1 / scale^2 times longer than at scale 1).
+MIN_SCALE = 0.3
+#: Largest amplitude of the input line relative to z in [0, 1] (the calibration drives +-0.75).
+MAX_INPUT_SCALE = 4.0
+#: Wall-time budget of the GA generations (the final measurements come on top).
+GA_SECONDS = 60.0
+
+
+class DemoError(ValueError):
+    """This board cannot run the demo (the message says why)."""
 
 
 @contextmanager
@@ -56,58 +84,327 @@ def _say(progress: bool, text: str) -> None:
         print(f"tc-hw demo: {text}", file=sys.stderr, flush=True)
 
 
-def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0, generations: int = 10,
-             calibration_options: dict | None = None, progress: bool = True) -> dict:
-    """Run the loop; returns the summary (also written to ``<folder>/summary.json``)."""
-    import numpy as np
+# ----------------------------------------------------------------------------- the computer
+def board_computer(channel_map, *, width: int = WIDTH, depth: int = DEPTH, kT: float = 0.1,
+                   neuron=(1.0, 0.0, 1.0)):
+    """The untrained cos(2 pi z) computer laid out on a board's coupling graph.
 
+    Layer 0: up to ``width`` nodes fed by input line 0; layer ``d + 1``: up to ``width`` nodes
+    coupled to layer ``d`` (farthest from the input first, then the most couplings into layer
+    ``d``, then the lowest index); at most ``depth`` layers.  The computer uses the board's
+    couplings between consecutive layers and the crossbar into layer 0 only; its outputs are the
+    last layer.  On a layered 8x4 board (the default) this is :func:`tc_hw.train.cos.cos_network`.
+
+    Returns ``(base, nodes)``: the computer as :class:`~tc_hw.params.Params` on its own nodes
+    ``0..n-1`` (layer by layer, with zero readout of shape (1, n_out)), and the board node of each.
+    Raises :class:`DemoError` for a board with fewer than ``MIN_NODES`` nodes, no input line, or
+    an input that reaches no coupled node.
+    """
+    from .network import Network
+    from .params import Params
+    from .train.cos import cos_network
+
+    n = sum(1 for c in channel_map if c.kind == "Q")
+    lines = sorted({c.a for c in channel_map if c.kind == "W"})
+    if n < MIN_NODES:
+        raise DemoError(f"the demo's computer needs a board with at least {MIN_NODES} nodes "
+                        f"({width} x {depth} layers); this board has {n}")
+    if not lines:
+        raise DemoError("the demo's task has one input z, but this board has no input line (no W channels)")
+    if lines[0] != 0:
+        raise DemoError(f"input line 0 feeds no node on this board (its crossbar uses lines {lines[:5]})")
+    adj = {i: set() for i in range(n)}
+    for c in channel_map:
+        if c.kind == "C":
+            adj[c.a].add(c.b)
+            adj[c.b].add(c.a)
+    fed = sorted({c.b for c in channel_map if c.kind == "W" and c.a == 0})
+    # distance from the input (breadth first over the couplings)
+    dist = {j: 0 for j in fed}
+    frontier = list(fed)
+    while frontier:
+        nxt = []
+        for a in frontier:
+            for b in sorted(adj[a]):
+                if b not in dist:
+                    dist[b] = dist[a] + 1
+                    nxt.append(b)
+        frontier = nxt
+    layers = [sorted(fed, key=lambda j: (-len(adj[j]), j))[:width]]
+    chosen = set(layers[0])
+    while len(layers) < depth and len(chosen) < width * depth:
+        prev = layers[-1]
+        score = {}
+        for a in prev:
+            for b in adj[a]:
+                if b not in chosen:
+                    score[b] = score.get(b, 0) + 1
+        if not score:
+            break
+        layer = sorted(score, key=lambda b: (-dist.get(b, 0), -score[b], b))[:width]
+        layers.append(sorted(layer))
+        chosen.update(layer)
+    if len(layers) < 2:
+        raise DemoError(f"input line 0 feeds nodes {fed[:8]} but none of them is coupled to another node: "
+                        "the demo's computer needs at least two coupled layers")
+    layers[0] = sorted(layers[0])
+    nodes = [j for layer in layers for j in layer]
+    index = {j: i for i, j in enumerate(nodes)}
+    board_edges = {(c.a, c.b) for c in channel_map if c.kind == "C"}
+    edges = [(index[a], index[b]) for d in range(len(layers) - 1) for a in layers[d] for b in layers[d + 1]
+             if (min(a, b), max(a, b)) in board_edges]
+    crossbar = [(0, index[j]) for j in layers[0]]
+    outputs = [index[j] for j in layers[-1]]
+    net = Network(len(nodes), edges, 1, crossbar, outputs,
+                  layers=[[index[j] for j in layer] for layer in layers])
+    default = cos_network(neuron, kT=kT, width=width, depth=depth)
+    if net.same_as(default.network) and nodes == list(range(len(nodes))):
+        return default, nodes
+    j2, j3, j4 = (float(v) for v in neuron)
+    return Params.uniform(net, j2, j3, j4, kT=kT, readout=np.zeros((1, len(outputs)))), nodes
+
+
+def embed(params, nodes, channel_map, neuron=(1.0, 0.0, 1.0), quadratic=None, quartic=None):
+    """``params`` (a computer on its own nodes, see :func:`board_computer`) on the whole board:
+    computer node ``i`` is board node ``nodes[i]``; every other board node gets the intrinsic
+    couplings ``neuron`` (in the computer's units) and nothing else, so it fluctuates on its own
+    and never touches the computer (``quadratic``, ``quartic``: per board node, (n_board,),
+    instead of ``neuron``'s for those).  Returns ``params`` itself where the computer is the board."""
+    from .network import Network
+    from .params import Params
+
+    n = sum(1 for c in channel_map if c.kind == "Q")
+    net = params.network
+    if n == net.n_nodes and list(nodes) == list(range(n)):
+        return params
+    m = np.asarray(nodes, dtype=np.int64)
+    j2, j3, j4 = (float(v) for v in neuron)
+
+    def full(values, fill):
+        out = np.full(n, float(fill))
+        out[m] = values
+        return out
+
+    bnet = Network(n, m[net.edges], net.n_inputs, np.c_[net.crossbar[:, 0], m[net.crossbar[:, 1]]],
+                   m[net.outputs], layers=[[int(m[i]) for i in layer] for layer in net.layers])
+    # the board network's edges and crossbar are re-sorted: carry the values over by pair
+    cval = {tuple(sorted((int(m[a]), int(m[b])))): v for (a, b), v in zip(net.edges, params.coupling)}
+    wval = {(int(k), int(m[j])): v for (k, j), v in zip(net.crossbar, params.crossbar)}
+    q = full(params.quadratic, j2) if quadratic is None else np.where(np.isin(np.arange(n), m), 0.0, quadratic)
+    r = full(params.quartic, j4) if quartic is None else np.where(np.isin(np.arange(n), m), 0.0, quartic)
+    q[m], r[m] = params.quadratic, params.quartic
+    return Params(bnet, quadratic=q, cubic=full(params.cubic, j3),
+                  quartic=r, bias=full(params.bias, 0.0),
+                  coupling=np.array([cval[(int(a), int(b))] for a, b in bnet.edges]),
+                  crossbar=np.array([wval[(int(k), int(j))] for k, j in bnet.crossbar]),
+                  readout=params.readout, kT=params.kT, mobility=params.mobility)
+
+
+_KIND_FIELD = {"B": "bias", "C": "coupling", "W": "crossbar"}
+_SLACK = 0.97
+_POWER = {"Q": 2, "R": 4, "B": 1, "C": 2, "W": 1}
+
+
+@dataclass
+class BoardPlan:
+    """How the demo's program is made to fit a board (see :func:`plan_for_board`).
+
+    ``bound``: the element bound of training, a float or a dict per kind (``bias``,
+    ``coupling``, ``crossbar``); ``scale``: the planned coordinate scale ``lam``;
+    ``quadratic``, ``quartic``: every board node's intrinsic terms in program units, (n_board,);
+    ``raised``: board nodes whose terms were raised above the computer's ``J`` to clear a floor;
+    ``input_scale``: the input line carries ``input_scale * z`` and the crossbar weights on the
+    board are the trained ones divided by it.
+    """
+
+    bound: float | dict
+    scale: float
+    quadratic: np.ndarray
+    quartic: np.ndarray
+    raised: list
+    input_scale: float = 1.0
+
+    def apply(self, base, nodes):
+        """The untrained computer ``base`` (on its own nodes) with the planned intrinsic terms."""
+        m = np.asarray(nodes)
+        return base.copy(quadratic=self.quadratic[m], quartic=self.quartic[m])
+
+
+def plan_for_board(base, nodes, channel_map, cal=None, bound: float = BOUND, margin: float = 0.9,
+                   min_scale: float = MIN_SCALE, max_input_scale: float = MAX_INPUT_SCALE) -> BoardPlan:
+    """Element bounds, coordinate scale and intrinsic terms so that the trained program fits.
+
+    After training, the program goes on the board in node coordinates ``y = x / lam``
+    (:func:`calibration.scale.fitting_scale`): quadratic and quartic terms (fixed) scale as
+    ``lam^2`` and ``lam^4``, biases and crossbar weights as ``lam``, couplings as ``lam^2``, and
+    each must lie in its channel's reach (calibrated, else nominal; ``margin`` inside it).  The
+    plan takes the largest ``lam`` at which every trainable element may still reach ``bound``
+    (capped where the fixed terms would leave their reach), but not below ``min_scale`` (one
+    sample lasts ``1 / lam^2`` program times): there the bounds are what each kind's reach leaves.
+    A quadratic or quartic element whose reach does not include 0 (an offset: the element cannot
+    be switched fully off) sets a floor; that node's term is raised to the floor at ``lam``
+    (training then uses the raised term) instead of forcing a larger ``lam`` on every element.
+    Crossbar weights do not limit ``lam``: where their reach is short at ``lam``, the input line
+    carries ``input_scale * z`` (at most ``max_input_scale``) and the weights on the board are the
+    trained ones divided by it, the same field ``W z`` (the bound that matters most: training
+    with crossbar weights bounded by 1.9 stalls near a loss of 0.2, biases bounded by 1.8 do not).
+
+    Raises :class:`DemoError` when the fixed terms fit no scale, or an element the program
+    needs at 0 cannot be 0.
+    """
+    from calibration.mapping import channel_values
+
+    n = sum(1 for c in channel_map if c.kind == "Q")
+    m = np.asarray(nodes)
+    kt = base.kT
+    quad = np.full(n, float(np.median(base.quadratic)))
+    quart = np.full(n, float(np.median(base.quartic)))
+    quad[m], quart[m] = base.quadratic, base.quartic
+    full = embed(base.copy(quadratic=quad[m], quartic=quart[m]), nodes, channel_map,
+                 quadratic=quad, quartic=quart)
+    _, src = channel_values(full, channel_map)
+    lam_hi = 1.0
+    floors = []  # (channel, node, kind, lo)
+    reach_k = {"B": math.inf, "C": math.inf, "W": math.inf}
+    used = {k: False for k in _KIND_FIELD}
+    for c in channel_map:
+        field, idx = src[c.index]
+        where = f"{c.kind} channel {c.index} ({field}{'' if idx is None else f'[{idx}]'})"
+        if cal is not None:
+            curve = cal.curve(c.index)
+            if not curve.ok:
+                raise DemoError(f"{where}: its calibration failed ({curve.reason}) and the program needs it; "
+                                "calibrate again (tc-hw calibrate, more samples) or see the operator's guide")
+            lo, hi = (float(t) for t in cal.value_range(c.index))
+        else:
+            lo, hi = sorted((c.gain * c.vmin, c.gain * c.vmax))
+        lo, hi = (lo / margin if lo > 0 else lo * margin), (hi / margin if hi < 0 else hi * margin)
+        if c.kind in ("Q", "R"):
+            j = (quad if c.kind == "Q" else quart)[c.a]
+            if j <= 0 or hi <= 0:
+                raise DemoError(f"{where}: reaches [{lo:.4g}, {hi:.4g}] (board units): the computer needs a "
+                                "positive value there")
+            lam_hi = min(lam_hi, (hi * kt / j) ** (1.0 / _POWER[c.kind]))
+            if lo > 0:
+                floors.append((c, lo, hi, where))
+        elif idx is not None:  # a trainable element of the computer
+            if not lo <= 0 <= hi:
+                raise DemoError(f"{where}: the board reaches only [{lo:.4g}, {hi:.4g}] (board units), not 0: "
+                                "a trained element could not be put on it")
+            reach_k[c.kind] = min(reach_k[c.kind], -lo, hi)
+            used[c.kind] = True
+        elif not lo <= 0 <= hi:
+            raise DemoError(f"{where}: unused by the computer, but the board cannot set it to 0 "
+                            f"(reaches [{lo:.4g}, {hi:.4g}])")
+    lam = lam_hi
+    for k in ("B", "C"):  # crossbar weights are helped by the input amplitude instead (below)
+        if used[k]:
+            lam = min(lam, (_SLACK * reach_k[k] * kt / bound) ** (1.0 / _POWER[k]))
+    lam = max(lam, min(min_scale, lam_hi))
+    # (bounds SLACK inside the reach at lam, and raised terms 1/SLACK above their floor at lam,
+    # so that the trained program fits at lam with room to spare)
+    bounds = {_KIND_FIELD[k]: float(min(bound, _SLACK * r * kt / lam ** _POWER[k]))
+              for k, r in reach_k.items() if used[k]}
+    scale_in = 1.0
+    if used["W"]:
+        w = _SLACK * reach_k["W"] * kt / lam
+        scale_in = float(min(max(1.0, bound / w), max_input_scale))
+        bounds["crossbar"] = float(min(bound, scale_in * w))
+    raised = set()
+    for c, lo, hi, where in floors:
+        arr = quad if c.kind == "Q" else quart
+        need = lo * kt / lam ** _POWER[c.kind] / _SLACK
+        if need > arr[c.a]:
+            if need * lam ** _POWER[c.kind] / kt > hi:
+                raise DemoError(f"{where}: reaches only [{lo:.4g}, {hi:.4g}] (board units) after the margin")
+            arr[c.a] = need
+            raised.add(int(c.a))
+    out = float(bound) if all(v == bound for v in bounds.values()) else bounds
+    return BoardPlan(out, float(lam), quad, quart, sorted(raised), scale_in)
+
+
+# ----------------------------------------------------------------------------- the loop
+def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0, generations: int = 10,
+             calibration_options: dict | None = None, progress: bool = True, ga_seconds: float = GA_SECONDS,
+             refine_options: dict | None = None) -> dict:
+    """Run the loop; returns the summary (also written to ``<folder>/summary.json``)."""
     import calibration
-    from calibration.scale import fitting_scale
     from sim_backend.twin import sample_reset
 
     from .backends import open_device
+    from .files import save_params
     from .refine import RefineConfig, measure_cos_loss, refine
     from .report import report
     from .tasks import cos_task
     from .train.cos import twin_cos_loss
-    from .train.direct import train_cos_direct
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in ("run.h5", "run.h5.ga.h5", "cal.h5"):
+    for old in ("run.h5", "run.h5.ga.h5", "cal.h5", "cos_rails.h5", "cos_board.h5"):
         (folder / old).unlink(missing_ok=True)
     t0 = time.monotonic()
     timings = {}
     with _board(folder, resource, seed) as res:
         dev = open_device(res)
         try:
+            cmap = dev.channel_map
+            base, nodes = board_computer(cmap)  # refuses an unsuitable board before calibrating
+            _warn_slow_line(dev, calibration_options or QUICK_CALIBRATION, len(base.network.outputs))
             _say(progress, f"calibrating {dev.identity} ({dev.n_nodes} nodes, {dev.n_channels} channels)")
             t = time.monotonic()
             opts = QUICK_CALIBRATION if calibration_options is None else calibration_options
             cal, cal_summary = calibration.calibrate(dev, folder / "cal.h5", progress=progress, **opts)
             timings["calibrate_s"] = time.monotonic() - t
 
-            _say(progress, "training cos(2 pi z) on the twin (direct training through the dynamics)")
+            v_safe = _safe_volts(dev)
             t = time.monotonic()
-            params, trained = train_cos_direct(out=folder / "cos.h5", seed=seed, bound=3.0, eval_samples=200,
-                                               progress=progress)
+            plan = plan_for_board(base, nodes, cmap, cal)
+            params_file, trainings = folder / "cos.h5", []
+            params, trained, board_prog, lam, extent = _train_for(plan, base, nodes, cmap, cal, params_file, seed,
+                                                                  progress)
+            if extent / lam > v_safe:
+                # the nodes would reach the rails: plan a larger coordinate scale (smaller elements,
+                # smaller bounds) and train once more; keep the one that measures better on the board
+                _say(progress, f"the program's nodes would reach {extent / lam:.2f} V on the board (safe: "
+                               f"{v_safe:.2f} V); training again at a coordinate scale of at least "
+                               f"{1.05 * extent / v_safe:.3f}")
+                plan2 = plan_for_board(base, nodes, cmap, cal, min_scale=max(MIN_SCALE, 1.05 * extent / v_safe))
+                second = _train_for(plan2, base, nodes, cmap, cal, folder / "cos_rails.h5", seed, progress)
+                # which is better on this board? (smaller elements keep off the rails but compute less)
+                _say(progress, "measuring both programs on the board (250 x 500, least-squares readout)")
+                first_score = _board_score(dev, board_prog.rescaled(lam), cal, plan.input_scale, seed)
+                second_score = _board_score(dev, second[2].rescaled(second[3]), cal, plan2.input_scale, seed)
+                trainings = [dict(file="cos.h5", bound=plan.bound, scale=lam, node_extent_v=extent / lam,
+                                  board_loss_fitted_readout=first_score),
+                             dict(file="cos_rails.h5", bound=plan2.bound, scale=second[3],
+                                  node_extent_v=second[4] / second[3], board_loss_fitted_readout=second_score)]
+                if second_score < first_score:
+                    plan, params_file, (params, trained, board_prog, lam, extent) = plan2, folder / "cos_rails.h5", second
             timings["train_s"] = time.monotonic() - t
+            layers = [len(layer) for layer in params.network.layers]
+            bound, a_in, on_board = plan.bound, plan.input_scale, board_prog
             twin_loss = twin_cos_loss(params, seed=seed)
             heat = sample_reset(params, cos_task()[0], 1.0, 200, dt=1e-3, seed=seed, energy=True,
                                 nodes=params.network.outputs).heat_kT
-            lam = fitting_scale(params, dev.channel_map, cal)
-            program = params.rescaled(lam)
+            if on_board is not params:
+                save_params(on_board, folder / "cos_board.h5",
+                            {"method": "direct", "task": "cos", "board_nodes": list(map(int, nodes)),
+                             "input_scale": a_in})
+            program = on_board.rescaled(lam)
 
             _say(progress, f"uploading (coordinate scale {lam:.3f}) with nominal gains, then through the calibration")
             t = time.monotonic()
-            nominal_loss = measure_cos_loss(dev, program, calibration.nominal(dev.channel_map), seed=seed)
+            nominal_loss = _nominal_loss(dev, program, calibration, seed, a_in)
             upload = calibration.upload(dev, program, cal)
-            calibrated_loss = measure_cos_loss(dev, program, cal, seed=seed)
+            calibrated_loss = measure_cos_loss(dev, program, cal, seed=seed, input_scale=a_in)
             timings["upload_s"] = time.monotonic() - t
 
-            _say(progress, f"refining on the board for {generations} generations")
+            _say(progress, f"refining on the board (least-squares readout, then at most {generations} generations "
+                           f"or {ga_seconds:.0f} s of the genetic algorithm)")
             t = time.monotonic()
-            cfg = RefineConfig(generations=generations, population=10, points=25, samples=50, seed=seed)
+            sizes = dict(population=10, elites=3, points=25, samples=200)
+            sizes.update(refine_options or {})
+            cfg = RefineConfig(generations=generations, seed=seed, max_seconds=ga_seconds, input_scale=a_in, **sizes)
             refined = refine(dev, program, cal, folder / "run.h5", cfg, progress=progress)
             timings["refine_s"] = time.monotonic() - t
         finally:
@@ -116,34 +413,159 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
     summary = {
         "board": res if resource is not None else DEMO_BOARD,
         "identity": upload["identity"],
+        "technology": dev.technology,
+        "computer": {"nodes": len(nodes), "layers": layers, "outputs": len(params.network.outputs),
+                     "board_nodes": list(map(int, nodes)), "board_total_nodes": int(dev.n_nodes),
+                     "training_bound": bound, "planned_scale": plan.scale, "raised_nodes": plan.raised,
+                     "input_scale": a_in, "node_extent_v": extent / lam, "safe_v": v_safe,
+                     "trainings": trainings},
         "twin_loss": twin_loss,
         "nominal_upload_loss": nominal_loss,
         "calibrated_upload_loss": calibrated_loss,
         "start_loss": refined["start_loss"],
+        "readout_fit_loss": refined["readout_fit_loss"],
+        "ga_best_loss": refined["ga_best_loss"],
         "refined_loss": refined["refined_loss"],
+        "kept": refined["kept"],
         "generations": refined["generations"],
+        "refine_stop": refined["stop"],
+        "refine_config": {k: getattr(cfg, k) for k in ("population", "elites", "points", "samples",
+                                                        "final_points", "final_samples", "max_seconds")},
         "energy_per_inference_kT": float(np.mean(heat)),
         "coordinate_scale": lam,
         "calibration": {k: v for k, v in cal_summary.items() if isinstance(v, (int, float, str))},
-        "files": {"calibration": str(folder / "cal.h5"), "params": str(folder / "cos.h5"),
+        "files": {"calibration": str(folder / "cal.h5"), "params": str(params_file),
                   "run_log": str(folder / "run.h5")},
         "plots": plots,
         "seconds": {k: round(v, 1) for k, v in {**timings, "total_s": time.monotonic() - t0}.items()},
     }
+    if on_board is not params:
+        summary["files"]["params_on_board"] = str(folder / "cos_board.h5")
     summary["report"] = str(_write_markdown(folder, summary))
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _safe_volts(dev) -> float:
+    """Node volts the program should stay within: the calibration's rail guard, or 80 % of the
+    ADC range where that is smaller (the rails are hidden; the manual says "a few volts")."""
+    from calibration.elements import RAIL_GUARD_V
+
+    adc = getattr(dev, "adc_range_v", None)
+    return float(min(RAIL_GUARD_V, 0.8 * adc)) if adc else float(RAIL_GUARD_V)
+
+
+def _train_for(plan, base, nodes, cmap, cal, out, seed, progress):
+    """Train under ``plan``; returns (params, metrics, program on the board before scaling,
+    its coordinate scale, the 99.9th percentile of |x| over all nodes on the twin)."""
+    from calibration.scale import fitting_scale
+    from sim_backend.twin import sample_reset
+
+    from .tasks import cos_task
+    from .train.direct import train_cos_direct
+
+    layers = [len(layer) for layer in base.network.layers]
+    bound = plan.bound
+    _say(progress, f"training cos(2 pi z) on the twin (direct training through the dynamics; computer "
+                   f"{'x'.join(map(str, layers))} nodes on the board's graph, element bound {_bound_text(bound)})")
+    params, trained = train_cos_direct(out=out, seed=seed, bound=bound, eval_samples=200,
+                                       progress=progress, base=plan.apply(base, nodes))
+    on_board = embed(params, nodes, cmap, quadratic=plan.quadratic, quartic=plan.quartic)
+    if plan.input_scale != 1.0:  # the input line carries a * z: the same field with weights / a
+        on_board = on_board.copy(crossbar=on_board.crossbar / plan.input_scale)
+    lam = fitting_scale(on_board, cmap, cal)
+    x = sample_reset(params, cos_task(50)[0], 1.0, 200, dt=1e-3, seed=seed + 5).x
+    return params, trained, on_board, lam, float(np.percentile(np.abs(x), 99.9))
+
+
+def _board_score(dev, program, cal, input_scale, seed, points: int = 250, samples: int = 500) -> float:
+    """Board loss of ``program`` (through ``cal``) with the readout fitted to the same
+    measurement: what refinement would start from (in-sample, the same optimism for any program)."""
+    from .refine import RefineConfig, _Problem, _retrying
+    from .tasks import cos_task
+
+    cfg = RefineConfig(final_samples=samples, input_scale=input_scale)
+    prob = _Problem(dev, program, cal, cfg)
+    z, _ = cos_task(points)
+    xbar, var = _retrying(cfg, "the measurement", lambda: prob.means(prob.x0[None, :], z, [seed], samples))
+    f = prob.fit_readout(xbar[0], z)
+    return float(prob.loss_of(xbar[0], prob.readout0 if f is None else f, var[0], samples, z))
+
+
+def _warn_slow_line(dev, cal_opts: dict, n_out: int) -> None:
+    """Say so when the board is on a line too slow for the demo's data (e.g. a 115200-baud serial line)."""
+    session = getattr(dev, "session", None)
+    bps = getattr(getattr(session, "transport", None), "bytes_per_second", None)
+    if not bps or bps >= 1e6:
+        return
+    cmap = dev.channel_map
+    n = dev.n_nodes
+    deg = np.bincount([x for c in cmap if c.kind == "C" for x in (c.a, c.b)], minlength=n).max(initial=0)
+    levels = 8 if any(c.period > 0 for c in cmap) else 6
+    acquisitions = 2 + 4 + 21 + int(deg) * levels
+    cal_mb = acquisitions * cal_opts.get("chains", 128) * cal_opts.get("samples", 256) * n * 2 / 1e6
+    meas_mb = 250 * 1000 * n_out * 2 / 1e6
+    minutes = (cal_mb + 5 * meas_mb) * 1e6 / bps / 60
+    print(f"tc-hw demo: warning: the board is on a slow line ({bps / 1e3:.1f} kB/s): calibration moves about "
+          f"{cal_mb:.0f} MB of ADC codes and each of the five 250 x 1000 measurements {meas_mb:.0f} MB, about "
+          f"{minutes:.0f} minutes of transfer; a socket connection (TCPIP::host::port::SOCKET) is much faster",
+          file=sys.stderr, flush=True)
+
+
+def _nominal_loss(dev, program, calibration, seed, input_scale) -> float | None:
+    """The board's loss with nominal gains, or None where the nominal map cannot hold the program
+    (nominal reach is narrower than the calibrated one, e.g. on a board with large offsets)."""
+    from calibration.mapping import MappingError
+
+    from .refine import measure_cos_loss
+
+    try:
+        return measure_cos_loss(dev, program, calibration.nominal(dev.channel_map), seed=seed, input_scale=input_scale)
+    except MappingError as e:
+        print(f"tc-hw demo: no upload with nominal gains: {e}", file=sys.stderr)
+        return None
+
+
+_KEPT = {"ga": "the genetic algorithm's best", "readout fit": "the uploaded program with the least-squares readout",
+         "start": "the uploaded program itself (nothing measured better)"}
+
+
+def _bound_text(b) -> str:
+    return f"{b:g}" if not isinstance(b, dict) else ", ".join(f"{k} {v:.3g}" for k, v in b.items())
 
 
 def _write_markdown(folder: Path, s: dict) -> Path:
     rows = [("twin (the trained program, simulated)", s["twin_loss"]),
             ("board, nominal gains (no calibration)", s["nominal_upload_loss"]),
             ("board, through the calibration", s["calibrated_upload_loss"]),
-            (f"board, after {s['generations']} generations of refinement", s["refined_loss"])]
-    lines = ["# tc-hw demo report", "", f"Board: {s['board']} (`{s['identity']}`)", "",
+            (f"board, refined: {_KEPT[s['kept']]}", s["refined_loss"])]
+    lines = ["# tc-hw demo report", "", f"Board: {s['board']} (`{s['identity']}`, {s['technology']})", "",
              "| cos(2 pi z) loss, 250 inputs x 1000 samples | loss |", "|---|---|"]
-    lines += [f"| {name} | {v:.4g} |" for name, v in rows]
-    lines += ["", f"Energy per inference on the twin: {s['energy_per_inference_kT']:.3g} kT of heat.",
+    lines += [f"| {name} | {'not uploadable' if v is None else f'{v:.4g}'} |" for name, v in rows]
+    rc = s["refine_config"]
+    lines += ["", "Refinement: the uploaded program was measured once and its digital readout fitted to that "
+              "measurement by least squares; the genetic algorithm then ran "
+              f"{s['generations']} generations ({s['refine_stop']}; population {rc['population']}, "
+              f"{rc['points']} inputs x {rc['samples']} samples per candidate). At the end the uploaded program, "
+              "the same with the fitted readout, and the GA's best were measured together "
+              f"({rc['final_points']} inputs x {rc['final_samples']} samples), and the best is the result:", "",
+              "| measured together at the end | loss |", "|---|---|",
+              f"| uploaded program | {s['start_loss']:.4g} |"]
+    if s["readout_fit_loss"] is not None:
+        lines.append(f"| uploaded program, least-squares readout | {s['readout_fit_loss']:.4g} |")
+    lines += [f"| GA's best | {s['ga_best_loss']:.4g} |", "", f"Kept: {_KEPT[s['kept']]}.", ""]
+    c = s["computer"]
+    lines += [f"Computer: {c['nodes']} of the board's {c['board_total_nodes']} nodes, layers "
+              f"{' x '.join(map(str, c['layers']))}, {c['outputs']} outputs; element bound of training "
+              f"{_bound_text(c['training_bound'])}" + (f"; quartic terms raised at nodes {c['raised_nodes']} "
+              "(offset elements)" if c["raised_nodes"] else "") + (f"; input line carries {c['input_scale']:.3g} z"
+                                                                  if c["input_scale"] != 1.0 else "") + ".",
+              f"Node values on the board up to {c['node_extent_v']:.2f} V (99.9th percentile on the twin; "
+              f"kept within {c['safe_v']:.2f} V where the board's reach allows it)."
+              + ("".join(f" Trained {t['file']} (bound {_bound_text(t['bound'])}, scale {t['scale']:.3f}, "
+                         f"{t['node_extent_v']:.2f} V): board loss with a fitted readout "
+                         f"{t['board_loss_fitted_readout']:.4g}." for t in c["trainings"])),
+              f"Energy per inference on the twin: {s['energy_per_inference_kT']:.3g} kT of heat.",
               f"Program coordinate scale on the board: {s['coordinate_scale']:.3f}.", "",
               "Time: " + ", ".join(f"{k} {v} s" for k, v in s["seconds"].items()), ""]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in s["plots"] if Path(p).parent == folder]

@@ -17,17 +17,46 @@ the board temperature is outside ``temp_band`` the loop pauses, says so, and wai
 
 Resuming (``resume=True``) reopens the log and the checkpoint; a generation that was logged but
 not checkpointed is redone.  With a backend whose noise can be seeded (the twin's ``reseed``),
-every acquisition's seed is derived from ``(seed, generation, candidate)``, so a resumed run
-ends with exactly the parameters and losses of an uninterrupted one.
+every acquisition's seed is derived from ``(seed, generation)`` (``common_noise``: the same noise
+for every candidate of a generation, so that their differences come from the parameters only; else
+``(seed, generation, candidate)``), so a resumed run ends with exactly the parameters and losses
+of an uninterrupted one.  A board's noise cannot be seeded: there every candidate has its own.
+
+Noise, and why the result can never be worse than the start
+-----------------------------------------------------------
+A candidate's loss is estimated from ``points x samples`` readings.  Its noise is large: with
+an output variance ``s^2`` of about 1 per reading (the demo's program on the default board), 25
+x 50 readings have a bias ``s^2 / 50 = 0.02`` and a spread of about 0.014 on a loss of 0.03,
+while what refinement can gain is a few thousandths.  Three things follow:
+
+* ``debias`` (default): the loss of a candidate is corrected for its finite ``samples``,
+  ``mean_p[(ybar_p - y_p)^2 - s_p^2 / samples + s_p^2 / final_samples]`` (``s_p^2`` the sample
+  variance of the output at input ``p``), an unbiased estimate of the loss that the final
+  measurement (``final_samples`` readings per input) reports.  Without it the GA would favour
+  quiet candidates over accurate ones ``final_samples / samples`` times too strongly.
+* ``readout_fit`` (default): before the GA, the start program is measured once with
+  ``final_points x final_samples`` readings and the digital readout ``f`` is fitted to that
+  measurement by least squares (an exact, cheap step that no amount of noisy search matches: it
+  absorbs the board's output gains and offsets the calibration left).  The GA starts from this
+  refitted program (unmutated, as row 0 of generation 0) and then mutates the analog elements
+  only (a readout mutation of the default size would cost about as much as the whole loss).
+* The end: the start program (as uploaded), the start with the fitted readout and the GA's best
+  are measured together, with the same fresh ``final_points x final_samples`` measurement (the
+  start's analog program is measured once and read out both ways), and the best of them is the
+  result (``kept`` says which).  The GA's best is the minimum of many noisy estimates (the
+  winner's curse), so it is often no better than the start; the refined program is then the
+  start itself, and ``refined_loss <= start_loss`` always.  These figures are written to the
+  log's ``/entry/final`` group after the run.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from .device import DeviceError, armed
@@ -35,7 +64,7 @@ from .params import Params
 from .runlog import RunLog
 from .tasks import cos_task
 
-__all__ = ["RefineConfig", "refine", "measure_cos_loss"]
+__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final"]
 
 TRAINABLE_KINDS = ("B", "C", "W")
 
@@ -59,6 +88,14 @@ class RefineConfig:
     retries: int = 3  #: attempts per generation after unrecovered device faults
     final_points: int = 250
     final_samples: int = 1000
+    debias: bool = True  #: candidate losses estimate the loss at ``final_samples`` readings per input
+    common_noise: bool = True  #: seedable backends: one noise seed per generation for every candidate
+    readout_fit: bool = True  #: least-squares readout fitted to a start measurement before the GA
+    input_scale: float = 1.0  #: the board's input line carries ``input_scale * z`` (crossbar weights / it)
+
+
+#: Settings a run log written before they existed was made with (used when resuming such a run).
+_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False}
 
 
 def _seed(*parts: int) -> int:
@@ -68,13 +105,22 @@ def _seed(*parts: int) -> int:
 class _Problem:
     """The cos task on a device: vector <-> (volts, readout), and the measured loss."""
 
-    def __init__(self, device, params: Params, cal, cfg: RefineConfig):
+    def __init__(self, device, params: Params, cal, cfg: RefineConfig, trainable=None):
         from calibration import map_params
+        from calibration.mapping import channel_values
 
         self.device, self.params, self.cal, self.cfg = device, params, cal, cfg
         cmap = device.channel_map
         self.volts0 = map_params(params, cal, cmap)
-        self.trainable = np.array([c.index for c in cmap if c.kind in TRAINABLE_KINDS and self.volts0[c.index] != 0])
+        fan = params.network.fan_in() + params.network.degree()
+        if trainable is None:
+            # the program's biases, couplings and crossbar weights, on nodes that are part of the
+            # computer (a board element the program lacks, or a bias of a node coupled to nothing,
+            # stays where the mapping put it: at its calibrated zero)
+            _, src = channel_values(params, cmap)
+            trainable = [c.index for c in cmap if c.kind in TRAINABLE_KINDS and src[c.index][1] is not None
+                         and self._fan(c, fan) > 0]
+        self.trainable = np.asarray(trainable, dtype=np.int64)
         self.lo = np.array([cmap[i].vmin for i in self.trainable])
         self.hi = np.array([cmap[i].vmax for i in self.trainable])
         if params.readout is None:
@@ -82,11 +128,11 @@ class _Problem:
         self.readout0 = params.readout[0].copy()
         self.outputs = np.asarray(params.network.outputs)
         self.time_s = device.tau_s * params.mobility * params.kT * 1.0  # t_f = 1 program unit
-        fan = params.network.fan_in() + params.network.degree()
-        gain = np.abs(np.array([cmap[i].gain for i in self.trainable]))
-        fan_ch = np.array([self._fan(cmap[i], fan) for i in self.trainable])
-        self.sigma = np.concatenate([cfg.mutation / params.kT / gain / np.sqrt(fan_ch),
-                                     np.full(self.readout0.size, cfg.mutation)])
+        gain = np.abs(np.array([cmap[i].gain for i in self.trainable], dtype=float))
+        fan_ch = np.maximum(np.array([self._fan(cmap[i], fan) for i in self.trainable], dtype=float), 1.0)
+        with np.errstate(divide="ignore"):
+            step = np.where(gain > 0, cfg.mutation / params.kT / np.where(gain > 0, gain, 1.0) / np.sqrt(fan_ch), 0.0)
+        self.sigma = np.concatenate([step, np.full(self.readout0.size, cfg.mutation)])
 
     @staticmethod
     def _fan(c, fan) -> float:
@@ -103,13 +149,22 @@ class _Problem:
         volts[self.trainable] = np.clip(v[:k], self.lo, self.hi)
         return volts, np.asarray(v[k:])
 
-    def losses(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Loss of every candidate (one upload and one acquisition of ``samples`` readings per
-        input each, default ``cfg.samples``) and the mean outputs."""
-        target = np.cos(2 * np.pi * z[:, 0])
-        out, ys = np.empty(len(population)), np.empty((len(population), len(z)))
+    def device_inputs(self, z) -> np.ndarray:
+        """The task's inputs ``z`` (P, 1) as the board's input batch: line 0 carries
+        ``cfg.input_scale * z``, any further lines of the board carry 0."""
+        k = max(1, int(getattr(self.device, "n_inputs", 1) or 1))
+        inputs = np.zeros((len(z), k))
+        inputs[:, 0] = self.cfg.input_scale * np.asarray(z)[:, 0]
+        return inputs
+
+    def means(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean output-node readings (C, P, n_out) and the variance of the readout ``f . x`` over
+        the readings (C, P), one upload and one acquisition of ``samples`` readings per input for
+        each candidate (default ``cfg.samples``)."""
+        xbar = np.empty((len(population), len(z), len(self.outputs)))
+        var = np.zeros((len(population), len(z)))
         dev = self.device
-        dev.set_inputs(z)
+        dev.set_inputs(self.device_inputs(z))
         for c, v in enumerate(population):
             volts, f = self.split(v)
             dev.set_channels(volts)
@@ -118,20 +173,50 @@ class _Problem:
             with armed(dev):
                 acq = dev.acquire("reset", self.time_s, samples or self.cfg.samples, nodes=self.outputs)
             x = self.cal.adc.correct(acq.volts, self.outputs)  # (P, M, n_out)
-            ys[c] = x.mean(axis=1) @ f
-            err = np.mean((ys[c] - target) ** 2)
-            out[c] = err if np.isfinite(err) else np.inf
+            xbar[c] = x.mean(axis=1)
+            if x.shape[1] > 1:
+                var[c] = (x @ f).var(axis=1, ddof=1)
+        return xbar, var
+
+    def loss_of(self, xbar, f, var, samples: int, z) -> float:
+        """The task loss of mean readings ``xbar`` (P, n_out) read out with ``f``; with
+        ``cfg.debias`` corrected from ``samples`` to ``cfg.final_samples`` readings per input."""
+        target = np.cos(2 * np.pi * np.asarray(z)[:, 0])
+        err = float(np.mean((xbar @ f - target) ** 2))
+        if self.cfg.debias and samples > 1 and samples != self.cfg.final_samples:
+            err += float(np.mean(var)) * (1.0 / self.cfg.final_samples - 1.0 / samples)
+        return err if np.isfinite(err) else np.inf
+
+    def losses(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Loss of every candidate (one upload and one acquisition of ``samples`` readings per
+        input each, default ``cfg.samples``) and the mean outputs."""
+        m = samples or self.cfg.samples
+        xbar, var = self.means(population, z, seeds, m)
+        out, ys = np.empty(len(population)), np.empty((len(population), len(z)))
+        for c, v in enumerate(population):
+            f = self.split(v)[1]
+            ys[c] = xbar[c] @ f
+            out[c] = self.loss_of(xbar[c], f, var[c], m, z)
         return out, ys
+
+    def fit_readout(self, xbar, z) -> np.ndarray | None:
+        """Least-squares readout for mean readings ``xbar`` (P, n_out), or None if it fails."""
+        target = np.cos(2 * np.pi * np.asarray(z)[:, 0])
+        if not np.all(np.isfinite(xbar)):
+            return None
+        f, *_ = np.linalg.lstsq(xbar, target, rcond=None)
+        return f if np.all(np.isfinite(f)) else None
 
 
 def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
-                     volts=None) -> float:
+                     volts=None, input_scale: float = 1.0) -> float:
     """cos(2 pi z) loss of ``params`` uploaded through ``cal`` (or of given ``volts``), measured on
-    ``device`` with ``points`` inputs and ``samples`` readings each."""
-    prob = _Problem(device, params, cal, RefineConfig())
+    ``device`` with ``points`` inputs and ``samples`` readings each (the input line carrying
+    ``input_scale * z``: a program whose crossbar weights were divided by ``input_scale``)."""
+    prob = _Problem(device, params, cal, RefineConfig(final_samples=samples, input_scale=input_scale))
     z, _ = cos_task(points)
     v = prob.x0 if volts is None else np.concatenate([np.asarray(volts)[prob.trainable], prob.readout0])
-    loss, _ = prob.losses(v[None, :], z, [seed], samples)
+    loss, _ = _retrying(prob.cfg, "the measurement", lambda: prob.losses(v[None, :], z, [seed], samples))
     return float(loss[0])
 
 
@@ -153,6 +238,26 @@ def _wait_for_band(device, band, cfg: RefineConfig, bar) -> tuple[float, float]:
     return temp, time.monotonic() - t0
 
 
+def _retrying(cfg: RefineConfig, what: str, measure):
+    """``measure()``, redone whole (up to ``cfg.retries`` times) after a fault the driver could not recover."""
+    for attempt in range(cfg.retries + 1):
+        try:
+            return measure()
+        except DeviceError as e:
+            if attempt == cfg.retries:
+                raise
+            print(f"refine: {what}, attempt {attempt + 1} failed ({e}); redoing it", file=sys.stderr)
+
+
+def _stored_config(stored: dict, cfg: RefineConfig) -> RefineConfig:
+    """The configuration of a logged run (settings it predates get their old behaviour)."""
+    known = {f.name for f in fields(RefineConfig)}
+    d = {**_OLD_DEFAULTS, **{k: v for k, v in stored.items() if k in known}}
+    d["temp_band"] = tuple(d["temp_band"]) if d.get("temp_band") else None
+    d["generations"] = max(cfg.generations, int(d["generations"]))
+    return RefineConfig(**d)
+
+
 def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConfig(), *, resume: bool = False,
            progress: bool = True, task: str = "cos") -> dict:
     """Refine ``params`` on ``device`` through calibration ``cal``; log every generation.
@@ -172,9 +277,14 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     Returns
     -------
     dict
-        ``start_loss`` (the calibrated upload), ``refined_loss`` (best elite), both measured with
-        ``final_points`` x ``final_samples``; ``generations``; ``stop``; ``best_volts``,
-        ``best_readout``; ``seconds``; ``paused_s``; ``retries``.
+        Measured together at the end with ``final_points`` x ``final_samples`` readings:
+        ``start_loss`` (the calibrated upload as it was given), ``readout_fit_loss`` (the same
+        analog program with the least-squares readout; None without ``readout_fit``),
+        ``ga_best_loss`` (the GA's best elite); ``refined_loss``, the smallest of them, is the
+        loss of the returned program (``best_volts``, ``best_readout``) and ``kept`` says which
+        it is (``"ga"``, ``"readout fit"`` or ``"start"``).  Also ``start_fit_loss`` (the start
+        measurement the readout was fitted to, in-sample), ``generations``, ``stop``,
+        ``seconds``, ``paused_s``, ``retries``, ``log``.
     """
     from tqdm import tqdm
 
@@ -186,15 +296,41 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     ckpt = log_path.with_name(log_path.name + ".ga.h5")
     if resume:
         log = RunLog.reopen(log_path)
-        stored = log.config["refine"]
-        cfg = RefineConfig(**{**stored, "temp_band": tuple(stored["temp_band"]) if stored["temp_band"] else None,
-                              "generations": max(cfg.generations, stored["generations"])})
+        stored_all = log.config
+        cfg = _stored_config(stored_all["refine"], cfg)
         ga = GeneticAlgorithm.load(ckpt) if ckpt.exists() else None
     else:
-        log, ga = None, None
-    prob = _Problem(device, params, cal, cfg)
+        if log_path.exists():
+            raise FileExistsError(f"{log_path} exists: use --resume to continue that run, or another --log")
+        log, ga, stored_all = None, None, {}
+    prob = _Problem(device, params, cal, cfg, trainable=stored_all.get("trainable_channels"))
+    t_start = time.monotonic()
+    z_final, _ = cos_task(cfg.final_points)
+    # the start measurement and the least-squares readout (once per run; stored in the log's config)
+    fit, start_fit_loss = None, None
+    if cfg.readout_fit:
+        if log is not None:  # resuming: the fit of the first session
+            if stored_all.get("readout_fit") is not None:
+                fit = np.asarray(stored_all["readout_fit"], float)
+            start_fit_loss = stored_all.get("start_fit_loss")
+        else:
+            if progress:
+                print("refine: measuring the start program and fitting its readout by least squares",
+                      file=sys.stderr, flush=True)
+            xbar, var = _retrying(cfg, "the start measurement", lambda: prob.means(
+                prob.x0[None, :], z_final, [_seed(cfg.seed, 7, 2)], cfg.final_samples))
+            fit = prob.fit_readout(xbar[0], z_final)
+            if fit is not None:
+                start_fit_loss = {"given_readout": prob.loss_of(xbar[0], prob.readout0, var[0], cfg.final_samples,
+                                                                z_final),
+                                  "fitted_readout_in_sample": prob.loss_of(xbar[0], fit, var[0], cfg.final_samples,
+                                                                           z_final)}
+    x_start = prob.x0 if fit is None else np.concatenate([prob.volts0[prob.trainable], fit])
+    sigma = prob.sigma.copy()
+    if fit is not None:  # the fitted readout is at its measured optimum: the GA searches the analog elements
+        sigma[len(prob.trainable):] = 0.0
     if ga is None:
-        ga = GeneticAlgorithm(prob.x0, prob.sigma, init_sigma=prob.sigma, population=cfg.population,
+        ga = GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population,
                               elites=cfg.elites, seed=cfg.seed, max_generations=cfg.generations,
                               max_seconds=cfg.max_seconds, start_with_x0=True)
     ga.with_config(max_generations=cfg.generations)
@@ -203,7 +339,8 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         band = (-np.inf, np.inf)
     if log is None:
         config = {"task": task, "refine": asdict(cfg), "n_trainable_channels": int(len(prob.trainable)),
-                  "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s}
+                  "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
+                  "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss}
         instrument = {"identity": device.identity, "technology": device.technology,
                       "calibration_entry": str(getattr(cal, "entry", "")),
                       "calibration_hash": str(getattr(cal, "hash", "")), "temp_band_k": list(band)}
@@ -213,7 +350,8 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         log.truncate(ga.generation)
     session = getattr(device, "session", None)
     paused_total, retries_total = 0.0, 0
-    t_start, g_start = time.monotonic(), ga.generation
+    g_start = ga.generation
+    t_ga = time.monotonic()
     bar = tqdm(total=cfg.generations, initial=ga.generation, desc="refine", unit="gen",
                disable=not progress, file=sys.stderr)
     try:
@@ -225,7 +363,10 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
             # the input batch of this generation: evenly spaced, shifted by a seeded offset
             shift = np.random.default_rng(_seed(cfg.seed, g, 1)).uniform(0, 1 / cfg.points)
             z = (np.arange(cfg.points) / cfg.points + shift)[:, None]
-            seeds = [_seed(cfg.seed, g, 2, c) for c in range(cfg.population)]
+            if cfg.common_noise:
+                seeds = [_seed(cfg.seed, g, 2)] * cfg.population
+            else:
+                seeds = [_seed(cfg.seed, g, 2, c) for c in range(cfg.population)]
             pop = ga.ask()
             t0 = time.monotonic()
             r0 = getattr(session, "reconnects", 0)
@@ -247,18 +388,63 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                            "wall_s": time.monotonic() - t0, "retries": retries, "paused_s": paused})
             ga.save(ckpt)
             bar.update()
-            el = time.monotonic() - t_start
+            el = time.monotonic() - t_ga
             rate = (ga.generation - g_start) / max(el, 1e-9)
             bar.set_postfix(best=f"{ga.best[1]:.3g}", gen_per_min=f"{60 * rate:.1f}")
     finally:
         bar.close()
         log.close()
+    # the end: start and GA best measured together, the best of them is the result
+    if progress:
+        print("refine: measuring the start and the GA's best together to pick the result", file=sys.stderr,
+              flush=True)
     best_v, _ = ga.best
-    volts, f = prob.split(best_v)
-    z, _ = cos_task(cfg.final_points)
-    start = prob.losses(prob.x0[None, :], z, [_seed(cfg.seed, 7, 0)], cfg.final_samples)[0][0]
-    refined = prob.losses(best_v[None, :], z, [_seed(cfg.seed, 7, 1)], cfg.final_samples)[0][0]
-    return {"start_loss": float(start), "refined_loss": float(refined), "generations": int(ga.generation),
-            "stop": stop, "best_volts": volts.tolist(), "best_readout": f.tolist(),
-            "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
-            "retries": int(retries_total), "log": str(log_path)}
+    xbar, var = _retrying(cfg, "the final measurement", lambda: prob.means(
+        np.stack([prob.x0, best_v]), z_final, [_seed(cfg.seed, 7, 0), _seed(cfg.seed, 7, 1)], cfg.final_samples))
+    m = cfg.final_samples
+    vb, fb = prob.split(best_v)
+    v0, f0 = prob.split(prob.x0)
+    cands = {"start": (prob.loss_of(xbar[0], f0, var[0], m, z_final), v0, f0)}
+    if fit is not None:  # the same measurement of the start's analog program, read out with the fitted readout
+        cands["readout fit"] = (prob.loss_of(xbar[0], fit, var[0], m, z_final), v0, fit)
+    cands["ga"] = (prob.loss_of(xbar[1], fb, var[1], m, z_final), vb, fb)
+    kept = min(cands, key=lambda k: (cands[k][0], list(cands).index(k)))
+    refined, volts, f = cands[kept]
+    result = {"start_loss": float(cands["start"][0]),
+              "readout_fit_loss": float(cands["readout fit"][0]) if fit is not None else None,
+              "ga_best_loss": float(cands["ga"][0]), "refined_loss": float(refined), "kept": kept,
+              "start_fit_loss": start_fit_loss, "generations": int(ga.generation), "stop": stop,
+              "best_volts": np.asarray(volts).tolist(), "best_readout": np.asarray(f).tolist(),
+              "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
+              "retries": int(retries_total), "log": str(log_path)}
+    _write_final(log_path, result, cfg)
+    return result
+
+
+def _write_final(log_path: Path, result: dict, cfg: RefineConfig) -> None:
+    """The end figures into ``/entry/final`` of the (closed) run log; a failure only warns."""
+    try:
+        with h5py.File(log_path, "r+", libver="latest") as f:
+            if "entry/final" in f:
+                del f["entry/final"]
+            g = f["entry"].create_group("final")
+            for k in ("start_loss", "readout_fit_loss", "ga_best_loss", "refined_loss"):
+                g.attrs[k] = np.nan if result[k] is None else result[k]
+            g.attrs.update({"kept": result["kept"], "generations": result["generations"],
+                            "points": cfg.final_points, "samples": cfg.final_samples})
+            g["volts"] = np.asarray(result["best_volts"], float)
+            g["readout"] = np.asarray(result["best_readout"], float)
+    except OSError as e:
+        print(f"refine: could not write the final figures into {log_path} ({e})", file=sys.stderr)
+
+
+def read_final(log_path) -> dict | None:
+    """The end figures of a finished run (``/entry/final``), or None for a run that has not ended."""
+    with h5py.File(log_path, "r", libver="latest", swmr=True) as f:
+        g = f.get("entry/final")
+        if g is None:
+            return None
+        out = {k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
+               for k, v in g.attrs.items()}
+        out["volts"], out["readout"] = g["volts"][()], g["readout"][()]
+        return out

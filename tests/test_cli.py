@@ -45,6 +45,8 @@ def test_demo_runs_and_prints_json(tmp_path):
                 "energy_per_inference_kT", "report"):
         assert key in s
     assert s["calibrated_upload_loss"] < s["nominal_upload_loss"]
+    assert s["refined_loss"] <= s["start_loss"] and s["refined_loss"] < s["calibrated_upload_loss"]
+    assert s["seconds"]["total_s"] < 600
 
 
 def test_station_file_names_a_board(tmp_path, monkeypatch):

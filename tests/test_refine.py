@@ -46,3 +46,52 @@ def test_refine_refuses_an_existing_log_without_resume(program, tmp_path):
     refine(TwinDevice(), program, cal, tmp_path / "c.h5", RefineConfig(generations=1, **CFG), progress=False)
     with pytest.raises(FileExistsError, match="resume"):
         refine(TwinDevice(), program, cal, tmp_path / "c.h5", RefineConfig(generations=1, **CFG), progress=False)
+
+
+def test_refined_program_is_the_best_of_one_final_measurement(program, tmp_path):
+    from tc_hw.refine import read_final
+
+    cal = calibration.nominal(TwinDevice().channel_map)
+    r = refine(TwinDevice(), program, cal, tmp_path / "d.h5", RefineConfig(generations=2, **CFG), progress=False)
+    cands = {"start": r["start_loss"], "readout fit": r["readout_fit_loss"], "ga": r["ga_best_loss"]}
+    assert r["refined_loss"] == min(cands.values()) == cands[r["kept"]] <= r["start_loss"]
+    final = read_final(tmp_path / "d.h5")
+    assert final["kept"] == r["kept"] and final["refined_loss"] == r["refined_loss"]
+    np.testing.assert_array_equal(final["readout"], r["best_readout"])
+    config = read_log(tmp_path / "d.h5")["config"]
+    assert len(config["readout_fit"]) == program.readout.shape[1]
+    # the GA started from the fitted readout and mutated only the analog elements
+    pop = read_log(tmp_path / "d.h5")["population"]
+    np.testing.assert_array_equal(pop[:, :, -program.readout.shape[1]:], np.broadcast_to(
+        config["readout_fit"], pop[:, :, -program.readout.shape[1]:].shape))
+
+
+def test_logs_from_before_the_noise_settings_resume_as_they_were_made():
+    from dataclasses import asdict
+
+    from tc_hw.refine import _stored_config
+
+    old = {k: v for k, v in asdict(RefineConfig()).items() if k not in ("debias", "common_noise", "readout_fit")}
+    cfg = _stored_config(old, RefineConfig(generations=50))
+    assert not (cfg.debias or cfg.common_noise or cfg.readout_fit) and cfg.generations == 50
+
+
+def test_debiased_candidate_losses_remove_the_finite_sample_bias(program):
+    from tc_hw.refine import _Problem
+    from tc_hw.tasks import cos_task
+
+    dev = TwinDevice()
+    cal = calibration.nominal(dev.channel_map)
+    z, y = cos_task(25)
+    prob = _Problem(dev, program, cal, RefineConfig(final_samples=1000))
+    raw = _Problem(dev, program, cal, RefineConfig(debias=False))
+    xbar, var = prob.means(prob.x0[None, :], z, [5], 8)
+    f = prob.readout0
+    assert np.mean(var) > 0
+    # E[(ybar_8 - y)^2] = (mu - y)^2 + var / 8: the estimate of the loss at 1000 readings per input
+    # subtracts var / 8 and adds var / 1000
+    assert prob.losses(prob.x0[None, :], z, [5], 8)[0][0] == pytest.approx(
+        np.mean((xbar[0] @ f - y) ** 2) - np.mean(var) * (1 / 8 - 1 / 1000))
+    assert raw.losses(raw.x0[None, :], z, [5], 8)[0][0] == pytest.approx(np.mean((xbar[0] @ f - y) ** 2))
+    # the final measurement itself (final_samples readings) is never corrected
+    assert prob.losses(prob.x0[None, :], z, [5], 1000)[0][0] == raw.losses(raw.x0[None, :], z, [5], 1000)[0][0]

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
+import sys
+
+from ._common import EXIT_DEVICE, EXIT_OK, RESOURCE_HELP, add_json, emit
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
 
 
 def cmd_demo(args) -> int:
+    from calibration.mapping import UploadError
+
     from ..demo import run_demo
 
-    s = run_demo(args.out, args.resource, seed=args.seed, generations=args.generations, progress=not args.json)
+    try:
+        s = run_demo(args.out, args.resource, seed=args.seed, generations=args.generations, progress=not args.json,
+                     ga_seconds=args.ga_seconds)
+    except UploadError as e:  # the board did not apply what was sent
+        print(f"tc-hw: device fault: {e}", file=sys.stderr)
+        return EXIT_DEVICE
     emit(args, s,
          f"tc-hw demo on {s['board']}:\n"
-         f"  cos(2 pi z) loss: twin {s['twin_loss']:.4g} | nominal upload {s['nominal_upload_loss']:.4g} | "
-         f"calibrated upload {s['calibrated_upload_loss']:.4g} | refined {s['refined_loss']:.4g}\n"
+         f"  cos(2 pi z) loss: twin {_f(s['twin_loss'])} | nominal upload {_f(s['nominal_upload_loss'])} | "
+         f"calibrated upload {_f(s['calibrated_upload_loss'])} | refined {_f(s['refined_loss'])} "
+         f"(kept: {s['kept']})\n"
          f"  energy per inference {s['energy_per_inference_kT']:.3g} kT (twin)\n"
          f"  report: {s['report']}\n  files: " + ", ".join(s["files"].values()) + "\n"
          f"  ({s['seconds']['total_s']:.0f} s)\n"
@@ -28,13 +42,18 @@ def add_parsers(sub) -> None:
             "Start an emulated board (its own process, with crosstalk and drift that nothing models), "
             "calibrate it, train cos(2 pi z) on the twin, upload it with nominal gains and through the "
             "calibration, refine it on the board, and write the run log, PNG plots and report.md. "
-            "With --resource the same runs on a real board (it must have the default board's layout)."
+            "With --resource the same runs on any board that follows the board manual and has at least "
+            "32 nodes and an input line: the computer (up to 8 x 4 nodes) is laid out on the board's own "
+            "coupling graph and its elements bounded to what the calibrated channels reach. "
+            "Exit codes: 0 done, 2 a board that cannot run the demo (or bad arguments), 3 device fault."
         ),
         epilog="example: tc-hw demo --out tc-hw-demo --json",
     )
     p.add_argument("--out", default="tc-hw-demo", help="folder for every file the demo writes (default: tc-hw-demo)")
     p.add_argument("--resource", help=RESOURCE_HELP + " (default: start an emulator)")
-    p.add_argument("--generations", type=int, default=10, help="refinement generations (default: 10)")
+    p.add_argument("--generations", type=int, default=10, help="most refinement generations (default: 10)")
+    p.add_argument("--ga-seconds", type=float, default=60.0,
+                   help="most seconds of refinement generations, on top of its measurements (default: 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_json(p)
     p.set_defaults(func=cmd_demo)

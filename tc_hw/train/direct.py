@@ -345,9 +345,9 @@ def initial_params(network, seed: int = 0, sigma: float = 1e-2) -> Params:
 
 def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: int = 800, points: int = 20,
                      samples: int = 16, dt: float = 1e-2, lr: float = 5e-2, lr_final: float = 1e-3,
-                     t_f: float = 1.0, restarts: int = 4, bound: float | None = None,
+                     t_f: float = 1.0, restarts: int = 4, bound: float | dict | None = None,
                      max_seconds: float | None = None,
-                     eval_samples: int = 1000, progress: bool = True):
+                     eval_samples: int = 1000, progress: bool = True, base: Params | None = None):
     """Train the 8x4 layered cos(2 pi z) computer through its dynamics (reset sampling).
 
     Each iteration draws ``points`` inputs ``z`` uniformly on [0, 1] and ``samples`` fresh
@@ -369,6 +369,12 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
     at kT = 0.1) stops the loss near 0.19.  A strong program is made to fit a board instead by
     :meth:`tc_hw.params.Params.rescaled` (smaller elements, longer board time).  The same computer, kT, dt and final measurement as
     :func:`tc_hw.train.cos.train_cos_ga`, so the two methods compare loss for wall time.
+    ``bound`` may also be a dict with a bound per kind (``bias``, ``coupling``, ``crossbar``;
+    a kind not named is not bounded), e.g. the reach of a board's channels at a chosen scale.
+
+    ``base`` is the untrained computer (default :func:`tc_hw.train.cos.cos_network`, the 8x4
+    layered one): any network with one input line and readout weights of shape (1, n_out), e.g.
+    one laid out on a board's own coupling graph (:func:`tc_hw.demo.board_computer`).
 
     Returns
     -------
@@ -387,7 +393,16 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
 
     if mode != "reset":
         raise ValueError("direct training of the cos task supports mode='reset' only (use --method ga for serial)")
-    base = cos_network()
+    base = cos_network() if base is None else base
+    if base.readout is None or base.readout.shape != (1, len(base.network.outputs)) or base.network.n_inputs != 1:
+        raise ValueError("the cos computer needs one input line and readout weights of shape (1, n_outputs)")
+    if isinstance(bound, dict):
+        unknown = set(bound) - {"bias", "coupling", "crossbar"}
+        if unknown:
+            raise ValueError(f"bound: unknown kinds {sorted(unknown)} (use bias, coupling, crossbar)")
+        bounds = [bound.get("crossbar"), bound.get("bias"), bound.get("coupling")]  # the order of _Model.tensors
+    else:
+        bounds = [bound] * 3
     rng = np.random.default_rng(seed)
     steps = int(round(t_f / dt))
     outputs = np.asarray(base.network.outputs)
@@ -402,9 +417,9 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
         return model, tensors, _Adam(tensors, lr)
 
     def project(model):
-        if bound is not None:
-            for t in model.tensors():
-                np.clip(t, -bound, bound, out=t)
+        for t, b in zip(model.tensors(), bounds):
+            if b is not None:
+                np.clip(t, -b, b, out=t)
 
     def step(model, tensors, opt, it, step_lr) -> float:
         f = tensors[-1]

@@ -1,0 +1,145 @@
+"""The demo on boards other than the default: its computer on the board's graph, bounds, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sim_backend.emulator.board import PRESETS, parse_board
+from tc_hw.demo import DemoError, board_computer, embed, plan_for_board
+from tc_hw.device import Channel, ChannelMap
+from tc_hw.train.cos import cos_network
+
+LAYERED = '[topology]\nlayered = {{ width = {w}, depth = {d}, inputs = {k} }}\n'
+
+
+def channel_map(toml: str) -> ChannelMap:
+    lay = parse_board(toml).layout()
+    return ChannelMap(tuple(Channel(i, str(lay.kind[i]), int(lay.a[i]), int(lay.b[i]), float(lay.vmin[i]),
+                                    float(lay.vmax[i]), float(lay.gain[i]), float(lay.period[i]))
+                            for i in range(lay.n_channels)))
+
+
+def test_default_board_gets_the_papers_computer():
+    cmap = channel_map(PRESETS["default"])
+    base, nodes = board_computer(cmap)
+    assert base.network.same_as(cos_network().network) and nodes == list(range(32))
+    assert embed(base, nodes, cmap) is base
+    plan = plan_for_board(base, nodes, cmap)
+    assert plan.bound == 3.0 and plan.scale == pytest.approx(0.97 * 0.6) and plan.input_scale == 1.0
+    assert not plan.raised
+
+
+@pytest.mark.parametrize("toml, layers", [
+    ('[topology]\nall_to_all = { hidden = 24, outputs = 8, inputs = 1 }\n', [8, 8, 8, 8]),
+    (LAYERED.format(w=24, d=4, k=2), [8, 8, 8, 8]),   # a bigger board, two input lines
+    (LAYERED.format(w=16, d=2, k=1), [8, 8, 8, 8]),  # zigzags through the two board layers
+    ('[topology]\nnodes = 32\ninputs = 1\ncrossbar = [[0, 0], [0, 1]]\n'
+     'edges = ' + str([[i, i + 1] for i in range(31)]) + '\n', [2, 1, 1, 1]),  # a chain
+])
+def test_computer_on_other_graphs_uses_board_elements_only(toml, layers):
+    cmap = channel_map(toml)
+    base, nodes = board_computer(cmap)
+    assert [len(layer) for layer in base.network.layers] == layers
+    rng = np.random.default_rng(0)
+    net = base.network
+    trained = base.copy(coupling=rng.normal(size=net.n_edges), crossbar=rng.normal(size=net.n_crossbar),
+                        bias=rng.normal(size=net.n_nodes), readout=rng.normal(size=(1, len(net.outputs))))
+    full = embed(trained, nodes, cmap)
+    from calibration.mapping import channel_values
+
+    values, src = channel_values(full, cmap)  # raises if the program needs an element the board lacks
+    n_board = sum(c.kind == "Q" for c in cmap)
+    assert full.network.n_nodes == n_board and len(full.network.outputs) == layers[-1]
+    # every trained value lands on the board node it was meant for
+    m = np.asarray(nodes)
+    np.testing.assert_array_equal(full.bias[m], trained.bias)
+    assert set(np.flatnonzero(full.bias)) <= set(m.tolist())
+    assert np.isclose(np.sort(np.abs(full.coupling)), np.sort(np.abs(trained.coupling))).all()
+    np.testing.assert_array_equal(full.network.outputs, m[net.outputs])
+
+
+def test_boards_that_cannot_run_the_demo_are_refused_with_the_reason():
+    with pytest.raises(DemoError, match="at least 32 nodes.*has 16"):
+        board_computer(channel_map(LAYERED.format(w=4, d=4, k=1)))
+    with pytest.raises(DemoError, match="no input line"):
+        board_computer(channel_map('[topology]\nnodes = 32\ninputs = 0\nedges = [[0, 1]]\n'))
+    with pytest.raises(DemoError, match="none of them is coupled"):
+        board_computer(channel_map('[topology]\nnodes = 32\ninputs = 1\ncrossbar = [[0, 3]]\nedges = [[0, 1]]\n'))
+
+
+def test_plan_follows_narrow_channels_and_raises_quartic_floors():
+    toml = LAYERED.format(w=8, d=4, k=1) + ('[channels]\nB = { vmin = -3.0, vmax = 3.0, gain = 4.0 }\n'
+                                            'W = { vmin = -2.0, vmax = 2.0, gain = 5.0 }\n')
+    cmap = channel_map(toml)
+    base, nodes = board_computer(cmap)
+    plan = plan_for_board(base, nodes, cmap)
+    reach_b, reach_w = 12 * 0.9, 10 * 0.9
+    lam = 0.97 * reach_b * 0.1 / 3.0  # narrow biases: a smaller scale (3 % inside), the same bound
+    assert plan.bound == 3.0 and plan.scale == pytest.approx(lam)
+    # crossbar weights of the same bound need an input amplitude above 1 at that scale
+    assert plan.input_scale == pytest.approx(3.0 / (0.97 * reach_w * 0.1 / lam))
+
+    class Cal:  # a calibrated reach where node 5's quartic element cannot go below 1.5 (an offset)
+        def curve(self, ch):
+            return type("Curve", (), {"ok": True})()
+
+        def value_range(self, ch):
+            c = cmap[ch]
+            lo, hi = sorted((c.gain * c.vmin, c.gain * c.vmax))
+            return (1.5, hi) if (c.kind, c.a) == ("R", 5) else (lo, hi)
+
+    plan = plan_for_board(base, nodes, cmap, Cal())
+    assert plan.scale == pytest.approx(lam) and plan.raised == [5]
+    assert plan.quartic[5] == pytest.approx(1.5 / 0.9 * 0.1 / lam ** 4 / 0.97) and plan.quartic[4] == 1.0
+    assert plan.apply(base, nodes).quartic[5] == plan.quartic[5]
+    # a board so narrow that the scale would make readings too slow: smaller bounds instead
+    tiny = channel_map(LAYERED.format(w=8, d=4, k=1) + '[channels]\nB = { vmin = -1.0, vmax = 1.0, gain = 4.0 }\n')
+    plan = plan_for_board(*board_computer(tiny), tiny)
+    assert plan.scale == 0.3 and plan.bound["bias"] == pytest.approx(0.97 * 4 * 0.9 * 0.1 / 0.3)
+    # a trainable element that cannot be 0 is refused with its channel
+    class Offset(Cal):
+        def value_range(self, ch):
+            c = cmap[ch]
+            return (0.5, 20.0) if (c.kind, c.a) == ("B", 3) else super().value_range(ch)
+
+    with pytest.raises(DemoError, match="B channel 67 .*not 0"):
+        plan_for_board(base, nodes, cmap, Offset())
+
+
+def test_demo_refuses_a_small_board_with_exit_code_2(tmp_path):
+    from sim_backend.emulator.process import running_emulator
+
+    board = tmp_path / "small.toml"
+    board.write_text(LAYERED.format(w=4, d=4, k=1))
+    with running_emulator(board=board, truth=False, extra_args=["--no-warmup"], workdir=tmp_path / "emu") as emu:
+        out = subprocess.run([sys.executable, "-m", "tc_hw.cli", "demo", "--resource", emu.tcp, "--json",
+                              "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "at least 32 nodes" in out.stderr and not (tmp_path / "demo" / "cal.h5").exists()
+
+
+@pytest.mark.slow
+def test_demo_on_a_non_default_board_through_resource(tmp_path):
+    """The whole loop on a Josephson board with a seed of its own: periodic elements, tau = 1 ns, and
+    quartic offsets that raise some nodes' terms (about 5 minutes here)."""
+    from sim_backend.emulator.process import running_emulator
+
+    board = tmp_path / "board.toml"
+    board.write_text('name = "other"\ntechnology = "JJ"\nseed = 777\n'
+                     '[topology]\nlayered = { width = 8, depth = 4, inputs = 1 }\n')
+    with running_emulator(board=board, truth=False, workdir=tmp_path / "emu") as emu:
+        out = subprocess.run([sys.executable, "-m", "tc_hw.cli", "demo", "--resource", emu.tcp, "--json",
+                              "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = json.loads(out.stdout)
+    for key in ("twin_loss", "nominal_upload_loss", "calibrated_upload_loss", "refined_loss",
+                "energy_per_inference_kT", "report"):
+        assert key in s
+    assert s["technology"] == "JJ" and s["computer"]["nodes"] == 32 and s["calibration"]["failed_count"] == 0
+    assert s["refined_loss"] <= s["start_loss"] and s["refined_loss"] < s["calibrated_upload_loss"] < 0.1
+    assert s["seconds"]["total_s"] < 600
