@@ -39,7 +39,7 @@ def run_block_kernel(
     a1,  # (Nr,) float: 2 Q (zero-padded to Nr >= Np rows)
     a2,  # (Nr,) float: 3 S
     a3,  # (Nr,) float: 4 R
-    x0,  # (Np,) float: start state
+    x0,  # (Nr,) float: start state (entries past Np unused)
     mu_dt,  # float: mobility * dt
     noise_scale,  # float: sqrt(2 mobility kT dt) (EM) or half of it (LM, applied to xi_n + xi_n+1)
     n_steps,  # int
