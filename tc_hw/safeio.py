@@ -1,0 +1,207 @@
+"""Safe file handling shared by every writer and loader: locks, exclusive files, intact HDF5.
+
+* :func:`hold_lock` - one holder per thing (a run log, a board), with ``fcntl.flock`` on a
+  sidecar ``.lock`` file.  The kernel drops the lock when its holder dies (SIGKILL included), so
+  a killed run never leaves a stale lock; a second holder is refused with the holder's pid.
+* :func:`create_exclusive` / :func:`temporary_beside` - files created with
+  ``O_CREAT | O_EXCL | O_NOFOLLOW``: never through a symlink (dangling or not), never over an
+  existing file; temporary names are unique (``tempfile.mkstemp``) in the target's folder so the
+  final ``os.replace`` is atomic.
+* :func:`open_hdf5_read` - open an HDF5 file for reading without HDF5 file locking, refusing a
+  truncated file *before* h5py sees it (h5py's SWMR reader retries a truncated superblock for
+  minutes without a message).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+import tempfile
+from pathlib import Path
+
+__all__ = ["LockedError", "hold_lock", "Lock", "create_exclusive", "temporary_beside", "refuse_symlink",
+           "open_hdf5_read", "hdf5_problem", "HDF5_SIGNATURE"]
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class LockedError(RuntimeError):
+    """Something (a run log, a board) is held by another live process; ``pid`` names it (or None)."""
+
+    def __init__(self, message: str, pid: int | None):
+        super().__init__(message)
+        self.pid = pid
+
+
+class Lock:
+    """A held ``flock`` on a lock file; :meth:`release` (or process death) frees it."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path = fd, path
+
+    @property
+    def held(self) -> bool:
+        return self.fd >= 0
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def __enter__(self) -> "Lock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+def hold_lock(lock_path, what: str) -> Lock:
+    """Take the exclusive lock ``lock_path`` for ``what`` (a phrase for messages) or raise.
+
+    Raises :class:`LockedError` naming the holding pid when another process holds it, and
+    ``ValueError`` when the lock file is a symlink or not a regular file.  The file stays on
+    disk after release (removing it would let two processes lock two different files).
+    """
+    lock_path = Path(lock_path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{lock_path} is a symlink: refusing to use it as the lock of {what}") from None
+        raise ValueError(f"cannot create the lock file {lock_path} for {what}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{lock_path} is not a regular file: cannot lock {what}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        pid = _holder(fd)
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            who = f"process {pid}" if pid else "another process"
+            raise LockedError(f"{what} is in use by {who} (lock {lock_path}); wait for it to end or stop it", pid)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return Lock(fd, lock_path)
+
+
+def refuse_symlink(path, what: str = "file") -> Path:
+    """``path`` as a Path; ``ValueError`` if it is a symlink (dangling or not)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symlink: refusing to write the {what} through it (give the real path)")
+    return path
+
+
+def create_exclusive(path, what: str = "file") -> Path:
+    """Create ``path`` empty, exclusively (no existing file, no symlink), and return it.
+
+    Raises ``FileExistsError`` with a message for an existing path (a symlink included) and
+    ``ValueError`` when the folder is missing or not writable.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        kind = "a symlink" if path.is_symlink() else "exists"
+        raise FileExistsError(f"{path} {'is ' + kind if kind != 'exists' else 'exists'}: "
+                              f"refusing to overwrite it with the {what}") from None
+    except OSError as e:
+        raise ValueError(f"cannot create the {what} {path}: {e.strerror}") from None
+    os.close(fd)
+    return path
+
+
+def temporary_beside(path, suffix: str = ".tmp") -> Path:
+    """A new, empty, uniquely named file in ``path``'s folder (for an atomic ``os.replace``)."""
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise ValueError(f"cannot create a temporary file beside {path}: {e.strerror}") from None
+    os.close(fd)
+    return Path(name)
+
+
+# ------------------------------------------------------------------------------ HDF5 reading
+
+
+def _superblock_eof(head: bytes) -> tuple[int, int] | None:
+    """``(version, end-of-file address)`` of a version 2/3 superblock at offset 0, else None."""
+    if len(head) < 12 or head[:8] != HDF5_SIGNATURE or head[8] not in (2, 3):
+        return None
+    size = head[9]
+    if size not in (2, 4, 8) or len(head) < 12 + 4 * size:
+        return None
+    fmt = {2: "<H", 4: "<I", 8: "<Q"}[size]
+    eof = struct.unpack(fmt, head[12 + 2 * size: 12 + 3 * size])[0]
+    return head[8], eof
+
+
+def hdf5_problem(path) -> str | None:
+    """Why ``path`` cannot be an intact HDF5 file (missing, folder, empty, no signature,
+    shorter than its superblock says), or None when these cheap checks pass."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return e.strerror or str(e)
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return e.strerror or str(e)
+    if len(head) < 8 or head[:8] != HDF5_SIGNATURE:
+        return "not an HDF5 file (no HDF5 signature at its start)"
+    sb = _superblock_eof(head)
+    if sb is None and len(head) < 64:
+        return f"truncated HDF5 file ({st.st_size} bytes)"
+    if sb is not None and st.st_size < sb[1]:
+        return f"truncated HDF5 file: {st.st_size} bytes on disk, its superblock says {sb[1]}"
+    return None
+
+
+def open_hdf5_read(path, what: str = "file"):
+    """Open ``path`` read-only without HDF5 file locking; a file left marked open by a (live or
+    killed) SWMR writer is opened as a SWMR reader.  Raises ``ValueError`` with the reason for a
+    missing, truncated or unreadable file (never hangs on a truncated one)."""
+    import h5py
+
+    path = Path(path)
+    problem = hdf5_problem(path)
+    if problem:
+        raise ValueError(f"{path}: {problem}; not a readable {what}")
+    attempts = ({"locking": False}, {"libver": "latest", "swmr": True, "locking": False},
+                {"libver": "latest", "swmr": True})  # the last: this process already has it open
+    msg = ""
+    for kw in attempts:
+        try:
+            return h5py.File(path, "r", **kw)
+        except OSError as e:
+            msg = str(e)
+            retry = ("already open for write", "file close degree", "locking flag values")
+            if not any(r in msg for r in retry):
+                break
+    raise ValueError(f"{path}: not a readable {what} ({_short(msg)})") from None
+
+
+def _short(msg: str) -> str:
+    return msg if len(msg) <= 200 else msg[:197] + "..."

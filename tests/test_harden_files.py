@@ -1,0 +1,175 @@
+"""Issue 15 reproductions for files: run logs (items 1, 2, 7, 13), loaders (8, 11, 12).
+
+Each test here failed before the fix it names (a hang, a traceback, a silent overwrite).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from tc_hw.runlog import LogBusyError, RunLog, lock_path_of, read_log
+from tc_hw.safeio import hdf5_problem
+
+HOLDER = """
+import sys, time, numpy as np
+from tc_hw.runlog import RunLog
+log = RunLog.reopen(sys.argv[1]) if sys.argv[2] == "reopen" else RunLog.create(
+    sys.argv[1], {"task": "cos"}, population=4, n_params=3, elites=2)
+g = log.completed
+log.append(g, {"population": np.full((4, 3), g), "losses": np.arange(4.0), "elite_losses": [0, 1],
+               "best_loss": g, "best": np.full(3, g), "temperature_k": [300, 300], "wall_s": 1, "retries": 0,
+               "paused_s": 0})
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _row(g):
+    return {"population": np.full((4, 3), g, float), "losses": np.arange(4.0) + g, "elite_losses": [g, g + 1],
+            "best_loss": g, "best": np.full(3, g), "temperature_k": [300, 301], "wall_s": 1.0, "retries": 0,
+            "paused_s": 0.0}
+
+
+def _holder(path, how):
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), how], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _make_log(path, generations=3):
+    with RunLog.create(path, {"task": "cos"}, population=4, n_params=3, elites=2) as log:
+        for g in range(generations):
+            log.append(g, _row(g))
+
+
+def test_item1_second_writer_on_a_live_log_is_refused_naming_the_pid(tmp_path):
+    path = tmp_path / "run.h5"
+    _make_log(path, 2)
+    before = path.read_bytes()
+    p = _holder(path, "reopen")  # a live writer: generation 2 committed, still running
+    try:
+        with pytest.raises(LogBusyError, match=rf"process {p.pid}\b"):
+            RunLog.reopen(path)
+        with pytest.raises((LogBusyError, FileExistsError)):
+            RunLog.create(path, {}, population=4, n_params=3, elites=2)
+        assert read_log(path)["completed_generations"] == 3  # nothing rewritten under the writer
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert len(before)  # the killed writer's lock is gone with it: resuming works, nothing lost
+    with RunLog.reopen(path) as log:
+        assert log.completed == 3
+        log.append(3, _row(3))
+    np.testing.assert_array_equal(read_log(path)["best_loss"], [0, 1, 2, 3])
+
+
+def test_item1_killed_creator_leaves_no_held_lock(tmp_path):
+    path = tmp_path / "run.h5"
+    p = _holder(path, "create")
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert lock_path_of(path).exists()  # the file stays; the kernel dropped the flock
+    with RunLog.reopen(path) as log:
+        assert log.completed == 1
+
+
+@pytest.mark.parametrize("keep", [100, 2000, 9000, 0.87, -1])
+def test_item2_truncated_log_is_refused_at_once(tmp_path, keep):
+    path, cut = tmp_path / "run.h5", tmp_path / "t.h5"
+    _make_log(path)
+    data = path.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else (len(data) + keep if keep < 0 else keep)
+    cut.write_bytes(data[:n])
+    t = time.monotonic()
+    with pytest.raises(ValueError, match="truncated"):
+        read_log(cut)
+    with pytest.raises(ValueError, match="truncated"):
+        RunLog.reopen(cut)
+    assert time.monotonic() - t < 5
+
+
+def test_item2_report_on_a_truncated_log_exits_2_quickly(tmp_path, capsys):
+    from tc_hw.cli import main
+
+    path, cut = tmp_path / "run.h5", tmp_path / "t.h5"
+    _make_log(path)
+    cut.write_bytes(path.read_bytes()[:2000])
+    t = time.monotonic()
+    assert main(["report", str(cut), "--folder", str(tmp_path / "rep")]) == 2
+    assert "truncated" in capsys.readouterr().err and time.monotonic() - t < 10
+
+
+def test_item7_dangling_log_symlink_is_not_followed(tmp_path):
+    target, link = tmp_path / "elsewhere.h5", tmp_path / "run.h5"
+    link.symlink_to(target)
+    with pytest.raises((ValueError, FileExistsError), match="symlink"):
+        RunLog.create(link, {}, population=4, n_params=3, elites=2)
+    assert not target.exists()
+
+
+def test_item7_rewrite_uses_no_fixed_temporary_name(tmp_path):
+    path = tmp_path / "run.h5"
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "run.h5.rewrite").symlink_to(victim)
+    p = _holder(path, "create")
+    p.send_signal(signal.SIGKILL)  # superblock left marked open: reopen copies the file clean
+    p.wait()
+    with RunLog.reopen(path) as log:
+        assert log.completed == 1
+    assert victim.read_text() == "keep me"
+
+
+def test_log_sizes_are_checked_before_the_file_is_created(tmp_path):
+    path = tmp_path / "run.h5"
+    for bad in ({"population": 0}, {"n_params": -5}, {"elites": 9}):
+        kw = {"population": 4, "n_params": 3, "elites": 2, **bad}
+        with pytest.raises(ValueError):
+            RunLog.create(path, {}, **kw)
+        assert not path.exists()
+
+
+def _craft(path, mutate):
+    _make_log(path)
+    with h5py.File(path, "r+") as f:
+        mutate(f)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda f: f["entry/completed_generations"].__setitem__(0, 99),
+    lambda f: f["entry/completed_generations"].__setitem__(0, -3),
+    lambda f: f["entry"].attrs.__setitem__("format_version", 99),
+    lambda f: f["entry"].attrs.__setitem__("format_version", "x"),
+    lambda f: f["entry/config"].__delitem__ if False else f.__delitem__("entry/config"),
+    lambda f: (f.__delitem__("entry/config"), f["entry"].create_dataset("config", data="[1, 2]")),
+    lambda f: f.__delitem__("entry/generations/best_loss"),
+    lambda f: (f.__delitem__("entry/generations/best"), f["entry/generations"].create_group("best")),
+    lambda f: (f.__delitem__("entry/instrument"), f["entry"].create_dataset("instrument", data=1)),
+], ids=["count-high", "count-negative", "version-99", "version-text", "no-config", "config-list",
+        "no-best-loss", "best-is-group", "instrument-dataset"])
+def test_item13_crafted_logs_are_clear_errors(tmp_path, mutate, capsys):
+    from tc_hw.cli import main
+
+    path = tmp_path / "run.h5"
+    _craft(path, mutate)
+    with pytest.raises(ValueError):
+        read_log(path)
+    assert main(["report", str(path), "--folder", str(tmp_path / "rep")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_hdf5_problem_names_folders_and_empty_files(tmp_path):
+    (tmp_path / "e.h5").write_bytes(b"")
+    assert "signature" in hdf5_problem(tmp_path / "e.h5")
+    assert "folder" in hdf5_problem(tmp_path)
+    assert hdf5_problem(tmp_path / "none.h5") == "no such file"
