@@ -167,6 +167,21 @@ def _plan(params: Params, cal: Calibration, channel_map, temp_k):
     return volts, eff, values, reach
 
 
+def _suggested_factor(s_lo: float, s_hi: float) -> float:
+    """A factor in ``[s_lo, s_hi]`` (``0 <= s_lo <= s_hi``, ``s_hi > 0``) rounded inward to 3
+    significant digits: the largest one when shrinking (``s_hi < 1``), the smallest when growing.
+    Never 0, however small ``s_hi`` is."""
+    if s_hi < 1:
+        digits = 2 - math.floor(math.log10(s_hi)) if math.isfinite(s_hi) else 3
+        s = math.floor(s_hi * 10.0 ** digits) / 10.0 ** digits
+        return s if s_lo <= s and s > 0 else s_hi
+    if not math.isfinite(s_lo) or s_lo <= 0:
+        return 1.0
+    digits = 2 - math.floor(math.log10(s_lo))
+    s = math.ceil(s_lo * 10.0 ** digits) / 10.0 ** digits
+    return s if s <= s_hi else s_lo
+
+
 def _outside_message(outside, values, reach, channel_map, temp_k) -> str:
     outside = sorted(outside, key=lambda o: -o["pct"])
     parts = [f"{o['name']} ({o['label']}) = {o['value']:.6g} {'>' if o['value'] > o['hi'] else '<'} reachable "
@@ -193,15 +208,11 @@ def _outside_message(outside, values, reach, channel_map, temp_k) -> str:
     if zeros:
         msg += (f" Value 0 is out of reach on {', '.join(zeros[:5])}" + (" ..." if len(zeros) > 5 else "")
                 + ": no rescaling helps there.")
-    elif s_lo <= s_hi and s_hi > 0:
-        if s_hi < 1:  # shrink: the largest allowed factor, rounded inward
-            s = max(math.floor(s_hi * 1000) / 1000, s_lo)
-            txt = f"<= {s:.3f}"
-        else:  # grow
-            s = min(math.ceil(s_lo * 1000) / 1000, s_hi)
-            txt = f">= {s:.3f}"
+    elif 0 < s_hi and s_lo <= s_hi and math.isfinite(s_lo):
+        s = _suggested_factor(s_lo, s_hi)
+        txt = f"{'<=' if s_hi < 1 else '>='} {s:.4g}"
         msg += (f" Suggested: multiply all element values by s {txt} (allowed {s_lo:.4g}..{s_hi:.4g}; the same "
-                f"program at kT x {1 / s:.3f}: its samples are those of a {'hotter' if s < 1 else 'colder'} program)")
+                f"program at kT x {1 / s:.4g}: its samples are those of a {'hotter' if s < 1 else 'colder'} program)")
         if l_lo <= l_hi and l_hi > 0:
             lm = min(max(1.0, l_lo), l_hi)
             msg += (f", or rescale node coordinates by lambda = {lm:.4g} (allowed {l_lo:.4g}..{l_hi:.4g}; "

@@ -271,14 +271,66 @@ class RecordWriter:
 
 # ------------------------------------------------------------------------------------ reading
 def _open(path):
+    from tc_hw.safeio import open_hdf5_read
+
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"no calibration record at {path}")
-    f = h5py.File(path, "r")
-    if f.attrs.get("format") != FORMAT or "entries" not in f:
+    try:
+        f = open_hdf5_read(path, "calibration record")
+    except ValueError as e:
+        raise CalibrationError(str(e)) from None
+    if f.attrs.get("format") != FORMAT or not isinstance(f.get("entries"), h5py.Group):
         f.close()
         raise CalibrationError(f"{path} is not a calibration record (format {FORMAT!r})")
+    version = f.attrs.get("format_version")
+    if not isinstance(version, (int, np.integer)) or not 1 <= int(version) <= FORMAT_VERSION:
+        f.close()
+        raise CalibrationError(f"{path}: calibration record format_version {version!r} is not one this code "
+                               f"reads (1..{FORMAT_VERSION})")
     return f
+
+
+def _is_complete(attrs) -> bool:
+    """True only for a boolean True (or integer 1) ``complete`` attribute: "no", "False" are not."""
+    v = attrs.get("complete")
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    return isinstance(v, (int, np.integer)) and int(v) == 1
+
+
+#: Largest factor by which a calibrated reach or ADC gain may differ from the nominal one
+#: before the record is refused as absurd (a real board is within a few per cent to a few x).
+ABSURD_FACTOR = 1e3
+
+
+def _validate(cal: "Calibration", where: str) -> None:
+    """Refuse a loaded entry whose numbers cannot be a board's: NaN/inf coefficients, ADC gains
+    or offsets, or a reach or gain off the nominal by more than :data:`ABSURD_FACTOR`."""
+    for c in cal.fits:
+        if not c.ok:
+            continue
+        name = f"{where}: channel {c.channel} ({c.kind})"
+        nums = np.r_[np.ravel(c.coef), c.t_ref, c.tempco, np.ravel(c.branch)]
+        if not np.all(np.isfinite(nums)):
+            raise CalibrationError(f"{name} has non-finite fit coefficients; refused (recalibrate)")
+        lo, hi = c.value_range(None)
+        span, nominal = abs(hi - lo), abs(c.gain) * (c.vmax - c.vmin)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise CalibrationError(f"{name} reaches non-finite values; refused (recalibrate)")
+        if nominal > 0 and not (1 / ABSURD_FACTOR <= span / nominal <= ABSURD_FACTOR):
+            raise CalibrationError(f"{name} reaches a span of {span:.6g}, {span / nominal:.3g} x the nominal "
+                                   f"{nominal:.6g}: absurd, refused (recalibrate)")
+    a = cal.adc
+    ok = np.asarray(a.ok, bool)
+    gain, off = np.asarray(a.gain, np.float64), np.asarray(a.offset, np.float64)
+    bad = np.flatnonzero(ok & ~(np.isfinite(gain) & np.isfinite(off)))
+    if len(bad):
+        raise CalibrationError(f"{where}: ADC gain/offset of node(s) {bad[:10].tolist()} are not finite; refused")
+    bad = np.flatnonzero(ok & ~((gain >= 1 / ABSURD_FACTOR) & (gain <= ABSURD_FACTOR)))
+    if len(bad):
+        raise CalibrationError(f"{where}: ADC gain of node(s) {bad[:10].tolist()} ({gain[bad][:3].tolist()}) is "
+                               f"outside [{1 / ABSURD_FACTOR:g}, {ABSURD_FACTOR:g}]: absurd, refused")
 
 
 def entries(path) -> list[dict]:
@@ -287,7 +339,7 @@ def entries(path) -> list[dict]:
         out = []
         for name in sorted(f["entries"]):
             a = f["entries"][name].attrs
-            out.append({"name": name, "kind": str(a["kind"]), "complete": bool(a["complete"]),
+            out.append({"name": name, "kind": str(a["kind"]), "complete": _is_complete(a),
                         "created": str(a["created"]), "identity": str(a["identity"]),
                         "temperature_k": float(a["temperature_k"]), "derived_from": str(a["derived_from"])})
         return out
@@ -298,10 +350,10 @@ def _pick(f, entry: str | None) -> str:
     if entry is not None:
         if entry not in f["entries"]:
             raise CalibrationError(f"no entry {entry!r} (entries: {names})")
-        if not f["entries"][entry].attrs["complete"]:
+        if not _is_complete(f["entries"][entry].attrs):
             raise CalibrationError(f"entry {entry!r} is incomplete (interrupted calibration); not used")
         return entry
-    done = [n for n in names if f["entries"][n].attrs["complete"]]
+    done = [n for n in names if isinstance(f["entries"][n], h5py.Group) and _is_complete(f["entries"][n].attrs)]
     if not done:
         raise CalibrationError("the record holds no complete calibration")
     return done[-1]
@@ -451,16 +503,28 @@ def load(path, entry: str | None = None) -> Calibration:
     complete entry.
     """
     with _open(path) as f:
-        name = _pick(f, entry)
-        g = f["entries"][name]
-        cmap = _map_from(g["channel_map"][()])
-        fits = _read_fits(g, cmap)
-        adc = _read_adc_fit(g)
-        nodes = {k: g["nodes"][k][()] for k in g["nodes"]} if "nodes" in g else {}
-        a = g.attrs
-        return Calibration(fits, adc, nodes, cmap, identity=str(a["identity"]), technology=str(a["technology"]),
-                           temperature_k=float(a["temperature_k"]), entry=name, path=Path(path),
-                           summary=json.loads(a["summary"]), created=str(a["created"]))
+        try:
+            cal = _load_entry(f, entry, path)
+        except CalibrationError:
+            raise
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, OSError, ValueError,
+                OverflowError) as e:
+            raise CalibrationError(f"{path}: damaged calibration record ({type(e).__name__}: {e})") from None
+    _validate(cal, f"{path} entry {cal.entry}")
+    return cal
+
+
+def _load_entry(f, entry, path) -> "Calibration":
+    name = _pick(f, entry)
+    g = f["entries"][name]
+    cmap = _map_from(g["channel_map"][()])
+    fits = _read_fits(g, cmap)
+    adc = _read_adc_fit(g)
+    nodes = {k: g["nodes"][k][()] for k in g["nodes"]} if "nodes" in g else {}
+    a = g.attrs
+    return Calibration(fits, adc, nodes, cmap, identity=str(a["identity"]), technology=str(a["technology"]),
+                       temperature_k=float(a["temperature_k"]), entry=name, path=Path(path),
+                       summary=json.loads(a["summary"]), created=str(a["created"]))
 
 
 __all__ += ["CurveError"]

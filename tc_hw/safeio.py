@@ -188,7 +188,7 @@ def open_hdf5_read(path, what: str = "file"):
     path = Path(path)
     problem = hdf5_problem(path)
     if problem:
-        raise ValueError(f"{path}: {problem}; not a readable {what}")
+        raise ValueError(f"{path}: {problem}; not a readable HDF5 {what}")
     attempts = ({"locking": False}, {"libver": "latest", "swmr": True, "locking": False},
                 {"libver": "latest", "swmr": True})  # the last: this process already has it open
     msg = ""
@@ -200,7 +200,7 @@ def open_hdf5_read(path, what: str = "file"):
             retry = ("already open for write", "file close degree", "locking flag values")
             if not any(r in msg for r in retry):
                 break
-    raise ValueError(f"{path}: not a readable {what} ({_short(msg)})") from None
+    raise ValueError(f"{path}: not a readable HDF5 {what} ({_short(msg)})") from None
 
 
 def _short(msg: str) -> str:

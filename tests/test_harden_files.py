@@ -173,3 +173,86 @@ def test_hdf5_problem_names_folders_and_empty_files(tmp_path):
     assert "signature" in hdf5_problem(tmp_path / "e.h5")
     assert "folder" in hdf5_problem(tmp_path)
     assert hdf5_problem(tmp_path / "none.h5") == "no such file"
+
+
+# ------------------------------------------------------------------ parameter files (items 6, 8, 11)
+from tc_hw.files import load_params, save_params  # noqa: E402
+from tc_hw.network import layered  # noqa: E402
+from tc_hw.params import Params, ParamsError  # noqa: E402
+
+
+def small_params():
+    return Params.uniform(layered(2, 2), bias=0.1, coupling=0.2, crossbar=0.3)
+
+
+def _json_file(tmp_path, doc, name="p.json"):
+    p = tmp_path / name
+    p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return p
+
+
+def _good_json(tmp_path):
+    return json.loads(save_params(small_params(), tmp_path / "good.json").read_text())
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: [], lambda d: None, lambda d: 42, lambda d: {**d, "network": None}, lambda d: {**d, "kT": None},
+    lambda d: {**d, "kT": -1}, lambda d: {**d, "params": []}, lambda d: {**d, "format_version": 99},
+    lambda d: {**d, "format_version": "1"}, lambda d: {**d, "network": {**d["network"], "edges": [[0, 1, 2]]}},
+    lambda d: {**d, "params": {**d["params"], "bias": "x"}},
+], ids=["list", "null", "int", "network-null", "kT-null", "kT-negative", "params-list", "version-99",
+        "version-text", "edges-3", "bias-text"])
+def test_item8_item11_bad_json_params_are_params_errors(tmp_path, mutate):
+    p = _json_file(tmp_path, mutate(_good_json(tmp_path)))
+    with pytest.raises(ParamsError):
+        load_params(p)
+
+
+def test_item11_deep_nesting_is_a_params_error(tmp_path):
+    p = _json_file(tmp_path, '{"format": "tc-hw/params", "format_version": 1, "network": ' + "[" * 100000
+                   + "]" * 100000 + "}")
+    with pytest.raises(ParamsError):
+        load_params(p)
+
+
+def test_item8_hdf5_version_and_item11_soft_link_loop(tmp_path):
+    p = save_params(small_params(), tmp_path / "p.h5")
+    assert load_params(p).network.n_nodes == 4
+    with h5py.File(p, "r+") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(ParamsError, match="format_version"):
+        load_params(p)
+    q = save_params(small_params(), tmp_path / "q.h5")
+    with h5py.File(q, "r+") as f:
+        del f["network/edges"]
+        f["network/edges"] = h5py.SoftLink("/network/loop")
+        f["network/loop"] = h5py.SoftLink("/network/edges")
+    with pytest.raises(ParamsError):
+        load_params(q)
+
+
+def test_item6_writing_parameters_over_a_calibration_record_is_refused(tmp_path):
+    cal = tmp_path / "cal.h5"
+    with h5py.File(cal, "w") as f:
+        f.attrs.update(format="tc-hw/calibration", format_version=1)
+        f.create_group("entries")
+    before = cal.read_bytes()
+    with pytest.raises(ValueError, match="calibration"):
+        save_params(small_params(), cal)
+    assert cal.read_bytes() == before
+    log = tmp_path / "run.h5"
+    _make_log(log, 1)
+    with pytest.raises(ValueError, match="run-log"):
+        save_params(small_params(), log)
+    (tmp_path / "notes.h5").write_text("my notes")
+    with pytest.raises(ValueError, match="not an HDF5"):
+        save_params(small_params(), tmp_path / "notes.h5")
+
+
+def test_item7_parameter_json_is_not_written_through_a_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "p.json").symlink_to(victim)
+    with pytest.raises(ValueError, match="symlink"):
+        save_params(small_params(), tmp_path / "p.json")
+    assert victim.read_text() == "keep"

@@ -15,7 +15,7 @@ from ..evaluation import MNIST_DEFAULTS, evaluate_mnist  # noqa: F401  (public r
 from . import board, demo, hardware, train, twin
 from ._common import EXIT_BAD_INPUT, EXIT_DEVICE, EXIT_ERROR, EXIT_OK  # noqa: F401
 
-__all__ = ["main", "build_parser", "evaluate_mnist"]
+__all__ = ["main", "build_parser", "evaluate_mnist", "exit_code_of"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``tc-hw`` console command; returns the exit code."""
-    from ..device import DeviceError
-    from ..params import ParamsError
-
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["emulate"]:  # everything after `emulate` belongs to the emulator
@@ -45,11 +42,32 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.func(args)
-    except (DeviceError, ConnectionError, TimeoutError) as e:
-        print(f"tc-hw: device fault: {e}", file=sys.stderr)
+    except Exception as e:
+        code = exit_code_of(e)
+        if code is None:
+            raise  # a bug (KeyError, IndexError, ...): shown with its traceback, exit 1
+        what = "device fault: " if code == EXIT_DEVICE else ""
+        print(f"tc-hw: {what}{e}", file=sys.stderr)
+        return code
+
+
+def exit_code_of(e: BaseException) -> int | None:
+    """The exit code for an exception that is a user-facing failure, or None for a bug.
+
+    3: the device or board failed or is held by another process (``DeviceError``, connection
+    and timeout errors, ``BoardBusyError``); 2: bad input - arguments, files, parameters,
+    calibration records, run logs (``ValueError``, ``ParamsError``, file-system errors such
+    as a missing file, an existing output, a folder where a file was expected, no permission).
+    Everything else (``KeyError``, ``IndexError``, ``TypeError``, ...) is a bug, not bad input.
+    """
+    from ..device import DeviceError
+    from ..params import ParamsError
+    from ..safeio import LockedError
+
+    if isinstance(e, (DeviceError, ConnectionError, TimeoutError)):
         return EXIT_DEVICE
-    except (ParamsError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"tc-hw: {e}", file=sys.stderr)
+    if isinstance(e, LockedError):
+        return EXIT_BAD_INPUT if isinstance(e, ValueError) else EXIT_DEVICE
+    if isinstance(e, (ParamsError, ValueError, OSError, RecursionError)):
         return EXIT_BAD_INPUT
-
-
+    return None

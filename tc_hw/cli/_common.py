@@ -13,10 +13,67 @@ RESOURCE_HELP = ("board: a name from the station file (tc-hw-station.toml), or a
 def emit(args, result: dict, human: str) -> None:
     """Print ``result`` as one JSON line with ``--json``, else the ``human`` text."""
     if getattr(args, "json", False):
-        print(json.dumps(result))
+        print(json.dumps(json_safe(result), allow_nan=False, default=str))
     else:
         print(human)
 
 
 def add_json(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+# ---------------------------------------------------------------- argument types (argparse type=)
+# Each refuses a bad value at parse time (argparse prints the message and exits 2), so nothing is
+# created, loaded or sent for it.
+import argparse as _argparse
+import math as _math
+
+
+def _number(text: str, kind):
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise _argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    v = _number(text, int)
+    if v < 1:
+        raise _argparse.ArgumentTypeError(f"{v} is not allowed: must be at least 1")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    """A whole number >= 0."""
+    v = _number(text, int)
+    if v < 0:
+        raise _argparse.ArgumentTypeError(f"{v} is not allowed: must be 0 or more")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    v = _number(text, float)
+    if not (_math.isfinite(v) and v > 0):
+        raise _argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number > 0")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """Any finite number."""
+    v = _number(text, float)
+    if not _math.isfinite(v):
+        raise _argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number")
+    return v
+
+
+def json_safe(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if _math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
