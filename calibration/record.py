@@ -311,11 +311,15 @@ def _validate(cal: "Calibration", where: str) -> None:
         if not c.ok:
             continue
         name = f"{where}: channel {c.channel} ({c.kind})"
-        nums = np.r_[np.ravel(c.coef), c.t_ref, c.tempco, np.ravel(c.branch)]
-        if not np.all(np.isfinite(nums)):
+        nums = np.r_[np.ravel(c.coef), np.ravel(c.branch)]
+        if not np.all(np.isfinite(nums)) or len(c.coef) == 0:
             raise CalibrationError(f"{name} has non-finite fit coefficients; refused (recalibrate)")
+        if math.isfinite(c.tempco) != math.isfinite(c.t_ref) or math.isinf(c.tempco) or math.isinf(c.t_ref):
+            raise CalibrationError(f"{name}: non-finite temperature coefficient {c.tempco!r} at reference "
+                                   f"{c.t_ref!r} K (both or neither must be known); refused (recalibrate)")
         lo, hi = c.value_range(None)
-        span, nominal = abs(hi - lo), abs(c.gain) * (c.vmax - c.vmin)
+        ch = cal.channel_map[c.channel]
+        span, nominal = abs(hi - lo), abs(ch.gain) * (ch.vmax - ch.vmin)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise CalibrationError(f"{name} reaches non-finite values; refused (recalibrate)")
         if nominal > 0 and not (1 / ABSURD_FACTOR <= span / nominal <= ABSURD_FACTOR):
@@ -518,6 +522,12 @@ def _load_entry(f, entry, path) -> "Calibration":
     name = _pick(f, entry)
     g = f["entries"][name]
     cmap = _map_from(g["channel_map"][()])
+    coef = np.asarray(g["fits/coef"][()], np.float64)
+    for i, row in enumerate(coef.reshape(len(coef), -1)):
+        k = int(np.isfinite(row).sum())
+        if not (np.isfinite(row[:k]).all() and np.isnan(row[k:]).all()):
+            raise CalibrationError(f"{path} entry {name}: fit coefficients of channel {i} are not finite numbers "
+                                   "followed by NaN padding; refused (recalibrate)")
     fits = _read_fits(g, cmap)
     adc = _read_adc_fit(g)
     nodes = {k: g["nodes"][k][()] for k in g["nodes"]} if "nodes" in g else {}

@@ -38,6 +38,13 @@ log = logging.getLogger("tc_hw.drivers")
 
 #: DAC step: 16-bit two's complement over +-10 V (board manual).
 DAC_LSB_V = 20.0 / 65536
+#: The DAC's span (board manual: 16-bit over +-10 V).  A map claiming a safe range beyond it is
+#: refused, and no write outside it is ever sent, whatever the map says.
+DAC_SPAN_V = (-10.0, 10.0)
+#: Bounds on what a board may announce (reads are sized from them, never from the reply):
+#: channels/nodes/inputs per board, and bytes per ``BOARD:MAP?`` row (8 short CSV fields).
+MAX_CHANNELS = 1 << 20
+MAP_ROW_BYTES = 256
 #: Default largest acquisition (P * M * n values) fetched by one INIT/FETC? cycle.
 MAX_SAMPLES_PER_CALL = 4 * 2**20
 
@@ -105,6 +112,9 @@ def parse_channel_map(payload: bytes, n_channels: int, n_nodes: int, n_inputs: i
             raise MapError(f"{where}: non-finite number")
         if vmin > vmax:
             raise MapError(f"{where}: safe range vmin {vmin} > vmax {vmax}")
+        if vmin < DAC_SPAN_V[0] or vmax > DAC_SPAN_V[1]:
+            raise MapError(f"{where}: safe range [{vmin!r}, {vmax!r}] V exceeds the DAC span "
+                           f"[{DAC_SPAN_V[0]:+g}, {DAC_SPAN_V[1]:+g}] V of the board manual: the map is wrong")
         if period < 0:
             raise MapError(f"{where}: negative period {period}")
         if kind in "QRB":
@@ -157,6 +167,12 @@ class TCBoard:
     acq_timeout_floor_s:
         Least time allowed for one acquisition to finish (``*OPC?``); the actual timeout grows
         with the expected duration (physical time plus the board's measured speed).
+    read_only:
+        Only query the board: no per-resource lock is taken (:mod:`drivers.lock`), every command
+        that changes the board (DAC, inputs, outputs, acquisition settings, ``*RST``) raises
+        :class:`~tc_hw.device.DeviceError`, and :meth:`close` sends nothing.  Otherwise the
+        board's lock is held until :meth:`close`; a board controlled by another process raises
+        :class:`drivers.lock.BoardBusyError` naming that process.
     """
 
     def __init__(
@@ -167,11 +183,23 @@ class TCBoard:
         reconnect_attempts: int = 5,
         max_samples_per_call: int = MAX_SAMPLES_PER_CALL,
         acq_timeout_floor_s: float = 30.0,
+        read_only: bool = False,
     ):
         if max_samples_per_call < 1:
             raise ValueError("max_samples_per_call must be >= 1")
+        self.read_only = bool(read_only)
+        self._lock = None
+        if not self.read_only:
+            from .lock import acquire_board_lock
+
+            try:
+                self._lock = acquire_board_lock(transport.resource)
+            except BaseException:
+                transport.close()
+                raise
         self.session = ScpiSession(
-            transport, retries=retries, reconnect_attempts=reconnect_attempts, restore=self._restore
+            transport, retries=retries, reconnect_attempts=reconnect_attempts,
+            restore=None if self.read_only else self._restore,
         )
         self.max_samples_per_call = int(max_samples_per_call)
         self.acq_timeout_floor_s = float(acq_timeout_floor_s)
@@ -188,7 +216,17 @@ class TCBoard:
             self._identify()
         except BaseException:
             self.session.close()
+            self._release_lock()
             raise
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def _require_control(self, what: str) -> None:
+        if self.read_only:
+            raise DeviceError(f"{self.resource} was opened read-only: {what} refused, nothing sent")
 
     # -- opening ------------------------------------------------------------------------
     def _identify(self) -> None:
@@ -211,7 +249,12 @@ class TCBoard:
         self.n_inputs = s.query("BOARD:INPUTS?", _int)
         self.n_channels = s.query("BOARD:CHAN?", _int)
         self.tau_s = s.query("BOARD:TAU?", _float)
-        raw = s.query_block("BOARD:MAP?")
+        if not (0 < self.n_channels <= MAX_CHANNELS and 0 < self.n_nodes <= MAX_CHANNELS
+                and 0 <= self.n_inputs <= MAX_CHANNELS):
+            raise DeviceError(f"{s.transport.resource}: implausible size (nodes {self.n_nodes}, inputs "
+                              f"{self.n_inputs}, channels {self.n_channels}; at most {MAX_CHANNELS} each)")
+        s.max_block_bytes = max(s.max_block_bytes, 2 * self.max_samples_per_call + 64)
+        raw = s.query_block("BOARD:MAP?", max_bytes=MAP_ROW_BYTES * self.n_channels)
         self.channel_map = parse_channel_map(raw, self.n_channels, self.n_nodes, self.n_inputs)
         self.adc_range_v = s.query("ACQ:RANGE?", _float)
         if not self.adc_range_v > 0:
@@ -241,6 +284,7 @@ class TCBoard:
     def reset(self) -> None:
         """``*RST`` and ``*CLS``: all channels 0 V, outputs off, default acquisition settings,
         no input batch; this driver's record of the board state is reset to match."""
+        self._require_control("*RST")
         self.session.write("*RST;*CLS")
         self._dac = np.zeros(self.n_channels)
         self._dac_known = np.ones(self.n_channels, dtype=bool)  # *RST put every channel at 0 V
@@ -277,8 +321,13 @@ class TCBoard:
 
     def _send_dac(self, volts, start: int) -> np.ndarray:
         """The one place DAC voltages are sent: check, then ``DAC:BLOCK``; returns what was sent."""
+        self._require_control("DAC write")
         v = self.channel_map.check(volts, start)  # raises UnsafeVoltageError / ValueError; nothing sent
         v32 = self._check_float32(v, start)
+        span = np.flatnonzero((v32 < DAC_SPAN_V[0]) | (v32 > DAC_SPAN_V[1]))
+        if len(span):  # a map that was changed after parsing: the manual's span still holds
+            raise UnsafeVoltageError(f"refused, nothing sent: ch {start + int(span[0])}: {float(v32[span[0]])!r} V "
+                                     f"outside the DAC span [{DAC_SPAN_V[0]:+g}, {DAC_SPAN_V[1]:+g}] V")
         if len(v32) == 0:
             return v32
         self.session.write_block(f"DAC:BLOCK {start},", pack_float32(v32))
@@ -304,7 +353,7 @@ class TCBoard:
             raise ValueError(f"channels {start}..{start + n - 1} do not exist (board has {self.n_channels})")
         if n == 0:
             return np.zeros(0)
-        raw = self.session.query_block(f"DAC:BLOCK? {start},{n}")
+        raw = self.session.query_block(f"DAC:BLOCK? {start},{n}", max_bytes=4 * max(int(n), 0))
         try:
             return unpack_float32(raw, n)
         except ValueError as e:
@@ -322,6 +371,7 @@ class TCBoard:
         return x.astype(np.float32).astype(np.float64)
 
     def _send_inputs(self, x: np.ndarray) -> None:
+        self._require_control("input batch")
         self.session.write_block("INP:BLOCK ", pack_float32(x))
         self._board_inputs = x
 
@@ -334,12 +384,14 @@ class TCBoard:
     # -- outputs -------------------------------------------------------------------------
     def arm(self, on: bool = True) -> None:
         """``OUTP ON`` (arm the elements) or ``OUTP OFF``."""
+        self._require_control("OUTP")
         self.session.write("OUTP ON" if on else "OUTP OFF")
         self._armed = bool(on)
 
     # -- acquisitions --------------------------------------------------------------------
     def _set_acq(self, **settings: str) -> None:
         """Send all ``ACQ:<KEY> <value>`` settings on one line (cheap, and never stale)."""
+        self._require_control("acquisition")
         self.session.write(";".join(f"ACQ:{k} {v}" for k, v in settings.items()))
         self._acq = dict(settings)
 
@@ -499,7 +551,7 @@ class TCBoard:
             # the acquisition settings travel on the line of the read-back (one reply fewer)
             cmd = (acq + ";" if acq else "") + f"DAC:BLOCK? 0,{self.n_channels}"
             try:
-                applied = unpack_float32(s.query_block(cmd), self.n_channels)
+                applied = unpack_float32(s.query_block(cmd, max_bytes=4 * self.n_channels), self.n_channels)
             except ValueError as e:
                 raise ProtocolError(f"DAC:BLOCK? 0,{self.n_channels}: {e}") from e
             differs = self._dac_known & (np.abs(applied - _quantize(self._dac)) > 1.01 * DAC_LSB_V)
@@ -519,16 +571,21 @@ class TCBoard:
 
     # -- closing -------------------------------------------------------------------------
     def close(self) -> None:
-        """Disarm (``OUTP OFF``) and release the connection; safe to call twice."""
+        """Disarm (``OUTP OFF``) and release the connection and the board's lock; safe to call
+        twice.  A read-only handle sends nothing (it does not control the board)."""
         if self._closed:
             return
         self._closed = True
         try:
-            self.arm(False)
+            if not self.read_only:
+                self.arm(False)
         except DeviceError as e:
             log.warning("could not disarm %s on close: %s", self.resource, e)
         finally:
-            self.session.close()
+            try:
+                self.session.close()
+            finally:
+                self._release_lock()
 
     def __enter__(self) -> "TCBoard":
         return self

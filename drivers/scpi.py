@@ -120,6 +120,19 @@ def _is_error_line(line: bytes) -> bool:
     return _ERR_RE.match(line) is not None
 
 
+def _bounded(read_exact: Callable[[int], bytes], limit: int, desc: str) -> Callable[[int], bytes]:
+    """``read_exact`` that refuses any single read longer than ``limit`` (the header's at most 9
+    digits and the payload are read in separate calls, so this bounds the payload)."""
+
+    def read(n: int) -> bytes:
+        if n > max(limit, 16):
+            raise ProtocolError(f"{desc}: the board announces a block of {n} bytes, more than the {limit} bytes "
+                                "this reply can hold; not read")
+        return read_exact(n)
+
+    return read
+
+
 def _describe(cmd: str, payload: bytes | None = None) -> str:
     if payload is None:
         return cmd if len(cmd) <= 120 else cmd[:117] + "..."
@@ -127,6 +140,12 @@ def _describe(cmd: str, payload: bytes | None = None) -> str:
 
 
 _TRANSIENT = (TransportClosed, TransportTimeout, ProtocolError, BlockFormatError)
+
+#: Largest binary block a session accepts unless told otherwise (bytes).  A block header is
+#: checked against it (and against a per-query bound) *before* any payload byte is read, so a
+#: board announcing ``#9999999999`` costs nothing.  :class:`drivers.board.TCBoard` narrows it
+#: to what the board's size allows.
+DEFAULT_MAX_BLOCK_BYTES = 1 << 26
 
 
 class ScpiSession:
@@ -168,6 +187,8 @@ class ScpiSession:
         self.restore = restore
         self.backoff_s = float(backoff_s)
         self.identity: str | None = None
+        #: Bound on any reply block (bytes); see :data:`DEFAULT_MAX_BLOCK_BYTES`.
+        self.max_block_bytes = DEFAULT_MAX_BLOCK_BYTES
         #: Number of successful recoveries (reopen + restore) so far.
         self.reconnects = 0
         self._recovering = False
@@ -323,14 +344,17 @@ class ScpiSession:
         except UnicodeDecodeError as e:
             raise ProtocolError(f"{cmd}: reply {line[:80]!r} is not ASCII") from e
 
-    def query_block(self, cmd: str, *, timeout_s: float | None = None) -> bytes:
+    def query_block(self, cmd: str, *, timeout_s: float | None = None, max_bytes: int | None = None) -> bytes:
         """Send a query whose reply is a binary block; return the payload bytes.
 
         As :meth:`query`, the reply is ``#<d><len><bytes>;<code>,"<text>"`` (or only the error).
         The block is read by its length, so payload bytes may be ``\n``.  ``timeout_s`` bounds
-        each read (size it from the expected block length).
+        each read (size it from the expected block length).  ``max_bytes`` (default
+        :attr:`max_block_bytes`) bounds the announced length: a longer header is a garbled
+        reply (:class:`ProtocolError`, recovered like one) and no payload is read.
         """
         desc = _describe(cmd)
+        limit = self.max_block_bytes if max_bytes is None else min(int(max_bytes), self.max_block_bytes)
 
         def op():
             with self.timeout_for(timeout_s):
@@ -343,7 +367,7 @@ class ScpiSession:
                         if e.code:
                             self._drain(e, desc)
                     raise ProtocolError(f"{desc}: expected a binary block, got {line[:80]!r}")
-                payload = read_block(self.transport.read_exact, first=first, terminator=None)
+                payload = read_block(_bounded(self.transport.read_exact, limit, desc), first=first, terminator=None)
                 tail = self.transport.read_line()
             if not tail.startswith(b";"):
                 raise ProtocolError(f"{desc}: block of {len(payload)} bytes followed by {tail[:40]!r}, expected ';'")

@@ -19,8 +19,12 @@ Resource strings (:func:`open_transport`):
 ``TCPIP0::127.0.0.1::5025::SOCKET``    :class:`VisaTransport`, pyvisa-py TCP socket
 ``ASRL/dev/pts/3::INSTR``              :class:`VisaTransport`, pyvisa-py serial line
 ``/dev/pts/3``, ``serial:///dev/pts/3`` :class:`SerialTransport` (pyserial)
-``loop://``, ``socket://h:p``, ...     :class:`SerialTransport` via ``serial_for_url``
 =====================================  ==============================================
+
+Other pyserial URLs (``loop://``, ``socket://``, ``rfc2217://``, ...) are refused by
+:func:`classify_resource`, as by the ``tc-hw`` command line: a board is a TCP socket or a serial
+line.  Reads are bounded: a reply line longer than :data:`MAX_LINE_BYTES` raises
+:class:`TransportClosed` (a misbehaving peer) instead of growing without limit.
 """
 
 from __future__ import annotations
@@ -41,12 +45,17 @@ __all__ = [
     "open_transport",
     "classify_resource",
     "BAUD_RATE",
+    "MAX_LINE_BYTES",
 ]
 
 log = logging.getLogger("tc_hw.drivers")
 
 #: Serial line settings of the board manual: 115200 8N1, no flow control.
 BAUD_RATE = 115200
+#: Longest reply line accepted (bytes, terminator excluded).  The longest legitimate text reply
+#: is a few joined numbers (``ACQ:STAT?;INP:COUNT?;OUTP?``) or an error text; 64 KiB is far
+#: beyond it.  Binary data is read by length (:meth:`Transport.read_exact`), never as a line.
+MAX_LINE_BYTES = 1 << 16
 
 
 class TransportTimeout(TimeoutError):
@@ -89,6 +98,14 @@ class Transport(Protocol):
 
     def reopen(self) -> None:
         """Close and open the same resource again."""
+
+
+def _check_line_length(transport, n: int) -> None:
+    """Refuse a reply line that grew past :data:`MAX_LINE_BYTES` without a terminator."""
+    if n > MAX_LINE_BYTES:
+        transport.clear_input()
+        raise TransportClosed(f"{transport.resource}: reply line longer than {MAX_LINE_BYTES} bytes without a "
+                              "terminator: the board is misbehaving (input discarded)")
 
 
 def _check_timeout(seconds: float) -> float:
@@ -313,6 +330,7 @@ class VisaTransport:
                 del self._buf[: i + 1]
                 return line
             start = len(self._buf)
+            _check_line_length(self, start)
             self._fill(deadline)
 
     def read_exact(self, n: int) -> bytes:
@@ -351,8 +369,8 @@ def _discard_read_mask():
 class SerialTransport:
     """A serial line opened with pyserial (115200 8N1, no flow control).
 
-    ``port`` is a device path (``/dev/pts/3``, ``COM3``), ``serial://<path>``, or any
-    ``serial_for_url`` URL (``loop://``, ``socket://host:port``).
+    ``port`` is a device path (``/dev/pts/3``, ``COM3``) or ``serial://<path>``, opened with
+    pyserial's ``serial_for_url``; the driver accepts no other URL scheme (see :func:`classify_resource`).
     """
 
     def __init__(self, port: str, timeout_s: float = 5.0, *, baudrate: int = BAUD_RATE):
@@ -469,6 +487,7 @@ class SerialTransport:
                 del self._buf[: i + 1]
                 return line
             start = len(self._buf)
+            _check_line_length(self, start)
             self._fill(deadline)
 
     def read_exact(self, n: int) -> bytes:
@@ -500,7 +519,10 @@ def classify_resource(resource: str) -> str:
         if not u.endswith("::INSTR"):
             raise ValueError(f"{resource!r}: serial VISA resources look like 'ASRL/dev/ttyUSB0::INSTR'")
         return "visa"
-    if "://" in r or r.startswith("/") or u.startswith("COM"):
+    if "://" in r and not r.startswith("serial://"):
+        raise ValueError(f"{resource!r}: only serial:// URLs are supported (a board is a TCP socket resource "
+                         "'TCPIP0::<host>::5025::SOCKET' or a serial line such as '/dev/ttyUSB0')")
+    if r.startswith(("/", "serial://")) or u.startswith("COM"):
         return "serial"
     raise ValueError(
         f"unrecognised resource {resource!r}: use 'TCPIP0::<host>::5025::SOCKET', 'ASRL<port>::INSTR', "

@@ -99,7 +99,8 @@ class ChannelMap:
         bad = np.flatnonzero((v < lo) | (v > hi))
         if len(bad):
             parts = [
-                f"ch {start + i} ({self.channels[start + i].kind}): {v[i]:+.6g} V outside [{lo[i]:+.6g}, {hi[i]:+.6g}] V"
+                f"ch {start + i} ({self.channels[start + i].kind}): {float(v[i])!r} V outside "
+                f"[{float(lo[i])!r}, {float(hi[i])!r}] V"
                 for i in bad[:20]
             ]
             more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""

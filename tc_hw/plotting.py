@@ -23,8 +23,24 @@ def figure(nrows: int = 1, ncols: int = 1, size=(6.4, 4.0)):
 
 
 def save(fig, path) -> Path:
-    """Write ``fig`` as a 120-dpi PNG at ``path`` (parent folders created), return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    """Write ``fig`` as a 120-dpi PNG at ``path`` (parent folders created), return the path.
+
+    Written to a unique temporary file beside ``path`` and renamed over it: never through a
+    symlink at ``path`` (refused, ``ValueError``), never half-written.  A parent that is a file
+    raises ``ValueError`` naming it."""
+    import os
+
+    from .safeio import refuse_symlink, temporary_beside
+
+    path = refuse_symlink(path, "plot")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write {path}: a part of its folder {path.parent} is a file, not a folder") from None
+    tmp = temporary_beside(path, path.suffix or ".png")
+    try:
+        fig.savefig(tmp, dpi=120, format=(path.suffix[1:] or "png").lower())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -57,9 +57,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON through a unique temporary file beside ``path`` (never a fixed name)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _output_problem(path: str, option: str) -> str | None:
+    """Why ``path`` cannot be written (checked before the emulator starts), or None."""
+    p = Path(path)
+    if p.is_symlink():
+        return f"{option} {path} is a symlink: give the real path"
+    if p.exists() and not p.is_file():
+        return f"{option} {path} is a folder or special file, not a file"
+    parent = p.parent
+    if not parent.is_dir():
+        return f"{option} {path}: its folder {parent} does not exist (or is a file)"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{option} {path}: its folder {parent} is not writable"
+    return None
+
+
+def _board_file_problem(board: str | None) -> str | None:
+    """An existing ``--board`` file that is empty (or blank) is refused, not read as the defaults."""
+    if board is None or not os.path.isfile(board):
+        return None
+    try:
+        if not Path(board).read_text(encoding="utf-8").strip():
+            return f"--board {board} is empty: a board file needs at least its [board] table"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"--board {board}: cannot read it as UTF-8 TOML ({e})"
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -99,6 +134,13 @@ def main(argv=None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"emulator: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
+    problems = [_board_file_problem(args.board)] + [
+        _output_problem(path, option) for path, option in ((args.ready_file, "--ready-file"),
+                                                           (args.truth_file, "--truth-file")) if path]
+    for problem in problems:
+        if problem:
+            print(f"emulator: {problem}", file=sys.stderr)
+            return 2
     try:
         desc = board_from_name_or_path(args.board)
         if args.seed is not None:
@@ -117,7 +159,11 @@ def main(argv=None) -> int:
 
     board = Board(desc)
     if args.truth_file:
-        dump_truth(board.truth, args.truth_file)
+        try:
+            dump_truth(board.truth, args.truth_file)
+        except OSError as e:
+            print(f"emulator: cannot write --truth-file {args.truth_file}: {e.strerror or e}", file=sys.stderr)
+            return 2
     if not args.no_warmup:
         warm_up(board.params(board.truth["channels"]["vmin"] * 0.0, desc.temperature_k))
 
@@ -152,7 +198,15 @@ def main(argv=None) -> int:
     }
     ready_file = Path(args.ready_file) if args.ready_file else None
     if ready_file:
-        _write_json_atomic(ready_file, ready)
+        try:
+            _write_json_atomic(ready_file, ready)
+        except OSError as e:
+            print(f"emulator: cannot write --ready-file {ready_file}: {e.strerror or e}", file=sys.stderr)
+            tcp.close()
+            if pty:
+                pty.close()
+            instrument.close()
+            return 2
     sys.stdout.write("READY " + json.dumps(ready) + "\n")
     sys.stdout.flush()
 

@@ -48,10 +48,17 @@ def _jsonable(obj):
 
 def dump_truth(truth: dict, path) -> None:
     """Write ``truth`` as JSON (atomically: a temporary file renamed into place)."""
+    import tempfile
+
     p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(truth), indent=1), encoding="utf-8")
-    os.replace(tmp, p)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)  # unique, exclusive
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(_jsonable(truth), indent=1))
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load_truth(path) -> dict:

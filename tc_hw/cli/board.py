@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
+from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit, positive_float, positive_int
 
 
 def cmd_emulate(args) -> int:
@@ -32,9 +32,12 @@ def _device_summary(dev) -> dict:
 
 
 def cmd_info(args) -> int:
-    from ..backends import open_device
+    from ..backends import backend_for, open_device
+    from ..station import resolve
 
-    dev = open_device(args.resource)
+    # info only reads: it does not take the board's lock, so it works beside a running program
+    read_only = {} if backend_for(resolve(args.resource)[0]) == "twin" else {"read_only": True}
+    dev = open_device(args.resource, **read_only)
     try:
         info = _device_summary(dev)
     finally:
@@ -48,13 +51,23 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+#: the largest acquisition the acquire command asks for (samples per input, seconds per reading)
+MAX_SAMPLES, MAX_TIME_S = 10**6, 1.0
+
+
 def _parse_sets(items) -> dict:
     out = {}
     for item in items or []:
         ch, sep, volts = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects CH=VOLTS, got {item!r}")
-        out[int(ch)] = float(volts)
+        try:
+            c, v = int(ch), float(volts)
+        except ValueError:
+            raise ValueError(f"--set expects CH=VOLTS with a whole channel number and a number, got {item!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"--set {item!r}: volts must be a finite number")
+        out[c] = v
     return out
 
 
@@ -62,10 +75,14 @@ def cmd_acquire(args) -> int:
     from ..backends import open_device
     from ..device import armed
 
+    sets = _parse_sets(args.set)  # checked before the board is opened
+    if args.samples > MAX_SAMPLES or args.time > MAX_TIME_S:
+        raise ValueError(f"acquire: at most {MAX_SAMPLES} samples and {MAX_TIME_S:g} s per reading "
+                         f"(got {args.samples}, {args.time!r} s)")
     dev = open_device(args.resource)
     try:
         volts = np.zeros(len(dev.channel_map))
-        for ch, v in _parse_sets(args.set).items():
+        for ch, v in sets.items():
             if not 0 <= ch < len(volts):
                 raise ValueError(f"channel {ch} does not exist (board has {len(volts)})")
             volts[ch] = v
@@ -83,7 +100,7 @@ def cmd_acquire(args) -> int:
         "samples": args.samples,
         "nodes": acq.nodes.tolist(),
         "mean_v": x.mean(0).tolist(),
-        "std_v": x.std(0, ddof=1).tolist(),
+        "std_v": (x.std(0, ddof=1) if len(x) > 1 else np.full(x.shape[1], np.nan)).tolist(),  # NaN -> null
     }
     lines = [f"{args.mode} acquisition, t = {args.time:g} s, {args.samples} samples ({dev.identity}):"]
     lines += [f"  node {n:3d}: mean {m:+.5f} V  std {sd:.5f} V" for n, m, sd in zip(acq.nodes, result["mean_v"], result["std_v"])]
@@ -119,8 +136,10 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--resource", required=True, help=RESOURCE_HELP)
     p.add_argument("--mode", choices=["reset", "serial"], default="reset", help="sampling mode (default: reset)")
-    p.add_argument("--time", type=float, default=1e-6, help="observation time / interval, seconds (default: 1e-6)")
-    p.add_argument("--samples", type=int, default=200, help="samples per input vector (default: 200)")
+    p.add_argument("--time", type=positive_float, default=1e-6,
+                   help="observation time / interval, seconds, > 0 (default: 1e-6)")
+    p.add_argument("--samples", type=positive_int, default=200,
+                   help="samples per input vector, >= 1; the std needs 2 (default: 200)")
     p.add_argument("--set", nargs="*", metavar="CH=VOLTS", help="channel voltages (others are 0 V)")
     add_json(p)
     p.set_defaults(func=cmd_acquire)

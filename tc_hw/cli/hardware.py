@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
+
+
+def parse_scale(scale) -> float | str | None:
+    """``--scale``: None/"1"/"none" (no rescaling), "auto", or a finite number > 0 (ValueError else)."""
+    if scale is None or scale in ("1", "none", "auto"):
+        return scale
+    try:
+        lam = float(scale)
+    except ValueError:
+        raise ValueError(f"--scale {scale!r}: expected 'auto', 'none' or a number > 0") from None
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"--scale {scale!r}: the coordinate scale must be a finite number > 0")
+    return lam
 
 
 def _load_cal(path, device, resource: str | None = None):
@@ -20,8 +35,8 @@ def _program(args, device, cal=None):
     """The parameter file, rescaled (``--scale``) to fit the board (through ``cal``) if asked."""
     from ..files import load_params
 
+    scale = parse_scale(getattr(args, "scale", None))
     params = load_params(args.params)
-    scale = getattr(args, "scale", None)
     if scale in (None, "1", "none"):
         return params, 1.0
     if scale == "auto":
@@ -29,8 +44,35 @@ def _program(args, device, cal=None):
 
         lam = fitting_scale(params, device.channel_map, cal)
     else:
-        lam = float(scale)
+        lam = scale
     return params.rescaled(lam), lam
+
+
+def _check_input_file(path, option: str) -> None:
+    """Refuse (ValueError) a missing input, or a folder, before any device is opened."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{option} {path}: no such file")
+    if not p.is_file():
+        raise ValueError(f"{option} {path}: is a folder or special file, not a file")
+
+
+def _check_output_file(path, option: str) -> None:
+    """Refuse (ValueError) an output path that is a symlink, a folder, or lies under a file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_symlink():
+        raise ValueError(f"{option} {path} is a symlink: give the real path")
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{option} {path} is a folder, not a file")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            break
 
 
 def cmd_calibrate(args) -> int:
@@ -38,6 +80,7 @@ def cmd_calibrate(args) -> int:
 
     from ..backends import open_device
 
+    _check_output_file(args.out, "--out")
     dev = open_device(args.resource)
     try:
         _, summary = calibration.calibrate(dev, args.out, progress=not args.json)
@@ -57,6 +100,10 @@ def cmd_upload(args) -> int:
 
     from ..backends import open_device
 
+    parse_scale(args.scale)
+    _check_input_file(args.params, "--params")
+    if args.cal not in (None, "nominal"):
+        _check_input_file(args.cal, "--cal")
     dev = open_device(args.resource)
     try:
         cal = _load_cal(args.cal, dev, args.resource)
@@ -118,6 +165,9 @@ def cmd_refine(args) -> int:
 
 def cmd_report(args) -> int:
     from ..report import report
+
+    if args.folder is not None:
+        _check_output_file(f"{args.folder}/x.png", "--folder")
 
     r = report(args.log, args.folder)
     emit(args, r, f"{r['generations']} generations, best loss {r['best_loss']:.4g}\n  " + "\n  ".join(r["plots"]))

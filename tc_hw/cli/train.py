@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, emit
+from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, emit, positive_int
 
 #: task -> methods, the first being the default
 METHODS = {"mnist": ("om", "direct"), "cos": ("ga", "direct"), "generate": ("reverse",)}
@@ -42,11 +42,25 @@ def _train_generative(args):
 
 def cmd_generate(args) -> int:
     from ..train.generative import generate_png
+    from .hardware import _check_input_file, _check_output_file
+
+    _check_input_file(args.params, "--params")
+    _check_output_file(args.png, "--png")
 
     r = generate_png(args.params, args.n, args.png, seed=args.seed, teacher=args.teacher, progress=not args.json)
     emit(args, {k: v for k, v in r.items() if isinstance(v, (int, float, str, list, dict))},
          f"{args.n} samples from {args.params} -> {args.png} (mean heat {r.get('heat_kT', float('nan')):.3g} kT)")
     return EXIT_OK
+
+
+def _parse_digits(text: str) -> list[int]:
+    try:
+        digits = [int(d) for d in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--digits {text!r}: expected digits 0-9 separated by commas, e.g. 0,1,2") from None
+    if not digits or any(not 0 <= d <= 9 for d in digits) or len(set(digits)) != len(digits):
+        raise ValueError(f"--digits {text!r}: expected distinct digits 0-9 separated by commas")
+    return digits
 
 
 def cmd_train(args) -> int:
@@ -55,6 +69,15 @@ def cmd_train(args) -> int:
         print(f"tc-hw train: task {args.task!r} has methods {', '.join(METHODS[args.task])}, not {method!r}")
         return EXIT_BAD_INPUT
     args.method = method
+    from ..files import check_params_target
+    from .hardware import _check_input_file, _check_output_file
+
+    _check_output_file(args.out, "--out")
+    check_params_target(args.out)  # never a calibration record or run log; before any training
+    if args.init is not None:
+        _check_input_file(args.init, "--init")
+    if args.task == "generate":
+        _parse_digits(args.digits)
     run = {"mnist": _train_mnist, "cos": _train_cos, "generate": _train_generative}[args.task]
     _, result = run(args)
     result = {k: v for k, v in result.items() if k != "history"}
@@ -94,11 +117,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--solver", choices=["lstsq", "gd"], default="lstsq",
                    help="om: exact least squares or Adam on the action (default: lstsq)")
     p.add_argument("--init", help="direct: start from this parameter file (e.g. the om result)")
-    p.add_argument("--epochs", type=int, help="direct: passes over the data (mnist) or iterations (cos)")
-    p.add_argument("--generations", type=int, default=300, help="ga: generations (default: 300; 100 barely moves the loss)")
-    p.add_argument("--population", type=int, help="ga: candidates per generation (default: 50)")
-    p.add_argument("--points", type=int, help="ga: inputs z per generation")
-    p.add_argument("--samples", type=int, help="ga: samples per input")
+    p.add_argument("--epochs", type=positive_int, help="direct: passes over the data (mnist) or iterations (cos)")
+    p.add_argument("--generations", type=positive_int, default=300, help="ga: generations (default: 300; 100 barely moves the loss)")
+    p.add_argument("--population", type=positive_int, help="ga: candidates per generation (default: 50)")
+    p.add_argument("--points", type=positive_int, help="ga: inputs z per generation")
+    p.add_argument("--samples", type=positive_int, help="ga: samples per input")
     p.add_argument("--mode", choices=["reset", "serial"], default="reset", help="cos: sampling mode (default: reset)")
     p.add_argument("--digits", default="0,1,2", help="generate: MNIST digits to learn (default: 0,1,2)")
     add_json(p)
@@ -108,7 +131,7 @@ def add_parsers(sub) -> None:
                        description="Evolve the trained computer from thermal noise on the twin and write a grid of samples.",
                        epilog="example: tc-hw generate --params gen.h5 --n 64 --png grid.png")
     p.add_argument("--params", required=True, help="generative parameter file from `tc-hw train --task generate`")
-    p.add_argument("--n", type=int, default=64, help="samples (default: 64)")
+    p.add_argument("--n", type=positive_int, default=64, help="samples (default: 64)")
     p.add_argument("--png", required=True, help="grid image to write")
     p.add_argument("--teacher", help="classifier file to label each tile (default: none)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

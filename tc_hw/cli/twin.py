@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist
-from ._common import EXIT_OK, add_json, emit
+from ._common import EXIT_OK, add_json, emit, positive_float, positive_int
+
+#: most integration steps (time / dt) one evaluation may ask for
+MAX_STEPS = 10**7
 
 
 def cmd_evaluate(args) -> int:
     from ..files import load_params
 
-    params = load_params(args.params, format=args.format)
     if args.task != "mnist":
         raise ValueError(f"unknown task {args.task!r}")
     defaults = MNIST_DEFAULTS
-    result = evaluate_mnist(
-        params,
-        args.samples,
-        args.seed,
-        args.time if args.time is not None else defaults["time"],
-        args.dt if args.dt is not None else defaults["dt"],
-        progress=not args.json,
-    )
+    time_ = args.time if args.time is not None else defaults["time"]
+    dt = args.dt if args.dt is not None else defaults["dt"]
+    steps = time_ / dt
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"--time {time_:.9g} / --dt {dt:.9g} = {steps:.6g} steps; it must be 1..{MAX_STEPS:g}")
+    params = load_params(args.params, format=args.format)
+    result = evaluate_mnist(params, args.samples, args.seed, time_, dt, progress=not args.json)
     emit(
         args,
         result,
@@ -48,9 +49,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--params", required=True, help="parameter file (.h5, .json, or the published .dat)")
     p.add_argument("--format", choices=["hdf5", "json", "thermo_gd"], help="file format (default: from the extension)")
     p.add_argument("--task", default="mnist", choices=["mnist"], help="task to score (default: mnist)")
-    p.add_argument("--samples", type=int, default=1, help="trajectories per input, averaged (default: 1)")
+    p.add_argument("--samples", type=positive_int, default=1, help="trajectories per input, averaged (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same numbers (default: 0)")
-    p.add_argument("--time", type=float, help="observation time in units of 1/mobility (default: 0.2 for mnist)")
-    p.add_argument("--dt", type=float, help="time step (default: 1e-3)")
+    p.add_argument("--time", type=positive_float, help="observation time in units of 1/mobility, > 0 "
+                   "(default: 0.2 for mnist)")
+    p.add_argument("--dt", type=positive_float, help="time step, > 0 and at most --time (default: 1e-3)")
     add_json(p)
     p.set_defaults(func=cmd_evaluate)
