@@ -29,6 +29,12 @@ class UnsafeVoltageError(ValueError):
     """A requested voltage lies outside a channel's safe range; nothing was sent."""
 
 
+def _volts(x) -> str:
+    """A signed voltage with every digit needed to tell it from its neighbours (shortest repr)."""
+    x = float(x)
+    return ("+" if x >= 0 else "") + repr(x)
+
+
 @dataclass(frozen=True)
 class Channel:
     """One DAC channel of the board map (``BOARD:MAP?`` row).
@@ -99,8 +105,8 @@ class ChannelMap:
         bad = np.flatnonzero((v < lo) | (v > hi))
         if len(bad):
             parts = [
-                f"ch {start + i} ({self.channels[start + i].kind}): {float(v[i])!r} V outside "
-                f"[{float(lo[i])!r}, {float(hi[i])!r}] V"
+                f"ch {start + i} ({self.channels[start + i].kind}): {_volts(v[i])} V outside "
+                f"[{_volts(lo[i])}, {_volts(hi[i])}] V"
                 for i in bad[:20]
             ]
             more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
