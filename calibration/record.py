@@ -314,9 +314,10 @@ def _validate(cal: "Calibration", where: str) -> None:
         nums = np.r_[np.ravel(c.coef), np.ravel(c.branch)]
         if not np.all(np.isfinite(nums)) or len(c.coef) == 0:
             raise CalibrationError(f"{name} has non-finite fit coefficients; refused (recalibrate)")
-        if math.isfinite(c.tempco) != math.isfinite(c.t_ref) or math.isinf(c.tempco) or math.isinf(c.t_ref):
-            raise CalibrationError(f"{name}: non-finite temperature coefficient {c.tempco!r} at reference "
-                                   f"{c.t_ref!r} K (both or neither must be known); refused (recalibrate)")
+        # NaN tempco means "not measured" (no correction is applied); anything else must be a number
+        if math.isinf(c.tempco) or (math.isfinite(c.tempco) and not math.isfinite(c.t_ref)):
+            raise CalibrationError(f"{name}: temperature coefficient {c.tempco!r} at reference {c.t_ref!r} K is "
+                                   "not usable (an unmeasured one is NaN); refused (recalibrate)")
         lo, hi = c.value_range(None)
         ch = cal.channel_map[c.channel]
         span, nominal = abs(hi - lo), abs(ch.gain) * (ch.vmax - ch.vmin)

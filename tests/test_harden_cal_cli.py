@@ -35,12 +35,14 @@ def _entry(f):
     (lambda f: f.attrs.__setitem__("format_version", 9), "format_version"),
     (lambda f: _entry(f).attrs.__setitem__("complete", "no"), "no complete"),
     (lambda f: _entry(f)["fits/tempco"].__setitem__(3, np.inf), "temperature coefficient"),
+    (lambda f: (_entry(f)["fits/tempco"].__setitem__(3, 0.01), _entry(f)["fits/t_ref"].__setitem__(3, np.nan)),
+     "temperature coefficient"),
     (lambda f: _entry(f)["fits/coef"].__setitem__((5, 0), np.nan), "not finite"),
     (lambda f: _entry(f)["adc_fit/gain"].__setitem__(0, np.nan), "ADC"),
     (lambda f: _entry(f)["adc_fit/gain"].__setitem__(0, 1e6), "absurd"),
     (lambda f: _entry(f)["fits/coef"].__setitem__(slice(None), _entry(f)["fits/coef"][()] * 1e6), "absurd"),
     (lambda f: _entry(f).__delitem__("fits"), "damaged"),
-], ids=["version-9", "complete-no", "inf-tempco", "nan-coef", "nan-adc-gain", "adc-gain-1e6", "coef-x1e6", "no-fits"])
+], ids=["version-9", "complete-no", "inf-tempco", "tempco-without-reference", "nan-coef", "nan-adc-gain", "adc-gain-1e6", "coef-x1e6", "no-fits"])
 def test_item8_bad_calibration_records_are_refused(cal_path, mutate, match):
     assert calibration.load(cal_path).ok.all()
     with h5py.File(cal_path, "r+") as f:
