@@ -256,3 +256,20 @@ def test_item7_parameter_json_is_not_written_through_a_symlink(tmp_path):
     with pytest.raises(ValueError, match="symlink"):
         save_params(small_params(), tmp_path / "p.json")
     assert victim.read_text() == "keep"
+
+
+def test_item7_ga_checkpoint_has_no_fixed_temporary_name(tmp_path):
+    from tc_hw.train.ga import GeneticAlgorithm
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    ckpt = tmp_path / "run.h5.ga.h5"
+    (tmp_path / "run.h5.ga.h5.tmp").symlink_to(victim)  # the old fixed name, pre-placed
+    ga = GeneticAlgorithm(np.zeros(3), np.ones(3), population=4, elites=2, seed=0)
+    ga.save(ckpt)
+    assert victim.read_text() == "keep me"
+    assert GeneticAlgorithm.load(ckpt).generation == ga.generation
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.h5.ga.h5")]  # no leftovers
+    ckpt.write_bytes(ckpt.read_bytes()[:500])
+    with pytest.raises(ValueError, match="truncated"):
+        GeneticAlgorithm.load(ckpt)

@@ -251,8 +251,18 @@ class GeneticAlgorithm:
         ``meta`` is any JSON-serialisable dict the caller wants back on :meth:`load` (e.g. the
         settings of the evaluation, to refuse resuming with different ones).
         """
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        from ..safeio import refuse_symlink, temporary_beside
+
+        path = refuse_symlink(path, "GA checkpoint")
+        tmp = temporary_beside(path)  # unique and created exclusively: no fixed name to pre-place
+        try:
+            self._write_checkpoint(tmp, meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def _write_checkpoint(self, tmp: Path, meta: dict | None) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = CHECKPOINT_FORMAT
             f.attrs["format_version"] = CHECKPOINT_VERSION
@@ -268,13 +278,13 @@ class GeneticAlgorithm:
             f["population"] = self._population
             for k, v in self.history.items():
                 f[f"history/{k}"] = v
-        os.replace(tmp, path)
-        return path
 
     @classmethod
     def load(cls, path) -> "GeneticAlgorithm":
         """Resume from a checkpoint written by :meth:`save` (the caller's ``meta`` is in ``.meta``)."""
-        with h5py.File(path, "r") as f:
+        from ..safeio import open_hdf5_read
+
+        with open_hdf5_read(path, "GA checkpoint") as f:
             if f.attrs.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"{path}: not a GA checkpoint (format {f.attrs.get('format')!r})")
             if int(f.attrs["format_version"]) > CHECKPOINT_VERSION:
