@@ -1,8 +1,9 @@
 """The ``tc-hw`` command line.
 
 Every subcommand prints a human summary by default and one JSON object with ``--json``.
-Exit codes: 0 success, 2 bad input (arguments, files, parameters), 3 device fault (connection,
-timeout, board error), 1 anything else.  Each module here holds one group of subcommands and
+Exit codes: 0 success, 2 bad input (arguments, files, parameters, a run log another process
+writes), 3 device fault (connection, timeout, board error, a board another process controls);
+anything else is a bug and ends with its traceback (exit 1) - see :func:`exit_code_of`.  Each module here holds one group of subcommands and
 its ``add_parsers(sub)``; the work itself lives in the packages (the CLI only parses and prints).
 """
 
