@@ -273,3 +273,41 @@ def test_item7_ga_checkpoint_has_no_fixed_temporary_name(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:500])
     with pytest.raises(ValueError, match="truncated"):
         GeneticAlgorithm.load(ckpt)
+
+
+@pytest.mark.slow
+def test_item1_cli_resume_of_a_live_refine_is_refused_and_nothing_is_lost(tmp_path, capsys):
+    """The issue's reproduction, end to end: `tc-hw refine` running, a second `--resume`."""
+    from tc_hw.cli import main
+    from tests.test_refine import program as _program_fixture
+
+    params = _program_fixture.__wrapped__(None) if hasattr(_program_fixture, "__wrapped__") else None
+    if params is None:
+        pytest.skip("program fixture not callable here")
+    prog = save_params(params, tmp_path / "cos.h5")
+    log = tmp_path / "tw4.h5"
+    argv = ["refine", "--resource", "twin", "--params", str(prog), "--generations", "25", "--population", "6",
+            "--points", "5", "--samples", "10", "--final-samples", "20", "--log", str(log)]
+    p = subprocess.Popen([sys.executable, "-m", "tc_hw.cli", *argv, "--json"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if read_log(log)["completed_generations"] >= 2:
+                    break
+            except ValueError:
+                pass
+            time.sleep(0.2)
+        assert main([*argv, "--resume"]) == 2
+        assert f"process {p.pid}" in capsys.readouterr().err
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    before = read_log(log)
+    n = before["completed_generations"]
+    assert n >= 2
+    assert main([*argv, "--resume", "--json"]) == 0
+    after = read_log(log)
+    assert after["completed_generations"] == 25  # resumed to the end, the first n kept as they were
+    np.testing.assert_array_equal(after["losses"][:n], before["losses"])
