@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="tc-hw-fuzz-") as tmp:
         os.environ["TC_HW_LOCK_DIR"] = str(Path(tmp) / "locks")
         corpus = fuzzlib.Corpus(Path(tmp) / "corpus")
+        fuzzlib.warm_up_twin()
         tally = fuzzlib.Tally(strict=False)
         while True:
             _round(corpus, tally, rng, per_check)

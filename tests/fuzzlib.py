@@ -388,6 +388,16 @@ def stubbed_work():
             setattr(mod, attr, fn)
 
 
+def warm_up_twin() -> None:
+    """Compile the twin's kernels once, untimed (a first compilation on a busy machine can take
+    minutes and is not a hang of the command being fuzzed)."""
+    from tc_hw.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        for mode in ("reset", "serial"):
+            main(["acquire", "--resource", "twin", "--samples", "2", "--time", "1e-6", "--mode", mode])
+
+
 def check_cli(argv: list, tally: Tally, bound_s: float = 60.0) -> None:
     """``tc_hw.cli.main(argv)`` in-process: exit code in {0, 2, 3}, no traceback, in bounded time."""
     from tc_hw.cli import main

@@ -86,6 +86,7 @@ def test_cli_random_argv(corpus):
     def run(argv):
         fuzzlib.check_cli(argv, tally)
 
+    fuzzlib.warm_up_twin()
     with fuzzlib.stubbed_work():
         run()
     assert tally.cases >= 60
