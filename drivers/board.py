@@ -11,6 +11,20 @@ Safety: every DAC write goes through one choke point, :meth:`TCBoard._send_dac`,
 the requested volts against the channel map (and again after rounding to float32, the format on
 the wire) before any byte is sent.  Nothing is ever clamped.
 
+Capacity (board manual, "Capacity"): :meth:`TCBoard.acquire` reads ``ACQ:CAP?`` once per session
+(a board that does not know it counts as unlimited, logged once) and splits an acquisition into
+runs of at most ``min(ACQ:CAP?, max_samples_per_call)`` readings: over input vectors, and in reset
+mode over samples when one vector alone does not fit.  A run refused at ``INIT`` with ``-221``
+"acquisition too large" (a work limit the board does not publish) is halved and retried; the
+least refused work (vectors x samples x ``ACQ:TIME``/tau) is remembered for the session, so later
+runs are split before they are sent.  Runs are joined in place: the result has the shape
+``(P, M, n)`` and order of one acquisition, every reading taken once.  ``meta["calls"]`` counts the
+runs, ``meta["refused_too_large"]`` the refusals; ``temperature_k`` of a split acquisition is the
+mean of readings before the first and after the last run (``meta["temperature_range_k"]``).
+Seeds: an emulated board draws each ``INIT``'s noise from its board seed and an ``INIT`` counter,
+so a split acquisition is reproducible for the same session history, and statistically (not
+bitwise) equal to an unsplit one.
+
 Robustness: the SCPI session (:mod:`drivers.scpi`) reads the error queue after every command,
 and on a dropped or garbled connection reopens it and calls :meth:`TCBoard._restore`, which
 reads back ``DAC:BLOCK?`` and re-sends the channels that differ from what this driver set,
@@ -152,8 +166,8 @@ class TCBoard:
     reconnect_attempts:
         Attempts at one reconnect (reopen, ``*IDN?``, ``*CLS``, restore) before giving up (default 5).
     max_samples_per_call:
-        Largest ``P * M * n`` fetched by one ``INIT``/``FETC?``; bigger acquisitions are split
-        over input vectors (and, in reset mode, over samples) and joined.
+        Largest ``P * M * n`` fetched by one ``INIT``/``FETC?`` (``ACQ:CAP?`` lowers it); bigger
+        acquisitions are split over input vectors (and, in reset mode, over samples) and joined.
     acq_timeout_floor_s:
         Least time allowed for one acquisition to finish (``*OPC?``); the actual timeout grows
         with the expected duration (physical time plus the board's measured speed).
