@@ -11,6 +11,20 @@ Safety: every DAC write goes through one choke point, :meth:`TCBoard._send_dac`,
 the requested volts against the channel map (and again after rounding to float32, the format on
 the wire) before any byte is sent.  Nothing is ever clamped.
 
+Capacity (board manual, "Capacity"): :meth:`TCBoard.acquire` reads ``ACQ:CAP?`` once per session
+(a board that does not know it counts as unlimited, logged once) and splits an acquisition into
+runs of at most ``min(ACQ:CAP?, max_samples_per_call)`` readings: over input vectors, and in reset
+mode over samples when one vector alone does not fit.  A run refused at ``INIT`` with ``-221``
+"acquisition too large" (a work limit the board does not publish) is halved and retried; the
+least refused work (vectors x samples x ``ACQ:TIME``/tau) is remembered for the session, so later
+runs are split before they are sent.  Runs are joined in place: the result has the shape
+``(P, M, n)`` and order of one acquisition, every reading taken once.  ``meta["calls"]`` counts the
+runs, ``meta["refused_too_large"]`` the refusals; ``temperature_k`` of a split acquisition is the
+mean of readings before the first and after the last run (``meta["temperature_range_k"]``).
+Seeds: an emulated board draws each ``INIT``'s noise from its board seed and an ``INIT`` counter,
+so a split acquisition is reproducible for the same session history, and statistically (not
+bitwise) equal to an unsplit one.
+
 Robustness: the SCPI session (:mod:`drivers.scpi`) reads the error queue after every command,
 and on a dropped or garbled connection reopens it and calls :meth:`TCBoard._restore`, which
 reads back ``DAC:BLOCK?`` and re-sends the channels that differ from what this driver set,
@@ -162,8 +176,8 @@ class TCBoard:
     reconnect_attempts:
         Attempts at one reconnect (reopen, ``*IDN?``, ``*CLS``, restore) before giving up (default 5).
     max_samples_per_call:
-        Largest ``P * M * n`` fetched by one ``INIT``/``FETC?``; bigger acquisitions are split
-        over input vectors (and, in reset mode, over samples) and joined.
+        Largest ``P * M * n`` fetched by one ``INIT``/``FETC?`` (``ACQ:CAP?`` lowers it); bigger
+        acquisitions are split over input vectors (and, in reset mode, over samples) and joined.
     acq_timeout_floor_s:
         Least time allowed for one acquisition to finish (``*OPC?``); the actual timeout grows
         with the expected duration (physical time plus the board's measured speed).
@@ -212,6 +226,9 @@ class TCBoard:
         self._acq: dict[str, str] = {}  # ACQ setting -> value as sent
         self._armed: bool | None = None
         self._sec_per_work: float | None = None  # measured acquisition speed
+        self._capacity: int | None = None  # ACQ:CAP? (readings per INIT), read once per session
+        self._capacity_read = False
+        self._refused_work: float | None = None  # least work (P*M*steps) refused as too large
         try:
             self._identify()
         except BaseException:
@@ -411,17 +428,49 @@ class TCBoard:
         """Seconds to allow a block of ``nbytes`` to arrive (transport throughput, x4 margin)."""
         return max(self.session.timeout, 5.0 + 4.0 * nbytes / self.session.transport.bytes_per_second)
 
-    def _plan(self, p: int, m: int, n: int, mode: str) -> list[tuple[int, int, int, int]]:
-        """Chunks ``(p0, p1, m0, m1)`` covering the acquisition, each within the per-call limit."""
-        lim = self.max_samples_per_call
+    def capacity(self) -> int | None:
+        """``ACQ:CAP?``: the most readings (``P x M x n``) one acquisition may hold, read once per
+        session; ``None`` (unlimited) for a board that does not know the query (logged once)."""
+        if not self._capacity_read:
+            try:
+                cap = self.session.query("ACQ:CAP?", _int)
+            except BoardError as e:
+                log.info("%s does not answer ACQ:CAP? (%s): treating its capacity as unlimited; acquisitions "
+                         "are split at max_samples_per_call=%d and on 'too large' refusals",
+                         self.resource, e, self.max_samples_per_call)
+                cap = None
+            else:
+                if cap < 1:
+                    raise DeviceError(f"ACQ:CAP? answered {cap}; expected a positive number of readings")
+            self._capacity, self._capacity_read = cap, True
+        return self._capacity
+
+    def readings_per_call(self) -> int:
+        """Largest ``P x M x n`` one ``INIT`` may hold: ``max_samples_per_call`` or ``ACQ:CAP?``."""
+        cap = self.capacity()
+        return self.max_samples_per_call if cap is None else min(self.max_samples_per_call, cap)
+
+    def _work(self, p: int, m: int, time_s: float) -> float:
+        """Integration work of one run, in sample-taus: ``p * m * time_s / tau`` (a board's work limit
+        is proportional to it for a given program)."""
+        return p * m * time_s / self.tau_s
+
+    def _plan(self, p: int, m: int, n: int, mode: str, time_s: float = 0.0) -> list[tuple[int, int, int, int]]:
+        """Chunks ``(p0, p1, m0, m1)`` covering the acquisition in order, each within the readings
+        per call (:meth:`readings_per_call`) and below any work a board refused this session."""
+        lim = self.readings_per_call()
+        per_sample = self._work(1, 1, time_s)
+        if self._refused_work is not None:  # the largest count of samples the board may integrate
+            lim = min(lim, max(1, int(self._refused_work / 2 / per_sample)) * n)
         if m * n <= lim:
             pv = max(1, lim // (m * n))
             return [(p0, min(p, p0 + pv), 0, m) for p0 in range(0, p, pv)]
         if mode == "SERIAL":
             raise ValueError(
                 f"a serial acquisition of {m} samples x {n} nodes ({m * n} values per input vector) exceeds "
-                f"max_samples_per_call={lim}; serial runs cannot be split over samples without restarting "
-                "from x = 0: digitise fewer nodes, take fewer samples, or raise max_samples_per_call"
+                f"the {lim} readings one acquisition of this board may hold (ACQ:CAP?, max_samples_per_call, "
+                "or a work limit the board refused); serial runs cannot be split over samples without "
+                "restarting from x = 0: digitise fewer nodes, take fewer samples, or raise max_samples_per_call"
             )
         ms = max(1, lim // n)
         return [(q, q + 1, m0, min(m, m0 + ms)) for q in range(p) for m0 in range(0, m, ms)]
@@ -469,20 +518,22 @@ class TCBoard:
             raise DeviceError("outputs are off: call arm() (or use tc_hw.device.armed(board)) before acquire()")
         inputs = self._inputs
         p, n = inputs.shape[0], len(node_arr)
-        plan = self._plan(p, m, n, mode_u)
+        plan = self._plan(p, m, n, mode_u, time_s)
 
         t0 = time.monotonic()
         temperature = self.temperature()
         codes = np.empty((p, m, n), dtype=np.int16)
         reconnects0 = self.session.reconnects
+        runs = [0, 0]  # INITs carried out, INITs refused as too large
         for p0, p1, m0, m1 in plan:
-            chunk = inputs[p0:p1]
-            if self._board_inputs is None or not np.array_equal(self._board_inputs, chunk):
-                self._send_inputs(chunk)
-            self._set_acq(MODE=mode_u, TIME=repr(time_s), COUNT=str(m1 - m0), NODES=nodes_arg)
-            codes[p0:p1, m0:m1] = self._run_once(p1 - p0, m1 - m0, n, time_s)
-        if len(plan) > 1:
+            self._acquire_part(codes, p0, p1, m0, m1, mode_u, time_s, nodes_arg, runs)
+        if runs[0] > 1:
             self._send_inputs(inputs)  # leave the user's batch on the board
+            t_end = self.temperature()  # a split acquisition spans time: report the mean of its ends
+            temps = (temperature, t_end)
+            temperature = 0.5 * (temperature + t_end)
+        else:
+            temps = (temperature, temperature)
         vpc = self.volts_per_code
         return Acquisition(
             volts=codes.astype(np.float64) * vpc,
@@ -496,11 +547,47 @@ class TCBoard:
             meta={
                 "identity": self.identity,
                 "resource": self.resource,
-                "calls": len(plan),
+                "calls": runs[0],
+                "refused_too_large": runs[1],
+                "temperature_range_k": (min(temps), max(temps)),
                 "wall_s": time.monotonic() - t0,
                 "reconnects": self.session.reconnects - reconnects0,
             },
         )
+
+    def _acquire_part(self, codes: np.ndarray, p0: int, p1: int, m0: int, m1: int, mode: str, time_s: float,
+                      nodes_arg: str, runs: list) -> None:
+        """Fill ``codes[p0:p1, m0:m1]`` with one INIT; on a ``-221`` "too large" refusal, halve the
+        part (input vectors first, then, in reset mode, samples) and acquire the halves in order."""
+        work = self._work(p1 - p0, m1 - m0, time_s)
+        parts = _halves(p0, p1, m0, m1, mode)
+        refusal = None
+        if parts and self._refused_work is not None and work >= self._refused_work:
+            pass  # as large as a part already refused in this session: split without asking
+        else:
+            chunk = self._inputs[p0:p1]
+            if self._board_inputs is None or not np.array_equal(self._board_inputs, chunk):
+                self._send_inputs(chunk)
+            self._set_acq(MODE=mode, TIME=repr(time_s), COUNT=str(m1 - m0), NODES=nodes_arg)
+            try:
+                codes[p0:p1, m0:m1] = self._run_once(p1 - p0, m1 - m0, codes.shape[2], time_s)
+                runs[0] += 1
+                return
+            except BoardError as e:
+                if not _too_large(e):
+                    raise
+                refusal = e
+            runs[1] += 1
+            self._refused_work = work if self._refused_work is None else min(self._refused_work, work)
+        if not parts:
+            what = "one sample of one input vector" if m1 - m0 == 1 else (
+                f"a serial run of {m1 - m0} samples (serial runs cannot be split over samples)")
+            raise DeviceError(f"the board refuses even {what} as too large ({refusal}); shorten ACQ:TIME "
+                              "or digitise fewer nodes") from refusal
+        if refusal is not None:
+            log.info("INIT refused as too large (%d vectors x %d samples): splitting in two", p1 - p0, m1 - m0)
+        for part in parts:
+            self._acquire_part(codes, *part, mode, time_s, nodes_arg, runs)
 
     def _run_once(self, p: int, m: int, n: int, time_s: float, _redo: int = 2) -> np.ndarray:
         """One ``INIT`` -> ``*OPC?`` -> ``FETC?`` cycle; int16 codes of shape ``(p, m, n)``."""
@@ -595,6 +682,23 @@ class TCBoard:
 
     def __repr__(self) -> str:
         return f"TCBoard({self.resource!r}, {getattr(self, 'identity', '?')!r})"
+
+
+def _halves(p0: int, p1: int, m0: int, m1: int, mode: str) -> list[tuple[int, int, int, int]]:
+    """A part ``(p0, p1, m0, m1)`` halved in order: over input vectors, else (reset mode) over
+    samples; ``[]`` when it cannot be split (one vector of one sample, or one serial run)."""
+    if p1 - p0 > 1:
+        mid = (p0 + p1) // 2
+        return [(p0, mid, m0, m1), (mid, p1, m0, m1)]
+    if m1 - m0 > 1 and mode == "RESET":
+        mid = (m0 + m1) // 2
+        return [(p0, p1, m0, mid), (p0, p1, mid, m1)]
+    return []
+
+
+def _too_large(e: BoardError) -> bool:
+    """Whether a board error is the manual's capacity refusal: ``-221`` "acquisition too large"."""
+    return e.code == -221 and "too large" in e.text.lower() and e.command.strip().upper().startswith("INIT")
 
 
 def _status_tuple(s: str) -> tuple[str, int, int]:

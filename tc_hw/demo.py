@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_demo", "DEMO_BOARD", "DemoError", "board_computer", "plan_for_board", "BoardPlan", "embed"]
+__all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
+           "embed", "LEARNED_LOSS", "LOSS_READOUT"]
 
 
 def _demo_board() -> str:
@@ -61,8 +62,31 @@ MAX_INPUT_SCALE = 4.0
 GA_SECONDS = 60.0
 
 
+#: A program whose cos(2 pi z) loss is not below this did not learn its task (a constant output,
+#: the linear plateau, has 1/2): the demo stops with :class:`NotLearnedError` instead of a result.
+LEARNED_LOSS = 0.1
+#: How ``twin_loss``, ``calibrated_upload_loss`` (and ``nominal_upload_loss``) are read out, the same
+#: for all three so that they compare: the trained readout weights, no refit.
+LOSS_READOUT = ("trained readout f (no refit) applied to the mean of 1000 readings per input, "
+                "250 inputs z in [0, 1]; twin and board alike")
+
+
 class DemoError(ValueError):
     """This board cannot run the demo (the message says why)."""
+
+
+class NotLearnedError(DemoError):
+    """The trained program did not learn cos(2 pi z) (its loss is not below :data:`LEARNED_LOSS`).
+
+    ``exit_code``: 2 when it did not learn on the twin (this board's elements cannot hold a
+    working computer: nothing was uploaded), 3 when it learned on the twin but not on the board
+    (a board or calibration fault); ``figures``: the losses measured so far (dict).
+    """
+
+    def __init__(self, message: str, exit_code: int, figures: dict):
+        super().__init__(message)
+        self.exit_code = int(exit_code)
+        self.figures = dict(figures)
 
 
 @contextmanager
@@ -380,10 +404,16 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
                                   node_extent_v=second[4] / second[3], board_loss_fitted_readout=second_score)]
                 if second_score < first_score:
                     plan, params_file, (params, trained, board_prog, lam, extent) = plan2, folder / "cos_rails.h5", second
+            if trained["loss"] >= LEARNED_LOSS:  # weak elements: smaller scales, while the nodes stay off the rails
+                found = _learn_at_smaller_scales(plan, (params, trained, board_prog, lam, extent), base, nodes, cmap,
+                                                 cal, folder, seed, progress, v_safe, trainings)
+                if found is not None:
+                    plan, params_file, (params, trained, board_prog, lam, extent) = found
             timings["train_s"] = time.monotonic() - t
             layers = [len(layer) for layer in params.network.layers]
             bound, a_in, on_board = plan.bound, plan.input_scale, board_prog
             twin_loss = twin_cos_loss(params, seed=seed)
+            _check_twin_learned(twin_loss, plan, lam, extent, folder, trainings, v_safe)
             heat = sample_reset(params, cos_task()[0], 1.0, 200, dt=1e-3, seed=seed, energy=True,
                                 nodes=params.network.outputs).heat_kT
             if on_board is not params:
@@ -407,6 +437,7 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
             cfg = RefineConfig(generations=generations, seed=seed, max_seconds=ga_seconds, input_scale=a_in, **sizes)
             refined = refine(dev, program, cal, folder / "run.h5", cfg, progress=progress)
             timings["refine_s"] = time.monotonic() - t
+            _check_board_learned(twin_loss, nominal_loss, calibrated_loss, refined, folder)
         finally:
             dev.close()
     plots = report(folder / "run.h5")["plots"] + trained.get("plots", [])
@@ -420,6 +451,7 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
                      "input_scale": a_in, "node_extent_v": extent / lam, "safe_v": v_safe,
                      "trainings": trainings},
         "twin_loss": twin_loss,
+        "loss_readout": LOSS_READOUT,
         "nominal_upload_loss": nominal_loss,
         "calibrated_upload_loss": calibrated_loss,
         "start_loss": refined["start_loss"],
@@ -444,6 +476,77 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
     summary["report"] = str(_write_markdown(folder, summary))
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+#: Each further training on a board whose elements are too weak multiplies the scale by this.
+SCALE_STEP = 0.8
+
+
+def _learn_at_smaller_scales(plan, first, base, nodes, cmap, cal, folder, seed, progress, v_safe, trainings):
+    """Train again at smaller coordinate scales (x :data:`SCALE_STEP` each time: larger bounds in
+    program units, readings ``1 / lam^2`` times longer) while the program did not learn and its
+    nodes stay within ``v_safe`` volts on the board.  Every attempt is appended to ``trainings``.
+    Returns ``(plan, params file, training)`` of the first program that learned within the safe
+    node range, or ``None`` (the caller then refuses: :func:`_check_twin_learned`)."""
+    params, trained, board_prog, lam, extent = first
+    trainings.append(_attempt("cos.h5", plan, lam, extent, trained["loss"]))
+    scale, k = plan.scale, 0
+    while trained["loss"] >= LEARNED_LOSS and extent / lam <= v_safe and scale * SCALE_STEP >= 0.02:
+        k, scale = k + 1, scale * SCALE_STEP
+        _say(progress, f"the program did not learn (twin loss {trained['loss']:.3g}, nodes within "
+                       f"{extent / lam:.2f} V): training again at a coordinate scale of {scale:.3f}")
+        plan2 = plan_for_board(base, nodes, cmap, cal, min_scale=scale)
+        out = Path(folder) / f"cos_scale{k}.h5"
+        params, trained, board_prog, lam, extent = _train_for(plan2, base, nodes, cmap, cal, out, seed, progress)
+        trainings.append(_attempt(out.name, plan2, lam, extent, trained["loss"]))
+        if trained["loss"] < LEARNED_LOSS and extent / lam <= v_safe:
+            return plan2, out, (params, trained, board_prog, lam, extent)
+    return None
+
+
+def _attempt(name, plan, lam, extent, loss) -> dict:
+    return dict(file=name, bound=plan.bound, scale=lam, node_extent_v=extent / lam, twin_loss_training=loss,
+                input_scale=plan.input_scale)
+
+
+def _check_twin_learned(twin_loss: float, plan, lam: float, extent: float, folder: Path, trainings=(),
+                        v_safe: float = math.inf) -> None:
+    """Raise :class:`NotLearnedError` (exit 2, nothing uploaded) for a program that did not learn on the twin."""
+    if twin_loss < LEARNED_LOSS:
+        return
+    figures = {"twin_loss": twin_loss, "coordinate_scale": lam, "planned_scale": plan.scale,
+               "training_bound": plan.bound, "input_scale": plan.input_scale, "node_extent_v": extent / lam,
+               "safe_v": v_safe, "trainings": list(trainings)}
+    _write_failure(folder, figures)
+    tried = "; ".join(f"scale {t['scale']:.3f}: loss {t['twin_loss_training']:.3g}, nodes to "
+                      f"{t['node_extent_v']:.2f} V" for t in trainings if "twin_loss_training" in t)
+    raise NotLearnedError(
+        f"the program trained on the twin did not learn cos(2 pi z): its loss is {twin_loss:.4g} (a constant output "
+        f"has 0.5, a learned program less than {LEARNED_LOSS}) with element bounds {_bound_text(plan.bound)} (program "
+        f"units, kT 0.1) at a coordinate scale of {lam:.3f}"
+        + (f" (tried {tried}; safe node range {v_safe:.2f} V)" if tried else "")
+        + ": this board's elements are too weak relative to kT for the demo's computer: the smaller scales that "
+        "give larger bounds put its nodes beyond the safe node range (the rails); nothing was uploaded (figures in "
+        f"{folder / 'failure.json'})", 2, figures)
+
+
+def _check_board_learned(twin_loss, nominal_loss, calibrated_loss, refined: dict, folder: Path) -> None:
+    """Raise :class:`NotLearnedError` (exit 3) when the program learned on the twin but nothing on the
+    board (upload nor refinement) reaches :data:`LEARNED_LOSS`."""
+    if refined["refined_loss"] < LEARNED_LOSS:
+        return
+    figures = {"twin_loss": twin_loss, "nominal_upload_loss": nominal_loss, "calibrated_upload_loss": calibrated_loss,
+               "refined_loss": refined["refined_loss"], "kept": refined["kept"], "loss_readout": LOSS_READOUT}
+    _write_failure(folder, figures)
+    raise NotLearnedError(
+        f"the program learned cos(2 pi z) on the twin (loss {twin_loss:.4g}) but not on the board: through the "
+        f"calibration {calibrated_loss:.4g}, after refinement {refined['refined_loss']:.4g} (a learned program is "
+        f"below {LEARNED_LOSS}); the board does not compute what the calibrated twin predicts: calibrate again "
+        f"(tc-hw calibrate) or check the board (figures in {folder / 'failure.json'})", 3, figures)
+
+
+def _write_failure(folder: Path, figures: dict) -> None:
+    (Path(folder) / "failure.json").write_text(json.dumps(figures, indent=1, default=str))
 
 
 def _safe_volts(dev) -> float:

@@ -143,3 +143,66 @@ def test_demo_on_a_non_default_board_through_resource(tmp_path):
     assert s["technology"] == "JJ" and s["computer"]["nodes"] == 32 and s["calibration"]["failed_count"] == 0
     assert s["refined_loss"] <= s["start_loss"] and s["refined_loss"] < s["calibrated_upload_loss"] < 0.1
     assert s["seconds"]["total_s"] < 600
+
+
+def test_a_program_that_did_not_learn_is_an_error_not_a_result(tmp_path):
+    from tc_hw.demo import LEARNED_LOSS, BoardPlan, NotLearnedError, _check_board_learned, _check_twin_learned
+
+    plan = BoardPlan({"bias": 0.43, "coupling": 1.3, "crossbar": 1.7}, 0.3, np.ones(32), np.ones(32), [], 4.0)
+    _check_twin_learned(0.03, plan, 0.39, 0.7, tmp_path)  # learned: nothing happens
+    with pytest.raises(NotLearnedError, match=r"did not learn cos.*loss is 0\.5023.*bias 0\.43.*nothing was uploaded") as e:
+        _check_twin_learned(0.5023, plan, 0.39, 0.7, tmp_path)  # the linear plateau
+    assert e.value.exit_code == 2 and e.value.figures["twin_loss"] == 0.5023
+    assert json.loads((tmp_path / "failure.json").read_text())["coordinate_scale"] == 0.39
+    with pytest.raises(NotLearnedError, match=r"on the twin \(loss 0\.03\) but not on the board.*0\.45.*0\.3") as e:
+        _check_board_learned(0.03, 0.5, 0.45, {"refined_loss": 0.3, "kept": "ga"}, tmp_path)
+    assert e.value.exit_code == 3
+    _check_board_learned(0.03, 0.5, 0.45, {"refined_loss": LEARNED_LOSS * 0.9, "kept": "ga"}, tmp_path)
+
+
+def test_cli_demo_exits_nonzero_with_the_message_when_nothing_was_learned(monkeypatch, capsys):
+    from tc_hw import demo
+    from tc_hw.cli import main
+
+    def plateau(*a, **k):
+        raise demo.NotLearnedError("the program trained on the twin did not learn cos(2 pi z): its loss is 0.502", 2,
+                                   {"twin_loss": 0.502})
+
+    monkeypatch.setattr(demo, "run_demo", plateau)
+    assert main(["demo", "--resource", "TCPIP0::127.0.0.1::5025::SOCKET", "--json"]) == 2
+    out, err = capsys.readouterr()
+    s = json.loads(out)
+    assert s["exit_code"] == 2 and s["twin_loss"] == 0.502 and "did not learn" in s["error"] and "did not learn" in err
+    assert "refined_loss" not in s
+
+
+@pytest.mark.parametrize("extent_at_unit_scale, learned_at", [(0.3, True), (0.5, None)])
+def test_weak_boards_train_at_smaller_scales_until_the_rails(monkeypatch, tmp_path, extent_at_unit_scale, learned_at):
+    """A program that did not learn is trained again at smaller coordinate scales (x 0.8 each) while its nodes
+    stay within the safe range; it learns below scale 0.15 here, and its nodes reach extent / scale volts."""
+    from tc_hw import demo
+
+    cmap = channel_map(PRESETS["default"])
+    base, nodes = board_computer(cmap)
+    monkeypatch.setattr(demo, "plan_for_board", lambda *a, min_scale=0.3, **k: demo.BoardPlan(
+        1.0, min_scale, np.ones(32), np.ones(32), [], 1.0))
+
+    def train(plan, *a):  # a stand-in for the twin training: learns only at small scales
+        loss = 0.05 if plan.scale < 0.15 else 0.5
+        return "params", {"loss": loss}, "program", plan.scale, extent_at_unit_scale
+
+    monkeypatch.setattr(demo, "_train_for", train)
+    plan0 = demo.BoardPlan(1.0, 0.3, np.ones(32), np.ones(32), [], 1.0)
+    trainings = []
+    found = demo._learn_at_smaller_scales(plan0, train(plan0), base, nodes, cmap, None, tmp_path, 0, False, 2.7,
+                                          trainings)
+    scales = [t["scale"] for t in trainings]
+    assert scales[0] == 0.3 and np.allclose(np.diff(np.log(scales)), np.log(0.8))
+    if learned_at is None:  # nodes beyond 2.7 V before it learns: nothing found, the caller refuses
+        assert found is None and trainings[-1]["node_extent_v"] > 2.7 and trainings[-1]["twin_loss_training"] == 0.5
+        with pytest.raises(demo.NotLearnedError, match=r"tried scale 0\.300: loss 0\.5.*beyond the safe node range"):
+            demo._check_twin_learned(0.5, plan0, 0.3, 0.5, tmp_path, trainings, 2.7)
+    else:
+        plan, out, trained = found
+        assert plan.scale == pytest.approx(0.3 * 0.8 ** 4) and plan.scale < 0.15 and trained[1]["loss"] < 0.1
+        assert out.name == "cos_scale4.h5" and trainings[-1]["node_extent_v"] <= 2.7

@@ -16,6 +16,8 @@ Board file schema (every key optional; defaults are those of :data:`DEFAULT_BOAR
     rail_v = 3.0                  # hidden node rails, |x| <= rail_v volts
     adc_range_v = 4.0             # ADC full scale (ACQ:RANGE?), volts
     temperature_k = 300.0         # mean board temperature = tempco reference, kelvin
+    capacity_readings = 134217728 # ACQ:CAP?: most readings (P x M x digitized nodes) per INIT
+    work_limit_element_steps = 4e9  # most P x M x steps x channels per INIT (default: unlimited)
 
     [topology]                    # exactly one of the three forms
     layered = { width = 8, depth = 4, inputs = 1 }          # tc_hw.network.layered
@@ -276,6 +278,10 @@ class BoardDescription:
     model: str = "TC-RLC32-EMU"
     serial: str = "EMU0001"
     firmware: str = "emu-1.0"
+    #: ACQ:CAP?: the most readings (P x M x digitized nodes) one acquisition may hold
+    capacity_readings: int = 2**27
+    #: most integration work of one acquisition, P x M x steps x channels (None: unlimited)
+    work_limit_element_steps: float | None = None
 
     def layout(self) -> Layout:
         return Layout.build(self.network, self.kinds)
@@ -284,7 +290,8 @@ class BoardDescription:
 # ----------------------------------------------------------------------------- parsing
 _TOP_KEYS = {
     "name", "model", "serial", "firmware", "technology", "seed", "tau_s", "rail_v", "adc_range_v",
-    "temperature_k", "topology", "channels", "nonideal", "faults",
+    "temperature_k", "topology", "channels", "nonideal", "faults", "capacity_readings",
+    "work_limit_element_steps",
 }
 
 
@@ -422,7 +429,21 @@ def parse_board(text: str, source: str = "<board>") -> BoardDescription:
         model=doc.get("model", f"TC-{tech}{network.n_nodes}-EMU"),
         serial=doc.get("serial", "EMU0001"),
         firmware=doc.get("firmware", "emu-1.0"),
+        **_capacity(doc, where),
     )
+
+
+def _capacity(doc: dict, where: str) -> dict:
+    """``capacity_readings`` (a positive integer) and ``work_limit_element_steps`` (> 0) if given."""
+    out = {}
+    if "capacity_readings" in doc:
+        cap = _num(doc, "capacity_readings", None, where, integer=True)
+        if cap < 1:
+            raise BoardFileError(f"{where}capacity_readings must be a positive integer, got {cap}")
+        out["capacity_readings"] = cap
+    if "work_limit_element_steps" in doc:
+        out["work_limit_element_steps"] = _num(doc, "work_limit_element_steps", None, where, positive=True)
+    return out
 
 
 def load_board(path) -> BoardDescription:

@@ -24,7 +24,10 @@ gives the seconds the emulator has spent computing acquisitions since it started
 split its wall time into board compute and everything else.
 
 Limits: ``ACQ:TIME`` must lie in (0, 1e5 tau]; ``ACQ:COUNT`` in 1..10^7; an acquisition may hold
-at most 2^28 codes (otherwise ``INIT`` gives -200).
+at most 2^28 codes (otherwise ``INIT`` gives -200).  Capacity (the manual's rule): ``ACQ:CAP?``
+answers the board's ``capacity_readings``; ``INIT`` is refused with ``-221`` "acquisition too
+large: ... exceeds ..." when ``P*M*n_digitized`` exceeds it, or when ``P*M*n_steps*n_channels``
+(element-steps) exceeds the board's ``work_limit_element_steps`` (hidden; unlimited by default).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import time
 
 import numpy as np
 
-from .acquire import Request, Worker
+from .acquire import Request, Worker, time_step
 from .board import Board, quantize
 from .scpi import (
     Command,
@@ -181,6 +184,7 @@ class Instrument:
             ("ACQuire:NODES", self._acq_nodes),
             ("ACQuire:NODES?", self._acq_nodes_q),
             ("ACQuire:RANGE?", self._acq_range_q),
+            ("ACQuire:CAPacity?", self._acq_cap_q),
             ("ACQuire:STATus?", self._acq_stat_q),
             ("INITiate[:IMMediate]", self._init),
             ("ABORt", self._abort),
@@ -423,6 +427,30 @@ class Instrument:
         expect_args(args, 0)
         return _fmt(self.desc.adc_range_v)
 
+    def _acq_cap_q(self, args):
+        expect_args(args, 0)
+        return str(int(self.desc.capacity_readings)).encode()
+
+    def _check_capacity(self, p: int, m: int, n_digitized: int) -> None:
+        """-221 "acquisition too large" when ``P*M*n_digitized`` exceeds ``ACQ:CAP?``, or the
+        integration work ``P*M*n_steps*n_channels`` (element-steps; ``n_steps`` = ACQ:TIME over
+        the emulator's step, see :func:`~sim_backend.emulator.acquire.time_step`) exceeds the
+        board's hidden work limit.  CAL:REF acquisitions integrate nothing and have no work."""
+        readings = p * m * n_digitized
+        cap = int(self.desc.capacity_readings)
+        if readings > cap:
+            raise ScpiError(-221, f"acquisition too large: {readings} readings (P {p} x M {m} x {n_digitized} "
+                                  f"nodes) exceeds the capacity {cap} (ACQ:CAP?)")
+        limit = self.desc.work_limit_element_steps
+        if limit is None or self._cal_ref is not None:
+            return
+        t_tau = self._time_s / self.desc.tau_s
+        n_steps = max(1, round(t_tau / time_step(t_tau)))
+        work = float(p) * m * n_steps * self.board.n_channels
+        if work > limit:
+            raise ScpiError(-221, f"acquisition too large: {work:.3g} element-steps (P {p} x M {m} x {n_steps} "
+                                  f"steps x {self.board.n_channels} channels) exceeds {limit:.3g}")
+
     def _acq_stat_q(self, args):
         expect_args(args, 0)
         return self._state.encode()
@@ -457,6 +485,7 @@ class Instrument:
             raise ScpiError(-200, "no input batch (send INP:BLOCK)")
         n = self.board.network.n_nodes
         nodes = np.arange(n) if self._nodes is None else self._nodes.copy()
+        self._check_capacity(len(self._inputs), self._count, len(nodes))
         size = len(self._inputs) * self._count * len(nodes)
         if size > MAX_CODES:
             raise ScpiError(-200, f"acquisition of {size} codes exceeds {MAX_CODES}")

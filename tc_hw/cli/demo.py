@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from ._common import EXIT_DEVICE, EXIT_OK, RESOURCE_HELP, add_json, emit
@@ -14,7 +15,7 @@ def _f(v) -> str:
 def cmd_demo(args) -> int:
     from calibration.mapping import UploadError
 
-    from ..demo import run_demo
+    from ..demo import NotLearnedError, run_demo
 
     try:
         s = run_demo(args.out, args.resource, seed=args.seed, generations=args.generations, progress=not args.json,
@@ -22,6 +23,11 @@ def cmd_demo(args) -> int:
     except UploadError as e:  # the board did not apply what was sent
         print(f"tc-hw: device fault: {e}", file=sys.stderr)
         return EXIT_DEVICE
+    except NotLearnedError as e:  # never a result: an error with its figures
+        print(f"tc-hw: error: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(e), "exit_code": e.exit_code, **e.figures}, default=str))
+        return e.exit_code
     emit(args, s,
          f"tc-hw demo on {s['board']}:\n"
          f"  cos(2 pi z) loss: twin {_f(s['twin_loss'])} | nominal upload {_f(s['nominal_upload_loss'])} | "
@@ -45,6 +51,11 @@ def add_parsers(sub) -> None:
             "With --resource the same runs on any board that follows the board manual and has at least "
             "32 nodes and an input line: the computer (up to 8 x 4 nodes) is laid out on the board's own "
             "coupling graph and its elements bounded to what the calibrated channels reach. "
+            "A program that did not learn (cos loss not below 0.1; a constant output has 0.5) is an error, "
+            "never a result: exit 2 when it did not learn on the twin (the board's elements are too weak "
+            "for the computer; nothing uploaded), 3 when it learned on the twin but not on the board. "
+            "twin_loss, nominal_upload_loss and calibrated_upload_loss use the same readout (the trained "
+            "weights, no refit; 250 inputs x 1000 readings). "
             "Exit codes: 0 done, 2 a board that cannot run the demo (or bad arguments), 3 device fault."
         ),
         epilog="example: tc-hw demo --out tc-hw-demo --json",
