@@ -12,6 +12,7 @@ HDF5 layout (``format = "tc-hw/params"``, ``format_version = 1``)::
     /params/<kind>         float64, kind in quadratic, cubic, quartic, bias, coupling, crossbar
     /params/readout        float64 (n_features, n_out), optional
     /provenance            attrs: free-form strings (who made it, how)
+    /entry/provenance      NXcollection: the standard provenance block (tc_hw.provenance)
 
 A result file of training may hold other groups beside these; :func:`load_params` reads only
 these.  JSON holds the same keys as one object.
@@ -27,6 +28,7 @@ import numpy as np
 
 from .network import Network
 from .params import ELEMENT_KINDS, Params, ParamsError
+from . import provenance as _tc_provenance
 
 __all__ = ["save_params", "load_params", "FORMAT", "CONVENTION"]
 
@@ -85,6 +87,14 @@ def write_params_group(f: h5py.Group, params: Params, provenance: dict | None = 
     prov = f.create_group("provenance")
     for k, v in (provenance or {}).items():
         prov.attrs[k] = str(v)
+    _tc_provenance.write(_nexus_entry(f), params=params, writer="params")
+
+
+def _nexus_entry(f: h5py.Group) -> h5py.Group:
+    """The file's ``/entry`` (NXentry) that holds the provenance block (``tc_hw.provenance``)."""
+    e = f.require_group("entry")
+    e.attrs["NX_class"] = "NXentry"
+    return e
 
 
 def _to_dict(params: Params, provenance: dict | None) -> dict:
@@ -106,6 +116,7 @@ def _to_dict(params: Params, provenance: dict | None) -> dict:
         },
         "params": {k: getattr(params, k).tolist() for k in ELEMENT_KINDS},
         "provenance": {k: str(v) for k, v in (provenance or {}).items()},
+        "tc_hw_provenance": _tc_provenance.collect(params=params, writer="params"),
     }
     if params.readout is not None:
         d["params"]["readout"] = params.readout.tolist()
