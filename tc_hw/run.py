@@ -165,7 +165,7 @@ def check_run(*, samples: int, time_s: float | None, mode: str, batch: int | Non
     if not out.parent.is_dir():
         raise RunError(f"--out {out}: folder {out.parent} does not exist")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: choose another --out, or --overwrite to replace it")
+        raise RunError(f"{out} exists: choose another --out, or --overwrite to replace it")
     return out
 
 
@@ -379,3 +379,37 @@ def read_run(path) -> dict:
                "requested_volts": ins["requested_volts"][()], "temperature_k": ins["temperature_k"][()],
                "figures": dict(e["figures"].attrs) if "figures" in e else {}}
         return out
+
+
+def save_acquisition(out, device, acq, requested_volts, *, overwrite: bool = False, resource: str = "",
+                     cal=None) -> Path:
+    """Write one :class:`~tc_hw.device.Acquisition` (channels set by hand, ``tc-hw acquire``) as a
+    run file (same layout as :func:`run_program`'s; the outputs are the node means, no readout).
+
+    Without a calibration ``node_units`` are the volts as read (an ideal ADC assumed)."""
+    out = check_run(samples=acq.volts.shape[1], time_s=acq.time_s, mode=acq.mode, batch=None, out=out,
+                    overwrite=overwrite)
+    volts = np.asarray(acq.volts, np.float64)
+    p, m, n = volts.shape
+    inputs = np.asarray(acq.inputs, np.float64).reshape(p, -1)
+    instrument = {"identity": device.identity, "technology": device.technology, "resource": resource,
+                  "calibration_entry": str(getattr(cal, "entry", "") if cal is not None else "none (ideal ADC)"),
+                  "n_channels": len(device.channel_map)}
+    attrs = {"mode": acq.mode, "time_s": float(acq.time_s), "samples": m, "batch": p, "task": "", "scale": 1.0,
+             "input_scale": 1.0}
+    known = dict(device=device, cal=cal, resource=resource)
+    f = _create(out, p=p, m=m, nodes=np.asarray(acq.nodes), n_features=n, inputs=inputs, board_inputs=inputs,
+                n_acq=1, attrs=attrs, instrument=instrument, overwrite=overwrite, known=known)
+    try:
+        ins = f["entry/instrument"]
+        ins["requested_volts"][:] = np.asarray(requested_volts, np.float64)
+        ins["channel_volts"][:] = np.asarray(device.get_channels(0, len(device.channel_map)), np.float64)
+        ins["temperature_k"][0] = acq.temperature_k
+        ins["acquisition_s"][0] = float(acq.meta.get("wall_s", np.nan))
+        x = volts if cal is None else cal.adc.correct(volts, acq.nodes)
+        sem = x.std(axis=1, ddof=1) / np.sqrt(m) if m > 1 else np.full((p, n), np.nan)
+        _write_rows(f, 0, p, 0, volts, x, x.mean(axis=1), sem)
+    finally:
+        f.close()
+    _finish(out, {})
+    return out
