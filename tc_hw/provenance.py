@@ -73,6 +73,11 @@ def _feed(h, name: str, value) -> None:
         h.update(b"s" + len(b).to_bytes(8, "little") + b)
         return
     a = np.asarray(value)
+    if a.dtype.kind in "OSU":  # strings (HDF5 variable-length ones read as objects): their text, not pointers
+        items = [x.decode() if isinstance(x, bytes) else str(x) for x in a.ravel().tolist()]
+        b = json.dumps([list(a.shape), items]).encode()
+        h.update(b"t" + len(b).to_bytes(8, "little") + b)
+        return
     if a.dtype.kind in "iub":
         a = a.astype("<i8")
     elif a.dtype.kind == "f":
