@@ -270,3 +270,26 @@ def test_nexus_readers_plot_the_intended_data(files, tmp_path):
     assert np.allclose(data.nxsignal.nxvalue, [1.0, 0.5])
     block = provenance.read(log)["blocks"]["/entry/provenance"]
     assert block["board_identity"] == "TEST,1" and block["writer"] == "run-log"
+
+
+def test_report_reads_every_kind_of_tc_hw_file(files, tmp_path):
+    from tc_hw.runlog import RunLog
+
+    dev = TwinDevice()
+    entry = _write_entry(tmp_path / "cal.h5", dev, 1.0)
+    log = tmp_path / "log.h5"
+    with RunLog.create(log, {"task": "cos"}, population=2, n_params=1, elites=1, instrument={"identity": "X"}) as rl:
+        rl.append(0, {"population": np.zeros((2, 1)), "losses": [1.0, 2.0], "elite_losses": [1.0], "best_loss": 1.0,
+                      "best": [0.0], "temperature_k": [300, 300], "wall_s": 1.0, "retries": 0, "paused_s": 0.0})
+    cases = {files / "cos.h5": ("params", "/entry/provenance"),
+             tmp_path / "cal.h5": ("calibration", f"/entries/{entry}/provenance"),
+             log: ("run-log", "/entry/provenance")}
+    for path, (kind, where) in cases.items():
+        out = tc_hw("report", str(path), "--folder", str(tmp_path), "--json")
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)
+        assert r["kind"] == kind and r["provenance"][where]["tc_hw_version"], r
+    assert r["generations"] == 1 and len(r["plots"]) == 3  # a run log still gets its plots
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    out = tc_hw("report", str(tmp_path / "junk.h5"))
+    assert out.returncode == 2 and "not a readable HDF5" in out.stderr
