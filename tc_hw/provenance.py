@@ -50,7 +50,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-__all__ = ["SCHEMA", "note", "noted", "collect", "write", "read", "find", "program_sha256", "calibration_sha256",
+__all__ = ["SCHEMA", "begin", "note", "noted", "collect", "write", "read", "find", "program_sha256", "calibration_sha256",
            "source_commit", "set_nexus_default", "FIELDS"]
 
 SCHEMA = "tc-hw/provenance"
@@ -186,6 +186,12 @@ def note(**values) -> None:
     ``device``, ``cal`` (a loaded calibration, or ``"nominal"``), ``params`` (the program as
     uploaded), ``program_path``, ``seeds`` (dict), ``writer``."""
     _CONTEXT.set({**_CONTEXT.get(), **values})
+
+
+def begin(**values) -> None:
+    """Start a new command: forget what earlier commands noted in this context, then :func:`note`."""
+    _CONTEXT.set({})
+    note(**values)
 
 
 def noted() -> dict:

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["emulate"]:  # everything after `emulate` belongs to the emulator
         return board.cmd_emulate(argparse.Namespace(emulator_args=argv[1:]))
     args = parser.parse_args(argv)
-    provenance.note(argv=argv, args=args)  # every file this command writes records it
+    provenance.begin(argv=argv, args=args)  # every file this command writes records it
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT

@@ -95,8 +95,9 @@ def cmd_report(args) -> int:
         run = read_run(args.file)
         r.update(complete=run["complete"], completed_inputs=run["completed_inputs"],
                  figures={k: provenance._attr(v) for k, v in run["figures"].items()})
-        lines.append(f"{'complete' if run['complete'] else 'INCOMPLETE'} run: {run['completed_inputs']} inputs, "
-                     + ", ".join(f"{k} {v:.4g}" for k, v in r["figures"].items() if isinstance(v, float)))
+        figs = [f"{k} {v:.4g}" for k, v in r["figures"].items() if isinstance(v, float)]
+        lines.append(f"{'complete' if run['complete'] else 'INCOMPLETE'} run: {run['completed_inputs']} inputs"
+                     + "".join(f", {x}" for x in figs))
     if not prov["blocks"]:
         lines.append("  no provenance block (written before tc-hw recorded provenance)")
     for where, block in prov["blocks"].items():
