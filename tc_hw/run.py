@@ -343,8 +343,9 @@ def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "
     if task is not None:
         score = task.score(params, node_units[:, :, pos])
         result.update(score)
-        if twin:
-            result.update({f"twin_{k}": v for k, v in task.twin_score(params, m, seed).items()})
+        if twin:  # the program as the board ran it: its input lines carried input_scale x inputs
+            as_run = params if input_scale == 1 else params.copy(crossbar=params.crossbar * input_scale)
+            result.update({f"twin_{k}": v for k, v in task.twin_score(as_run, m, seed).items()})
     result["output_mean_first"] = [float(v) for v in np.ravel(means)[:8]]
     result["seconds"] = time.monotonic() - t0
     figures.update({k: v for k, v in result.items() if k in ("loss", "twin_loss", "top1", "top2", "twin_top1",

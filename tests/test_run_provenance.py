@@ -230,6 +230,9 @@ def test_run_on_an_emulated_board_through_a_calibration(files, emulator):  # noq
         entry = _write_entry(files / "cal.h5", dev, 1.0)
     finally:
         dev.close()
+    out = tc_hw("run", "--resource", emulator.tcp, "--params", "cos.h5", "--task", "cos", "--samples", "10",
+                "--out", "nocal.h5", cwd=files)
+    assert out.returncode == 2 and "needs --cal" in out.stderr and not (files / "nocal.h5").exists()
     out = tc_hw("run", "--resource", emulator.tcp, "--params", "cos.h5", "--cal", "cal.h5", "--task", "cos",
                 "--points", "20", "--samples", "100", "--out", "board.h5", "--json", cwd=files)
     assert out.returncode == 0, out.stderr

@@ -38,8 +38,10 @@ def cmd_run(args) -> int:
     from ..run import run_program
     from ..station import resolve
 
+    resource, station = resolve(args.resource)
+    if args.cal is None and station.get("calibration"):
+        args.cal = station["calibration"]  # the station file's calibration of this board
     params, cal, task, inputs = _validated(args)
-    resource = resolve(args.resource)[0]
     if cal is None and backend_for(resource) != "twin" and args.cal != "nominal":
         raise ValueError("a board needs --cal (a calibration record; or --cal nominal for nominal gains, "
                          "which is rarely what you want)")
@@ -135,8 +137,8 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--resource", required=True, help=RESOURCE_HELP)
     p.add_argument("--params", required=True, help="the program: a parameter file (.h5 or .json)")
-    p.add_argument("--cal", help="calibration record (.h5); needed for a board ('nominal': nominal gains); "
-                   "the twin uses nominal gains")
+    p.add_argument("--cal", help="calibration record (.h5); needed for a board unless the station file names one "
+                   "('nominal': nominal gains); the twin uses nominal gains")
     src = p.add_argument_group("inputs (exactly one)")
     src.add_argument("--task", help="built-in task whose inputs to run and whose score to report: cos")
     src.add_argument("--inputs", help="inputs file: .npy array or HDF5 dataset 'inputs', shape (P, k) with k the "
