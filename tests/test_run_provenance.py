@@ -296,3 +296,24 @@ def test_report_reads_every_kind_of_tc_hw_file(files, tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     out = tc_hw("report", str(tmp_path / "junk.h5"))
     assert out.returncode == 2 and "not a readable HDF5" in out.stderr
+
+
+def test_run_loss_agrees_with_the_refinement_measurement(tmp_path):
+    """`run_program` against `tc_hw.refine.measure_cos_loss` (another code path: refinement's
+    problem) on the twin, independent noise: the losses differ by noise only.  sigma is the
+    delta-method spread of one estimate from the stored standard errors; 5 x sqrt(2) sigma leaves a
+    false alarm below 1e-6.  (On the demo board, 250 x 1000 readings, the two agreed to 1.4e-4
+    with sigma = 7e-5.)"""
+    import calibration
+    from tc_hw.refine import measure_cos_loss
+    from tc_hw.run import CosTask, run_program
+
+    dev, p, task = TwinDevice(), _program(), CosTask(25)
+    cal = calibration.nominal(dev.channel_map)
+    ref = measure_cos_loss(dev, p, cal, points=25, samples=400, seed=11)
+    r = run_program(dev, p, cal, task.inputs, tmp_path / "x.h5", samples=400, task=task, seed=5, twin=False)
+    run = read_run(tmp_path / "x.h5")
+    resid = run["mean"] - np.cos(2 * np.pi * run["inputs"][:, 0])
+    sigma = np.sqrt(np.sum(4 * resid**2 * run["mean_errors"] ** 2)) / len(resid)
+    assert abs(r["loss"] - ref) < 5 * np.sqrt(2) * sigma, (r["loss"], ref, sigma)
+    assert sigma < 0.01  # the check has teeth: the loss is about 0.5
