@@ -4,7 +4,7 @@ The block is an HDF5 group named ``provenance`` (``NX_class = "NXcollection"``, 
 "tc-hw/provenance"``, ``schema_version = 1``) whose **attributes** say who wrote the file, how,
 and from what.  Where it sits:
 
-* parameter files and run files, run logs: ``/entry/provenance``;
+* parameter files, run files, run logs, GA checkpoints, teacher files: ``/entry/provenance``;
 * calibration records: ``/entries/<entry>/provenance`` (one per calibration entry: the file is
   appended to by several commands over time).
 
@@ -38,6 +38,7 @@ writer then calls :func:`write` on the group it creates, adding what it knows lo
 from __future__ import annotations
 
 import contextvars
+import functools
 import datetime as _dt
 import hashlib
 import json
@@ -51,7 +52,7 @@ import h5py
 import numpy as np
 
 __all__ = ["SCHEMA", "begin", "note", "noted", "collect", "write", "read", "find", "program_sha256", "calibration_sha256",
-           "source_commit", "set_nexus_default", "FIELDS"]
+           "source_commit", "set_nexus_default", "write_entry", "FIELDS"]
 
 SCHEMA = "tc-hw/provenance"
 SCHEMA_VERSION = 1
@@ -144,6 +145,7 @@ def calibration_sha256(path, entry: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ sources
+@functools.lru_cache(maxsize=1)
 def source_commit() -> tuple[str, bool | None]:
     """``(commit, dirty)`` of the git checkout holding this package; ``("", None)`` without one.
 
@@ -255,6 +257,14 @@ def write(parent: h5py.Group, **values) -> h5py.Group:
     return g
 
 
+def write_entry(f: h5py.File, **values) -> h5py.Group:
+    """The provenance block at ``/entry/provenance`` of a file without another NeXus entry
+    (``/entry`` is created as an NXentry if missing)."""
+    e = f.require_group("entry")
+    e.attrs["NX_class"] = "NXentry"
+    return write(e, **values)
+
+
 def set_nexus_default(f: h5py.File, entry: str, data: str) -> None:
     """NeXus ``default`` chain: the file's default entry and that entry's default NXdata group."""
     f.attrs["default"] = entry
@@ -292,12 +302,11 @@ def find(f: h5py.File) -> dict:
 
 
 def kind_of(f: h5py.File) -> str:
-    """What a tc-hw file is: ``params``, ``calibration``, ``run-log``, ``run`` or ``unknown``."""
-    fmt = _attr(f.attrs.get("format", ""))
-    if fmt == "tc-hw/params":
-        return "params"
-    if fmt == "tc-hw/calibration":
-        return "calibration"
+    """What a tc-hw file is: ``params``, ``calibration``, ``run-log``, ``run``, ``ga-checkpoint``,
+    ... (the ``format`` attribute without its ``tc-hw/``), or ``unknown``."""
+    fmt = str(_attr(f.attrs.get("format", "")))
+    if fmt.startswith("tc-hw/"):
+        return fmt[len("tc-hw/"):]
     e = f.get("entry")
     efmt = _attr(e.attrs.get("format", "")) if isinstance(e, h5py.Group) else ""
     return {"tc-hw/run-log": "run-log", "tc-hw/run": "run"}.get(efmt, "unknown")

@@ -90,8 +90,12 @@ def test_calibration_hash_is_of_the_entry_content(tmp_path):
 
 def test_source_commit_never_fails_without_git(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert provenance.source_commit() == ("", None)
-    assert provenance.collect()["source_commit"] == ""
+    provenance.source_commit.cache_clear()  # looked up once per process
+    try:
+        assert provenance.source_commit() == ("", None)
+        assert provenance.collect()["source_commit"] == ""
+    finally:
+        provenance.source_commit.cache_clear()
 
 
 # ------------------------------------------------------------------------------------ tc-hw run
