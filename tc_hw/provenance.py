@@ -319,6 +319,8 @@ def read(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no file at {path}")
+    if path.suffix.lower() == ".json":
+        return _read_json(path)
     try:
         f = h5py.File(path, "r", libver="latest", swmr=True)
     except OSError:
@@ -328,3 +330,21 @@ def read(path) -> dict:
             raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
     with f:
         return {"file": str(path), "kind": kind_of(f), "blocks": find(f)}
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON parameter file's block (key ``tc_hw_provenance``)."""
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    fmt = str(d.get("format", "")) if isinstance(d, dict) else ""
+    block = d.get("tc_hw_provenance") if isinstance(d, dict) else None
+    for k in ("arguments", "seeds"):
+        if isinstance(block, dict) and isinstance(block.get(k), str) and block[k]:
+            try:
+                block[k] = json.loads(block[k])
+            except json.JSONDecodeError:
+                pass
+    return {"file": str(path), "kind": fmt[len("tc-hw/"):] if fmt.startswith("tc-hw/") else "unknown",
+            "blocks": {"tc_hw_provenance": block} if isinstance(block, dict) else {}}

@@ -348,8 +348,8 @@ def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "
             result.update({f"twin_{k}": v for k, v in task.twin_score(as_run, m, seed).items()})
     result["output_mean_first"] = [float(v) for v in np.ravel(means)[:8]]
     result["seconds"] = time.monotonic() - t0
-    figures.update({k: v for k, v in result.items() if k in ("loss", "twin_loss", "top1", "top2", "twin_top1",
-                                                                "twin_top2", "seconds")})
+    figures.update({k: v for k, v in result.items() if v is not None and k in (
+        "loss", "twin_loss", "top1", "top2", "twin_top1", "twin_top2", "seconds")})
     _finish(out, figures)
     return result
 

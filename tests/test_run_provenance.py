@@ -70,6 +70,7 @@ def test_program_hash_is_format_independent_and_sensitive(tmp_path):
         block = f["entry/provenance"].attrs
         assert block["program_sha256"] == h and block["schema"] == provenance.SCHEMA
     assert json.loads((tmp_path / "p.json").read_text())["tc_hw_provenance"]["program_sha256"] == h
+    assert provenance.read(tmp_path / "p.json")["blocks"]["tc_hw_provenance"]["program_sha256"] == h
 
 
 def test_calibration_hash_is_of_the_entry_content(tmp_path):
