@@ -311,47 +311,62 @@ def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "
         ins = f["entry/instrument"]
         ins["requested_volts"][:] = np.asarray(rep["volts"], np.float64)
         ins["channel_volts"][:] = np.asarray(device.get_channels(0, len(device.channel_map)), np.float64)
-        temps = np.full(n_acq, np.nan)
-        node_units = np.empty((p, m, len(nodes)))
-        means = np.empty((p, n_features))
-        from .device import armed
-
-        for a in range(n_acq):
-            p0, p1 = a * b, min(p, (a + 1) * b)
-            device.set_inputs(lines[p0:p1])
-            if hasattr(device, "reseed"):
-                device.reseed(_seed(seed, a))
-            ta = time.monotonic()
-            with armed(device):
-                acq = device.acquire(mode, t, m, nodes=nodes)
-            temps[a] = acq.temperature_k if np.isfinite(acq.temperature_k) else device.temperature()
-            ins["temperature_k"][a] = temps[a]
-            ins["acquisition_s"][a] = time.monotonic() - ta
-            x = cal.adc.correct(acq.volts, nodes)
-            node_units[p0:p1] = x
-            mean, sem = _readout_stats(params, x[:, :, pos])
-            means[p0:p1] = mean
-            _write_rows(f, p0, p1, a, acq.volts, x, mean, sem)
+        x, means, temps = _measure(f, device, cal, params, lines, nodes, pos, mode=mode, time_s=t, samples=m,
+                                   batch=b, seed=seed)
     finally:
         f.close()
-    seconds = time.monotonic() - t0
-    figures = {"seconds": seconds}
     result = {"out": str(out), "identity": device.identity, "inputs": p, "samples": m, "mode": mode, "time_s": t,
               "acquisitions": n_acq, "temperature_k": [float(v) for v in temps],
               "readback_max_error_v": rep["readback_max_error_v"], "warnings": rep.get("warnings", []),
               "loss": None, "twin_loss": None}
     if task is not None:
-        score = task.score(params, node_units[:, :, pos])
-        result.update(score)
-        if twin:  # the program as the board ran it: its input lines carried input_scale x inputs
-            as_run = params if input_scale == 1 else params.copy(crossbar=params.crossbar * input_scale)
-            result.update({f"twin_{k}": v for k, v in task.twin_score(as_run, m, seed).items()})
+        result.update(_score(task, params, x[:, :, pos], m, seed, input_scale, twin))
     result["output_mean_first"] = [float(v) for v in np.ravel(means)[:8]]
     result["seconds"] = time.monotonic() - t0
-    figures.update({k: v for k, v in result.items() if v is not None and k in (
+    _finish(out, {k: v for k, v in result.items() if v is not None and k in (
         "loss", "twin_loss", "top1", "top2", "twin_top1", "twin_top2", "seconds")})
-    _finish(out, figures)
     return result
+
+
+def _measure(f, device, cal, params, lines, nodes, pos, *, mode, time_s, samples, batch, seed):
+    """Acquire ``batch`` inputs at a time and write each acquisition's rows as it comes.
+
+    Returns node-unit samples (P, M, n), the outputs (P, F) and the temperature per acquisition (A,)."""
+    from .device import armed
+
+    p = len(lines)
+    n_acq = -(-p // batch)
+    ins = f["entry/instrument"]
+    temps = np.full(n_acq, np.nan)
+    node_units = np.empty((p, samples, len(nodes)))
+    means = np.empty((p, params.output(np.zeros((1, len(pos)))).shape[-1]))
+    for a in range(n_acq):
+        p0, p1 = a * batch, min(p, (a + 1) * batch)
+        device.set_inputs(lines[p0:p1])
+        if hasattr(device, "reseed"):
+            device.reseed(_seed(seed, a))
+        ta = time.monotonic()
+        with armed(device):
+            acq = device.acquire(mode, time_s, samples, nodes=nodes)
+        temps[a] = acq.temperature_k if np.isfinite(acq.temperature_k) else device.temperature()
+        ins["temperature_k"][a] = temps[a]
+        ins["acquisition_s"][a] = time.monotonic() - ta
+        x = cal.adc.correct(acq.volts, nodes)
+        node_units[p0:p1] = x
+        means[p0:p1], sem = _readout_stats(params, x[:, :, pos])
+        _write_rows(f, p0, p1, a, acq.volts, x, means[p0:p1], sem)
+    return node_units, means, temps
+
+
+def _score(task, params, output_samples, samples: int, seed: int, input_scale: float, twin: bool) -> dict:
+    """The task's figures from the output samples (P, M, n_out), and with ``twin`` those of the same
+    program on the twin (``twin_`` prefix) -- the program as the board ran it: its input lines
+    carried ``input_scale`` x the inputs."""
+    out = dict(task.score(params, output_samples))
+    if twin:
+        as_run = params if input_scale == 1 else params.copy(crossbar=params.crossbar * input_scale)
+        out.update({f"twin_{k}": v for k, v in task.twin_score(as_run, samples, seed).items()})
+    return out
 
 
 def read_run(path) -> dict:
