@@ -87,14 +87,7 @@ def write_params_group(f: h5py.Group, params: Params, provenance: dict | None = 
     prov = f.create_group("provenance")
     for k, v in (provenance or {}).items():
         prov.attrs[k] = str(v)
-    _tc_provenance.write(_nexus_entry(f), params=params, writer="params")
-
-
-def _nexus_entry(f: h5py.Group) -> h5py.Group:
-    """The file's ``/entry`` (NXentry) that holds the provenance block (``tc_hw.provenance``)."""
-    e = f.require_group("entry")
-    e.attrs["NX_class"] = "NXentry"
-    return e
+    _tc_provenance.write_entry(f, params=params, writer="params")
 
 
 def _to_dict(params: Params, provenance: dict | None) -> dict:
