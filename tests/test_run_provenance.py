@@ -152,6 +152,13 @@ def test_run_on_arbitrary_inputs_without_a_task(files):
     run = read_run(files / "run2.h5")
     assert np.allclose(run["inputs"][:, 0], np.linspace(0, 1, 5)) and run["mean"].shape == (5,)
     assert np.allclose(run["mean"], run["node_units"].mean(axis=1) @ _program().readout[0])
+    with h5py.File(files / "inputs.h5", "w") as f:  # HDF5 inputs; a run file's inputs run again too
+        f["inputs"] = np.array([[0.1], [0.9]])
+    for source in ("inputs.h5", "run2.h5"):
+        out = tc_hw("run", "--resource", "twin", "--params", "cos.h5", "--inputs", source, "--samples", "5",
+                    "--out", f"again_{source}", "--json", cwd=files)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["inputs"] == (2 if source == "inputs.h5" else 5)
 
 
 @pytest.mark.parametrize("extra, message", [
