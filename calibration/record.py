@@ -29,6 +29,7 @@ never changed afterwards (new calibrations and refits add entries)::
                                         (n_ch, 8, 8), period, branch (n_ch, 2), t_ref, tempco,
                                         tempco_sd, chi2_red, dof, n_points, rms_resid, ok, reason
         nodes/                          diffusion, diffusion_sd (V^2/s), tau_s, tau_sd, kT, kT_sd
+        provenance                      NXcollection: who wrote the entry, how (tc_hw.provenance)
 
 A refit entry links (HDF5 soft links) ``adc``, ``inputs``, ``acquisitions`` and ``tau`` of the
 entry it was derived from instead of copying them; a combined entry (curves fitted to the pooled
@@ -46,6 +47,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tc_hw import provenance as _provenance
 from tc_hw.device import Channel, ChannelMap
 
 from .adc import AdcData, AdcFit
@@ -161,6 +163,7 @@ class RecordWriter:
                 derived_from=derived_from, temperature_k=math.nan, seconds=math.nan,
             )
             g.create_dataset("channel_map", data=_map_array(channel_map))
+            _provenance.write(g, instrument={"identity": identity, "technology": technology}, writer="calibration")
         return cls(path, name)
 
     def _group(self, f):

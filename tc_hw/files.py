@@ -12,6 +12,7 @@ HDF5 layout (``format = "tc-hw/params"``, ``format_version = 1``)::
     /params/<kind>         float64, kind in quadratic, cubic, quartic, bias, coupling, crossbar
     /params/readout        float64 (n_features, n_out), optional
     /provenance            attrs: free-form strings (who made it, how)
+    /entry/provenance      NXcollection: the standard provenance block (tc_hw.provenance)
 
 A result file of training may hold other groups beside these; :func:`load_params` reads only
 these.  JSON holds the same keys as one object.
@@ -29,6 +30,7 @@ import numpy as np
 from .network import Network
 from .params import ELEMENT_KINDS, Params, ParamsError
 from .safeio import open_hdf5_read, refuse_symlink, temporary_beside
+from . import provenance as _tc_provenance
 
 __all__ = ["save_params", "load_params", "FORMAT", "CONVENTION"]
 
@@ -120,6 +122,7 @@ def write_params_group(f: h5py.Group, params: Params, provenance: dict | None = 
     prov = f.create_group("provenance")
     for k, v in (provenance or {}).items():
         prov.attrs[k] = str(v)
+    _tc_provenance.write_entry(f, params=params, writer="params")
 
 
 def _to_dict(params: Params, provenance: dict | None) -> dict:
@@ -141,6 +144,7 @@ def _to_dict(params: Params, provenance: dict | None) -> dict:
         },
         "params": {k: getattr(params, k).tolist() for k in ELEMENT_KINDS},
         "provenance": {k: str(v) for k, v in (provenance or {}).items()},
+        "tc_hw_provenance": _tc_provenance.collect(params=params, writer="params"),
     }
     if params.readout is not None:
         d["params"]["readout"] = params.readout.tolist()

@@ -17,6 +17,7 @@ One file per run, NeXus-style (``NX_class`` attributes), written with h5py in SW
         paused_s     (G,)       seconds paused for the temperature band
         codes        (G, P, M*, n*) optional raw ADC codes, attr ``volts_per_code``
       completed_generations (1,) written last, after every row of a generation is in place
+      provenance                NXcollection: the provenance block (:mod:`tc_hw.provenance`)
 
 Every dataset is created up front (SWMR forbids creating objects later), rows are written
 first and ``completed_generations`` last, then the file is flushed.  A reader
@@ -34,6 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import provenance as _provenance
 from .safeio import LockedError, hold_lock, open_hdf5_read, refuse_symlink, temporary_beside
 
 __all__ = ["RunLog", "read_log", "LOG_FORMAT", "LogBusyError", "lock_path_of"]
@@ -218,6 +220,8 @@ def _fill_new(f: h5py.File, config, population, n_params, elites, instrument, co
                              chunks=(1, *codes_shape), dtype=np.int16, compression="gzip", compression_opts=1)
         d.attrs["volts_per_code"] = float(volts_per_code or np.nan)
     e.create_dataset("completed_generations", data=np.zeros(1, np.int64), maxshape=(1,))
+    _provenance.write(e, instrument=instrument, writer="run-log")
+    _provenance.set_nexus_default(f, "entry", "generations")
     f.swmr_mode = True
     f.flush()
     return f

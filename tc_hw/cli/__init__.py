@@ -13,7 +13,8 @@ import argparse
 import sys
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist  # noqa: F401  (public re-export)
-from . import board, demo, hardware, train, twin
+from .. import provenance
+from . import board, demo, hardware, run, train, twin
 from ._common import EXIT_BAD_INPUT, EXIT_DEVICE, EXIT_ERROR, EXIT_OK  # noqa: F401
 
 __all__ = ["main", "build_parser", "evaluate_mnist", "exit_code_of"]
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `tc-hw COMMAND --help` for each command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (demo, twin, train, board, hardware):
+    for group in (demo, twin, train, board, hardware, run):
         group.add_parsers(sub)
     return parser
 
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["emulate"]:  # everything after `emulate` belongs to the emulator
         return board.cmd_emulate(argparse.Namespace(emulator_args=argv[1:]))
     args = parser.parse_args(argv)
+    provenance.begin(argv=argv, args=args)  # every file this command writes records it
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT

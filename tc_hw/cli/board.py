@@ -79,6 +79,11 @@ def cmd_acquire(args) -> int:
     if args.samples > MAX_SAMPLES or args.time > MAX_TIME_S:
         raise ValueError(f"acquire: at most {MAX_SAMPLES} samples and {MAX_TIME_S:g} s per reading "
                          f"(got {args.samples}, {args.time!r} s)")
+    if args.out:  # refuse a bad --out before the board is touched
+        from ..run import check_run
+
+        check_run(samples=args.samples, time_s=args.time, mode=args.mode, batch=None, out=args.out,
+                  overwrite=args.overwrite)
     dev = open_device(args.resource)
     try:
         volts = np.zeros(len(dev.channel_map))
@@ -90,6 +95,10 @@ def cmd_acquire(args) -> int:
         dev.set_inputs(np.zeros((1, dev.n_inputs)))
         with armed(dev):
             acq = dev.acquire(args.mode, args.time, args.samples)
+        if args.out:
+            from ..run import save_acquisition
+
+            save_acquisition(args.out, dev, acq, volts, overwrite=args.overwrite, resource=args.resource)
     finally:
         dev.close()
     x = acq.volts[0]
@@ -101,6 +110,7 @@ def cmd_acquire(args) -> int:
         "nodes": acq.nodes.tolist(),
         "mean_v": x.mean(0).tolist(),
         "std_v": (x.std(0, ddof=1) if len(x) > 1 else np.full(x.shape[1], np.nan)).tolist(),  # NaN -> null
+        "out": args.out,
     }
     lines = [f"{args.mode} acquisition, t = {args.time:g} s, {args.samples} samples ({dev.identity}):"]
     lines += [f"  node {n:3d}: mean {m:+.5f} V  std {sd:.5f} V" for n, m, sd in zip(acq.nodes, result["mean_v"], result["std_v"])]
@@ -141,5 +151,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--samples", type=positive_int, default=200,
                    help="samples per input vector, >= 1; the std needs 2 (default: 200)")
     p.add_argument("--set", nargs="*", metavar="CH=VOLTS", help="channel voltages (others are 0 V)")
+    p.add_argument("--out", help="also write the samples, channel volts and provenance to this run file (.h5, the "
+                   "layout of `tc-hw run`; node units = volts as read, no calibration)")
+    p.add_argument("--overwrite", "--force", action="store_true", help="replace an existing --out")
     add_json(p)
     p.set_defaults(func=cmd_acquire)

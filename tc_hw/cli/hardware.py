@@ -78,11 +78,13 @@ def _check_output_file(path, option: str) -> None:
 def cmd_calibrate(args) -> int:
     import calibration
 
+    from .. import provenance
     from ..backends import open_device
 
     _check_output_file(args.out, "--out")
     dev = open_device(args.resource)
     try:
+        provenance.note(args=args, device=dev, resource=args.resource, writer="tc-hw calibrate")
         _, summary = calibration.calibrate(dev, args.out, progress=not args.json)
     finally:
         dev.close()
@@ -138,6 +140,7 @@ def cmd_upload(args) -> int:
 
 
 def cmd_refine(args) -> int:
+    from .. import provenance
     from ..backends import open_device
     from ..refine import RefineConfig, refine
     from ..train.cos import twin_cos_loss
@@ -146,6 +149,8 @@ def cmd_refine(args) -> int:
     try:
         cal = _load_cal(args.cal, dev, args.resource)
         params, lam = _program(args, dev, cal)
+        provenance.note(args=args, device=dev, cal=cal, params=params, program_path=args.params,
+                        resource=args.resource, seeds={"seed": args.seed}, writer="tc-hw refine")
         sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples") if getattr(args, k)}
         cfg = RefineConfig(generations=args.generations, seed=args.seed, **sizes,
                            temp_band=tuple(args.temp_band) if args.temp_band else None)
@@ -164,14 +169,11 @@ def cmd_refine(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..report import report
+    from .run import cmd_report as report_any_file  # provenance of any tc-hw file; plots of a run log
 
     if args.folder is not None:
         _check_output_file(f"{args.folder}/x.png", "--folder")
-
-    r = report(args.log, args.folder)
-    emit(args, r, f"{r['generations']} generations, best loss {r['best_loss']:.4g}\n  " + "\n  ".join(r["plots"]))
-    return EXIT_OK
+    return report_any_file(args)
 
 
 def add_parsers(sub) -> None:
@@ -248,10 +250,13 @@ def add_parsers(sub) -> None:
     add_json(p)
     p.set_defaults(func=cmd_refine)
 
-    p = sub.add_parser("report", help="plots of a run log (loss, elite parameters, temperature)",
-                       description="Write PNG plots of a refinement run log; works while the run is still going.",
-                       epilog="example: tc-hw report run.h5")
-    p.add_argument("log", help="run log (.h5)")
-    p.add_argument("--folder", help="where to write the PNGs (default: beside the log)")
+    p = sub.add_parser("report", help="provenance of any tc-hw file; plots of a run log",
+                       description=("Show who wrote a tc-hw file and from what (version, commit, command, host, "
+                                    "time, board identity, calibration and program hashes, seeds): parameter "
+                                    "files, calibration records, run logs and run files. For a run log also write "
+                                    "PNG plots (loss, elite parameters, temperature); works while the run goes on."),
+                       epilog="examples: tc-hw report run.h5 --json; tc-hw report refine-log.h5 --folder plots")
+    p.add_argument("file", help="a file tc-hw wrote (.h5)")
+    p.add_argument("--folder", help="where to write a run log's PNGs (default: beside the log)")
     add_json(p)
     p.set_defaults(func=cmd_report)

@@ -43,6 +43,8 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from .. import provenance
+
 __all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "tc-hw/ga-checkpoint"
@@ -278,6 +280,7 @@ class GeneticAlgorithm:
             f["population"] = self._population
             for k, v in self.history.items():
                 f[f"history/{k}"] = v
+            provenance.write_entry(f, writer="ga-checkpoint")
 
     @classmethod
     def load(cls, path) -> "GeneticAlgorithm":

@@ -36,6 +36,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .. import provenance
+
 __all__ = ["Teacher", "train_teacher", "get_teacher", "TeacherError", "FORMAT", "LAYERS"]
 
 FORMAT = "tc-hw/teacher"
@@ -174,6 +176,7 @@ class Teacher:
             for l in range(3):
                 f[f"W{l}"] = self.weights[l]
                 f[f"b{l}"] = self.biases[l]
+            provenance.write_entry(f, writer="teacher")
         return path
 
     @classmethod
