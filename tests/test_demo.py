@@ -150,7 +150,8 @@ def test_a_program_that_did_not_learn_is_an_error_not_a_result(tmp_path):
 
     plan = BoardPlan({"bias": 0.43, "coupling": 1.3, "crossbar": 1.7}, 0.3, np.ones(32), np.ones(32), [], 4.0)
     _check_twin_learned(0.03, plan, 0.39, 0.7, tmp_path)  # learned: nothing happens
-    with pytest.raises(NotLearnedError, match=r"did not learn cos.*loss is 0\.5023.*bias 0\.43.*nothing was uploaded") as e:
+    message = r"did not learn cos.*loss is 0\.5023.*bias 0\.43.*nothing was uploaded"
+    with pytest.raises(NotLearnedError, match=message) as e:
         _check_twin_learned(0.5023, plan, 0.39, 0.7, tmp_path)  # the linear plateau
     assert e.value.exit_code == 2 and e.value.figures["twin_loss"] == 0.5023
     assert json.loads((tmp_path / "failure.json").read_text())["coordinate_scale"] == 0.39
