@@ -150,7 +150,8 @@ def test_a_program_that_did_not_learn_is_an_error_not_a_result(tmp_path):
 
     plan = BoardPlan({"bias": 0.43, "coupling": 1.3, "crossbar": 1.7}, 0.3, np.ones(32), np.ones(32), [], 4.0)
     _check_twin_learned(0.03, plan, 0.39, 0.7, tmp_path)  # learned: nothing happens
-    with pytest.raises(NotLearnedError, match=r"did not learn cos.*loss is 0\.5023.*bias 0\.43.*nothing was uploaded") as e:
+    message = r"did not learn cos.*loss is 0\.5023.*bias 0\.43.*nothing was uploaded"
+    with pytest.raises(NotLearnedError, match=message) as e:
         _check_twin_learned(0.5023, plan, 0.39, 0.7, tmp_path)  # the linear plateau
     assert e.value.exit_code == 2 and e.value.figures["twin_loss"] == 0.5023
     assert json.loads((tmp_path / "failure.json").read_text())["coordinate_scale"] == 0.39
@@ -206,3 +207,32 @@ def test_weak_boards_train_at_smaller_scales_until_the_rails(monkeypatch, tmp_pa
         plan, out, trained = found
         assert plan.scale == pytest.approx(0.3 * 0.8 ** 4) and plan.scale < 0.15 and trained[1]["loss"] < 0.1
         assert out.name == "cos_scale4.h5" and trainings[-1]["node_extent_v"] <= 2.7
+
+
+WEAK_BOARD = ('name = "weak"\nseed = 1313\ncapacity_readings = 4000000\nwork_limit_element_steps = 4e9\n'
+              + LAYERED.format(w=8, d=4, k=1) + "[channels]\n"
+              + "".join(f"{k} = {{ vmin = {lo}, vmax = {hi}, gain = 0.4 }}\n"  # a tenth of the default's gains
+                        for k, lo, hi in [("Q", -2.5, 5.0), ("R", 0.0, 5.0), ("B", -5.0, 5.0), ("C", -5.0, 5.0),
+                                          ("W", -5.0, 5.0)]))
+
+
+@pytest.mark.slow
+def test_demo_on_a_weak_board_is_refused_not_reported(tmp_path):
+    """Gains a tenth of the default's (Q up to 2 kT), a work limit that refuses the demo's measurements
+    whole: the driver splits them, and the planner's smaller scales either learn within the safe node
+    range or the demo stops with exit 2 naming its attempts; never a plateau program as a result
+    (about 5 minutes here)."""
+    from sim_backend.emulator.process import running_emulator
+
+    board = tmp_path / "weak.toml"
+    board.write_text(WEAK_BOARD)
+    with running_emulator(board=board, truth=False, workdir=tmp_path / "emu") as emu:
+        out = subprocess.run([sys.executable, "-m", "tc_hw.cli", "demo", "--resource", emu.tcp, "--json",
+                              "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=900)
+    s = json.loads(out.stdout)
+    if out.returncode == 0:  # a program that learned: the must-show figures
+        assert s["twin_loss"] < 0.1 and s["calibrated_upload_loss"] < 1.5 * s["twin_loss"]
+    else:
+        assert out.returncode == 2 and "did not learn cos" in out.stderr and "tried scale" in out.stderr
+        assert s["twin_loss"] >= 0.1 and len(s["trainings"]) >= 2 and "calibrated_upload_loss" not in s
+        assert s["trainings"][-1]["node_extent_v"] > s["safe_v"]
