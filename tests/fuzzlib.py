@@ -75,6 +75,18 @@ def _timed(tally: Tally, what: str, bound_s: float):
 
 
 # ------------------------------------------------------------------------------ corpus of good files
+KILLED_WRITER = """
+import os, sys, numpy as np
+from tc_hw.runlog import RunLog
+log = RunLog.create(sys.argv[1], {"task": "cos"}, population=4, n_params=3, elites=2)
+for g in range(3):
+    log.append(g, {"population": np.full((4, 3), g), "losses": np.arange(4.0), "elite_losses": [g, g],
+                   "best_loss": g, "best": np.full(3, g), "temperature_k": [300, 300], "wall_s": 0.0,
+                   "retries": 0, "paused_s": 0.0})
+os._exit(0)  # as SIGKILL: nothing closed
+"""
+
+
 def _row(g, p=4, n=3):
     return {"population": np.full((p, n), g, float), "losses": np.arange(p) + g, "elite_losses": [g, g + 1],
             "best_loss": g, "best": np.full(n, g), "temperature_k": [300, 301], "wall_s": 1.0, "retries": 0,
@@ -103,6 +115,11 @@ class Corpus:
                 for g in range(3):
                     L.append(g, _row(g))
         self.log = log
+        killed = self.folder / "killed_log.h5"
+        if not killed.exists():  # a writer killed mid-run: superblock still marked open for SWMR writing
+            subprocess.run([sys.executable, "-c", KILLED_WRITER, str(killed)], check=True,
+                           env={**os.environ, "PYTHONPATH": os.getcwd()})
+        self.killed_log = killed
         cal = self.folder / "good_cal.h5"
         if not cal.exists():
             from tests.test_calibration import _fake_analysis
@@ -115,7 +132,8 @@ class Corpus:
             w.add_adc(None, an.adc)
             w.finish(an, {}, 1.0)
         self.cal = cal
-        self.bytes = {k: Path(getattr(self, k)).read_bytes() for k in ("params_h5", "params_json", "log", "cal")}
+        self.bytes = {k: Path(getattr(self, k)).read_bytes()
+                      for k in ("params_h5", "params_json", "log", "killed_log", "cal")}
         self._n = 0
 
     def scratch(self, suffix: str) -> Path:
@@ -150,7 +168,8 @@ def _reopen_log(path):
 
 #: loader name -> (callable, corpus key, suffix)
 LOADERS = {"params_h5": (_load_params, "params_h5", ".h5"), "params_json": (_load_params, "params_json", ".json"),
-           "cal": (_load_cal, "cal", ".h5"), "log": (_read_log, "log", ".h5"), "log_reopen": (_reopen_log, "log", ".h5")}
+           "cal": (_load_cal, "cal", ".h5"), "log": (_read_log, "log", ".h5"), "log_reopen": (_reopen_log, "log", ".h5"),
+           "killed_log": (_read_log, "killed_log", ".h5"), "killed_log_reopen": (_reopen_log, "killed_log", ".h5")}
 
 
 def mutation_strategy():

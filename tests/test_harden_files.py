@@ -311,3 +311,31 @@ def test_item1_cli_resume_of_a_live_refine_is_refused_and_nothing_is_lost(tmp_pa
     after = read_log(log)
     assert after["completed_generations"] == 25  # resumed to the end, the first n kept as they were
     np.testing.assert_array_equal(after["losses"][:n], before["losses"])
+
+
+KILLED = """
+import os, sys, numpy as np
+from tc_hw.runlog import RunLog
+log = RunLog.create(sys.argv[1], {"task": "cos"}, population=4, n_params=3, elites=2)
+for g in range(3):
+    log.append(g, {"population": np.full((4, 3), g), "losses": np.arange(4.0), "elite_losses": [g, g],
+                   "best_loss": g, "best": np.full(3, g), "temperature_k": [300, 300], "wall_s": 0.0,
+                   "retries": 0, "paused_s": 0.0})
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.7])
+def test_item2_damaged_log_of_a_killed_writer_fails_fast(tmp_path, where):
+    """A SWMR-marked file with a damaged byte: h5py's SWMR reader retried for hours before."""
+    path = tmp_path / "k.h5"
+    subprocess.run([sys.executable, "-c", KILLED, str(path)], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    data = bytearray(path.read_bytes())
+    data[int(where * len(data))] ^= 0x55
+    path.write_bytes(bytes(data))
+    t = time.monotonic()
+    try:
+        read_log(path)
+    except ValueError:
+        pass
+    assert time.monotonic() - t < 5
