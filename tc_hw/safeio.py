@@ -197,13 +197,47 @@ def _truncation(path: Path, head: bytes, size: int, settle_s: float) -> str | No
     return f"truncated HDF5 file: {size} bytes on disk, its superblock says {sb[2]}"
 
 
+def _global_heap_problem(path: Path, head: bytes) -> str | None:
+    """A global heap collection (``GCOL``: variable-length strings live there) that HDF5 would
+    parse forever: an object that does not advance the parser (size 0 free space), or one that
+    runs past its collection.  HDF5 loops on the first without a message.  Scans the file's bytes
+    for ``GCOL`` signatures (version 1) and walks their objects as HDF5 does."""
+    import mmap
+
+    sb = _superblock(head)
+    lsize = head[10] if sb is not None and head[10] in (2, 4, 8) else 8
+    fmt = {2: "<H", 4: "<I", 8: "<Q"}[lsize]
+    objhdr = 8 + lsize
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            pos = m.find(b"GCOL")
+            while pos >= 0:
+                if m[pos + 4:pos + 5] == b"\x01" and pos + 8 + lsize <= len(m):
+                    size = struct.unpack(fmt, m[pos + 8:pos + 8 + lsize])[0]
+                    end = pos + size
+                    p = pos + 8 + lsize
+                    while size and p < min(end, len(m)):
+                        if p + objhdr > end:
+                            break
+                        idx = struct.unpack("<H", m[p:p + 2])[0]
+                        osize = struct.unpack(fmt, m[p + 8:p + 8 + lsize])[0]
+                        need = objhdr + (osize + 7) // 8 * 8 if idx > 0 else osize
+                        if need <= 0:
+                            return f"damaged global heap at byte {pos} (an object of size 0 that HDF5 would read forever)"
+                        p += need
+                pos = m.find(b"GCOL", pos + 4)
+    except (OSError, ValueError):  # empty file (mmap of 0 bytes) or unreadable: other checks report it
+        return None
+    return None
+
+
 def hdf5_problem(path, settle_s: float = 1.0) -> str | None:
     """Why ``path`` cannot be an intact HDF5 file (missing, folder, empty, no signature,
     shorter than its superblock says), or None when these cheap checks pass.  Takes at most
     ``settle_s`` longer for a file marked open by a writer that is flushing."""
     path = Path(path)
     problem, head, size = _basic_problem(path)
-    return problem or _truncation(path, head, size, settle_s)
+    return problem or _truncation(path, head, size, settle_s) or _global_heap_problem(path, head)
 
 
 def open_hdf5_read(path, what: str = "file"):
@@ -214,7 +248,7 @@ def open_hdf5_read(path, what: str = "file"):
 
     path = Path(path)
     problem, head, size = _basic_problem(path)
-    problem = problem or _truncation(path, head, size, 1.0)
+    problem = problem or _truncation(path, head, size, 1.0) or _global_heap_problem(path, head)
     if problem:
         raise ValueError(f"{path}: {problem}; not a readable HDF5 {what}")
     sb = _superblock(head)

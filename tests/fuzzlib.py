@@ -203,14 +203,61 @@ def check_loader(corpus: Corpus, name: str, mutation, tally: Tally, bound_s: flo
         if p.exists() or p.is_symlink():
             p.unlink()
     path.write_bytes(_mutate(corpus.bytes[key], mutation))
-    with _timed(tally, f"{name} {mutation[0]}", bound_s):
+    tally.cases += 1
+    outcome = _in_child(lambda: _load_outcome(fn, path), bound_s)
+    if outcome is None:
+        tally.bad("hangs", f"{name} {mutation[0]}: no result within {bound_s} s (file kept at {path}.hang)")
+        path.rename(path.with_name(path.name + ".hang"))
+    elif outcome:
+        tally.bad("tracebacks", f"{name} {mutation}: {outcome}")
+
+
+def _load_outcome(fn, path) -> str:
+    """'' for a load or a clear refusal (ValueError with a message), else the traceback."""
+    try:
+        fn(path)
+    except ValueError as e:
+        return "" if str(e) else "ValueError without a message"
+    except Exception as e:  # anything else would reach the user as a traceback
+        return f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+    return ""
+
+
+def _in_child(work, bound_s: float):
+    """Run ``work()`` (returning a str) in a forked child; its result, or None if it did not end
+    within ``bound_s`` (the child is killed).  A hang inside a C library cannot block the fuzz."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
         try:
-            fn(path)
-        except ValueError as e:
-            if not str(e):
-                tally.bad("tracebacks", f"{name}: ValueError without a message")
-        except Exception as e:  # anything else would reach the user as a traceback
-            tally.bad("tracebacks", f"{name} {mutation}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            os.close(r)
+            os.write(w, work().encode("utf-8", "replace")[:60000])
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    deadline = time.monotonic() + bound_s
+    chunks = []
+    os.set_blocking(r, False)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            try:
+                while (b := os.read(r, 65536)):
+                    chunks.append(b)
+            except BlockingIOError:
+                pass
+            if done:
+                return b"".join(chunks).decode("utf-8", "replace") if status == 0 else "child crashed"
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
+            time.sleep(0.005)
+    finally:
+        os.close(r)
 
 
 def json_strategy():

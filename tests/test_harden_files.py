@@ -339,3 +339,33 @@ def test_item2_damaged_log_of_a_killed_writer_fails_fast(tmp_path, where):
     except ValueError:
         pass
     assert time.monotonic() - t < 5
+
+
+def test_item2_a_global_heap_hdf5_would_parse_forever_is_refused_at_once(tmp_path):
+    """One byte of a calibration record's string heap set to 0 made h5py spin forever (fuzz find)."""
+    import calibration
+    from tc_hw.safeio import hdf5_problem
+    from tests.fuzzlib import Corpus
+
+    c = Corpus(tmp_path / "c")
+    data = bytearray(c.bytes["cal"])
+    pos = data.find(b"GCOL")
+    assert pos > 0
+    # the collection's last object is its free space (index 0): give it size 0
+    size = int.from_bytes(data[pos + 8:pos + 16], "little")
+    p, end = pos + 16, pos + size
+    while p + 16 <= end:
+        idx, osize = int.from_bytes(data[p:p + 2], "little"), int.from_bytes(data[p + 8:p + 16], "little")
+        if idx == 0:
+            data[p + 8:p + 16] = bytes(8)
+            break
+        p += 16 + (osize + 7) // 8 * 8
+    else:
+        pytest.skip("no free-space object in this heap")
+    bad = tmp_path / "cal.h5"
+    bad.write_bytes(bytes(data))
+    t = time.monotonic()
+    assert "global heap" in hdf5_problem(bad)
+    with pytest.raises(calibration.CalibrationError, match="global heap"):
+        calibration.load(bad)
+    assert time.monotonic() - t < 5
