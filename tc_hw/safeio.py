@@ -132,8 +132,17 @@ def temporary_beside(path, suffix: str = ".tmp") -> Path:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as e:
         raise ValueError(f"cannot create a temporary file beside {path}: {e.strerror}") from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the mode a plainly created file would have
+    finally:
+        os.close(fd)
     return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # ------------------------------------------------------------------------------ HDF5 reading
