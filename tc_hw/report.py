@@ -23,6 +23,16 @@ def _out(log_path, what: str, folder=None) -> Path:
     return Path(folder or p.parent) / f"{p.stem}_{what}.png"
 
 
+def _band(text) -> tuple[float, float] | None:
+    """The allowed temperature band ``(low_K, high_K)`` from its stored JSON, or None if absent,
+    unreadable or not two finite numbers (the plot then shows no band)."""
+    try:
+        lo, hi = (float(v) for v in json.loads(text))
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) else None
+
+
 def report(log_path, folder=None) -> dict:
     """Write the PNGs of run log ``log_path`` (into ``folder``, default beside it); returns a summary."""
     r = read_log(log_path)
@@ -46,7 +56,8 @@ def report(log_path, folder=None) -> dict:
 
     fig, ax = figure()
     delta = r["best"] - r["best"][:1]
-    lim = np.nanmax(np.abs(delta)) or 1.0
+    finite = np.abs(delta[np.isfinite(delta)])
+    lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     im = ax.imshow(delta.T, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest",
                    extent=(0.5, n + 0.5, delta.shape[1] - 0.5, -0.5))
     ax.set_xlabel("generation")
@@ -58,11 +69,9 @@ def report(log_path, folder=None) -> dict:
     t = r["temperature_k"]
     ax.plot(gens, t[:, 0], label="start of generation")
     ax.plot(gens, t[:, 1], label="end of generation")
-    band = r["instrument"].get("temp_band_k")  # a JSON list (RunLog stores non-scalar attributes as JSON)
+    band = _band(r["instrument"].get("temp_band_k"))  # a JSON list (RunLog stores lists as JSON)
     if band is not None:
-        lo, hi = np.asarray(json.loads(band), float)
-        if np.isfinite(lo) and np.isfinite(hi):
-            ax.axhspan(lo, hi, color="g", alpha=0.08, label="allowed band")
+        ax.axhspan(*band, color="g", alpha=0.08, label="allowed band")
     paused = np.flatnonzero(r["paused_s"] > 0)
     if len(paused):
         ax.plot(gens[paused], t[paused, 0], "rv", label="paused before")

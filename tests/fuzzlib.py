@@ -75,6 +75,18 @@ def _timed(tally: Tally, what: str, bound_s: float):
 
 
 # ------------------------------------------------------------------------------ corpus of good files
+KILLED_WRITER = """
+import os, sys, numpy as np
+from tc_hw.runlog import RunLog
+log = RunLog.create(sys.argv[1], {"task": "cos"}, population=4, n_params=3, elites=2)
+for g in range(3):
+    log.append(g, {"population": np.full((4, 3), g), "losses": np.arange(4.0), "elite_losses": [g, g],
+                   "best_loss": g, "best": np.full(3, g), "temperature_k": [300, 300], "wall_s": 0.0,
+                   "retries": 0, "paused_s": 0.0})
+os._exit(0)  # as SIGKILL: nothing closed
+"""
+
+
 def _row(g, p=4, n=3):
     return {"population": np.full((p, n), g, float), "losses": np.arange(p) + g, "elite_losses": [g, g + 1],
             "best_loss": g, "best": np.full(n, g), "temperature_k": [300, 301], "wall_s": 1.0, "retries": 0,
@@ -103,6 +115,11 @@ class Corpus:
                 for g in range(3):
                     L.append(g, _row(g))
         self.log = log
+        killed = self.folder / "killed_log.h5"
+        if not killed.exists():  # a writer killed mid-run: superblock still marked open for SWMR writing
+            subprocess.run([sys.executable, "-c", KILLED_WRITER, str(killed)], check=True,
+                           env={**os.environ, "PYTHONPATH": os.getcwd()})
+        self.killed_log = killed
         cal = self.folder / "good_cal.h5"
         if not cal.exists():
             from tests.test_calibration import _fake_analysis
@@ -115,7 +132,8 @@ class Corpus:
             w.add_adc(None, an.adc)
             w.finish(an, {}, 1.0)
         self.cal = cal
-        self.bytes = {k: Path(getattr(self, k)).read_bytes() for k in ("params_h5", "params_json", "log", "cal")}
+        self.bytes = {k: Path(getattr(self, k)).read_bytes()
+                      for k in ("params_h5", "params_json", "log", "killed_log", "cal")}
         self._n = 0
 
     def scratch(self, suffix: str) -> Path:
@@ -150,7 +168,8 @@ def _reopen_log(path):
 
 #: loader name -> (callable, corpus key, suffix)
 LOADERS = {"params_h5": (_load_params, "params_h5", ".h5"), "params_json": (_load_params, "params_json", ".json"),
-           "cal": (_load_cal, "cal", ".h5"), "log": (_read_log, "log", ".h5"), "log_reopen": (_reopen_log, "log", ".h5")}
+           "cal": (_load_cal, "cal", ".h5"), "log": (_read_log, "log", ".h5"), "log_reopen": (_reopen_log, "log", ".h5"),
+           "killed_log": (_read_log, "killed_log", ".h5"), "killed_log_reopen": (_reopen_log, "killed_log", ".h5")}
 
 
 def mutation_strategy():
@@ -184,14 +203,61 @@ def check_loader(corpus: Corpus, name: str, mutation, tally: Tally, bound_s: flo
         if p.exists() or p.is_symlink():
             p.unlink()
     path.write_bytes(_mutate(corpus.bytes[key], mutation))
-    with _timed(tally, f"{name} {mutation[0]}", bound_s):
+    tally.cases += 1
+    outcome = _in_child(lambda: _load_outcome(fn, path), bound_s)
+    if outcome is None:
+        tally.bad("hangs", f"{name} {mutation[0]}: no result within {bound_s} s (file kept at {path}.hang)")
+        path.rename(path.with_name(path.name + ".hang"))
+    elif outcome:
+        tally.bad("tracebacks", f"{name} {mutation}: {outcome}")
+
+
+def _load_outcome(fn, path) -> str:
+    """'' for a load or a clear refusal (ValueError with a message), else the traceback."""
+    try:
+        fn(path)
+    except ValueError as e:
+        return "" if str(e) else "ValueError without a message"
+    except Exception as e:  # anything else would reach the user as a traceback
+        return f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+    return ""
+
+
+def _in_child(work, bound_s: float):
+    """Run ``work()`` (returning a str) in a forked child; its result, or None if it did not end
+    within ``bound_s`` (the child is killed).  A hang inside a C library cannot block the fuzz."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
         try:
-            fn(path)
-        except ValueError as e:
-            if not str(e):
-                tally.bad("tracebacks", f"{name}: ValueError without a message")
-        except Exception as e:  # anything else would reach the user as a traceback
-            tally.bad("tracebacks", f"{name} {mutation}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            os.close(r)
+            os.write(w, work().encode("utf-8", "replace")[:60000])
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    deadline = time.monotonic() + bound_s
+    chunks = []
+    os.set_blocking(r, False)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            try:
+                while (b := os.read(r, 65536)):
+                    chunks.append(b)
+            except BlockingIOError:
+                pass
+            if done:
+                return b"".join(chunks).decode("utf-8", "replace") if status == 0 else "child crashed"
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
+            time.sleep(0.005)
+    finally:
+        os.close(r)
 
 
 def json_strategy():

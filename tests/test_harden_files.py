@@ -311,3 +311,61 @@ def test_item1_cli_resume_of_a_live_refine_is_refused_and_nothing_is_lost(tmp_pa
     after = read_log(log)
     assert after["completed_generations"] == 25  # resumed to the end, the first n kept as they were
     np.testing.assert_array_equal(after["losses"][:n], before["losses"])
+
+
+KILLED = """
+import os, sys, numpy as np
+from tc_hw.runlog import RunLog
+log = RunLog.create(sys.argv[1], {"task": "cos"}, population=4, n_params=3, elites=2)
+for g in range(3):
+    log.append(g, {"population": np.full((4, 3), g), "losses": np.arange(4.0), "elite_losses": [g, g],
+                   "best_loss": g, "best": np.full(3, g), "temperature_k": [300, 300], "wall_s": 0.0,
+                   "retries": 0, "paused_s": 0.0})
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.7])
+def test_item2_damaged_log_of_a_killed_writer_fails_fast(tmp_path, where):
+    """A SWMR-marked file with a damaged byte: h5py's SWMR reader retried for hours before."""
+    path = tmp_path / "k.h5"
+    subprocess.run([sys.executable, "-c", KILLED, str(path)], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    data = bytearray(path.read_bytes())
+    data[int(where * len(data))] ^= 0x55
+    path.write_bytes(bytes(data))
+    t = time.monotonic()
+    try:
+        read_log(path)
+    except ValueError:
+        pass
+    assert time.monotonic() - t < 5
+
+
+def test_item2_a_global_heap_hdf5_would_parse_forever_is_refused_at_once(tmp_path):
+    """One byte of a calibration record's string heap set to 0 made h5py spin forever (fuzz find)."""
+    import calibration
+    from tc_hw.safeio import hdf5_problem
+    from tests.fuzzlib import Corpus
+
+    c = Corpus(tmp_path / "c")
+    data = bytearray(c.bytes["cal"])
+    pos = data.find(b"GCOL")
+    assert pos > 0
+    # the collection's last object is its free space (index 0): give it size 0
+    size = int.from_bytes(data[pos + 8:pos + 16], "little")
+    p, end = pos + 16, pos + size
+    while p + 16 <= end:
+        idx, osize = int.from_bytes(data[p:p + 2], "little"), int.from_bytes(data[p + 8:p + 16], "little")
+        if idx == 0:
+            data[p + 8:p + 16] = bytes(8)
+            break
+        p += 16 + (osize + 7) // 8 * 8
+    else:
+        pytest.skip("no free-space object in this heap")
+    bad = tmp_path / "cal.h5"
+    bad.write_bytes(bytes(data))
+    t = time.monotonic()
+    assert "global heap" in hdf5_problem(bad)
+    with pytest.raises(calibration.CalibrationError, match="global heap"):
+        calibration.load(bad)
+    assert time.monotonic() - t < 5

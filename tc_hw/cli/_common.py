@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse as _argparse
 import json
+import math as _math
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DEVICE = 0, 1, 2, 3
 
@@ -25,8 +27,6 @@ def add_json(p) -> None:
 # ---------------------------------------------------------------- argument types (argparse type=)
 # Each refuses a bad value at parse time (argparse prints the message and exits 2), so nothing is
 # created, loaded or sent for it.
-import argparse as _argparse
-import math as _math
 
 
 def _number(text: str, kind):
