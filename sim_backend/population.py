@@ -46,9 +46,9 @@ from numba import njit, prange
 from tc_hw.network import Network
 from tc_hw.params import Params
 
-from . import twin
-from .kernel import LANES
-from .rng import gauss_pair, stream_states
+from . import langevin, twin
+from .langevin import LANES, first_noise, observe, overdamped_step, sparse_force, sparse_force_lanes
+from .rng import stream_states
 
 __all__ = ["population_reset", "population_serial", "disjoint_union", "benchmark"]
 
@@ -72,7 +72,7 @@ def _population_kernel(
     n_steps,
     obs_steps,  # (n_obs,) int64
     obs_nodes,  # (n_o,) int64
-    scheme,  # 0 EM, 1 LM
+    scheme,  # 0 EM, 1 LM (the steps of sim_backend.langevin)
     rail,  # (Np,) float: per-node rails (float max: none)
     out,  # (T, n_obs, n_o)
 ):
@@ -80,7 +80,6 @@ def _population_kernel(
     n_pad = field.shape[2]
     nnz = values.shape[1]
     n_obs = obs_steps.shape[0]
-    n_o = obs_nodes.shape[0]
     n_blocks = (n_traj + LANES - 1) // LANES
     for blk in prange(n_blocks):
         x = np.empty((n_pad, LANES), field.dtype)
@@ -111,62 +110,16 @@ def _population_kernel(
                 s[w, b] = states[t, w]
             sg[b] = lane_sign[t]
         if scheme == 1:
-            for i in range(0, n_pad, 2):
-                for b in range(LANES):
-                    z1, z2 = gauss_pair(s, b)
-                    xi[i, b] = z1 * sg[b]
-                    xi[i + 1, b] = z2 * sg[b]
+            first_noise(s, sg, True, xi, n_pad)
         k_obs = 0
         for step in range(1, n_steps + 1):
             if same:  # one candidate in the whole block: scalar coefficients, as the twin's kernel
-                for i in range(n_pad):
-                    d1 = a1[c0, i]
-                    d2 = a2[c0, i]
-                    d3 = a3[c0, i]
-                    for b in range(LANES):
-                        xv = x[i, b]
-                        f[i, b] = h[i, b] - xv * (d1 + xv * (d2 + d3 * xv))
-                    for k in range(indptr[i], indptr[i + 1]):
-                        j = indices[k]
-                        cc = values[c0, k]
-                        for b in range(LANES):
-                            f[i, b] -= cc * x[j, b]
+                sparse_force(indptr, indices, values[c0], x, h, a1[c0], a2[c0], a3[c0], f, n_pad)
             else:
-                for i in range(n_pad):
-                    for b in range(LANES):
-                        xv = x[i, b]
-                        f[i, b] = h[i, b] - xv * (c1[i, b] + xv * (c2[i, b] + c3[i, b] * xv))
-                    for k in range(indptr[i], indptr[i + 1]):
-                        j = indices[k]
-                        for b in range(LANES):
-                            f[i, b] -= cv[k, b] * x[j, b]
-            for i in range(0, n_pad, 2):
-                r1 = rail[i]
-                r2 = rail[i + 1]
-                if scheme == 1:
-                    for b in range(LANES):
-                        z1, z2 = gauss_pair(s, b)
-                        z1 = z1 * sg[b]
-                        z2 = z2 * sg[b]
-                        n1 = xi[i, b] + z1
-                        n2 = xi[i + 1, b] + z2
-                        xi[i, b] = z1
-                        xi[i + 1, b] = z2
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -r1), r1)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -r2), r2)
-                else:
-                    for b in range(LANES):
-                        z1, z2 = gauss_pair(s, b)
-                        z1 = z1 * sg[b]
-                        z2 = z2 * sg[b]
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -r1), r1)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -r2), r2)
+                sparse_force_lanes(indptr, indices, cv, x, h, c1, c2, c3, f, n_pad)
+            overdamped_step(x, f, xi, s, sg, True, n_pad, mu_dt, noise_scale, scheme, rail)
             if k_obs < n_obs and obs_steps[k_obs] == step:
-                for b in range(LANES):
-                    t = blk * LANES + b
-                    if t < n_traj:
-                        for q in range(n_o):
-                            out[t, k_obs, q] = x[obs_nodes[q], b]
+                observe(x, out, obs_nodes, k_obs, blk * LANES, n_traj)
                 k_obs += 1
 
 
@@ -198,15 +151,9 @@ def _seeds(seed, n: int) -> np.ndarray:
 def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, seeds, dtype, scheme, x0, rail,
                antithetic=False):
     """Samples of all candidates, shape (C, P, M, n_obs, n_o)."""
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if scheme not in ("em", "lm"):
-        raise ValueError(f"scheme must be 'em' or 'lm', got {scheme!r}")
-    if not (np.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt must be positive, got {dt}")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    dtype = langevin.check_run(dtype, scheme, dt, n_samples)
+    if scheme == "baoab":
+        raise ValueError("the population sampler integrates the overdamped schemes 'em' and 'lm' only")
     inputs = candidates[0].check_inputs(inputs)
     scale = twin.unit_mobility(candidates[0])[1]  # per-node mobility: integrate y = x / sqrt(mu)
     if scale is not None:
@@ -215,9 +162,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
     net = first.network
     n = net.n_nodes
     n_pad = n + (n & 1)
-    nodes = np.asarray(net.outputs if nodes is None else nodes, np.int64).reshape(-1).copy()
-    if len(nodes) == 0 or nodes.min() < 0 or nodes.max() >= n:
-        raise ValueError(f"nodes must be indices in 0..{n - 1}")
+    nodes = langevin.check_nodes(nodes, net.outputs, n)
     n_c, p_count = len(candidates), len(inputs)
     # CSR of the shared topology, in the order twin._prepare uses (row-major over the dense matrix)
     a, b = net.edges.T
@@ -238,9 +183,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         a1[k, :n] = 2 * c.quadratic
         a2[k, :n] = 3 * c.cubic
         a3[k, :n] = 4 * c.quartic
-    start = np.zeros(n_pad, dtype)
-    if x0 is not None:
-        start[:n] = np.broadcast_to(np.asarray(x0, float), (n,)) / (1.0 if scale is None else scale)
+    start = langevin.start_state(x0, n, n_pad, dtype, scale)
     per = p_count * n_samples
     lane_cand = np.repeat(np.arange(n_c, dtype=np.int64), per)
     lane_input = np.tile(np.repeat(np.arange(p_count, dtype=np.int64), n_samples), n_c)
@@ -270,12 +213,11 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         lane_sign,
         states,
         start,
-        dtype.type(first.mobility * dt),
-        dtype.type(np.sqrt(2 * first.mobility * first.kT * dt) * (1.0 if scheme == "em" else 0.5)),
+        *langevin.overdamped_scales(first.mobility, first.kT, dt, scheme, dtype),
         int(n_steps),
         np.asarray(obs_steps, np.int64),
         nodes,
-        0 if scheme == "em" else 1,
+        langevin.SCHEME_CODE[scheme],
         rails,
         out,
     )

@@ -12,7 +12,9 @@ Public functions
     whatever ``M``.
 
 Times and ``dt`` are physical times; the drift is ``mobility * force`` and the noise has variance
-``2 mobility kT dt``.  The number of steps to an observation time ``t`` is ``round(t / dt)``.
+``2 mobility kT dt`` (overdamped schemes ``"em"``, ``"lm"``; ``scheme="baoab"`` integrates the
+underdamped dynamics with a ``mass`` and ``friction``).  The steps are those of the one Langevin
+core, :mod:`sim_backend.langevin`.  The number of steps to an observation time ``t`` is ``round(t / dt)``.
 The trajectory of input ``p``, sample ``m`` depends only on ``(seed, p, m)``.
 
 Per-node mobilities (``params.mobility`` an array ``mu``, shape (N,)) are integrated by the exact
@@ -31,7 +33,7 @@ import numpy as np
 
 from tc_hw.params import Params
 
-from . import kernel
+from . import kernel, langevin
 from .rng import stream_states
 from .simd import field_kernel, tile_shape
 
@@ -189,22 +191,15 @@ def _simulate(
     rail,
     want_final: bool,
     sample_offset: int = 0,
+    mass: float = 1.0,
+    friction: float | None = None,
 ):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if scheme not in ("em", "lm"):
-        raise ValueError(f"scheme must be 'em' (Euler-Maruyama) or 'lm' (Leimkuhler-Matthews), got {scheme!r}")
-    if not (np.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt must be positive, got {dt}")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    dtype = langevin.check_run(dtype, scheme, dt, n_samples)
     inputs = params.check_inputs(inputs)
+    baoab = _baoab_coefficients(params, dt, scheme, mass, friction, dtype)
     params, scale = unit_mobility(params)
     n = params.network.n_nodes
-    nodes = np.arange(n) if nodes is None else np.array(nodes, np.int64).reshape(-1)  # writable: one kernel signature
-    if len(nodes) == 0 or nodes.min() < 0 or nodes.max() >= n:
-        raise ValueError(f"nodes must be indices in 0..{n - 1}")
+    nodes = langevin.check_nodes(nodes, np.arange(n), n)  # writable: one kernel signature
     dense, indptr, indices, values, a1, a2, a3, pad = _prepare(params, dtype)
     p_count = len(inputs)
     n_pad = n + (n & 1)
@@ -212,12 +207,12 @@ def _simulate(
     lane_input = np.repeat(np.arange(p_count, dtype=np.int64), n_samples)
     sample = np.tile(np.arange(sample_offset, sample_offset + n_samples, dtype=np.int64), p_count)
     states = stream_states(seed, lane_input, sample)
-    start_x = np.zeros(n) if x0 is None else np.broadcast_to(np.asarray(x0, float), (n,))
-    start = pad(start_x if scale is None else start_x / scale)
+    start = langevin.start_state(x0, n, len(a1), dtype, scale)
     t_count = len(lane_input)
     out = np.empty((t_count, len(obs_steps), len(nodes)), dtype)
     final = np.empty((t_count if want_final else 0, n_pad), dtype)
     rails = rail_array(rail, len(a1), n, dtype, scale)
+    mu_dt, noise_scale = langevin.overdamped_scales(params.mobility, params.kT, dt, scheme, dtype)
     kernel.run_block_kernel(
         dense,
         indptr,
@@ -230,15 +225,16 @@ def _simulate(
         a2,
         a3,
         start,
-        dtype.type(params.mobility * dt),
-        dtype.type(np.sqrt(2 * params.mobility * params.kT * dt) * (1.0 if scheme == "em" else 0.5)),
+        mu_dt,
+        noise_scale,
         int(n_steps),
         np.asarray(obs_steps, np.int64),
         nodes,
-        0 if scheme == "em" else 1,
+        langevin.SCHEME_CODE[scheme],
         rails,
         out,
         final,
+        baoab,
     )
     out = out.reshape(p_count, n_samples, len(obs_steps), len(nodes))
     heat = fin = None
@@ -251,6 +247,20 @@ def _simulate(
         out = to_node_coordinates(out, scale[nodes], rail, dtype)
         fin = None if fin is None else to_node_coordinates(fin, scale, rail, dtype)
     return out, nodes, heat, fin
+
+
+def _baoab_coefficients(params: Params, dt: float, scheme: str, mass: float, friction, dtype) -> np.ndarray:
+    """The kernel's BAOAB coefficients (shape (5,)); zeros for the overdamped schemes.
+
+    ``friction`` defaults to ``1 / mobility`` (the overdamped limit ``mass -> 0`` then has the
+    params' mobility).  A per-node mobility is refused with BAOAB (the change of variables of
+    :func:`unit_mobility` would need a per-node mass)."""
+    if scheme != "baoab":
+        return np.zeros(5, dtype)
+    if params.has_node_mobility:
+        raise ValueError("scheme 'baoab' needs a scalar mobility (the params have a per-node mobility)")
+    gamma = 1.0 / float(params.mobility) if friction is None else float(friction)
+    return langevin.baoab_coefficients(dt, params.kT, float(mass), gamma, dtype)
 
 
 def sample_reset(
@@ -268,6 +278,8 @@ def sample_reset(
     rail: float | None = None,
     energy: bool = False,
     sample_offset: int = 0,
+    mass: float = 1.0,
+    friction: float | None = None,
 ) -> Run:
     """Reset sampling: ``n_samples`` independent runs per input vector, observed at ``times``.
 
@@ -287,15 +299,25 @@ def sample_reset(
         Nodes to record (default all), in the order given.
     dtype : float32 (default) or float64
         Precision of the state.
-    scheme : {"em", "lm"}
-        Euler-Maruyama (the papers' scheme) or Leimkuhler-Matthews (same cost, second order for
-        equilibrium averages).
+    scheme : {"em", "lm", "baoab"}
+        Euler-Maruyama (the papers' scheme), Leimkuhler-Matthews (same cost, second order for
+        equilibrium averages), or ``"baoab"``: *underdamped* (inertial) Langevin dynamics
+        ``m dv = F dt - gamma v dt + sqrt(2 gamma kT) dW``, ``dx = v dt``, started at rest
+        (``v = 0``), by the BAOAB splitting (one force per step; exact Ornstein-Uhlenbeck velocity
+        update, so the velocity variance is ``kT / m`` at equilibrium for any ``dt``).  Needs a
+        scalar mobility.
     x0 : array_like, shape (N,), optional
         Start state (default 0).
     rail : float, optional
         Clip nodes to ``[-rail, rail]`` after every step (hardware rails).
     energy : bool
-        Also return the heat per trajectory and the final state.
+        Also return the heat per trajectory and the final state (for ``"baoab"`` the heat is
+        ``V(x0) - V(x_final)``, which omits the final kinetic energy).
+    mass : float
+        (``"baoab"`` only) Mass ``m`` of every node, in units where ``F`` is a force.
+    friction : float, optional
+        (``"baoab"`` only) Friction ``gamma`` (default ``1 / mobility``: the overdamped limit
+        ``m -> 0`` then has the params' mobility).
 
     Returns
     -------
@@ -307,7 +329,8 @@ def sample_reset(
     if np.any(np.diff(steps) <= 0):
         raise ValueError(f"observation times must be strictly increasing, got {t.tolist()}")
     out, nodes, heat, fin = _simulate(
-        params, inputs, n_samples, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, sample_offset
+        params, inputs, n_samples, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, sample_offset,
+        mass, friction,
     )
     return Run(out, steps * dt, nodes, heat, fin)
 
@@ -326,6 +349,8 @@ def sample_serial(
     x0=None,
     rail: float | None = None,
     energy: bool = False,
+    mass: float = 1.0,
+    friction: float | None = None,
 ) -> Run:
     """Serial sampling: one run per input vector, read every ``interval`` (first at ``interval``).
 
@@ -335,7 +360,9 @@ def sample_serial(
     """
     k = steps_for(interval, dt)
     steps = k * np.arange(1, n_samples + 1, dtype=np.int64)
-    out, nodes, heat, fin = _simulate(params, inputs, 1, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy)
+    out, nodes, heat, fin = _simulate(
+        params, inputs, 1, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, 0, mass, friction
+    )
     return Run(out.transpose(0, 2, 1, 3), steps * dt, nodes, heat, fin)
 
 
