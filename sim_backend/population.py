@@ -12,7 +12,8 @@ Two methods:
     ``2Q, 3S, 4R``, the field ``B - I W`` and the couplings are per-lane arrays.  Lanes of
     different candidates share blocks, so no block is half empty when ``P * M`` is small (serial
     sampling has only ``P`` lanes per candidate).  The per-lane arithmetic, operation by operation,
-    is that of :func:`sim_backend.kernel.run_block_kernel`'s sparse (CSR) path, and the noise of
+    is that of :func:`sim_backend.kernel.run_block_kernel`'s sparse (CSR) path (the same
+    :mod:`sim_backend.langevin` force and step functions), and the noise of
     trajectory ``(p, m)`` of candidate ``c`` is the stream ``(seeds[c], p, m)``: for networks the
     twin integrates on its sparse path (e.g. :func:`tc_hw.network.layered`) the samples are
     **bitwise equal** to ``twin.sample_reset(candidate, ..., seed=seeds[c])`` (tested).  With one
@@ -26,18 +27,13 @@ Two methods:
     statistically.  Kept as a cross-check of the lanes kernel and for backends that only offer the
     twin's kernel.
 
-Cost on this project's shared 2-core machine (layered 8x4 network, float32, 50 candidates):
-70-100 ns per trajectory step on one thread for either method and for a loop over
-:func:`sim_backend.twin.sample_reset`; the arithmetic is the same, so batching gains only where a
-loop leaves blocks or threads idle.  Measured (:func:`benchmark`, speedup over the loop): reset
-25 inputs x 40 samples x 100 steps: lanes 1.0x (one thread) to 1.6x (two), union 1.0-1.2x; serial
-25 inputs x 200 readings: lanes 7-12x, union 1.3-1.4x; reset 5 inputs x 10 samples: lanes 4-7x.
-Timings vary by tens of percent with the load of other jobs.
+Both methods do the same arithmetic per trajectory step as a loop over
+:func:`sim_backend.twin.sample_reset`; batching gains where a loop would leave blocks of lanes or
+threads idle (serial sampling, few inputs or samples per candidate).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -50,7 +46,7 @@ from . import langevin, twin
 from .langevin import LANES, first_noise, observe, overdamped_step, sparse_force, sparse_force_lanes
 from .rng import stream_states
 
-__all__ = ["population_reset", "population_serial", "disjoint_union", "benchmark"]
+__all__ = ["population_reset", "population_serial", "disjoint_union"]
 
 
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
@@ -375,36 +371,3 @@ def population_serial(
     :func:`population_reset` for ``seed`` and ``method``).
     """
     return _run(candidates, inputs, n_samples, interval, True, nodes, dt, seed, dtype, scheme, x0, rail, method)
-
-
-def benchmark(candidates: Sequence[Params], inputs, n_samples: int, *, t: float = 1.0, dt: float = 1e-2,
-              serial: bool = False, repeat: int = 1) -> dict:
-    """Seconds per population evaluation by ``lanes``, ``union`` and a loop over the twin.
-
-    Each method is run once untimed (compilation), then ``repeat`` times; returns the best times
-    and the speedups of the batched methods over the loop.
-    """
-    candidates = list(candidates)
-    fn = population_serial if serial else population_reset
-    one = twin.sample_serial if serial else twin.sample_reset
-
-    def loop():
-        return [one(c, inputs, t, n_samples, dt=dt, nodes=c.network.outputs).x for c in candidates]
-
-    res = {}
-    for name, f in (
-        ("lanes", lambda: fn(candidates, inputs, t, n_samples, dt=dt, method="lanes")),
-        ("union", lambda: fn(candidates, inputs, t, n_samples, dt=dt, method="union")),
-        ("loop", loop),
-    ):
-        f()
-        best = np.inf
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            f()
-            best = min(best, time.perf_counter() - t0)
-        res[f"{name}_s"] = best
-    res["speedup_lanes"] = res["loop_s"] / res["lanes_s"]
-    res["speedup_union"] = res["loop_s"] / res["union_s"]
-    return res
-
