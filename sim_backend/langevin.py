@@ -222,3 +222,36 @@ def baoab_coefficients(dt: float, kT: float, mass: float, friction: float, dtype
     decay = np.exp(-friction * dt / mass)
     noise = np.sqrt(kT / mass * (1.0 - decay * decay))
     return np.array([0.5 * dt / mass, dt / mass, 0.5 * dt, decay, noise], np.dtype(dtype))
+
+
+# --- numpy-level integrators (training, OM, generative) ---------------------------------------------------
+
+
+def polynomial_force(x, field, a1, a2, a3):
+    """``field - x (a1 + x (a2 + a3 x))``: the on-site force with ``a1, a2, a3 = 2Q, 3S, 4R`` plus a
+    field (``B - I W``, or any drive); broadcasts, keeps ``x``'s dtype when the others match it.
+
+    The numpy twin of :func:`local_force`.  Couplings are the caller's (``- x @ C``)."""
+    return field - x * (a1 + x * (a2 + a3 * x))
+
+
+def euler_maruyama_step(x, force, mu_dt, amp=None, noise=None):
+    """One Euler-Maruyama step, ``x + mu_dt force + amp noise`` (left to right; no noise term when
+    ``noise`` is None).  ``mu_dt`` = mobility * dt, ``amp = sqrt(2 mobility kT dt)``; ``noise``
+    standard normal of ``x``'s shape."""
+    new = x + mu_dt * force
+    return new if noise is None else new + amp * noise
+
+
+def euler_maruyama_paths(vector_field, x0, n_steps: int, mu_dt, amp=None, noise=None):
+    """Euler-Maruyama paths with the vector field passed in: yields ``(k, x_k, x_{k+1})``, k = 0..n_steps-1.
+
+    ``vector_field(k, x)`` returns the force at step ``k`` (shape of ``x``); ``noise(k, x)``
+    (optional) the standard normals of that step.  Each ``x_{k+1}`` is a new array (callers may
+    keep ``x_k``).  Used by direct training's forward pass, OM's idealised paths and the generative
+    noising paths; the compiled twin runs the same step in :func:`overdamped_step`."""
+    x = x0
+    for k in range(n_steps):
+        new = euler_maruyama_step(x, vector_field(k, x), mu_dt, amp, None if noise is None else noise(k, x))
+        yield k, x, new
+        x = new

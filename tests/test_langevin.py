@@ -88,3 +88,37 @@ def test_baoab_refusals():
         twin.sample_reset(q, [[0.0]], 0.1, 2, scheme="baoab")
     with pytest.raises(ValueError, match="overdamped"):
         population.population_reset([p], [[0.0]], 0.1, 2, scheme="baoab")
+
+
+def test_numpy_force_is_minus_the_energy_gradient():
+    """polynomial_force - x C equals -dV/dx of Params.energy (central differences, float64)."""
+    from sim_backend.langevin import polynomial_force
+
+    rng = np.random.default_rng(0)
+    p = random_quadratic(5, rng)
+    p = Params(p.network, p.quadratic, rng.normal(0, 0.3, 5), rng.uniform(0.2, 1, 5), p.bias, p.coupling,
+               p.crossbar, kT=p.kT)
+    inputs = np.array([[0.3, -0.7]])
+    x = rng.normal(0, 0.8, 5)
+    f = polynomial_force(x, p.field(inputs)[0], 2 * p.quadratic, 3 * p.cubic, 4 * p.quartic) - x @ p.coupling_matrix()
+    eps = 1e-6
+    grad = np.array([(p.energy(x + eps * e, inputs[0]) - p.energy(x - eps * e, inputs[0])) / (2 * eps)
+                     for e in np.eye(5)]).reshape(5)
+    np.testing.assert_allclose(f, -grad, rtol=1e-6, atol=1e-7)
+
+
+def test_numpy_euler_maruyama_paths_match_exact_ou_moments():
+    """The shared numpy step on dx = -k x dt + sqrt(2 kT) dW from x = 1: mean e^{-kt} and
+    variance kT/k (1 - e^{-2kt}) within the O(dt) bias plus 4 standard errors."""
+    from sim_backend.langevin import euler_maruyama_paths
+
+    k, kT, dt, n_steps, m = 2.0, 0.5, 1e-3, 500, 20000
+    rng = np.random.default_rng(9)
+    paths = euler_maruyama_paths(lambda i, x: -k * x, np.ones(m), n_steps, dt, np.sqrt(2 * kT * dt),
+                                 lambda i, x: rng.standard_normal(x.shape))
+    for _, _, x in paths:
+        pass
+    t = n_steps * dt
+    var_ex = kT / k * (1 - np.exp(-2 * k * t))
+    assert abs(x.mean() - np.exp(-k * t)) < 4 * np.sqrt(var_ex / m) + 2 * k * dt
+    assert abs(x.var() / var_ex - 1) < 4 * np.sqrt(2 / m) + 2 * k * dt
