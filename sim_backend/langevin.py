@@ -2,7 +2,8 @@
 
 Compiled pieces (numba, ``inline="always"``) shared by the twin's kernel
 (:func:`sim_backend.kernel.run_block_kernel`) and the population sampler
-(:mod:`sim_backend.population`).  Every array is laid out ``(node, lane)`` over ``LANES`` lanes.
+(:mod:`sim_backend.population`).  Every array is laid out ``(node, lane)`` over exactly ``LANES``
+lanes (a compile-time trip count, so the lane loops vectorise without remainder loops).
 
 Force ``F = B - I W - C x - x (2Q + 3S x + 4R x^2)`` (the field ``h = B - I W`` precomputed):
 
@@ -52,17 +53,16 @@ def local_force(h, xv, c1, c2, c3):
 def sparse_force(indptr, indices, values, x, h, a1, a2, a3, f, n_pad):
     """``f = h - C x - x (a1 + x (a2 + a3 x))`` for every lane; ``C`` in CSR (``values`` (nnz,)),
     ``a1, a2, a3`` shape (>= n_pad,), ``x, h, f`` shape (>= n_pad, LANES)."""
-    n_lanes = x.shape[1]
     for i in range(n_pad):
         c1 = a1[i]
         c2 = a2[i]
         c3 = a3[i]
-        for b in range(n_lanes):
+        for b in range(LANES):
             f[i, b] = local_force(h[i, b], x[i, b], c1, c2, c3)
         for k in range(indptr[i], indptr[i + 1]):
             j = indices[k]
             c = values[k]
-            for b in range(n_lanes):
+            for b in range(LANES):
                 f[i, b] -= c * x[j, b]
 
 
@@ -70,13 +70,12 @@ def sparse_force(indptr, indices, values, x, h, a1, a2, a3, f, n_pad):
 def sparse_force_lanes(indptr, indices, cv, x, h, c1, c2, c3, f, n_pad):
     """As :func:`sparse_force` with per-lane coefficients: ``cv`` (nnz, LANES), ``c1, c2, c3``
     (n_pad, LANES)."""
-    n_lanes = x.shape[1]
     for i in range(n_pad):
-        for b in range(n_lanes):
+        for b in range(LANES):
             f[i, b] = local_force(h[i, b], x[i, b], c1[i, b], c2[i, b], c3[i, b])
         for k in range(indptr[i], indptr[i + 1]):
             j = indices[k]
-            for b in range(n_lanes):
+            for b in range(LANES):
                 f[i, b] -= cv[k, b] * x[j, b]
 
 
@@ -97,7 +96,7 @@ def signed_pair(s, b, sg, signed):
 def first_noise(s, sg, signed, xi, n_pad):
     """Draw the LM scheme's initial noise ``xi`` (n_pad, LANES)."""
     for i in range(0, n_pad, 2):
-        for b in range(xi.shape[1]):
+        for b in range(LANES):
             z1, z2 = signed_pair(s, b, sg, signed)
             xi[i, b] = z1
             xi[i + 1, b] = z2
@@ -109,12 +108,11 @@ def overdamped_step(x, f, xi, s, sg, signed, n_pad, mu_dt, noise_scale, scheme, 
 
     ``x' = min(max(x + mu_dt f + noise_scale n, -rail), rail)`` with ``n = z`` (EM) or ``n = xi +
     z`` then ``xi = z`` (LM).  ``rail`` (>= n_pad,) per node."""
-    n_lanes = x.shape[1]
     for i in range(0, n_pad, 2):
         r1 = rail[i]
         r2 = rail[i + 1]
         if scheme == 1:
-            for b in range(n_lanes):
+            for b in range(LANES):
                 z1, z2 = signed_pair(s, b, sg, signed)
                 n1 = xi[i, b] + z1
                 n2 = xi[i + 1, b] + z2
@@ -123,7 +121,7 @@ def overdamped_step(x, f, xi, s, sg, signed, n_pad, mu_dt, noise_scale, scheme, 
                 x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -r1), r1)
                 x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -r2), r2)
         else:
-            for b in range(n_lanes):
+            for b in range(LANES):
                 z1, z2 = signed_pair(s, b, sg, signed)
                 x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -r1), r1)
                 x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -r2), r2)
@@ -137,11 +135,10 @@ def baoab_step(x, v, f, s, sg, signed, n_pad, kick, half_dt, decay, kick_noise, 
     last half kick), ``x += half_dt v``, ``v = decay v + kick_noise z``, ``x += half_dt v``, then
     ``x`` is clipped to ``rail``.  The closing half kick of the last step changes only ``v``,
     which is not observed."""
-    n_lanes = x.shape[1]
     for i in range(0, n_pad, 2):
         r1 = rail[i]
         r2 = rail[i + 1]
-        for b in range(n_lanes):
+        for b in range(LANES):
             z1, z2 = signed_pair(s, b, sg, signed)
             v1 = v[i, b] + kick * f[i, b]
             v2 = v[i + 1, b] + kick * f[i + 1, b]
@@ -158,7 +155,7 @@ def baoab_step(x, v, f, s, sg, signed, n_pad, kick, half_dt, decay, kick_noise, 
 @njit(inline="always")
 def observe(x, out, obs_nodes, k_obs, first, n_traj):
     """Copy the observed nodes of lanes ``first ..`` (below ``n_traj``) to ``out[t, k_obs]``."""
-    for b in range(x.shape[1]):
+    for b in range(LANES):
         t = first + b
         if t < n_traj:
             for q in range(obs_nodes.shape[0]):
