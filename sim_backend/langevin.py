@@ -198,6 +198,16 @@ def start_state(x0, n: int, n_rows: int, dtype, scale=None) -> np.ndarray:
     return out
 
 
+def csr_pattern(mask) -> tuple:
+    """CSR of a boolean (n, n) pattern in row-major order: ``(indptr (n+1,), indices (nnz,) int64,
+    rows, cols)``; ``indices`` has one dummy entry when the pattern is empty (numba needs an array)."""
+    mask = np.asarray(mask, bool)
+    rows, cols = np.nonzero(mask)
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
+    indices = np.ascontiguousarray(cols, np.int64) if len(cols) else np.zeros(1, np.int64)
+    return indptr, indices, rows, cols
+
+
 def overdamped_scales(mobility: float, kT: float, dt: float, scheme: str, dtype) -> tuple:
     """``(mu dt, noise_scale)`` as ``dtype`` scalars: ``sqrt(2 mu kT dt)``, halved for LM (which
     adds two Gaussians)."""

@@ -164,9 +164,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
     a, b = net.edges.T
     mask = np.zeros((n_pad, n_pad), bool)
     mask[a, b] = mask[b, a] = True
-    rows, cols = np.nonzero(mask)
-    indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
-    indices = np.ascontiguousarray(cols, np.int64) if len(cols) else np.zeros(1, np.int64)
+    indptr, indices, rows, cols = langevin.csr_pattern(mask)
     values = np.zeros((n_c, max(len(cols), 1)), dtype)
     field = np.zeros((n_c, p_count, n_pad), dtype)
     a1 = np.zeros((n_c, n_pad), dtype)

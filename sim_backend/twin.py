@@ -145,10 +145,7 @@ def _prepare(params: Params, dtype):
         values = np.zeros(1, dtype)
     else:
         dense = np.zeros((0, 0), dtype)
-        nz = c != 0
-        indptr = np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64)
-        rows, cols = np.nonzero(nz)
-        indices = np.ascontiguousarray(cols, dtype=np.int64) if len(cols) else np.zeros(1, np.int64)
+        indptr, indices, rows, cols = langevin.csr_pattern(c != 0)
         values = np.ascontiguousarray(c[rows, cols], dtype=dtype) if len(cols) else np.zeros(1, dtype)
 
     def pad(v):
