@@ -122,3 +122,31 @@ def test_numpy_euler_maruyama_paths_match_exact_ou_moments():
     var_ex = kT / k * (1 - np.exp(-2 * k * t))
     assert abs(x.mean() - np.exp(-k * t)) < 4 * np.sqrt(var_ex / m) + 2 * k * dt
     assert abs(x.var() / var_ex - 1) < 4 * np.sqrt(2 / m) + 2 * k * dt
+
+
+def test_the_polynomial_force_is_written_once():
+    """Guard: the on-site force ``x (2Q + x (3S + 4R x))`` appears in the packages only in the one
+    core (sim_backend/langevin.py), apart from the OM needed force (the step solved for F, not a
+    step) and the independent numpy reference (written differently on purpose)."""
+    import ast
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"(\w+) \* \(\w+ \+ \1 \* \(")
+    allowed = {("sim_backend/langevin.py", None), ("tc_hw/train/generative.py", "_needed_force")}
+    found = []
+    for pkg in ("sim_backend", "tc_hw", "calibration", "drivers"):
+        for path in (root / pkg).rglob("*.py"):
+            text = path.read_text()
+            if not pattern.search(text):
+                continue
+            rel = path.relative_to(root).as_posix()
+            funcs = [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef)]
+            for lineno, line in enumerate(text.splitlines(), 1):
+                if pattern.search(line):
+                    inner = [f.name for f in funcs if f.lineno <= lineno <= f.end_lineno]
+                    name = inner[-1] if inner else None
+                    if (rel, None) not in allowed and (rel, name) not in allowed:
+                        found.append(f"{rel}:{lineno} ({name})")
+    assert not found, f"integrator force written outside sim_backend.langevin: {found}"
