@@ -43,7 +43,7 @@ from tc_hw.network import Network
 from tc_hw.params import Params
 
 from . import langevin, twin
-from .langevin import LANES, first_noise, observe, overdamped_step, sparse_force, sparse_force_lanes
+from .langevin import LANES, baoab_step, first_noise, observe, overdamped_step, sparse_force, sparse_force_lanes
 from .rng import stream_states
 
 __all__ = ["population_reset", "population_serial", "disjoint_union"]
@@ -68,9 +68,10 @@ def _population_kernel(
     n_steps,
     obs_steps,  # (n_obs,) int64
     obs_nodes,  # (n_o,) int64
-    scheme,  # 0 EM, 1 LM (the steps of sim_backend.langevin)
+    scheme,  # 0 EM, 1 LM, 2 BAOAB (the steps of sim_backend.langevin)
     rail,  # (Np,) float: per-node rails (float max: none)
     out,  # (T, n_obs, n_o)
+    baoab,  # (5,) float: sim_backend.langevin.baoab_coefficients (unused unless scheme 2)
 ):
     n_traj = lane_input.shape[0]
     n_pad = field.shape[2]
@@ -113,7 +114,11 @@ def _population_kernel(
                 sparse_force(indptr, indices, values[c0], x, h, a1[c0], a2[c0], a3[c0], f, n_pad)
             else:
                 sparse_force_lanes(indptr, indices, cv, x, h, c1, c2, c3, f, n_pad)
-            overdamped_step(x, f, xi, s, sg, True, n_pad, mu_dt, noise_scale, scheme, rail)
+            if scheme == 2:  # xi holds the velocities
+                kick = baoab[0] if step == 1 else baoab[1]
+                baoab_step(x, xi, f, s, sg, True, n_pad, kick, baoab[2], baoab[3], baoab[4], rail)
+            else:
+                overdamped_step(x, f, xi, s, sg, True, n_pad, mu_dt, noise_scale, scheme, rail)
             if k_obs < n_obs and obs_steps[k_obs] == step:
                 observe(x, out, obs_nodes, k_obs, blk * LANES, n_traj)
                 k_obs += 1
@@ -145,12 +150,11 @@ def _seeds(seed, n: int) -> np.ndarray:
 
 
 def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, seeds, dtype, scheme, x0, rail,
-               antithetic=False):
+               antithetic=False, mass=1.0, friction=None):
     """Samples of all candidates, shape (C, P, M, n_obs, n_o)."""
     dtype = langevin.check_run(dtype, scheme, dt, n_samples)
-    if scheme == "baoab":
-        raise ValueError("the population sampler integrates the overdamped schemes 'em' and 'lm' only")
     inputs = candidates[0].check_inputs(inputs)
+    baoab = twin.baoab_arguments(candidates[0], dt, scheme, mass, friction, dtype)
     scale = twin.unit_mobility(candidates[0])[1]  # per-node mobility: integrate y = x / sqrt(mu)
     if scale is not None:
         candidates = [twin.unit_mobility(c)[0] for c in candidates]
@@ -214,6 +218,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         langevin.SCHEME_CODE[scheme],
         rails,
         out,
+        baoab,
     )
     out = out.reshape(n_c, p_count, n_samples, len(obs_steps), len(nodes))
     return out if scale is None else twin.to_node_coordinates(out, scale[nodes], rail, dtype)
@@ -250,7 +255,7 @@ def disjoint_union(candidates: Sequence[Params]) -> tuple[Params, np.ndarray]:
 
 
 def _run(candidates, inputs, n_samples, times_or_interval, serial, nodes, dt, seed, dtype, scheme, x0, rail, method,
-         antithetic=False):
+         antithetic=False, mass=1.0, friction=None):
     candidates = list(candidates)
     net = _check_population(candidates)
     if method not in ("lanes", "union"):
@@ -268,7 +273,7 @@ def _run(candidates, inputs, n_samples, times_or_interval, serial, nodes, dt, se
     if method == "lanes":
         seeds = _seeds(seed, len(candidates))
         x = _run_lanes(candidates, inputs, lanes_m, obs[-1], obs, nodes, dt, seeds, dtype, scheme,
-                       x0, rail, antithetic)
+                       x0, rail, antithetic, mass, friction)
     else:
         if np.ndim(seed) != 0:
             raise ValueError("method 'union' takes one seed for the whole population")
@@ -280,7 +285,8 @@ def _run(candidates, inputs, n_samples, times_or_interval, serial, nodes, dt, se
             raise ValueError(f"nodes must be indices in 0..{net.n_nodes - 1}")
         all_nodes = (off[:, None] + nodes_c[None, :]).ravel()
         x0u = None if x0 is None else np.tile(np.broadcast_to(np.asarray(x0, float), (net.n_nodes,)), len(candidates))
-        kw = dict(dt=dt, seed=int(seed), nodes=all_nodes, dtype=dtype, scheme=scheme, x0=x0u, rail=rail)
+        kw = dict(dt=dt, seed=int(seed), nodes=all_nodes, dtype=dtype, scheme=scheme, x0=x0u, rail=rail, mass=mass,
+                  friction=friction)
         if serial:
             r = twin.sample_serial(union, inputs, times_or_interval, n_samples, **kw).x  # (P, M, 1, C*n_o)
         else:
@@ -307,6 +313,8 @@ def population_reset(
     rail: float | None = None,
     method: str = "lanes",
     antithetic: bool = False,
+    mass: float = 1.0,
+    friction: float | None = None,
 ) -> np.ndarray:
     """Reset sampling of every candidate on the same inputs, in one call.
 
@@ -325,8 +333,8 @@ def population_reset(
         ``(seed[c], p, m)``; one int means the same noise for every candidate.
     nodes : sequence of int, optional
         Nodes to record (default: the network's outputs).
-    dt, dtype, scheme, x0, rail
-        As for :func:`sim_backend.twin.sample_reset`.
+    dt, dtype, scheme, x0, rail, mass, friction
+        As for :func:`sim_backend.twin.sample_reset` (``scheme="baoab"``: underdamped).
     method : {"lanes", "union"}
         See the module docstring.
     antithetic : bool
@@ -344,7 +352,7 @@ def population_reset(
         ``method="lanes"`` on sparse-path networks; in distribution otherwise).
     """
     return _run(candidates, inputs, n_samples, times, False, nodes, dt, seed, dtype, scheme, x0, rail, method,
-                antithetic)
+                antithetic, mass, friction)
 
 
 def population_serial(
@@ -361,6 +369,8 @@ def population_serial(
     x0=None,
     rail: float | None = None,
     method: str = "lanes",
+    mass: float = 1.0,
+    friction: float | None = None,
 ) -> np.ndarray:
     """Serial sampling of every candidate: one run per input, read every ``interval``.
 
@@ -368,4 +378,5 @@ def population_serial(
     ``(m + 1) * interval``; ``x[c]`` equals ``twin.sample_serial(candidates[c], ...).x`` (see
     :func:`population_reset` for ``seed`` and ``method``).
     """
-    return _run(candidates, inputs, n_samples, interval, True, nodes, dt, seed, dtype, scheme, x0, rail, method)
+    return _run(candidates, inputs, n_samples, interval, True, nodes, dt, seed, dtype, scheme, x0, rail, method,
+                False, mass, friction)

@@ -37,7 +37,8 @@ from . import kernel, langevin
 from .rng import stream_states
 from .simd import field_kernel, tile_shape
 
-__all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for", "unit_mobility", "rail_array"]
+__all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for", "unit_mobility", "rail_array",
+           "baoab_arguments"]
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _simulate(
 ):
     dtype = langevin.check_run(dtype, scheme, dt, n_samples)
     inputs = params.check_inputs(inputs)
-    baoab = _baoab_coefficients(params, dt, scheme, mass, friction, dtype)
+    baoab = baoab_arguments(params, dt, scheme, mass, friction, dtype)
     params, scale = unit_mobility(params)
     n = params.network.n_nodes
     nodes = langevin.check_nodes(nodes, np.arange(n), n)  # writable: one kernel signature
@@ -246,7 +247,7 @@ def _simulate(
     return out, nodes, heat, fin
 
 
-def _baoab_coefficients(params: Params, dt: float, scheme: str, mass: float, friction, dtype) -> np.ndarray:
+def baoab_arguments(params: Params, dt: float, scheme: str, mass: float, friction, dtype) -> np.ndarray:
     """The kernel's BAOAB coefficients (shape (5,)); zeros for the overdamped schemes.
 
     ``friction`` defaults to ``1 / mobility`` (the overdamped limit ``mass -> 0`` then has the

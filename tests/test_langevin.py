@@ -86,8 +86,25 @@ def test_baoab_refusals():
     q = Params(net, 1.0, 0.0, 1.0, 0.0, [0.1], [1.0], mobility=np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="scalar mobility"):
         twin.sample_reset(q, [[0.0]], 0.1, 2, scheme="baoab")
-    with pytest.raises(ValueError, match="overdamped"):
-        population.population_reset([p], [[0.0]], 0.1, 2, scheme="baoab")
+    with pytest.raises(ValueError, match="mass"):
+        population.population_reset([p], [[0.0]], 0.1, 2, scheme="baoab", mass=-1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_population_baoab_equals_the_twin_bitwise(dtype):
+    """The population sampler runs the same BAOAB step: per candidate, bitwise the twin's samples."""
+    from tc_hw import layered
+
+    rng = np.random.default_rng(4)
+    net = layered(4, 3, 1)
+    pop = [Params.uniform(net, 1, 0.1, 1, bias=rng.normal(0, 0.5, 12), coupling=rng.normal(0, 0.4, net.n_edges),
+                          crossbar=rng.normal(0, 1, net.n_crossbar), kT=0.3) for _ in range(3)]
+    inputs = np.array([[-0.5], [0.5]])
+    kw = dict(dt=1e-2, dtype=dtype, scheme="baoab", mass=0.4, friction=2.0)
+    x = population.population_reset(pop, inputs, [0.1, 0.3], 6, seed=[3, 4, 5], **kw)
+    for c, p in enumerate(pop):
+        ref = twin.sample_reset(p, inputs, [0.1, 0.3], 6, seed=3 + c, nodes=net.outputs, **kw).x
+        assert np.array_equal(x[c], ref)
 
 
 def test_numpy_force_is_minus_the_energy_gradient():
