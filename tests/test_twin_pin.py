@@ -5,7 +5,8 @@ returned by the twin (and the population sampler) for a grid of cases: float32 a
 dense (SIMD tile) and sparse (CSR) couplings, reset and serial sampling, Euler-Maruyama and
 Leimkuhler-Matthews, with and without input lines, scalar mobility.  They were recorded before the
 Langevin core was factored out (commit b8df12a) and any refactoring of the integrator must keep
-them: a single differing bit in any sample fails the test.
+them: a single differing bit in any sample fails the test.  The ``baoab`` entries (the underdamped
+scheme, new with the core) were added after it.
 
 Regenerate only for an intended change of numbers: ``python tests/test_twin_pin.py --write``.
 The hashes are those of an x86-64 CPU with AVX2 and FMA (the kernel's fused multiply-adds); on
@@ -87,6 +88,13 @@ def cases():
 
                     yield f"reset-{tag}", reset
                     yield f"serial-{tag}", serial
+
+                def baoab(p=p, inp=inp, dtype=dtype):
+                    r = twin.sample_reset(p, inp, [0.05, 0.2], 37, dt=1e-2, seed=7, dtype=dtype, scheme="baoab",
+                                          mass=0.5, friction=2.0, energy=True)
+                    return r.x, r.heat_kT, r.final
+
+                yield f"reset-{kind}-{'in' if with_inputs else 'noin'}-{np.dtype(dtype).name}-baoab", baoab
     p = _params("sparse", True)
     pop = [p]
     for k in range(3):
