@@ -6,10 +6,9 @@ reference over ``levels`` volts, acquires ``samples`` readings per input vector 
 keeps per-level means, variances and counts (plus a few raw codes); :func:`fit` is a weighted
 straight line per node.  Node volts are then ``x = (reading - offset) / gain``.
 
-``CAL:REF`` is a board command outside the :class:`tc_hw.device.Device` protocol: it is sent
-through ``device.cal_ref(v)`` when the backend has one, else as a raw SCPI command on
-``device.session``; a backend with neither (the ideal twin) has an ideal readout, and
-:func:`measure` returns ``None``.
+``CAL:REF`` is the optional capability :class:`tc_hw.device.CalibrationReference` (the board
+driver has it); a backend without it (the ideal twin) has an ideal readout, and :func:`measure`
+returns ``None``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tc_hw.device import armed
+from tc_hw.device import CalibrationReference, armed
 
 __all__ = ["AdcData", "AdcFit", "measure", "fit", "ideal", "supports_cal_ref", "set_cal_ref", "DEFAULT_LEVELS"]
 
@@ -70,24 +69,15 @@ def ideal(n_nodes: int) -> AdcFit:
 
 
 def supports_cal_ref(device) -> bool:
-    return hasattr(device, "cal_ref") or hasattr(getattr(device, "session", None), "write")
+    """Whether the backend offers ``CAL:REF`` (:class:`tc_hw.device.CalibrationReference`)."""
+    return isinstance(device, CalibrationReference)
 
 
 def set_cal_ref(device, volts: float | None) -> None:
     """Route ``volts`` to every ADC input (``None``: ``CAL:REF OFF``)."""
-    if hasattr(device, "cal_ref"):
-        device.cal_ref(volts)
-        return
-    session = getattr(device, "session", None)
-    if session is None or not hasattr(session, "write"):
+    if not isinstance(device, CalibrationReference):
         raise NotImplementedError(f"{type(device).__name__} has no CAL:REF")
-    if volts is None:
-        session.write("CAL:REF OFF")
-    else:
-        v = float(volts)
-        if not (math.isfinite(v) and -5.0 <= v <= 5.0):
-            raise ValueError(f"CAL:REF accepts -5..5 V, got {v}")
-        session.write(f"CAL:REF {v:.6f}")
+    device.cal_ref(volts)
 
 
 def measure(device, levels=DEFAULT_LEVELS, samples: int = 64, chains: int = 256, keep_raw: int = 32) -> AdcData | None:

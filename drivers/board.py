@@ -48,6 +48,8 @@ from .transport import SerialTransport, Transport, TransportClosed, VisaTranspor
 
 __all__ = ["TCBoard", "open_visa", "open_serial", "open_board", "parse_channel_map", "MapError", "DAC_LSB_V"]
 
+CAL_REF_LIMIT_V = 5.0  #: |CAL:REF| limit of the board manual, volts
+
 log = logging.getLogger("tc_hw.drivers")
 
 #: DAC step: 16-bit two's complement over +-10 V (board manual).
@@ -673,6 +675,23 @@ class TCBoard:
                 self.session.close()
             finally:
                 self._release_lock()
+
+    # -- capabilities (tc_hw.device.CalibrationReference, ReconnectCounter) ---------------
+    def cal_ref(self, volts: float | None) -> None:
+        """``CAL:REF <volts>``: every ADC input reads ``volts`` (-5..5 V) instead of its node;
+        ``None``: ``CAL:REF OFF``.  Out-of-range or NaN values are refused, nothing sent."""
+        if volts is None:
+            self.session.write("CAL:REF OFF")
+            return
+        v = float(volts)
+        if not (math.isfinite(v) and -CAL_REF_LIMIT_V <= v <= CAL_REF_LIMIT_V):
+            raise UnsafeVoltageError(f"refused, nothing sent: CAL:REF {v:+.6g} V outside [-{CAL_REF_LIMIT_V}, +{CAL_REF_LIMIT_V}] V")
+        self.session.write(f"CAL:REF {v:.6f}")
+
+    @property
+    def reconnects(self) -> int:
+        """Reconnections of the link since it was opened."""
+        return self.session.reconnects
 
     def __enter__(self) -> "TCBoard":
         return self

@@ -6,8 +6,9 @@ float32 lanes).  Each step has two passes over the block, which stays in L1/L2 c
 
 1. the deterministic force ``B - I W - C x - (2Q x + 3S x^2 + 4R x^3)`` (the field ``B - I W`` is
    precomputed per input).  Dense graphs use the explicit-SIMD register tile of
-   :mod:`sim_backend.simd`; sparse ones a CSR loop;
-2. the Gaussians (:mod:`sim_backend.rng`) and the update of the state, node pair by node pair.
+   :mod:`sim_backend.simd`; sparse ones the CSR loop of :mod:`sim_backend.langevin`;
+2. the Gaussians (:mod:`sim_backend.rng`) and the scheme's step of :mod:`sim_backend.langevin`
+   (Euler-Maruyama, Leimkuhler-Matthews or BAOAB), node pair by node pair.
 
 Blocks are spread over threads with ``prange``.  Padding lanes (past the last trajectory) are
 computed and discarded, so every trajectory runs through exactly the same code path and the
@@ -21,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .rng import gauss_pair
+from .langevin import LANES, baoab_step, first_noise, observe, overdamped_step, sparse_force
 from .simd import dense_force
 
-LANES = 128
+__all__ = ["run_block_kernel", "LANES"]
 
 
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
@@ -45,15 +46,15 @@ def run_block_kernel(
     n_steps,  # int
     obs_steps,  # (n_obs,) int64, strictly increasing, in 1..n_steps
     obs_nodes,  # (n_o,) int64
-    scheme,  # 0: Euler-Maruyama, 1: Leimkuhler-Matthews
-    rail,  # float: |x| is clipped to rail after each step (inf: no rails)
+    scheme,  # 0: Euler-Maruyama, 1: Leimkuhler-Matthews, 2: BAOAB (underdamped, start at rest)
+    rail,  # (Nr,) float: |x_i| is clipped to rail[i] after each step (float max: no rails)
     out,  # (T, n_obs, n_o) float: observed states
     final,  # (T, Np) float or (0, Np): full final state
+    baoab,  # (5,) float: sim_backend.langevin.baoab_coefficients (unused unless scheme 2)
 ):
     n_traj = lane_input.shape[0]
     n_pad = field.shape[1]
     n_obs = obs_steps.shape[0]
-    n_o = obs_nodes.shape[0]
     use_dense = dense.shape[0] > 0
     n_blocks = (n_traj + LANES - 1) // LANES
     for blk in prange(n_blocks):
@@ -61,8 +62,9 @@ def run_block_kernel(
         x = np.zeros((n_rows, LANES), field.dtype)
         f = np.zeros((n_rows, LANES), field.dtype)
         h = np.zeros((n_rows, LANES), field.dtype)
-        xi = np.zeros((n_pad, LANES), field.dtype)  # previous noise (LM)
+        xi = np.zeros((n_pad, LANES), field.dtype)  # previous noise (LM), velocity (BAOAB)
         s = np.empty((4, LANES), np.uint32)
+        sg = np.empty(0, field.dtype)  # no antithetic signs
         for b in range(LANES):
             t = min(blk * LANES + b, n_traj - 1)
             p = lane_input[t]
@@ -72,49 +74,20 @@ def run_block_kernel(
             for w in range(4):
                 s[w, b] = states[t, w]
         if scheme == 1:
-            for i in range(0, n_pad, 2):
-                for b in range(LANES):
-                    z1, z2 = gauss_pair(s, b)
-                    xi[i, b] = z1
-                    xi[i + 1, b] = z2
+            first_noise(s, sg, False, xi, n_pad)
         k_obs = 0
         for step in range(1, n_steps + 1):
             if use_dense:
                 dense_force(dense, x, h, a1, a2, a3, f)
             else:
-                for i in range(n_pad):
-                    c1 = a1[i]
-                    c2 = a2[i]
-                    c3 = a3[i]
-                    for b in range(LANES):
-                        xv = x[i, b]
-                        f[i, b] = h[i, b] - xv * (c1 + xv * (c2 + c3 * xv))
-                    for k in range(indptr[i], indptr[i + 1]):
-                        j = indices[k]
-                        c = values[k]
-                        for b in range(LANES):
-                            f[i, b] -= c * x[j, b]
-            for i in range(0, n_pad, 2):
-                if scheme == 1:
-                    for b in range(LANES):
-                        z1, z2 = gauss_pair(s, b)
-                        n1 = xi[i, b] + z1
-                        n2 = xi[i + 1, b] + z2
-                        xi[i, b] = z1
-                        xi[i + 1, b] = z2
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -rail), rail)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -rail), rail)
-                else:
-                    for b in range(LANES):
-                        z1, z2 = gauss_pair(s, b)
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -rail), rail)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -rail), rail)
+                sparse_force(indptr, indices, values, x, h, a1, a2, a3, f, n_pad)
+            if scheme == 2:
+                kick = baoab[0] if step == 1 else baoab[1]
+                baoab_step(x, xi, f, s, sg, False, n_pad, kick, baoab[2], baoab[3], baoab[4], rail)
+            else:
+                overdamped_step(x, f, xi, s, sg, False, n_pad, mu_dt, noise_scale, scheme, rail)
             if k_obs < n_obs and obs_steps[k_obs] == step:
-                for b in range(LANES):
-                    t = blk * LANES + b
-                    if t < n_traj:
-                        for q in range(n_o):
-                            out[t, k_obs, q] = x[obs_nodes[q], b]
+                observe(x, out, obs_nodes, k_obs, blk * LANES, n_traj)
                 k_obs += 1
         if final.shape[0] > 0:
             for b in range(LANES):

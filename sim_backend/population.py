@@ -12,7 +12,8 @@ Two methods:
     ``2Q, 3S, 4R``, the field ``B - I W`` and the couplings are per-lane arrays.  Lanes of
     different candidates share blocks, so no block is half empty when ``P * M`` is small (serial
     sampling has only ``P`` lanes per candidate).  The per-lane arithmetic, operation by operation,
-    is that of :func:`sim_backend.kernel.run_block_kernel`'s sparse (CSR) path, and the noise of
+    is that of :func:`sim_backend.kernel.run_block_kernel`'s sparse (CSR) path (the same
+    :mod:`sim_backend.langevin` force and step functions), and the noise of
     trajectory ``(p, m)`` of candidate ``c`` is the stream ``(seeds[c], p, m)``: for networks the
     twin integrates on its sparse path (e.g. :func:`tc_hw.network.layered`) the samples are
     **bitwise equal** to ``twin.sample_reset(candidate, ..., seed=seeds[c])`` (tested).  With one
@@ -26,18 +27,13 @@ Two methods:
     statistically.  Kept as a cross-check of the lanes kernel and for backends that only offer the
     twin's kernel.
 
-Cost on this project's shared 2-core machine (layered 8x4 network, float32, 50 candidates):
-70-100 ns per trajectory step on one thread for either method and for a loop over
-:func:`sim_backend.twin.sample_reset`; the arithmetic is the same, so batching gains only where a
-loop leaves blocks or threads idle.  Measured (:func:`benchmark`, speedup over the loop): reset
-25 inputs x 40 samples x 100 steps: lanes 1.0x (one thread) to 1.6x (two), union 1.0-1.2x; serial
-25 inputs x 200 readings: lanes 7-12x, union 1.3-1.4x; reset 5 inputs x 10 samples: lanes 4-7x.
-Timings vary by tens of percent with the load of other jobs.
+Both methods do the same arithmetic per trajectory step as a loop over
+:func:`sim_backend.twin.sample_reset`; batching gains where a loop would leave blocks of lanes or
+threads idle (serial sampling, few inputs or samples per candidate).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -46,11 +42,11 @@ from numba import njit, prange
 from tc_hw.network import Network
 from tc_hw.params import Params
 
-from . import twin
-from .kernel import LANES
-from .rng import gauss_pair, stream_states
+from . import langevin, twin
+from .langevin import LANES, baoab_step, first_noise, observe, overdamped_step, sparse_force, sparse_force_lanes
+from .rng import stream_states
 
-__all__ = ["population_reset", "population_serial", "disjoint_union", "benchmark"]
+__all__ = ["population_reset", "population_serial", "disjoint_union"]
 
 
 @njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
@@ -72,15 +68,15 @@ def _population_kernel(
     n_steps,
     obs_steps,  # (n_obs,) int64
     obs_nodes,  # (n_o,) int64
-    scheme,  # 0 EM, 1 LM
-    rail,
+    scheme,  # 0 EM, 1 LM, 2 BAOAB (the steps of sim_backend.langevin)
+    rail,  # (Np,) float: per-node rails (float max: none)
     out,  # (T, n_obs, n_o)
+    baoab,  # (5,) float: sim_backend.langevin.baoab_coefficients (unused unless scheme 2)
 ):
     n_traj = lane_input.shape[0]
     n_pad = field.shape[2]
     nnz = values.shape[1]
     n_obs = obs_steps.shape[0]
-    n_o = obs_nodes.shape[0]
     n_blocks = (n_traj + LANES - 1) // LANES
     for blk in prange(n_blocks):
         x = np.empty((n_pad, LANES), field.dtype)
@@ -111,60 +107,20 @@ def _population_kernel(
                 s[w, b] = states[t, w]
             sg[b] = lane_sign[t]
         if scheme == 1:
-            for i in range(0, n_pad, 2):
-                for b in range(LANES):
-                    z1, z2 = gauss_pair(s, b)
-                    xi[i, b] = z1 * sg[b]
-                    xi[i + 1, b] = z2 * sg[b]
+            first_noise(s, sg, True, xi, n_pad)
         k_obs = 0
         for step in range(1, n_steps + 1):
             if same:  # one candidate in the whole block: scalar coefficients, as the twin's kernel
-                for i in range(n_pad):
-                    d1 = a1[c0, i]
-                    d2 = a2[c0, i]
-                    d3 = a3[c0, i]
-                    for b in range(LANES):
-                        xv = x[i, b]
-                        f[i, b] = h[i, b] - xv * (d1 + xv * (d2 + d3 * xv))
-                    for k in range(indptr[i], indptr[i + 1]):
-                        j = indices[k]
-                        cc = values[c0, k]
-                        for b in range(LANES):
-                            f[i, b] -= cc * x[j, b]
+                sparse_force(indptr, indices, values[c0], x, h, a1[c0], a2[c0], a3[c0], f, n_pad)
             else:
-                for i in range(n_pad):
-                    for b in range(LANES):
-                        xv = x[i, b]
-                        f[i, b] = h[i, b] - xv * (c1[i, b] + xv * (c2[i, b] + c3[i, b] * xv))
-                    for k in range(indptr[i], indptr[i + 1]):
-                        j = indices[k]
-                        for b in range(LANES):
-                            f[i, b] -= cv[k, b] * x[j, b]
-            for i in range(0, n_pad, 2):
-                if scheme == 1:
-                    for b in range(LANES):
-                        z1, z2 = gauss_pair(s, b)
-                        z1 = z1 * sg[b]
-                        z2 = z2 * sg[b]
-                        n1 = xi[i, b] + z1
-                        n2 = xi[i + 1, b] + z2
-                        xi[i, b] = z1
-                        xi[i + 1, b] = z2
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -rail), rail)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -rail), rail)
-                else:
-                    for b in range(LANES):
-                        z1, z2 = gauss_pair(s, b)
-                        z1 = z1 * sg[b]
-                        z2 = z2 * sg[b]
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -rail), rail)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -rail), rail)
+                sparse_force_lanes(indptr, indices, cv, x, h, c1, c2, c3, f, n_pad)
+            if scheme == 2:  # xi holds the velocities
+                kick = baoab[0] if step == 1 else baoab[1]
+                baoab_step(x, xi, f, s, sg, True, n_pad, kick, baoab[2], baoab[3], baoab[4], rail)
+            else:
+                overdamped_step(x, f, xi, s, sg, True, n_pad, mu_dt, noise_scale, scheme, rail)
             if k_obs < n_obs and obs_steps[k_obs] == step:
-                for b in range(LANES):
-                    t = blk * LANES + b
-                    if t < n_traj:
-                        for q in range(n_o):
-                            out[t, k_obs, q] = x[obs_nodes[q], b]
+                observe(x, out, obs_nodes, k_obs, blk * LANES, n_traj)
                 k_obs += 1
 
 
@@ -177,7 +133,7 @@ def _check_population(candidates: Sequence[Params]) -> Network:
             raise TypeError(f"candidate {k} is a {type(c).__name__}, not Params")
         if not c.network.same_as(first.network):
             raise ValueError(f"candidate {k} has a different topology from candidate 0")
-        if c.kT != first.kT or c.mobility != first.mobility:
+        if c.kT != first.kT or not np.array_equal(c.mobility, first.mobility):
             raise ValueError(
                 f"candidate {k} has kT/mobility ({c.kT}, {c.mobility}), candidate 0 ({first.kT}, {first.mobility})"
             )
@@ -194,33 +150,25 @@ def _seeds(seed, n: int) -> np.ndarray:
 
 
 def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, seeds, dtype, scheme, x0, rail,
-               antithetic=False):
+               antithetic=False, mass=1.0, friction=None):
     """Samples of all candidates, shape (C, P, M, n_obs, n_o)."""
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if scheme not in ("em", "lm"):
-        raise ValueError(f"scheme must be 'em' or 'lm', got {scheme!r}")
-    if not (np.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt must be positive, got {dt}")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    dtype = langevin.check_run(dtype, scheme, dt, n_samples)
+    inputs = candidates[0].check_inputs(inputs)
+    baoab = twin.baoab_arguments(candidates[0], dt, scheme, mass, friction, dtype)
+    scale = twin.unit_mobility(candidates[0])[1]  # per-node mobility: integrate y = x / sqrt(mu)
+    if scale is not None:
+        candidates = [twin.unit_mobility(c)[0] for c in candidates]
     first = candidates[0]
     net = first.network
-    inputs = first.check_inputs(inputs)
     n = net.n_nodes
     n_pad = n + (n & 1)
-    nodes = np.asarray(net.outputs if nodes is None else nodes, np.int64).reshape(-1).copy()
-    if len(nodes) == 0 or nodes.min() < 0 or nodes.max() >= n:
-        raise ValueError(f"nodes must be indices in 0..{n - 1}")
+    nodes = langevin.check_nodes(nodes, net.outputs, n)
     n_c, p_count = len(candidates), len(inputs)
     # CSR of the shared topology, in the order twin._prepare uses (row-major over the dense matrix)
     a, b = net.edges.T
     mask = np.zeros((n_pad, n_pad), bool)
     mask[a, b] = mask[b, a] = True
-    rows, cols = np.nonzero(mask)
-    indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
-    indices = np.ascontiguousarray(cols, np.int64) if len(cols) else np.zeros(1, np.int64)
+    indptr, indices, rows, cols = langevin.csr_pattern(mask)
     values = np.zeros((n_c, max(len(cols), 1)), dtype)
     field = np.zeros((n_c, p_count, n_pad), dtype)
     a1 = np.zeros((n_c, n_pad), dtype)
@@ -233,9 +181,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         a1[k, :n] = 2 * c.quadratic
         a2[k, :n] = 3 * c.cubic
         a3[k, :n] = 4 * c.quartic
-    start = np.zeros(n_pad, dtype)
-    if x0 is not None:
-        start[:n] = np.broadcast_to(np.asarray(x0, float), (n,))
+    start = langevin.start_state(x0, n, n_pad, dtype, scale)
     per = p_count * n_samples
     lane_cand = np.repeat(np.arange(n_c, dtype=np.int64), per)
     lane_input = np.tile(np.repeat(np.arange(p_count, dtype=np.int64), n_samples), n_c)
@@ -251,7 +197,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         lane_sign = np.ones(n_c * per, dtype)
     states = np.concatenate([stream_states(s, lane_input[:per], sample) for s in seeds])
     out = np.empty((n_c * per, len(obs_steps), len(nodes)), dtype)
-    rail_value = np.finfo(dtype).max if rail is None else float(rail)
+    rails = twin.rail_array(rail, n_pad, n, dtype, scale)
     _population_kernel(
         indptr,
         indices,
@@ -265,16 +211,17 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         lane_sign,
         states,
         start,
-        dtype.type(first.mobility * dt),
-        dtype.type(np.sqrt(2 * first.mobility * first.kT * dt) * (1.0 if scheme == "em" else 0.5)),
+        *langevin.overdamped_scales(first.mobility, first.kT, dt, scheme, dtype),
         int(n_steps),
         np.asarray(obs_steps, np.int64),
         nodes,
-        0 if scheme == "em" else 1,
-        dtype.type(rail_value),
+        langevin.SCHEME_CODE[scheme],
+        rails,
         out,
+        baoab,
     )
-    return out.reshape(n_c, p_count, n_samples, len(obs_steps), len(nodes))
+    out = out.reshape(n_c, p_count, n_samples, len(obs_steps), len(nodes))
+    return out if scale is None else twin.to_node_coordinates(out, scale[nodes], rail, dtype)
 
 
 def disjoint_union(candidates: Sequence[Params]) -> tuple[Params, np.ndarray]:
@@ -301,14 +248,14 @@ def disjoint_union(candidates: Sequence[Params]) -> tuple[Params, np.ndarray]:
         cat("coupling"),
         cat("crossbar"),
         kT=candidates[0].kT,
-        mobility=candidates[0].mobility,
+        mobility=np.tile(candidates[0].mobility, n_c) if candidates[0].has_node_mobility else candidates[0].mobility,
         require_stable=False,
     )
     return p, off
 
 
 def _run(candidates, inputs, n_samples, times_or_interval, serial, nodes, dt, seed, dtype, scheme, x0, rail, method,
-         antithetic=False):
+         antithetic=False, mass=1.0, friction=None):
     candidates = list(candidates)
     net = _check_population(candidates)
     if method not in ("lanes", "union"):
@@ -326,7 +273,7 @@ def _run(candidates, inputs, n_samples, times_or_interval, serial, nodes, dt, se
     if method == "lanes":
         seeds = _seeds(seed, len(candidates))
         x = _run_lanes(candidates, inputs, lanes_m, obs[-1], obs, nodes, dt, seeds, dtype, scheme,
-                       x0, rail, antithetic)
+                       x0, rail, antithetic, mass, friction)
     else:
         if np.ndim(seed) != 0:
             raise ValueError("method 'union' takes one seed for the whole population")
@@ -338,7 +285,8 @@ def _run(candidates, inputs, n_samples, times_or_interval, serial, nodes, dt, se
             raise ValueError(f"nodes must be indices in 0..{net.n_nodes - 1}")
         all_nodes = (off[:, None] + nodes_c[None, :]).ravel()
         x0u = None if x0 is None else np.tile(np.broadcast_to(np.asarray(x0, float), (net.n_nodes,)), len(candidates))
-        kw = dict(dt=dt, seed=int(seed), nodes=all_nodes, dtype=dtype, scheme=scheme, x0=x0u, rail=rail)
+        kw = dict(dt=dt, seed=int(seed), nodes=all_nodes, dtype=dtype, scheme=scheme, x0=x0u, rail=rail, mass=mass,
+                  friction=friction)
         if serial:
             r = twin.sample_serial(union, inputs, times_or_interval, n_samples, **kw).x  # (P, M, 1, C*n_o)
         else:
@@ -365,13 +313,16 @@ def population_reset(
     rail: float | None = None,
     method: str = "lanes",
     antithetic: bool = False,
+    mass: float = 1.0,
+    friction: float | None = None,
 ) -> np.ndarray:
     """Reset sampling of every candidate on the same inputs, in one call.
 
     Parameters
     ----------
     candidates : sequence of Params, length C
-        Same topology, ``kT`` and ``mobility``.
+        Same topology, ``kT`` and ``mobility`` (a scalar or the same per-node array; per-node
+        mobilities are integrated as in :func:`sim_backend.twin.unit_mobility`).
     inputs : array_like, shape (P, K)
     times : float or sequence of float
         Observation time(s), multiples of ``dt``.
@@ -382,8 +333,8 @@ def population_reset(
         ``(seed[c], p, m)``; one int means the same noise for every candidate.
     nodes : sequence of int, optional
         Nodes to record (default: the network's outputs).
-    dt, dtype, scheme, x0, rail
-        As for :func:`sim_backend.twin.sample_reset`.
+    dt, dtype, scheme, x0, rail, mass, friction
+        As for :func:`sim_backend.twin.sample_reset` (``scheme="baoab"``: underdamped).
     method : {"lanes", "union"}
         See the module docstring.
     antithetic : bool
@@ -401,7 +352,7 @@ def population_reset(
         ``method="lanes"`` on sparse-path networks; in distribution otherwise).
     """
     return _run(candidates, inputs, n_samples, times, False, nodes, dt, seed, dtype, scheme, x0, rail, method,
-                antithetic)
+                antithetic, mass, friction)
 
 
 def population_serial(
@@ -418,6 +369,8 @@ def population_serial(
     x0=None,
     rail: float | None = None,
     method: str = "lanes",
+    mass: float = 1.0,
+    friction: float | None = None,
 ) -> np.ndarray:
     """Serial sampling of every candidate: one run per input, read every ``interval``.
 
@@ -425,37 +378,5 @@ def population_serial(
     ``(m + 1) * interval``; ``x[c]`` equals ``twin.sample_serial(candidates[c], ...).x`` (see
     :func:`population_reset` for ``seed`` and ``method``).
     """
-    return _run(candidates, inputs, n_samples, interval, True, nodes, dt, seed, dtype, scheme, x0, rail, method)
-
-
-def benchmark(candidates: Sequence[Params], inputs, n_samples: int, *, t: float = 1.0, dt: float = 1e-2,
-              serial: bool = False, repeat: int = 1) -> dict:
-    """Seconds per population evaluation by ``lanes``, ``union`` and a loop over the twin.
-
-    Each method is run once untimed (compilation), then ``repeat`` times; returns the best times
-    and the speedups of the batched methods over the loop.
-    """
-    candidates = list(candidates)
-    fn = population_serial if serial else population_reset
-    one = twin.sample_serial if serial else twin.sample_reset
-
-    def loop():
-        return [one(c, inputs, t, n_samples, dt=dt, nodes=c.network.outputs).x for c in candidates]
-
-    res = {}
-    for name, f in (
-        ("lanes", lambda: fn(candidates, inputs, t, n_samples, dt=dt, method="lanes")),
-        ("union", lambda: fn(candidates, inputs, t, n_samples, dt=dt, method="union")),
-        ("loop", loop),
-    ):
-        f()
-        best = np.inf
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            f()
-            best = min(best, time.perf_counter() - t0)
-        res[f"{name}_s"] = best
-    res["speedup_lanes"] = res["loop_s"] / res["lanes_s"]
-    res["speedup_union"] = res["loop_s"] / res["union_s"]
-    return res
-
+    return _run(candidates, inputs, n_samples, interval, True, nodes, dt, seed, dtype, scheme, x0, rail, method,
+                False, mass, friction)

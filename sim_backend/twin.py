@@ -12,23 +12,33 @@ Public functions
     whatever ``M``.
 
 Times and ``dt`` are physical times; the drift is ``mobility * force`` and the noise has variance
-``2 mobility kT dt``.  The number of steps to an observation time ``t`` is ``round(t / dt)``.
+``2 mobility kT dt`` (overdamped schemes ``"em"``, ``"lm"``; ``scheme="baoab"`` integrates the
+underdamped dynamics with a ``mass`` and ``friction``).  The steps are those of the one Langevin
+core, :mod:`sim_backend.langevin`.  The number of steps to an observation time ``t`` is ``round(t / dt)``.
 The trajectory of input ``p``, sample ``m`` depends only on ``(seed, p, m)``.
+
+Per-node mobilities (``params.mobility`` an array ``mu``, shape (N,)) are integrated by the exact
+change of variables ``y_i = x_i / sqrt(mu_i)`` (:func:`unit_mobility`): Langevin dynamics with
+mobility ``mu_i`` in ``x`` is Langevin dynamics with mobility 1 in ``y`` for ``U(y) =
+V(sqrt(mu) y)``, and the Euler-Maruyama / Leimkuhler-Matthews steps map one to one.  The kernel
+integrates ``y`` (rails ``rail / sqrt(mu_i)``); results are mapped back, ``x = sqrt(mu) y``.
+A scalar mobility takes the unchanged path (bitwise the same samples as before).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from tc_hw.params import Params
 
-from . import kernel
+from . import kernel, langevin
 from .rng import stream_states
 from .simd import field_kernel, tile_shape
 
-__all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for"]
+__all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for", "unit_mobility", "rail_array",
+           "baoab_arguments"]
 
 
 @dataclass
@@ -56,6 +66,62 @@ def steps_for(t: float, dt: float) -> int:
     return n
 
 
+def unit_mobility(params: Params) -> tuple[Params, np.ndarray | None]:
+    """The same dynamics with mobility 1, in coordinates ``y_i = x_i / sqrt(mu_i)``.
+
+    For a per-node mobility ``mu`` (shape (N,)) and ``s = sqrt(mu)``, ``U(y) = V(s y)`` has
+    ``Q mu, S mu^1.5, R mu^2, B s, C_ab s_a s_b, W_kj s_j`` (kT unchanged).  Proof that one step
+    maps exactly: divide ``x' = x + mu_i dt F_i(x) + sqrt(2 mu_i kT dt) z`` by ``s_i`` and use
+    ``-dU/dy_i = s_i F_i(x)``: ``y' = y + dt (-dU/dy_i) + sqrt(2 kT dt) z`` (the LM noise
+    ``(z_n + z_n+1)/2`` maps the same way).  Rails ``|x_i| <= r`` become ``|y_i| <= r / s_i``.
+
+    Returns ``(params_y, s)`` with ``s`` float64 shape (N,), or ``(params, None)`` for a scalar
+    mobility (nothing to change).  ``params_y`` has no readout.
+    """
+    if not params.has_node_mobility:
+        return params, None
+    mu = params.mobility
+    s = np.sqrt(mu)
+    a, b = params.network.edges.T
+    j = params.network.crossbar[:, 1]
+    y = replace(
+        params,
+        quadratic=params.quadratic * mu,
+        cubic=params.cubic * mu * s,
+        quartic=params.quartic * mu * mu,
+        bias=params.bias * s,
+        coupling=params.coupling * s[a] * s[b],
+        crossbar=params.crossbar * s[j],
+        readout=None,
+        mobility=1.0,
+        require_stable=False,
+    )
+    return y, s
+
+
+def rail_array(rail, n_rows: int, n: int, dtype, scale=None) -> np.ndarray:
+    """Per-row rails for the kernels, shape (n_rows,): ``rail / scale`` on the N nodes.
+
+    ``rail`` None means no rails (the dtype's largest value); ``scale`` (shape (N,)) is the
+    ``sqrt(mu)`` of :func:`unit_mobility`.  Padding rows get ``rail``."""
+    dtype = np.dtype(dtype)
+    out = np.full(n_rows, np.finfo(dtype).max, dtype)
+    if rail is not None:
+        out[:] = float(rail)
+        if scale is not None:
+            out[:n] = float(rail) / scale
+    return out
+
+
+def to_node_coordinates(y, scale, rail, dtype) -> np.ndarray:
+    """``x = scale * y`` (nodes on the last axis), clipped to ``[-rail, rail]`` when rails are on,
+    as ``dtype``: undoes :func:`unit_mobility` on samples."""
+    x = np.asarray(y, np.float64) * scale
+    if rail is not None:
+        np.clip(x, -float(rail), float(rail), out=x)
+    return x.astype(dtype)
+
+
 def uses_dense_coupling(params: Params) -> bool:
     """Whether the kernel computes the couplings as a dense tile product (else a CSR loop).
 
@@ -80,10 +146,7 @@ def _prepare(params: Params, dtype):
         values = np.zeros(1, dtype)
     else:
         dense = np.zeros((0, 0), dtype)
-        nz = c != 0
-        indptr = np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64)
-        rows, cols = np.nonzero(nz)
-        indices = np.ascontiguousarray(cols, dtype=np.int64) if len(cols) else np.zeros(1, np.int64)
+        indptr, indices, rows, cols = langevin.csr_pattern(c != 0)
         values = np.ascontiguousarray(c[rows, cols], dtype=dtype) if len(cols) else np.zeros(1, dtype)
 
     def pad(v):
@@ -126,21 +189,15 @@ def _simulate(
     rail,
     want_final: bool,
     sample_offset: int = 0,
+    mass: float = 1.0,
+    friction: float | None = None,
 ):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if scheme not in ("em", "lm"):
-        raise ValueError(f"scheme must be 'em' (Euler-Maruyama) or 'lm' (Leimkuhler-Matthews), got {scheme!r}")
-    if not (np.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt must be positive, got {dt}")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    dtype = langevin.check_run(dtype, scheme, dt, n_samples)
     inputs = params.check_inputs(inputs)
+    baoab = baoab_arguments(params, dt, scheme, mass, friction, dtype)
+    params, scale = unit_mobility(params)
     n = params.network.n_nodes
-    nodes = np.arange(n) if nodes is None else np.array(nodes, np.int64).reshape(-1)  # writable: one kernel signature
-    if len(nodes) == 0 or nodes.min() < 0 or nodes.max() >= n:
-        raise ValueError(f"nodes must be indices in 0..{n - 1}")
+    nodes = langevin.check_nodes(nodes, np.arange(n), n)  # writable: one kernel signature
     dense, indptr, indices, values, a1, a2, a3, pad = _prepare(params, dtype)
     p_count = len(inputs)
     n_pad = n + (n & 1)
@@ -148,11 +205,12 @@ def _simulate(
     lane_input = np.repeat(np.arange(p_count, dtype=np.int64), n_samples)
     sample = np.tile(np.arange(sample_offset, sample_offset + n_samples, dtype=np.int64), p_count)
     states = stream_states(seed, lane_input, sample)
-    start = pad(np.zeros(n) if x0 is None else np.broadcast_to(np.asarray(x0, float), (n,)))
+    start = langevin.start_state(x0, n, len(a1), dtype, scale)
     t_count = len(lane_input)
     out = np.empty((t_count, len(obs_steps), len(nodes)), dtype)
     final = np.empty((t_count if want_final else 0, n_pad), dtype)
-    rail_value = np.finfo(dtype).max if rail is None else float(rail)
+    rails = rail_array(rail, len(a1), n, dtype, scale)
+    mu_dt, noise_scale = langevin.overdamped_scales(params.mobility, params.kT, dt, scheme, dtype)
     kernel.run_block_kernel(
         dense,
         indptr,
@@ -165,24 +223,42 @@ def _simulate(
         a2,
         a3,
         start,
-        dtype.type(params.mobility * dt),
-        dtype.type(np.sqrt(2 * params.mobility * params.kT * dt) * (1.0 if scheme == "em" else 0.5)),
+        mu_dt,
+        noise_scale,
         int(n_steps),
         np.asarray(obs_steps, np.int64),
         nodes,
-        0 if scheme == "em" else 1,
-        dtype.type(rail_value),
+        langevin.SCHEME_CODE[scheme],
+        rails,
         out,
         final,
+        baoab,
     )
     out = out.reshape(p_count, n_samples, len(obs_steps), len(nodes))
     heat = fin = None
     if want_final:
         fin = final[:, :n].reshape(p_count, n_samples, n)
-        v_end = params.energy(fin.astype(np.float64), inputs[:, None, :])
+        v_end = params.energy(fin.astype(np.float64), inputs[:, None, :])  # U(y) = V(x): heat needs no mapping
         v_start = np.broadcast_to(params.energy(start[:n].astype(np.float64), inputs), (p_count,))[:, None]
         heat = (v_start - v_end) / params.kT
+    if scale is not None:  # back to x = sqrt(mu) y (clipped: the rail is exact in x, not after rounding)
+        out = to_node_coordinates(out, scale[nodes], rail, dtype)
+        fin = None if fin is None else to_node_coordinates(fin, scale, rail, dtype)
     return out, nodes, heat, fin
+
+
+def baoab_arguments(params: Params, dt: float, scheme: str, mass: float, friction, dtype) -> np.ndarray:
+    """The kernel's BAOAB coefficients (shape (5,)); zeros for the overdamped schemes.
+
+    ``friction`` defaults to ``1 / mobility`` (the overdamped limit ``mass -> 0`` then has the
+    params' mobility).  A per-node mobility is refused with BAOAB (the change of variables of
+    :func:`unit_mobility` would need a per-node mass)."""
+    if scheme != "baoab":
+        return np.zeros(5, dtype)
+    if params.has_node_mobility:
+        raise ValueError("scheme 'baoab' needs a scalar mobility (the params have a per-node mobility)")
+    gamma = 1.0 / float(params.mobility) if friction is None else float(friction)
+    return langevin.baoab_coefficients(dt, params.kT, float(mass), gamma, dtype)
 
 
 def sample_reset(
@@ -200,6 +276,8 @@ def sample_reset(
     rail: float | None = None,
     energy: bool = False,
     sample_offset: int = 0,
+    mass: float = 1.0,
+    friction: float | None = None,
 ) -> Run:
     """Reset sampling: ``n_samples`` independent runs per input vector, observed at ``times``.
 
@@ -219,15 +297,25 @@ def sample_reset(
         Nodes to record (default all), in the order given.
     dtype : float32 (default) or float64
         Precision of the state.
-    scheme : {"em", "lm"}
-        Euler-Maruyama (the papers' scheme) or Leimkuhler-Matthews (same cost, second order for
-        equilibrium averages).
+    scheme : {"em", "lm", "baoab"}
+        Euler-Maruyama (the papers' scheme), Leimkuhler-Matthews (same cost, second order for
+        equilibrium averages), or ``"baoab"``: *underdamped* (inertial) Langevin dynamics
+        ``m dv = F dt - gamma v dt + sqrt(2 gamma kT) dW``, ``dx = v dt``, started at rest
+        (``v = 0``), by the BAOAB splitting (one force per step; exact Ornstein-Uhlenbeck velocity
+        update, so the velocity variance is ``kT / m`` at equilibrium for any ``dt``).  Needs a
+        scalar mobility.
     x0 : array_like, shape (N,), optional
         Start state (default 0).
     rail : float, optional
         Clip nodes to ``[-rail, rail]`` after every step (hardware rails).
     energy : bool
-        Also return the heat per trajectory and the final state.
+        Also return the heat per trajectory and the final state (for ``"baoab"`` the heat is
+        ``V(x0) - V(x_final)``, which omits the final kinetic energy).
+    mass : float
+        (``"baoab"`` only) Mass ``m`` of every node, in units where ``F`` is a force.
+    friction : float, optional
+        (``"baoab"`` only) Friction ``gamma`` (default ``1 / mobility``: the overdamped limit
+        ``m -> 0`` then has the params' mobility).
 
     Returns
     -------
@@ -239,7 +327,8 @@ def sample_reset(
     if np.any(np.diff(steps) <= 0):
         raise ValueError(f"observation times must be strictly increasing, got {t.tolist()}")
     out, nodes, heat, fin = _simulate(
-        params, inputs, n_samples, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, sample_offset
+        params, inputs, n_samples, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, sample_offset,
+        mass, friction,
     )
     return Run(out, steps * dt, nodes, heat, fin)
 
@@ -258,6 +347,8 @@ def sample_serial(
     x0=None,
     rail: float | None = None,
     energy: bool = False,
+    mass: float = 1.0,
+    friction: float | None = None,
 ) -> Run:
     """Serial sampling: one run per input vector, read every ``interval`` (first at ``interval``).
 
@@ -267,7 +358,9 @@ def sample_serial(
     """
     k = steps_for(interval, dt)
     steps = k * np.arange(1, n_samples + 1, dtype=np.int64)
-    out, nodes, heat, fin = _simulate(params, inputs, 1, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy)
+    out, nodes, heat, fin = _simulate(
+        params, inputs, 1, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, 0, mass, friction
+    )
     return Run(out.transpose(0, 2, 1, 3), steps * dt, nodes, heat, fin)
 
 

@@ -15,7 +15,19 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Channel", "ChannelMap", "Acquisition", "Device", "DeviceError", "UnsafeVoltageError", "armed"]
+__all__ = [
+    "Channel",
+    "ChannelMap",
+    "Acquisition",
+    "Device",
+    "DeviceError",
+    "UnsafeVoltageError",
+    "armed",
+    "Seedable",
+    "CalibrationReference",
+    "ReconnectCounter",
+    "reconnect_count",
+]
 
 #: Element kinds of the board manual, in channel-map order.
 KINDS = ("Q", "R", "B", "C", "W")
@@ -172,6 +184,38 @@ class Device(Protocol):
 
     def close(self) -> None:
         """Disarm and release the connection."""
+
+
+# --- optional capabilities: small protocols a backend may also satisfy (check with isinstance) ---
+
+
+@runtime_checkable
+class Seedable(Protocol):
+    """A backend whose noise can be seeded (the twin; a board's bath cannot be)."""
+
+    def reseed(self, seed: int) -> None:
+        """Seed of the next acquisition: the same seed and settings give the same samples."""
+
+
+@runtime_checkable
+class CalibrationReference(Protocol):
+    """A backend that can route a reference voltage to every ADC input (``CAL:REF``)."""
+
+    def cal_ref(self, volts: float | None) -> None:
+        """Read ``volts`` (-5..5 V) on every ADC input instead of the nodes; ``None``: the nodes
+        again (``CAL:REF OFF``).  Out-of-range values are refused (ValueError), nothing sent."""
+
+
+@runtime_checkable
+class ReconnectCounter(Protocol):
+    """A backend that counts the reconnections of its link since it was opened."""
+
+    reconnects: int  #: reconnections so far
+
+
+def reconnect_count(device) -> int:
+    """``device.reconnects`` for a :class:`ReconnectCounter`, else 0 (a link that never drops)."""
+    return int(device.reconnects) if isinstance(device, ReconnectCounter) else 0
 
 
 class armed:

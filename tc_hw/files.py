@@ -2,7 +2,8 @@
 
 HDF5 layout (``format = "tc-hw/params"``, ``format_version = 1``)::
 
-    /                      attrs: format, format_version, software_version, kT, mobility,
+    /                      attrs: format, format_version, software_version, kT, mobility
+                                  (scalar, or float64 (N,) for per-node mobilities),
                                   convention = "V = sum Q x^2 + S x^3 + R x^4 - B x + sum C x x + sum W I x"
     /network               attrs: n_nodes, n_inputs
     /network/edges         int64 (E, 2)
@@ -133,7 +134,7 @@ def _to_dict(params: Params, provenance: dict | None) -> dict:
         "software_version": _version(),
         "convention": CONVENTION,
         "kT": params.kT,
-        "mobility": params.mobility,
+        "mobility": params.mobility.tolist() if params.has_node_mobility else params.mobility,
         "network": {
             "n_nodes": net.n_nodes,
             "n_inputs": net.n_inputs,
@@ -166,7 +167,7 @@ def _from_mapping(top, net_g, par_g, where: str) -> Params:
     except KeyError as e:
         raise ParamsError(f"{where}: missing entry {e.args[0]!r}; is this a tc-hw parameter file?") from None
     readout = par_g.get("readout")
-    kT, mobility = _positive(top.get("kT", 1.0), "kT", where), _positive(top.get("mobility", 1.0), "mobility", where)
+    kT, mobility = _positive(top.get("kT", 1.0), "kT", where), _mobility_value(top.get("mobility", 1.0), where)
     return Params(net, readout=None if readout is None else np.asarray(readout, float), kT=kT, mobility=mobility,
                   **values)
 
@@ -187,6 +188,19 @@ def _check_version(v, where: str) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= int(v) <= FORMAT_VERSION:
         raise ParamsError(f"{where}: format_version {v!r} is not one this code reads (1..{FORMAT_VERSION}); "
                           "a newer tc-hw wrote it, or it is not a tc-hw parameter file")
+
+
+def _mobility_value(raw, where: str):
+    """A stored mobility: a scalar (float) or a per-node list/array (float64 array), finite and > 0."""
+    if np.ndim(raw) == 0:
+        return _positive(raw, "mobility", where)
+    try:
+        m = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ParamsError(f"{where}: mobility must be a number or a list of numbers, got {raw!r}") from None
+    if m.ndim != 1 or not (np.all(np.isfinite(m)) and np.all(m > 0)):
+        raise ParamsError(f"{where}: per-node mobility must be a list of finite numbers > 0")
+    return m
 
 
 def load_params(path, format: str | None = None) -> Params:

@@ -59,7 +59,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .device import DeviceError, armed
+from .device import DeviceError, Seedable, armed, reconnect_count
 from .params import Params
 from .runlog import RunLog
 from .tasks import cos_task
@@ -168,7 +168,7 @@ class _Problem:
         for c, v in enumerate(population):
             volts, f = self.split(v)
             dev.set_channels(volts)
-            if seeds is not None and hasattr(dev, "reseed"):
+            if seeds is not None and isinstance(dev, Seedable):
                 dev.reseed(seeds[c])
             with armed(dev):
                 acq = dev.acquire("reset", self.time_s, samples or self.cfg.samples, nodes=self.outputs)
@@ -348,7 +348,6 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                             elites=cfg.elites, instrument=instrument)
     if log.completed > ga.generation:  # logged but not checkpointed: redo that generation
         log.truncate(ga.generation)
-    session = getattr(device, "session", None)
     paused_total, retries_total = 0.0, 0
     g_start = ga.generation
     t_ga = time.monotonic()
@@ -369,7 +368,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                 seeds = [_seed(cfg.seed, g, 2, c) for c in range(cfg.population)]
             pop = ga.ask()
             t0 = time.monotonic()
-            r0 = getattr(session, "reconnects", 0)
+            r0 = reconnect_count(device)
             for attempt in range(cfg.retries + 1):
                 try:
                     losses, _ = prob.losses(pop, z, seeds)
@@ -378,7 +377,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                     if attempt == cfg.retries:
                         raise
                     print(f"refine: generation {g} attempt {attempt + 1} failed ({e}); redoing it", file=sys.stderr)
-            retries = getattr(session, "reconnects", 0) - r0 + attempt
+            retries = reconnect_count(device) - r0 + attempt
             retries_total += retries
             ga.tell(losses)
             best = int(np.argmin(losses))

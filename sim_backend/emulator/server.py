@@ -47,10 +47,6 @@ def check_loopback(host: str) -> str:
     return str(addr)
 
 
-class _Stopped(Exception):
-    pass
-
-
 class TcpServer:
     """Serve the instrument on ``host:port`` (port 0: a free port, see :attr:`port`)."""
 

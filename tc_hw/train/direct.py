@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim_backend.langevin import euler_maruyama_paths, polynomial_force
+
 from ..params import Params
 
 __all__ = ["DirectConfig", "forward", "backward", "train_direct", "train_mnist_direct", "trajectory_loss_and_grad", "initial_params"]
@@ -101,11 +103,12 @@ def forward(model: _Model, inputs, noise, dt: float) -> np.ndarray:
     amp = f32(model.sigma * np.sqrt(dt))
     u = model.B[None, :] - inputs @ model.W  # (P, N)
     xs = np.empty((steps + 1, p, n), u.dtype)
-    x = np.zeros((p, n), u.dtype)
-    xs[0] = x
-    for k in range(steps):
-        force = u - x * (model.q2 + x * (model.s3 + model.r4 * x)) - x @ model.C
-        x = x + mu_dt * force + amp * noise[k]
+    xs[0] = 0
+
+    def force(k, x):
+        return polynomial_force(x, u, model.q2, model.s3, model.r4) - x @ model.C
+
+    for k, _, x in euler_maruyama_paths(force, xs[0], steps, mu_dt, amp, lambda k, x: noise[k]):
         xs[k + 1] = x
     return xs
 

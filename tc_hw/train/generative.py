@@ -101,6 +101,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sim_backend.langevin import euler_maruyama_paths, polynomial_force
+
 from ..network import Network
 from ..params import Params
 
@@ -412,22 +414,22 @@ def _noising_steps(targets, n_paths, cfg: GenerativeConfig, seed: int, n_visible
     dt = np.float32(cfg.dt)
     amp = np.float32(np.sqrt(2 * cfg.kT * cfg.dt))
     rng = np.random.default_rng([seed, 1])
-    noise = np.empty_like(x)
-    for k in range(n_steps):
+    zero = np.float32(0)
+
+    def force(k, x):  # the local force plus the three ramped parts of the field
+        f = polynomial_force(x, zero, q2, zero, r4)
         lam_v = np.float32(_ramp(k, cfg.dt, cfg.ramp * cfg.t_f))
         lam_h = np.float32(_ramp(k, cfg.dt, cfg.hidden_ramp * cfg.t_f))
         lam_m = np.float32(_ramp(k, cfg.dt, cfg.mean_ramp * cfg.t_f))
-        rng.standard_normal(out=noise, dtype=np.float32)
-        force = -x * (q2 + r4 * x * x)
         if lam_v:
-            force[:, :v] += lam_v * g[:, :v]
+            f[:, :v] += lam_v * g[:, :v]
         if lam_h:
-            force[:, v:] += lam_h * g[:, v:]
+            f[:, v:] += lam_h * g[:, v:]
         if lam_m:
-            force[:, :v] += lam_m * g_mean
-        new = x + dt * force + amp * noise
-        yield k, x, new
-        x = new
+            f[:, :v] += lam_m * g_mean
+        return f
+
+    yield from euler_maruyama_paths(force, x, n_steps, dt, amp, lambda k, x: rng.standard_normal(x.shape, np.float32))
 
 
 def _check_targets(targets, n_visible):
@@ -905,8 +907,8 @@ def generate(params: Params, n: int, seed: int = 0, *, t_f: float = 2.5, dt: flo
              record=None, chunk: int = 256, progress: bool = False):
     """Generate ``n`` samples: start in the uncoupled equilibrium, evolve ``t_f`` under ``params``.
 
-    The integrator is the twin's (Euler-Maruyama, float32, the same drift and noise) written for
-    this block-sparse graph and one start state per trajectory (the twin's kernel starts every
+    The integrator is the Euler-Maruyama step of :mod:`sim_backend.langevin` (float32, the twin's
+    drift and noise) with this block-sparse graph's force and one start state per trajectory (the twin's kernel starts every
     lane of a run at one ``x0``; with a common ``x0`` the two agree in distribution, see the tests).
 
     Parameters
@@ -968,18 +970,19 @@ def generate(params: Params, n: int, seed: int = 0, *, t_f: float = 2.5, dt: flo
             for j, ks in enumerate(rec_steps):
                 if ks == 0:
                     frames[j, s: s + m] = x[:, :v]
-            noise = np.empty_like(x)
-            force = np.empty_like(x)  # dV/dx without the bias
-            for k in range(1, n_steps + 1):
+            coupling = np.empty_like(x)  # C x of the block-sparse graph
+
+            def force(k, x):
                 xv, xh = x[:, :v], x[:, v:]
-                np.matmul(xh, cvtf, out=force[:, :v])
-                np.matmul(xv, cvf, out=force[:, v:])
-                force[:, v:] += xh @ chf
-                force += x * (a1 + x * (a2 + a3 * x))
-                rng.standard_normal(out=noise, dtype=f32)
-                x += mu_dt * (bf - force) + amp * noise
+                np.matmul(xh, cvtf, out=coupling[:, :v])
+                np.matmul(xv, cvf, out=coupling[:, v:])
+                coupling[:, v:] += xh @ chf
+                return polynomial_force(x, bf - coupling, a1, a2, a3)
+
+            steps = euler_maruyama_paths(force, x, n_steps, mu_dt, amp, lambda k, x: rng.standard_normal(x.shape, f32))
+            for k, _, x in steps:
                 for j, ks in enumerate(rec_steps):
-                    if ks == k:
+                    if ks == k + 1:
                         frames[j, s: s + m] = x[:, :v]
             if not np.isfinite(x).all():
                 raise FloatingPointError(f"generation diverged (dt = {dt} too large for these couplings?)")

@@ -85,6 +85,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sim_backend.langevin import euler_maruyama_paths, polynomial_force
+
 from ..network import Network
 from ..params import Params
 
@@ -183,12 +185,11 @@ def ideal_trajectories(
     x = np.zeros((p, n_traj, n_steps + 1, n))
     rng = np.random.default_rng(seed) if kT > 0 else None
     sigma = np.sqrt(2 * kT * dt)
-    cur = np.zeros((p, n_traj, n))
     gg = g[:, None, :]
-    for k in range(n_steps):
-        cur = cur + dt * (gg - cur * (q2 + cur * (s3 + cur * r4)))
-        if rng is not None:
-            cur = cur + sigma * rng.standard_normal(cur.shape)
+    noise = None if rng is None else (lambda k, cur: rng.standard_normal(cur.shape))
+    paths = euler_maruyama_paths(lambda k, cur: polynomial_force(cur, gg, q2, s3, r4), np.zeros((p, n_traj, n)),
+                                 n_steps, dt, sigma, noise)
+    for k, _, cur in paths:
         x[:, :, k + 1] = cur
     return x
 
@@ -386,11 +387,9 @@ def _deterministic_stats(inputs, guide, t_f, dt, quadratic, cubic, quartic) -> O
     q, c3, r = (_per_node(v, n, name) for v, name in ((quadratic, "quadratic"), (cubic, "cubic"), (quartic, "quartic")))
     q2, s3, r4 = 2 * q, 3 * c3, 4 * r
     xs = np.empty((n_steps, p, n))  # start state of each step; xs[0] = 0
-    cur = np.zeros((p, n))
-    xs[0] = cur
-    for k in range(1, n_steps):
-        cur = cur + dt * (g - cur * (q2 + cur * (s3 + cur * r4)))
-        xs[k] = cur
+    xs[0] = 0
+    for k, _, cur in euler_maruyama_paths(lambda k, x: polynomial_force(x, g, q2, s3, r4), xs[0], n_steps - 1, dt):
+        xs[k + 1] = cur
     flat = xs.reshape(-1, n)
     sx = xs.sum(0)
     u = np.hstack([np.ones((p, 1)), np.asarray(inputs, dtype=np.float64)])
