@@ -13,7 +13,7 @@ import pytest
 from drivers import open_visa
 from sim_backend.emulator import nonideal as ni
 from sim_backend.emulator.acquire import Request, run_acquisition
-from sim_backend.emulator.board import Board, BoardFileError, board_from_name_or_path, parse_board
+from sim_backend.emulator.board import Board, BoardFileError, board_from_name_or_path, parse_board, quantize
 from sim_backend.emulator.process import REPO_ROOT
 from sim_backend.emulator.truth import adc_volts, dump_truth, element_value, load_truth, node_tau_s
 from sim_backend.emulator.zoo import draw_board
@@ -53,6 +53,9 @@ def test_zoo_covers_the_families_the_issue_asks_for():
         b = Board(d)
         net = d.network
         assert 16 <= net.n_nodes <= 32 and net.n_edges > 0 and net.n_inputs >= 1 and net.n_crossbar > 0
+        lay = d.layout()
+        for bound in (lay.vmin, lay.vmax):  # exact in float32 and on the DAC grid
+            assert np.array_equal(bound.astype(np.float32), bound) and np.array_equal(quantize(bound), bound)
         assert 2**22 <= d.capacity_readings <= 2**26 and d.work_limit_element_steps >= 2e9
         f = np.asarray(d.tau_node_factors)
         assert f.shape == (net.n_nodes,) and 0.8 < f.min() < f.max() < 1.2 and f.max() / f.min() > 1.05
@@ -102,6 +105,11 @@ def test_board_file_zoo_key_and_tau_node_factors(tmp_path):
     assert d.name == "bench" and d.network.same_as(ref.network) and d.tau_node_factors == ref.tau_node_factors
     with pytest.raises(BoardFileError, match="zoo"):
         parse_board("zoo = 5\ntau_s = 1e-6\n")
+    quiet = parse_board("zoo = 5\n[nonideal]\nadc_inl = 0\n")  # one effect off, the rest as drawn
+    assert quiet.nonideal.adc_inl == 0 and ref.nonideal.adc_inl > 0
+    assert replace(quiet.nonideal, adc_inl=ref.nonideal.adc_inl) == ref.nonideal
+    with pytest.raises(BoardFileError, match="unknown"):
+        parse_board("zoo = 5\n[nonideal]\nadc_typo = 0\n")
     text = "[topology]\nnodes = 2\nedges = [[0, 1]]\ninputs = 1\ncrossbar = [[0, 0]]\noutputs = [1]\n"
     d2 = parse_board("tau_node_factors = [0.5, 2.0]\n" + text)
     b2 = Board(d2)

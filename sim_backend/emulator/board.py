@@ -19,7 +19,9 @@ Board file schema (every key optional; defaults are those of :data:`DEFAULT_BOAR
     tau_node_factors = [1.0, ...] # optional: per-node time constant tau_i = factor_i * tau_s
                                   # (N positive numbers; mobility_i = 1 / factor_i in units of tau)
     # zoo = 12345                 # a board drawn from a seed (sim_backend.emulator.zoo); only
-                                  # name, serial, seed and [faults] may stand beside it
+                                  # name, serial, seed, [faults] and [nonideal] (overrides of
+                                  # the drawn sizes, e.g. adc_inl = 0 to study one effect) may
+                                  # stand beside it
 
     [topology]                    # exactly one of the three forms
     layered = { width = 8, depth = 4, inputs = 1 }          # tc_hw.network.layered
@@ -302,7 +304,7 @@ _TOP_KEYS = {
     "temperature_k", "topology", "channels", "nonideal", "faults", "tau_node_factors", "zoo",
 }
 #: Keys a board file may hold next to ``zoo = SEED``.
-_ZOO_KEYS = {"zoo", "name", "serial", "seed", "faults"}
+_ZOO_KEYS = {"zoo", "name", "serial", "seed", "faults", "nonideal"}
 
 
 def _num(table, key, default, where, *, positive=False, integer=False):
@@ -472,12 +474,22 @@ def _zoo_board(doc: dict, source: str) -> BoardDescription:
             changes[key] = doc[key]
     if "seed" in doc:
         changes["seed"] = _num(doc, "seed", 0, f"{source}: ", integer=True)
-    if "faults" in doc:
-        try:
+    try:
+        if "faults" in doc:
             changes["faults"] = FaultSpec.from_table(doc["faults"])
-        except ValueError as e:
-            raise BoardFileError(f"{source}: {e}") from None
+        if "nonideal" in doc:
+            changes["nonideal"] = _override_sizes(desc.nonideal, doc["nonideal"])
+    except ValueError as e:
+        raise BoardFileError(f"{source}: {e}") from None
     return replace(desc, **changes)
+
+
+def _override_sizes(sizes: ni.NonIdeal, table) -> ni.NonIdeal:
+    """``sizes`` with the keys of a ``[nonideal]`` table replaced (validated as in a board file)."""
+    if not isinstance(table, dict) or "ideal" in table:
+        raise ValueError("[nonideal] next to zoo overrides sizes by name (no 'ideal' switch)")
+    parsed = ni.NonIdeal.from_table(table)  # validates names and values
+    return replace(sizes, **{k: getattr(parsed, k) for k in table})
 
 
 def load_board(path) -> BoardDescription:

@@ -8,7 +8,7 @@ seeds give different boards).  Served by ``tc-hw emulate --zoo SEED`` or a board
 * technology: RLC (3 in 4) or JJ (periodic B, C, W elements, period 10-14 V);
 * topology: layered, 16-32 nodes (width x depth in :data:`SHAPES`), 1 or 2 input lines;
 * nominal gains: the default's times a board factor log-uniform in [0.1, 1] (weak boards),
-  times 0.9-1.1 per kind; safe ranges the default's stretched by 0.8-1.2 (rounded to 0.1 V);
+  times 0.9-1.1 per kind; safe ranges the default's stretched by 0.8-1.2 (rounded to 256 DAC LSB, 0.078 V);
 * element curves: per channel one of four families -- polynomial (the default board's),
   saturating (tanh), exponential, piecewise linear with two kinks -- with family probabilities
   drawn per board (Dirichlet(1, 1, 1, 1)) and curvature ``shape_strength`` 0.3-1.2; gain spread
@@ -16,8 +16,8 @@ seeds give different boards).  Served by ``tc-hw emulate --zoo SEED`` or a board
   safe range), polynomial nonlinearity 0-6 % of full scale, tempco 0.1-0.5 %/K;
 * per-node time constants: ``tau_node_factors`` = (1 + c)(1 + 0.1 U(-1, 1)) with a board-wide
   c in +-6 % (the nominal ``tau_s`` that ``BOARD:TAU?`` reports is 0.5-2 times the default's);
-* ADC per node: gain 0.5-3 %, offset 2-20 mV, noise 0.5-2 mV, integral nonlinearity 0-0.2 % of
-  the range; DAC integral nonlinearity 0-5 mV per channel; DAC crosstalk 0-0.2 %;
+* ADC per node: gain 0.5-3 %, offset 2-20 mV, noise 0.5-2 mV, integral nonlinearity 0-0.02 % of
+  the range (up to 0.8 mV, about 6 LSB, at the worst point of a 4 V range); DAC integral nonlinearity 0-5 mV per channel; DAC crosstalk 0-0.05 %;
 * board temperature drift 0.1-1 K with period 300-1800 s;
 * a capacity (``capacity_readings``: 2^22 .. 2^26 readings per INIT) and a work limit
   (``work_limit_element_steps``: log-uniform 2e9 .. 2e10).
@@ -36,12 +36,16 @@ import numpy as np
 from tc_hw.network import layered
 
 from . import nonideal as ni
-from .board import BoardDescription, KindSpec, _JJ_KINDS, _RLC_KINDS, DAC_FULL_SCALE_V, _DAC_MAX_V
+from .board import DAC_FULL_SCALE_V, DAC_LSB_V, BoardDescription, KindSpec, _JJ_KINDS, _RLC_KINDS
 
 __all__ = ["draw_board", "SHAPES", "zoo_board_toml"]
 
 #: Layered (width, depth) shapes a zoo board may have: 16 to 32 nodes, every one with couplings.
 SHAPES = ((4, 4), (5, 4), (6, 3), (6, 4), (8, 2), (8, 3), (7, 4), (8, 4))
+
+#: Safe-range bounds are multiples of this (256 DAC LSB): exact in float32 and on the DAC grid,
+#: so that a driver can program a bound exactly.
+RANGE_STEP_V = 256 * DAC_LSB_V
 
 #: Stream id mixed into the zoo seed (independent of the board seed's streams).
 _ZOO_STREAM = 0x200B0A2D
@@ -57,8 +61,8 @@ def _kinds(rng: np.random.Generator, technology: str, gain_scale: float) -> dict
     out = {}
     for k, spec in base.items():
         stretch = _u(rng, 0.8, 1.2)
-        vmin = max(round(spec.vmin * stretch, 1), -DAC_FULL_SCALE_V)
-        vmax = min(round(spec.vmax * stretch, 1), math.floor(_DAC_MAX_V * 10) / 10)
+        vmin = max(round(spec.vmin * stretch / RANGE_STEP_V) * RANGE_STEP_V, -DAC_FULL_SCALE_V)
+        vmax = min(round(spec.vmax * stretch / RANGE_STEP_V) * RANGE_STEP_V, 9.0)
         gain = spec.gain * gain_scale * _u(rng, 0.9, 1.1)
         period = round(_u(rng, 10.0, 14.0), 2) if spec.period > 0 else 0.0
         out[k] = KindSpec(vmin, vmax, gain, period)
@@ -79,13 +83,13 @@ def _nonideal(rng: np.random.Generator) -> ni.NonIdeal:
         adc_offset_v=_u(rng, 0.002, 0.020),
         adc_noise_v=_u(rng, 0.0005, 0.002),
         adc_noise_spread=0.25,
-        crosstalk=_u(rng, 0.0, 0.002),
+        crosstalk=_u(rng, 0.0, 0.0005),
         drift_per_hour=0.0,
         saturating=float(mix[1]),
         exponential=float(mix[2]),
         kinked=float(mix[3]),
         shape_strength=_u(rng, 0.3, 1.2),
-        adc_inl=_u(rng, 0.0, 0.002),
+        adc_inl=_u(rng, 0.0, 0.0002),
         dac_inl_v=_u(rng, 0.0, 0.005),
     )
 
