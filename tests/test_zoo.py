@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from drivers import open_visa
+from sim_backend.device import TwinDevice
 from sim_backend.emulator import nonideal as ni
 from sim_backend.emulator.acquire import Request, run_acquisition
 from sim_backend.emulator.board import Board, BoardFileError, board_from_name_or_path, parse_board, quantize
@@ -114,6 +115,8 @@ def test_board_file_zoo_key_and_tau_node_factors(tmp_path):
     d2 = parse_board("tau_node_factors = [0.5, 2.0]\n" + text)
     b2 = Board(d2)
     np.testing.assert_array_equal(b2.params(np.zeros(b2.n_channels), 300.0).mobility, [2.0, 0.5])
+    (tmp_path / "b.toml").write_text("tau_node_factors = [0.5, 2.0]\n" + text)
+    np.testing.assert_array_equal(TwinDevice(str(tmp_path / "b.toml")).params().mobility, [2.0, 0.5])
     for bad in ("[1.0]", "[1.0, -1.0]", "[1.0, true]", "3"):
         with pytest.raises(BoardFileError, match="tau_node_factors"):
             parse_board(f"tau_node_factors = {bad}\n" + text)
