@@ -30,8 +30,10 @@ its whole safe range (the definition of the default mode above).  Also ``lost_ch
 refused whole), ``partial_channels`` (kept on a span shorter than the safe range by more than
 0.5 %), ``boards``, ``seconds`` (wall time, all boards), ``seeds``, ``per_board`` and
 ``diagnostics`` (which parts carry the error: ADC gain/offset errors, per-node tau and kT errors,
-the error per curve family, and the error left after removing each channel's best single gain
-factor -- what remains is curve shape, what goes is a scale such as an ADC gain or kT).
+the error per curve family, the error left after removing each channel's best single gain
+factor -- what remains is curve shape, what goes is a scale such as an ADC gain or kT -- and the
+error in units of the calibration's own one-sigma curve uncertainty: a median near 0.67, the
+median of |N(0, 1)|, says the error is statistical, i.e. more data would shrink it).
 A progress bar is drawn on stderr.
 
 ``--quick`` calibrates a reduced set (two matchings) for a smoke run.  By default the
@@ -153,8 +155,21 @@ def channel_errors(cal, truth) -> list[dict]:
         med = np.median(np.abs(factors[:, None] * fit[None, :] - true[None, :]), axis=1)
         rec["err_shape"] = float(med.min() / full)
         rec["scale"] = float(factors[int(np.argmin(med))])
+        sigma = _fit_sigma(f, grid)
+        if sigma is not None:  # the calibration's own uncertainty: is the error statistical?
+            rec["sigma"] = float(np.median(sigma) / full)
+            rec["z"] = float(np.median(np.abs(fit - true) / np.maximum(sigma, 1e-300)))
         out.append(rec)
     return out
+
+
+def _fit_sigma(fit, grid):
+    """One-sigma uncertainty of the fitted curve on ``grid``, or None if the fit does not give one."""
+    try:
+        s = np.asarray(fit.sigma(grid), float)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return s if s.shape == grid.shape and np.all(np.isfinite(s)) and np.all(s > 0) else None
 
 
 def node_errors(cal, truth) -> dict:
@@ -193,6 +208,9 @@ def summarize(records: list[dict], nodes: list[dict], per_board: list[dict], sec
         "by_family": {f: dict(_stats(r["err"] for r in kept if r["family"] == f), channels=sum(r["family"] == f for r in kept))
                       for f in families},
         "best_gain_factor_minus_1": _stats(abs(r["scale"] - 1) for r in kept),
+        "fit_sigma_over_full_scale": {k: _stats(r["sigma"] for r in kept if r["kind"] == k and "sigma" in r)
+                                      for k in KINDS},
+        "error_over_fit_sigma": {k: _stats(r["z"] for r in kept if r["kind"] == k and "z" in r) for k in KINDS},
         "adc_gain_rel": _stats(cat("adc_gain")),
         "adc_offset_v": _stats(cat("adc_offset_v")),
         "tau_rel": _stats(cat("tau")),

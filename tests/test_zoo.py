@@ -202,3 +202,43 @@ def test_cli_zoo_arguments():
     assert parse_board(out.stdout).zoo_seed == 3
     bad = subprocess.run(env_cmd + ["--zoo", "3", "--board", "default"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert bad.returncode == 2 and "not both" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- the benchmark's scoring
+def test_benchmark_scores_a_known_calibration_error():
+    """A fake calibration 2 % too strong on every channel, one channel lost and one kept on half
+    of its range: the scoring finds the 2 % (as a gain, not a shape error), the lost and the
+    partial channel, and a z of 2 %/sigma."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.calibration_accuracy import channel_errors, summarize
+
+    b = Board(draw_board(3))
+    lay = b.layout
+    truth = b.truth
+    chans = [SimpleNamespace(index=i, kind=str(lay.kind[i]), vmin=float(lay.vmin[i]), vmax=float(lay.vmax[i]))
+             for i in range(lay.n_channels)]
+
+    def curve(i):
+        lo, hi = chans[i].vmin, chans[i].vmax
+        if i == 5:
+            hi = lo + (hi - lo) / 2
+        return SimpleNamespace(ok=i != 7, branch=(lo, hi), t_ref=300.0,
+                               raw_value=lambda v: 1.02 * element_value(truth, i, v, 300.0),
+                               sigma=lambda v: np.full(np.shape(v), 0.01))
+
+    cal = SimpleNamespace(channel_map=chans, curve=curve)
+    recs = channel_errors(cal, truth)
+    assert [r["channel"] for r in recs if r["lost"]] == [7]
+    assert [r["channel"] for r in recs if r["partial"]] == [5]
+    i = 11
+    g = np.linspace(lay.vmin[i], lay.vmax[i], 201)
+    true = element_value(truth, i, g, 300.0)
+    want = 0.02 * np.median(np.abs(true)) / np.abs(true).max()
+    r = recs[i]
+    assert r["err"] == pytest.approx(want, rel=1e-9)
+    assert r["err_shape"] < 0.05 * r["err"] and r["scale"] == pytest.approx(1 / 1.02, abs=5e-4)
+    s = summarize(recs, [], [{}], 1.0, [3])
+    assert s["lost_channels"] == 1 and s["partial_channels"] == 1 and s["boards"] == 1
+    assert 0 < s["Q"]["median"] <= s["Q"]["p95"] < 0.02
