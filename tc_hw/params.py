@@ -9,7 +9,8 @@ Convention (the board manual's ``V``), energies in units of the bath's ``kT`` sc
 with quadratic ``Q`` (``quadratic``), cubic ``S`` (``cubic``), quartic ``R`` (``quartic``), bias
 ``B`` (``bias``; a positive bias pushes a node *up*), couplings ``C`` (``coupling``, one per edge)
 and crossbar weights ``W`` (``crossbar``, one per crossbar entry).  Dynamics are overdamped
-Langevin, ``dx = -mobility * dV/dx dt + sqrt(2 mobility kT) dW``.
+Langevin, ``dx = -mobility * dV/dx dt + sqrt(2 mobility kT) dW`` (node by node when the mobility
+is given per node: boards whose nodes have their own time constants).
 
 Other conventions are converted by explicit functions, e.g. :func:`from_ising_convention`.
 """

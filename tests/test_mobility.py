@@ -184,3 +184,13 @@ def test_population_lanes_with_per_node_mobility_equal_the_twin_bitwise():
     for k, c in enumerate((a, b)):
         one = twin.sample_reset(c, inp, 0.2, 3, dt=1e-2, seed=5 + k, rail=0.8).x
         np.testing.assert_array_equal(pop[k], one)
+
+
+def test_population_union_carries_per_node_mobility():
+    net = layered(4, 2, 1)
+    mu = np.linspace(0.5, 2.0, net.n_nodes)
+    a = _random_params(net, 1, mobility=mu)
+    union, off = population.disjoint_union([a, a.copy(bias=-a.bias)])
+    np.testing.assert_array_equal(union.mobility, np.tile(mu, 2))
+    x = population.population_reset([a, a.copy(bias=-a.bias)], [[0.2]], 0.1, 4, dt=1e-2, method="union", rail=0.5)
+    assert x.shape == (2, 1, 4, 1, len(net.outputs)) and np.abs(x).max() <= 0.5
