@@ -51,7 +51,8 @@ DEFAULTS = dict(
     tau_repeats=4,
     integrator_dt_tau="auto",  # Euler-Maruyama step of a simulated board, units of tau; "auto": see _integrator_dt
     chi2_max=5.0,
-    degree=3,
+    degree=3,  # curve_shape="poly" only
+    curve_shape="learned",  # "learned": shape chosen by cross-validation (calibration.curves); "poly": fixed degree
     keep_raw_chains=2,
     plots=True,
 )
@@ -195,7 +196,8 @@ def analyse(material: dict, options: dict, *, progress: bool = False) -> Analysi
             continue
         m = (points["channel"] == c.index) & points["used"]
         fits.append(fit_curve(c, points["volts"][m], points["value"][m], points["sigma"][m], points["temp_k"][m],
-                              degree=options.get("degree", 3), chi2_max=float(options.get("chi2_max", 5.0))))
+                              degree=options.get("degree", 3), chi2_max=float(options.get("chi2_max", 5.0)),
+                              shape=options.get("curve_shape", "learned")))
     kt, kt_sd, n_ratio = _node_temperatures(estimates, graph)
     nodes = {"kT": kt, "kT_sd": kt_sd}
     tau = material.get("tau")
@@ -235,6 +237,9 @@ def summarise(analysis: Analysis, cmap, meta: dict, seconds: float, entry: str, 
             "sigma_median_pct_fs": 100 * float(np.median(sig)) if sig else None,
             "slope_ratio_range": [float(min(f.extra.get("slope_ratio", np.nan) for f in ok)),
                                   float(max(f.extra.get("slope_ratio", np.nan) for f in ok))] if ok else None,
+            "partial": sum(1 for f in ok if f.partial),
+            "shapes": {k: sum(1 for f in ok if f.extra.get("shape", f.model) == k)
+                       for k in sorted({str(f.extra.get("shape", f.model)) for f in ok})},
         }
     failed = [{"channel": f.channel, "kind": f.kind, "reason": f.reason} for f in analysis.fits if not f.ok]
     a = analysis.adc
@@ -252,6 +257,9 @@ def summarise(analysis: Analysis, cmap, meta: dict, seconds: float, entry: str, 
         "kinds": kinds,
         "channels_ok": int(sum(f.ok for f in analysis.fits)), "channels": len(analysis.fits),
         "failed": failed[:50], "failed_count": len(failed),
+        "partial": [{"channel": f.channel, "kind": f.kind, "span_v": [float(f.span[0]), float(f.span[1])],
+                     "safe_v": [float(f.vmin), float(f.vmax)]} for f in analysis.fits if f.ok and f.partial][:50],
+        "partial_count": int(sum(1 for f in analysis.fits if f.ok and f.partial)),
         "nodes": {k: [float(np.nanmin(v)), float(np.nanmedian(v)), float(np.nanmax(v))]
                   for k, v in analysis.nodes.items() if np.isfinite(v).any()},
         "tempco": (f"fitted on {sum(f.tempco_known for f in analysis.fits)} channels"
@@ -474,7 +482,7 @@ def combine(path, names=None, progress: bool = False, **options):
     from .record import entries as list_entries
 
     t0 = time.monotonic()
-    allowed = {"chi2_max", "degree"}
+    allowed = {"chi2_max", "degree", "curve_shape"}
     if set(options) - allowed:
         raise TypeError(f"combine() takes only {sorted(allowed)}, got {sorted(set(options) - allowed)}")
     listing = [e for e in list_entries(path) if e["complete"] and e["kind"] == "measured"]
@@ -503,7 +511,8 @@ def combine(path, names=None, progress: bool = False, **options):
     for c in cmap:
         m = (pts["channel"] == c.index) & pts["used"]
         fits.append(fit_curve(c, pts["volts"][m], pts["value"][m], pts["sigma"][m], pts["temp_k"][m],
-                              degree=opts.get("degree", 3), chi2_max=float(opts.get("chi2_max", 5.0))))
+                              degree=opts.get("degree", 3), chi2_max=float(opts.get("chi2_max", 5.0)),
+                              shape=opts.get("curve_shape", "learned")))
     newest = load(path, names[-1])
     analysis = Analysis(pts, fits, newest.nodes, newest.adc, [None] * offset,
                         [f"combined from entries {', '.join(names)}"])
