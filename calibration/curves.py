@@ -393,7 +393,7 @@ def candidates(channel, v: np.ndarray, span, shape: str = "learned", degree=3, h
             inner = np.quantile(centres, np.linspace(0, 1, k + 2)[1:-1])
             out.append(Candidate("spline", k + 4, spline_knots(span[0], span[1], inner)))
     if channel.period > 0:
-        out += [Candidate("periodic", 1 + 2 * h) for h in HARMONICS if 2 * h + 3 <= n_cl]
+        out += [Candidate("periodic", 1 + 2 * h) for h in HARMONICS if 2 * h + 2 <= n_cl]
     return out
 
 
