@@ -60,6 +60,11 @@ SPLINE_KNOTS = (1, 2, 3, 4)
 HARMONICS = (1, 2, 3)
 #: A measured span closer than this fraction of the safe range to a range end is snapped to it.
 SNAP_FRACTION = 0.01
+#: The shapes of the fixed models (format 1): kept unless cross-validation finds them significantly worse.
+DEFAULT_SHAPES = ("poly3", "periodic2")
+#: Standard errors (of the fold-by-fold score difference) within which a default, then a simpler,
+#: shape is preferred to the best-scoring one.
+CV_N_SE = 2.0
 
 
 class CurveError(ValueError):
@@ -420,12 +425,14 @@ def cv_scores(cand: Candidate, channel, v, y, w) -> np.ndarray:
     return np.array(out)
 
 
-def select_model(cands: list, channel, v, y, w, n_se: float = 2.0) -> list:
+def select_model(cands: list, channel, v, y, w, n_se: float | None = None) -> list:
     """``cands`` in the order they are tried.  First the candidates whose cross-validation
     scores (:func:`cv_scores`) are not worse than the best candidate's by more than ``n_se``
-    standard errors of the fold-by-fold difference, simplest (fewest coefficients) first; then
-    the rest by mean score.  Each candidate gets ``cv`` (mean score) and ``cv_rms`` (rms held-out
+    standard errors of the fold-by-fold difference: a default shape (:data:`DEFAULT_SHAPES`, the
+    cubic or two harmonics, which a few voltage clusters cannot tell apart from simpler shapes
+    reliably) first, then the simplest (fewest coefficients); then the rest by mean score.  Each candidate gets ``cv`` (mean score) and ``cv_rms`` (rms held-out
     residual, value units) attributes."""
+    n_se = CV_N_SE if n_se is None else n_se
     scores = []
     for c in cands:
         sc = cv_scores(c, channel, v, y, w)
@@ -441,7 +448,7 @@ def select_model(cands: list, channel, v, y, w, n_se: float = 2.0) -> list:
         d = sc - scores[best]
         se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
         (near if np.isfinite(d).all() and float(np.mean(d)) <= n_se * se else rest).append(c)
-    near.sort(key=lambda c: (c.n_coef, c.cv))
+    near.sort(key=lambda c: (c.label not in DEFAULT_SHAPES, c.n_coef, c.cv))
     rest.sort(key=lambda c: c.cv if math.isfinite(c.cv) else math.inf)
     return near + rest
 
