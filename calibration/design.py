@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["Config", "Knowledge", "edge_colouring", "plan_zero", "plan_self", "plan_edges", "SELF_LEVELS", "BW_PAIRS",
-           "input_batch"]
+           "input_batch", "on_dac_grid", "DAC_LSB_V"]
 
 #: Self-term sweeps, as fractions (sixths) of the safe range: Q alone, R alone, then B with W.
 SELF_LEVELS = 7
@@ -103,6 +103,23 @@ class Knowledge:
     def value_at(self, ch: int, volts: float) -> float:
         slope, icpt = self.line(ch)
         return slope * volts + icpt
+
+
+#: DAC step (volts) of boards that follow the manual: 16 bits over +-10 V.
+DAC_LSB_V = 20.0 / 65536.0
+
+
+def on_dac_grid(channel_map, volts) -> np.ndarray:
+    """Design volts (n_channels,) moved to the nearest DAC code that lies inside each channel's
+    safe range (by less than one step; the board quantises to the same grid anyway).  A safe-range
+    end that is not a code (4.4 V) would otherwise be sent as a float32 just outside the range."""
+    v = np.asarray(volts, np.float64)
+    lo = np.array([c.vmin for c in channel_map], np.float64)
+    hi = np.array([c.vmax for c in channel_map], np.float64)
+    q = np.rint(v / DAC_LSB_V) * DAC_LSB_V
+    a = np.ceil(lo / DAC_LSB_V - 1e-9) * DAC_LSB_V
+    b = np.floor(hi / DAC_LSB_V + 1e-9) * DAC_LSB_V
+    return np.where(q < a, a, np.where(q > b, b, q))
 
 
 def level_volts(channel, fraction: float) -> float:

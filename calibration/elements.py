@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import stein
+from .design import on_dac_grid
 
 __all__ = ["ConfigData", "acquire_config", "estimate_config", "TauData", "acquire_tau", "tau_from", "RAIL_GUARD_V"]
 
@@ -75,7 +76,7 @@ def acquire_config(
 ) -> ConfigData:
     """Apply ``config`` and acquire it (the device must be armed and hold ``inputs``)."""
     t0 = time.monotonic()
-    device.set_channels(config.volts, 0)
+    device.set_channels(on_dac_grid(device.channel_map, config.volts), 0)
     applied = np.asarray(device.get_channels(0, len(config.volts)), np.float64)
     n = graph.n_nodes
     sums = None
@@ -149,7 +150,7 @@ class TauData:
 
 def acquire_tau(device, volts, adc_fit, *, interval_s: float, samples: int, groups: int, repeats: int = 1) -> TauData:
     """Serial acquisitions at a short interval (the device must be armed and hold an input batch)."""
-    device.set_channels(volts, 0)
+    device.set_channels(on_dac_grid(device.channel_map, volts), 0)
     applied = np.asarray(device.get_channels(0, len(volts)), np.float64)
     q1 = q2 = n1 = n2 = None
     temps, raw = [], None

@@ -253,3 +253,18 @@ def test_refit_with_fixed_poly_shape_is_still_available():
     assert fixed.model == "poly" and len(fixed.coef) == 4 and fixed.ok
     with pytest.raises(ValueError, match="unknown curve shape"):
         fit_curve(B, v, y, s, shape="magic")
+
+
+def test_design_volts_go_on_the_dac_grid_inside_the_safe_range():
+    """A safe-range end that is not a DAC code (4.4 V, as on stretched boards) is sent as the last
+    code inside it; float32 of it stays inside; nothing moves by a step or more."""
+    from calibration.design import DAC_LSB_V, on_dac_grid
+
+    cmap = [Channel(0, "R", 0, 0, 0.0, 4.4, 4.0), Channel(1, "B", 0, 0, -4.4, 4.4, 4.0)]
+    v = np.array([4.4, -4.4])
+    g = on_dac_grid(cmap, v)
+    assert np.all(np.abs(g - v) < DAC_LSB_V)
+    assert 0.0 <= np.float32(g[0]) <= 4.4 and -4.4 <= np.float32(g[1]) <= 4.4
+    assert np.allclose(np.rint(g / DAC_LSB_V) * DAC_LSB_V, g, rtol=0, atol=1e-15)
+    inside = np.array([1.23456, -0.5])
+    assert np.all(np.abs(on_dac_grid(cmap, inside) - inside) <= DAC_LSB_V / 2 + 1e-15)
