@@ -13,7 +13,9 @@ never changed afterwards (new calibrations and refits add entries)::
         adc/                            CAL:REF raw data: levels (L,), mean, var (L, N) volts,
                                         count (L,), saturated (L, N), raw (L, m, N) int16 codes,
                                         temperature_k (L,); attrs volts_per_code, measured
-        adc_fit/                        gain, offset, gain_sd, offset_sd, chi2_red, ok (N,)
+        adc_fit/                        gain, offset, gain_sd, offset_sd, chi2_red, ok (N,);
+                                        version 2, nonlinear readout: inverse (N, 4), the cubic
+                                        x(r) (calibration.adc)
         acquisitions/<kkkk_name>/       one element acquisition: requested, applied (n_ch,) volts,
                                         sums_total (D(D+1)/2,) float64 and sums_groups (G, ...)
                                         float32 (upper triangles of sum z z^T, see
@@ -22,7 +24,8 @@ never changed afterwards (new calibrations and refits add entries)::
                                         int16; attrs name, stage, temperature_k, interval_s,
                                         samples, burn, repeats, wall_s, meta (JSON)
         tau/                            short-interval increments: q1, q2 (G, N), n1, n2 (G,),
-                                        applied, raw; attrs interval_s, temperature_k
+                                        applied, raw, rail_fraction (N,; version 2); attrs
+                                        interval_s, temperature_k
         points/                         per measured point: channel, volts, value, sigma,
                                         temp_k, acq, used
         fits/                           per channel: model, coef (n_ch, 16) NaN-padded, cov
@@ -202,6 +205,8 @@ class RecordWriter:
             af.create_dataset(k, data=np.asarray(getattr(fit, k)))
         af.attrs["measured"] = fit.measured
         af.attrs["reason"] = to_json(fit.reason)
+        if fit.inverse is not None:  # version 2: a readout with integral nonlinearity
+            af.create_dataset("inverse", data=np.asarray(fit.inverse, np.float64))
 
     def add_config(self, d: ConfigData) -> None:
         with h5py.File(self.path, "a") as f:
@@ -229,6 +234,8 @@ class RecordWriter:
             g = self._group(f).create_group("tau")
             for k in ("q1", "q2", "n1", "n2", "applied"):
                 g.create_dataset(k, data=getattr(t, k))
+            if t.rail_fraction is not None:
+                g.create_dataset("rail_fraction", data=np.asarray(t.rail_fraction, np.float64))
             g.create_dataset("raw", data=t.raw, compression="gzip")
             g.attrs.update(interval_s=t.interval_s, temperature_k=t.temperature_k)
 
@@ -334,7 +341,8 @@ def _pick(f, entry: str | None) -> str:
 def _read_adc_fit(g) -> AdcFit:
     a = g["adc_fit"]
     return AdcFit(*(a[k][()] for k in ("gain", "offset", "gain_sd", "offset_sd", "chi2_red", "ok")),
-                  measured=bool(a.attrs["measured"]), reason=json.loads(a.attrs["reason"]))
+                  measured=bool(a.attrs["measured"]), reason=json.loads(a.attrs["reason"]),
+                  inverse=a["inverse"][()] if "inverse" in a else None)
 
 
 def _read_fits(g, cmap) -> list[CurveFit]:
@@ -412,7 +420,8 @@ def read_material(path, entry: str | None = None, *, allow_incomplete: bool = Fa
         if "tau" in g:
             t = g["tau"]
             tau = TauData(float(t.attrs["interval_s"]), t["q1"][()], t["q2"][()], t["n1"][()], t["n2"][()],
-                          float(t.attrs["temperature_k"]), t["applied"][()], t["raw"][()])
+                          float(t.attrs["temperature_k"]), t["applied"][()], t["raw"][()],
+                          t["rail_fraction"][()] if "rail_fraction" in t else None)
         points = {k: g["points"][k][()] for k in g["points"]} if "points" in g else {}
         return {"meta": meta, "channel_map": cmap, "inputs": inputs, "adc": adc, "configs": configs, "tau": tau,
                 "points": points}
