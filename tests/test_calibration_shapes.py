@@ -268,3 +268,71 @@ def test_design_volts_go_on_the_dac_grid_inside_the_safe_range():
     assert np.allclose(np.rint(g / DAC_LSB_V) * DAC_LSB_V, g, rtol=0, atol=1e-15)
     inside = np.array([1.23456, -0.5])
     assert np.all(np.abs(on_dac_grid(cmap, inside) - inside) <= DAC_LSB_V / 2 + 1e-15)
+
+
+# ------------------------------------------------------------------------------ ADC, node tau
+def _inl_adc_data(gain, offset, inl, range_v=10.0, noise_v=1e-3, count=16384):
+    """CAL:REF material of an ADC whose readings bow by ``inl * range * s(v / range)`` with the
+    cubic bow ``s(u) = (3 sqrt 3 / 2)(u - u^3)`` (an independent model: the fit never sees it)."""
+    from calibration.adc import DEFAULT_LEVELS, AdcData
+
+    levels = np.asarray(DEFAULT_LEVELS)
+    s = lambda u: 1.5 * math.sqrt(3) * (u - u**3)  # noqa: E731
+    fwd = lambda v: gain * v + offset + inl * range_v * s(v / range_v)  # noqa: E731
+    rng = np.random.default_rng(7)
+    mean = fwd(levels[:, None]) + rng.normal(0, noise_v / math.sqrt(count), (len(levels), len(gain)))
+    var = np.full_like(mean, noise_v**2)
+    z = np.zeros_like(mean)
+    return AdcData(levels, mean, var, np.full(len(levels), count), np.zeros((len(levels), 1, len(gain)), np.int16),
+                   20.0 / 65536, z, np.full(len(levels), 300.0)), fwd
+
+
+def test_adc_with_integral_nonlinearity_is_fitted_and_inverted():
+    """A readout bowed by 0.2 % of its range is not refused (the straight line is, chi-square in the
+    thousands); the inverse maps readings back to node volts within 20 uV over +-3 V, and the
+    moment transform reproduces <x>, <x^2>, <x^3> of node samples to 5e-4 relative."""
+    from calibration import adc, stein
+
+    gain = np.array([1.02, 0.985, 1.0])
+    offset = np.array([0.012, -0.008, 0.0])
+    inl = np.array([0.002, -0.0015, 0.0])
+    data, fwd = _inl_adc_data(gain, offset, inl)
+    line = adc.fit(data, degrees=(1,))
+    assert not line.ok[:2].any() and line.ok[2]  # the old straight line refuses the bowed nodes
+    fit = adc.fit(data)
+    assert fit.ok.all() and fit.inverse is not None
+    x = np.linspace(-3, 3, 61)[:, None]
+    assert np.max(np.abs(fit.correct(fwd(x)) - x)) < 2e-5
+    # moments through the transform (what the Stein estimator uses)
+    rng = np.random.default_rng(8)
+    xs = rng.normal(0.4, 0.8, (64, 200, 3))
+    r = fwd(xs)
+    inputs = np.zeros((64, 1))
+    sums, counts = stein.moments(r, inputs, 4)
+    t = fit.transform(1)
+    m = t @ (sums.sum(0) / counts.sum()) @ t.T
+    n = 3
+    for p, off in ((1, 2), (2, 2 + n), (3, 2 + 2 * n)):
+        want = np.mean(xs**p, axis=(0, 1))
+        got = m[0, off:off + n]
+        assert np.allclose(got, want, rtol=5e-4, atol=2e-5), (p, got, want)
+
+
+def test_tau_of_nodes_at_the_rails_is_not_measured():
+    from calibration.elements import RAIL_FRACTION_MAX, TauData, tau_from
+
+    rng = np.random.default_rng(9)
+    g, n = 8, 3
+    h = 0.005
+    q1 = np.full((g, n), 1000 * 2 * h) * (1 + 0.01 * rng.standard_normal((g, n)))
+    q2 = np.full((g, n), 1000 * 4 * h)
+    q1[:, 2], q2[:, 2] = 1e-9, 1e-9  # a node stuck at a rail barely moves
+    data = TauData(h, q1, q2, np.full(g, 1000.0), np.full(g, 1000.0), 300.0, np.zeros(5), np.zeros((0, 1, n)),
+                   np.array([0.0, 0.0, 0.3]))
+    d, sd = tau_from(data)
+    assert np.all(np.isfinite(d[:2])) and np.allclose(d[:2], 1.0, rtol=0.05)
+    assert np.isnan(d[2]) and np.isnan(sd[2])
+    data.rail_fraction = np.array([0.0, 2 * RAIL_FRACTION_MAX, 0.0])
+    data.q2[:, 2] = 1e-8  # lag-2 increments larger than diffusion allows: D < 0
+    d, _ = tau_from(data)
+    assert np.isnan(d[1]) and np.isnan(d[2])  # rails, and a non-positive D
