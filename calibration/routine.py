@@ -38,6 +38,7 @@ DEFAULTS = dict(
     repeats_zero=2,
     repeats_self=1,
     repeats_edge=1,
+    self_levels=7,  # levels of each self-term sweep (Q, R, B with W): 3 acquisitions per level
     edge_levels=None,  # None: 6 (RLC) or 8 (periodic elements)
     max_matchings=None,  # limit the edge stage (tests)
     channels=None,  # restrict fits (and the edge stage) to these channels
@@ -402,9 +403,11 @@ def calibrate(device, out_path, progress: bool = True, **options):
             # planned one acquisition at a time, so that each one's helper settings use everything
             # measured before it (a node whose zero-stage equations were lost to the rails, e.g. with
             # a large quartic offset, would otherwise keep nominal helpers through the whole sweep)
-            n_self = len(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"]))
+            lv = int(opts["self_levels"])
+            n_self = len(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"], lv))
             for i in range(n_self):
-                run(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"])[i], opts["repeats_self"])
+                run(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"], lv)[i],
+                    opts["repeats_self"])
             # node time constants at the confining setting planned from the measured self terms (the
             # first, nominal zero setting can leave nodes at the rails on a board whose Q or R is
             # offset); that setting is also acquired for its stiffness (integrator correction)
