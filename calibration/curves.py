@@ -4,8 +4,9 @@ Shape learned from the data (``shape="learned"``, the default of :func:`fit_curv
 candidates are polynomials of degree 1..5, cubic B-splines (``spline``) with 1..4 interior knots
 and, for periodic channels, sums of 1..3 harmonics; each is scored by leave-one-voltage-out
 cross-validation (every interior voltage cluster held out in turn, weighted squared held-out
-residuals) and the simplest candidate within one standard error of the best score that is
-monotonic on its span wins (see :func:`select_model`).  The held-out rms residual is stored as
+residuals); among the adequate candidates (held-out score close to the best, full-data
+chi-square close to the smallest: :func:`select_model`), the default shape (cubic, two
+harmonics), else the simplest, that passes the checks and is monotonic on its span wins.  The held-out rms residual is stored as
 ``cv_rms`` (value units): the uncertainty of the *shape*, next to the statistical
 :meth:`CurveFit.sigma`.  All models are linear in their coefficients, so covariances are exact.
 
@@ -62,9 +63,11 @@ HARMONICS = (1, 2, 3)
 SNAP_FRACTION = 0.01
 #: The shapes of the fixed models (format 1): kept unless cross-validation finds them significantly worse.
 DEFAULT_SHAPES = ("poly3", "periodic2")
-#: Standard errors (of the fold-by-fold score difference) within which a default, then a simpler,
-#: shape is preferred to the best-scoring one.
+#: Adequacy of a shape (:func:`select_model`): standard errors of the fold-by-fold score
+#: difference to the best, and the ratio and slack of the score and chi-square limits.
 CV_N_SE = 2.0
+CV_RATIO = 1.25
+CV_SLACK = 0.25
 
 
 class CurveError(ValueError):
@@ -425,29 +428,46 @@ def cv_scores(cand: Candidate, channel, v, y, w) -> np.ndarray:
     return np.array(out)
 
 
+def _chi2_red(cand: Candidate, channel, v, y, w) -> float:
+    a = _design(cand, channel, v)
+    sw = np.sqrt(w)
+    coef = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)[0]
+    dof = len(v) - cand.n_coef
+    r = y - a @ coef
+    return float((w * r * r).sum() / dof) if dof > 0 else math.inf
+
+
 def select_model(cands: list, channel, v, y, w, n_se: float | None = None) -> list:
-    """``cands`` in the order they are tried.  First the candidates whose cross-validation
-    scores (:func:`cv_scores`) are not worse than the best candidate's by more than ``n_se``
-    standard errors of the fold-by-fold difference: a default shape (:data:`DEFAULT_SHAPES`, the
-    cubic or two harmonics, which a few voltage clusters cannot tell apart from simpler shapes
-    reliably) first, then the simplest (fewest coefficients); then the rest by mean score.  Each candidate gets ``cv`` (mean score) and ``cv_rms`` (rms held-out
-    residual, value units) attributes."""
+    """``cands`` in the order they are tried.
+
+    A candidate is *adequate* when its mean cross-validation score (:func:`cv_scores`, a
+    held-out reduced chi-square) is within ``n_se`` standard errors (of the fold-by-fold
+    difference) of the best candidate's, or within :data:`CV_RATIO` x best + :data:`CV_SLACK`;
+    and its reduced chi-square on all points is at most :data:`CV_RATIO` x the smallest one +
+    :data:`CV_SLACK` x 2 (a shape that misses a kink has one huge fold score, whose spread would
+    otherwise excuse it; the full-data chi-square does not).  Adequate candidates come first: a
+    default shape (:data:`DEFAULT_SHAPES`, the cubic or two harmonics) first, then the simplest
+    (fewest coefficients); then the rest by mean score.  Each candidate gets ``cv`` (mean score),
+    ``cv_rms`` (rms held-out residual, value units) and ``chi2`` attributes."""
     n_se = CV_N_SE if n_se is None else n_se
     scores = []
     for c in cands:
         sc = cv_scores(c, channel, v, y, w)
         c.cv = float(np.mean(sc)) if len(sc) else math.nan
         c.cv_rms = float(math.sqrt(c.cv / np.mean(w))) if len(sc) and math.isfinite(c.cv) else math.nan
+        c.chi2 = _chi2_red(c, channel, v, y, w)
         scores.append(sc)
-    if len(cands) <= 1 or not len(scores[0]):
+    finite = [c.cv for c in cands if math.isfinite(c.cv)]
+    if len(cands) <= 1 or not finite:
         return sorted(cands, key=lambda c: c.n_coef)
-    means = np.array([c.cv if math.isfinite(c.cv) else math.inf for c in cands])
-    best = int(np.argmin(means))
+    best = int(np.nanargmin([c.cv if math.isfinite(c.cv) else np.nan for c in cands]))
+    chi2_limit = CV_RATIO * min(c.chi2 for c in cands) + 2 * CV_SLACK
     near, rest = [], []
     for c, sc in zip(cands, scores):
         d = sc - scores[best]
         se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
-        (near if np.isfinite(d).all() and float(np.mean(d)) <= n_se * se else rest).append(c)
+        by_cv = math.isfinite(c.cv) and (float(np.mean(d)) <= n_se * se or c.cv <= CV_RATIO * cands[best].cv + CV_SLACK)
+        (near if by_cv and c.chi2 <= chi2_limit else rest).append(c)
     near.sort(key=lambda c: (c.label not in DEFAULT_SHAPES, c.n_coef, c.cv))
     rest.sort(key=lambda c: c.cv if math.isfinite(c.cv) else math.inf)
     return near + rest
