@@ -7,9 +7,9 @@ the rest of the board keeps the nodes well confined (no rails, moderate stiffnes
 ``zero``
     Q, R at confining values, all other channels at 0 V.  Gives each B, C, W channel its value
     at 0 V, hence (with the nominal gain) the voltage ``v0`` where it is close to zero.
-``self-Qk``, ``self-Rk``, ``self-BWk`` (3 x 7 acquisitions)
+``self-Qk``, ``self-Rk``, ``self-BWk`` (3 x ``levels`` acquisitions; the routine's default 13)
     All self-terms of all nodes at once: each node's Q, then R, then B and W together step
-    through 7 levels of their safe ranges while the node's other self-terms take helper values
+    through the levels of their safe ranges while the node's other self-terms take helper values
     that keep it confined and not too stiff (see :func:`plan_self`; a stiff node, ``V'' > 50``,
     would make an emulated board's integrator error visible).  Couplings at ``v0``.
 ``edge-m-l``
@@ -34,7 +34,7 @@ __all__ = ["Config", "Knowledge", "edge_colouring", "plan_zero", "plan_self", "p
            "input_batch", "on_dac_grid", "DAC_LSB_V"]
 
 #: Self-term sweeps, as fractions (sixths) of the safe range: Q alone, R alone, then B with W.
-SELF_LEVELS = 7
+SELF_LEVELS = 7  # plan_self's default; calibration.routine.DEFAULTS["self_levels"] is 13
 #: (B, W) fraction pairs of the bias/crossbar sweep: a large bias with a small crossbar weight and
 #: the reverse, so that the field B - W I stays within about 25 kT.
 BW_PAIRS = ((0, 3), (1, 2), (2, 5), (3, 0), (4, 6), (5, 1), (6, 4))

@@ -38,7 +38,7 @@ DEFAULTS = dict(
     repeats_zero=2,
     repeats_self=1,
     repeats_edge=1,
-    self_levels=7,  # levels of each self-term sweep (Q, R, B with W): 3 acquisitions per level
+    self_levels=13,  # levels of each self-term sweep (Q, R, B with W): 3 acquisitions per level (7 before format 2)
     edge_levels=None,  # None: 6 (RLC) or 8 (periodic elements)
     max_matchings=None,  # limit the edge stage (tests)
     channels=None,  # restrict fits (and the edge stage) to these channels
@@ -319,13 +319,13 @@ def calibrate(device, out_path, progress: bool = True, **options):
         See :data:`DEFAULTS` (chains, samples, interval_tau, edge_levels, channels, ...).
 
     Plan (board of N nodes, coupling graph of maximum degree d): the ADC (CAL:REF at 8 levels);
-    one ``zero`` setting; 21 self-term settings (Q, R, B with W, all nodes at once); a confining
-    ``tau-zero`` setting planned from the measured self terms, with short-interval increments
-    for the node time constants; ``d x edge_levels`` coupling settings (one
-    matching at a time, :mod:`calibration.design`).  Each setting is one or more serial
+    one ``zero`` setting; 3 x ``self_levels`` self-term settings (Q, R, B with W, all nodes at
+    once); a confining ``tau-zero`` setting planned from the measured self terms, with
+    short-interval increments for the node time constants; ``d x edge_levels`` coupling settings
+    (one matching at a time, :mod:`calibration.design`).  Each setting is one or more serial
     acquisitions of ``chains`` chains x ``samples`` readings every ``interval_tau`` tau; every
     acquisition estimates every element (:mod:`calibration.stein`).  On the default emulated
-    board (d = 16, 6 levels) that is 119 acquisitions, about 6 to 12 minutes on 2 cores.
+    board (d = 16, 6 levels, 13 self levels) that is 137 acquisitions.
 
     ``integrator_dt_tau``: simulated boards sample the Euler-Maruyama chain of step ``dt``, whose
     stationary law differs from the Gibbs one by ``O(dt V'')``; the first-order correction is
