@@ -336,3 +336,20 @@ def test_tau_of_nodes_at_the_rails_is_not_measured():
     data.q2[:, 2] = 1e-8  # lag-2 increments larger than diffusion allows: D < 0
     d, _ = tau_from(data)
     assert np.isnan(d[1]) and np.isnan(d[2])  # rails, and a non-positive D
+
+
+def test_a_kink_near_the_end_is_not_excused_by_its_fold_spread():
+    """A slope change of +90 % beyond +4.4 V (near the end of [-5.5, +5.5] V): the held-out score
+    of a straight line is dominated by one fold, whose spread must not make it adequate.  The
+    chosen shape stays within 2 % of full scale at the kink and 0.3 % in median (13 sweep
+    levels), where a straight line is off by more than 1 % in median."""
+    ch = Channel(41, "B", 0, 0, -5.5, 5.5, 2.5, 0.0)
+    f = lambda v: 2.5 * (v + 0.3) + 2.25 * np.maximum(v - 4.4, 0.0)  # noqa: E731
+    for seed in range(4):
+        v = _design_volts(ch, levels=13)
+        y, s = _data(f, v, 0.03, seed)
+        fit = fit_curve(ch, v, y, s)
+        assert fit.ok and fit.extra["shape"] != "poly1", fit.extra
+        med, worst = _err_fs(fit, f, ch)
+        assert med < 0.003 and worst < 0.02, (fit.extra["shape"], med, worst)
+        assert _err_fs(fit_curve(ch, v, y, s, shape="poly", degree=1, chi2_max=1e9), f, ch)[0] > 0.01
