@@ -15,6 +15,24 @@ Prints one JSON object.  Usage::
 
     python benchmarks/calibration_accuracy.py [--board default] [--seed N] [--quick]
         [--no-integrator-correction] [--out DIR]
+    python benchmarks/calibration_accuracy.py --zoo N [--seeds S1,S2,...] [--json] [--out DIR]
+
+Zoo mode (``--zoo N``) draws N zoo boards (:mod:`sim_backend.emulator.zoo`) from fresh seeds
+(``os.urandom``, 32 bits each; ``--seeds`` gives them instead; they are printed on stderr first
+and listed in the result), runs each as its own emulator process (``--zoo SEED``) through PyVISA,
+calibrates it with the default settings (the routine ``tc-hw calibrate`` runs) and compares with
+its truth dump.  The one JSON object holds, for each kind ``"Q","R","B","C","W"``,
+``{"median": m, "p95": p}``: the median and the 95th percentile over all boards' channels of
+each channel's error, where a channel's error is the median over its calibrated span (201
+voltages of the fit's branch) of ``|calibrated value - true value|`` at the calibration's
+reference temperature, divided by the channel's *full scale*: the largest ``|true value|`` over
+its whole safe range (the definition of the default mode above).  Also ``lost_channels`` (fits
+refused whole), ``partial_channels`` (kept on a span shorter than the safe range by more than
+0.5 %), ``boards``, ``seconds`` (wall time, all boards), ``seeds``, ``per_board`` and
+``diagnostics`` (which parts carry the error: ADC gain/offset errors, per-node tau and kT errors,
+the error per curve family, and the error left after removing each channel's best single gain
+factor -- what remains is curve shape, what goes is a scale such as an ADC gain or kT).
+A progress bar is drawn on stderr.
 
 ``--quick`` calibrates a reduced set (two matchings) for a smoke run.  By default the
 calibration corrects for the emulator's Euler-Maruyama step (``dt = 1e-3 tau``, see
@@ -25,7 +43,10 @@ emulator and the twin); a physical board is calibrated without it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -97,6 +118,185 @@ def upload_check(dev, cal, truth, seed=1) -> dict:
             "readback_max_error_v": rep["readback_max_error_v"]}
 
 
+# ----------------------------------------------------------------------------- zoo mode
+KINDS = ("Q", "R", "B", "C", "W")
+#: A kept span shorter than the safe range by more than this fraction of it makes a channel partial.
+PARTIAL_TOL = 0.005
+
+
+def channel_errors(cal, truth) -> list[dict]:
+    """One record per channel: kind, channel, family, ``lost``, ``partial``, and (kept channels)
+    ``err`` (median |fit - truth| over the calibrated span / full scale) and ``err_shape`` (the
+    same after the best single factor ``a`` in [0.9, 1.1] on the fit, ``scale``)."""
+    from sim_backend.emulator.nonideal import SHAPE_NAMES
+
+    ch = truth["channels"]
+    out = []
+    for c in cal.channel_map:
+        i = c.index
+        family = "periodic" if ch["period"][i] > 0 else SHAPE_NAMES[int(ch["shape"][i])] if "shape" in ch else "polynomial"
+        rec = {"kind": c.kind, "channel": i, "family": family, "lost": False, "partial": False}
+        f = cal.curve(i)
+        if not f.ok:
+            rec["lost"] = True
+            out.append(rec)
+            continue
+        lo, hi = f.branch
+        rec["partial"] = bool((hi - lo) < (1.0 - PARTIAL_TOL) * (c.vmax - c.vmin))
+        grid = np.linspace(lo, hi, 201)
+        t_ref = f.t_ref if np.isfinite(f.t_ref) else None
+        true = element_value(truth, i, grid, t_ref)
+        full = np.abs(element_value(truth, i, np.linspace(c.vmin, c.vmax, 201), t_ref)).max()
+        fit = f.raw_value(grid)
+        rec["err"] = float(np.median(np.abs(fit - true)) / full)
+        factors = 1.0 + np.linspace(-0.1, 0.1, 401)  # includes 1: err_shape <= err
+        med = np.median(np.abs(factors[:, None] * fit[None, :] - true[None, :]), axis=1)
+        rec["err_shape"] = float(med.min() / full)
+        rec["scale"] = float(factors[int(np.argmin(med))])
+        out.append(rec)
+    return out
+
+
+def node_errors(cal, truth) -> dict:
+    """ADC gain (relative) and offset (volts) errors and per-node tau and kT relative errors."""
+    from sim_backend.emulator.truth import node_tau_s
+
+    a = cal.adc
+    res = {"adc_gain": np.abs(np.asarray(a.gain) / np.asarray(truth["adc"]["gain"]) - 1),
+           "adc_offset_v": np.abs(np.asarray(a.offset) - np.asarray(truth["adc"]["offset_v"]))}
+    nodes = cal.nodes
+    if "tau_s" in nodes:
+        res["tau"] = np.abs(np.asarray(nodes["tau_s"]) / node_tau_s(truth) - 1)
+    if "kT" in nodes:
+        res["kT"] = np.abs(np.asarray(nodes["kT"]) / truth.get("kT", 1.0) - 1)
+    return res
+
+
+def _stats(values) -> dict:
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    if not len(v):
+        return {"median": None, "p95": None}
+    return {"median": float(np.median(v)), "p95": float(np.percentile(v, 95))}
+
+
+def summarize(records: list[dict], nodes: list[dict], per_board: list[dict], seconds: float, seeds) -> dict:
+    """The one JSON object of zoo mode (see the module docstring)."""
+    kept = [r for r in records if not r["lost"]]
+    out = {k: _stats(r["err"] for r in kept if r["kind"] == k) for k in KINDS}
+    out.update(lost_channels=sum(r["lost"] for r in records), partial_channels=sum(r["partial"] for r in kept),
+               boards=len(per_board), seconds=round(seconds, 1), seeds=[int(s) for s in seeds])
+    families = sorted({r["family"] for r in kept})
+    cat = lambda key: np.concatenate([n[key] for n in nodes if key in n]) if any(key in n for n in nodes) else np.array([])  # noqa: E731
+    out["diagnostics"] = {
+        "full_scale": "largest |true value| over the channel's safe range, at the calibration's t_ref",
+        "shape_error_after_best_gain": {k: _stats(r["err_shape"] for r in kept if r["kind"] == k) for k in KINDS},
+        "by_family": {f: dict(_stats(r["err"] for r in kept if r["family"] == f), channels=sum(r["family"] == f for r in kept))
+                      for f in families},
+        "best_gain_factor_minus_1": _stats(abs(r["scale"] - 1) for r in kept),
+        "adc_gain_rel": _stats(cat("adc_gain")),
+        "adc_offset_v": _stats(cat("adc_offset_v")),
+        "tau_rel": _stats(cat("tau")),
+        "kT_rel": _stats(cat("kT")),
+    }
+    out["per_board"] = per_board
+    return out
+
+
+class _Bar(io.TextIOBase):
+    """Turns the calibration's log lines into one progress line on the real stderr."""
+
+    def __init__(self, stream, label: str, expected: int = 120):
+        self.stream, self.label, self.expected, self.count, self.t0 = stream, label, expected, 0, time.monotonic()
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self.count += 1
+                self.draw(line.strip())
+        return len(text)
+
+    def draw(self, last: str = "") -> None:
+        done = min(self.count / self.expected, 1.0)
+        bar = "#" * int(24 * done) + "-" * (24 - int(24 * done))
+        msg = f"\r{self.label} [{bar}] {self.count:3d} lines {time.monotonic() - self.t0:6.0f} s  {last[:60]:<60s}"
+        self.stream.write(msg)
+        self.stream.flush()
+
+
+def fresh_seeds(n: int) -> list[int]:
+    """``n`` seeds of 32 bits from ``os.urandom`` (boards the calibration has never seen)."""
+    return [int.from_bytes(os.urandom(4), "little") for _ in range(n)]
+
+
+def run_zoo(seeds, out: Path, overrides: dict | None = None, **cal_options) -> dict:
+    """Calibrate the zoo board of every seed (each its own emulator process) against its truth.
+
+    ``overrides`` replaces some of the drawn non-ideality sizes (e.g. ``{"adc_inl": 0.0}``) to
+    find out which part of a board carries the error; the default run has none.
+    ``cal_options`` go to :func:`calibration.calibrate` (none: its defaults, as ``tc-hw calibrate``)."""
+    records, nodes, per_board = [], [], []
+    t_all = time.monotonic()
+    real_err = sys.stderr
+    for k, seed in enumerate(seeds):
+        work = out / f"zoo-{seed}"
+        work.mkdir(parents=True, exist_ok=True)
+        bar = _Bar(real_err, f"board {k + 1}/{len(seeds)} seed {seed}")
+        bar.draw("starting the emulator")
+        t0 = time.monotonic()
+        if overrides:  # a board file: the zoo board with some sizes replaced (diagnostics only)
+            board_file = work / "board.toml"
+            board_file.write_text(f"zoo = {int(seed)}\n[nonideal]\n" + "".join(f"{k} = {v!r}\n" for k, v in overrides.items()))
+            launch = dict(board=str(board_file))
+        else:
+            launch = dict(extra_args=["--zoo", str(seed)])
+        with running_emulator(truth=True, workdir=work, **launch) as emu:
+            truth = load_truth(emu.truth_file)
+            dev = open_device(emu.tcp)
+            try:
+                with contextlib.redirect_stderr(bar):
+                    cal, summary = calibration.calibrate(dev, work / "cal.h5", progress=True, **cal_options)
+            finally:
+                dev.close()
+        recs = channel_errors(cal, truth)
+        for r in recs:
+            r["seed"] = int(seed)
+        records += recs
+        nodes.append(node_errors(cal, truth))
+        kept = [r for r in recs if not r["lost"]]
+        per_board.append({
+            "seed": int(seed), "technology": truth["technology"], "nodes": int(truth["n_nodes"]),
+            "gain_Q_per_v": float(np.median(np.asarray(truth["channels"]["gain_nominal"])[
+                np.asarray(truth["channels"]["kind"]) == "Q"])),
+            "seconds": round(time.monotonic() - t0, 1), "acquisitions": summary.get("acquisitions"),
+            "lost": sum(r["lost"] for r in recs), "partial": sum(r["partial"] for r in kept),
+            "median": {kd: _stats(r["err"] for r in kept if r["kind"] == kd)["median"] for kd in KINDS},
+        })
+        real_err.write(f"\rboard {k + 1}/{len(seeds)} seed {seed}: {per_board[-1]['seconds']:.0f} s, "
+                       f"lost {per_board[-1]['lost']}, medians {per_board[-1]['median']}\n")
+    return summarize(records, nodes, per_board, time.monotonic() - t_all, seeds)
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds must be comma-separated non-negative integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise SystemExit(f"--seeds must be comma-separated non-negative integers, got {text!r}")
+    return seeds
+
+
+def _sizes(text: str) -> dict:
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"--zoo-sizes takes KEY=NUMBER,...; got {part!r}") from None
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--board", default="default")
@@ -104,9 +304,27 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-integrator-correction", action="store_true")
     ap.add_argument("--out", help="folder for the record and plots (default: a temporary folder)")
+    ap.add_argument("--zoo", type=int, metavar="N", help="calibrate N zoo boards from fresh seeds (see above)")
+    ap.add_argument("--seeds", help="with --zoo: comma-separated zoo seeds instead of fresh ones")
+    ap.add_argument("--zoo-sizes", metavar="K=V,...",
+                    help="with --zoo (diagnostics): replace drawn non-ideality sizes, e.g. adc_inl=0,dac_inl_v=0")
+    ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout (always the case)")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tc-cal-"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.zoo is not None or args.seeds:
+        seeds = _seed_list(args.seeds) if args.seeds else fresh_seeds(args.zoo)
+        if args.zoo is not None and args.zoo < 1:
+            ap.error("--zoo needs N >= 1")
+        print(f"zoo seeds: {','.join(map(str, seeds))}  (records in {out})", file=sys.stderr, flush=True)
+        opts = {"max_matchings": 2} if args.quick else {}  # --quick: a smoke run, not the default settings
+        overrides = _sizes(args.zoo_sizes) if args.zoo_sizes else {}
+        result = run_zoo(seeds, out, overrides, **opts)
+        result["calibration_options"] = opts or "defaults"
+        if overrides:
+            result["size_overrides"] = overrides
+        print(json.dumps(result))
+        return 0
     extra = ["--seed", str(args.seed)] if args.seed is not None else []
     opts = {"integrator_dt_tau": 0.0 if args.no_integrator_correction else 1e-3}
     if args.quick:

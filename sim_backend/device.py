@@ -92,7 +92,8 @@ class TwinDevice:
         self._seed = int(seed)
 
     def params(self) -> Params:
-        """What the board computes now: element values ``gain * applied volts``."""
+        """What the board computes now: element values ``gain * applied volts``; the mobility is
+        the description's (``1 / tau_node_factors`` per node when the board file gives them)."""
         v = self._volts * self.channel_map.gain
         s = self._slices
         return Params(
@@ -103,6 +104,7 @@ class TwinDevice:
             v[s["B"]],
             v[s["C"]],
             v[s["W"]],
+            mobility=self.description.node_mobility(),
             require_stable=False,
         )
 
