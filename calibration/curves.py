@@ -61,7 +61,8 @@ SPLINE_KNOTS = (1, 2, 3, 4)
 HARMONICS = (1, 2, 3)
 #: A measured span closer than this fraction of the safe range to a range end is snapped to it.
 SNAP_FRACTION = 0.01
-#: The shapes of the fixed models (format 1): kept unless cross-validation finds them significantly worse.
+#: The shapes of the fixed models (format 1): kept unless cross-validation finds them significantly
+#: worse (the cubic for channels without a period, two harmonics for periodic ones).
 DEFAULT_SHAPES = ("poly3", "periodic2")
 #: Adequacy of a shape (:func:`select_model`): standard errors of the fold-by-fold score
 #: difference to the best, and the ratio and slack of the score and chi-square limits.
@@ -445,8 +446,9 @@ def select_model(cands: list, channel, v, y, w, n_se: float | None = None) -> li
     difference) of the best candidate's, or within :data:`CV_RATIO` x best + :data:`CV_SLACK`;
     and its reduced chi-square on all points is at most :data:`CV_RATIO` x the smallest one +
     :data:`CV_SLACK` x 2 (a shape that misses a kink has one huge fold score, whose spread would
-    otherwise excuse it; the full-data chi-square does not).  Adequate candidates come first: a
-    default shape (:data:`DEFAULT_SHAPES`, the cubic or two harmonics) first, then the simplest
+    otherwise excuse it; the full-data chi-square does not).  Adequate candidates come first: the
+    channel's default shape (:data:`DEFAULT_SHAPES`: the cubic, or two harmonics for a periodic
+    channel) first, then the simplest
     (fewest coefficients); then the rest by mean score.  Each candidate gets ``cv`` (mean score),
     ``cv_rms`` (rms held-out residual, value units) and ``chi2`` attributes."""
     n_se = CV_N_SE if n_se is None else n_se
@@ -468,7 +470,8 @@ def select_model(cands: list, channel, v, y, w, n_se: float | None = None) -> li
         se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
         by_cv = math.isfinite(c.cv) and (float(np.mean(d)) <= n_se * se or c.cv <= CV_RATIO * cands[best].cv + CV_SLACK)
         (near if by_cv and c.chi2 <= chi2_limit else rest).append(c)
-    near.sort(key=lambda c: (c.label not in DEFAULT_SHAPES, c.n_coef, c.cv))
+    default = "periodic2" if channel.period > 0 else "poly3"
+    near.sort(key=lambda c: (c.label != default, c.n_coef, c.cv))
     rest.sort(key=lambda c: c.cv if math.isfinite(c.cv) else math.inf)
     return near + rest
 
@@ -630,13 +633,16 @@ def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> Non
                            f"(slope has the wrong sign near {bad[0]:+.3g} V)")
     lo, hi = fit.branch
     if math.isfinite(lo) and hi > lo:
-        slope = (fit.raw_value(np.array([hi]))[0] - fit.raw_value(np.array([lo]))[0]) / (hi - lo)
         ref = channel.gain
-        if periodic:  # mean slope of the nominal sine over the same interval
-            ref = channel.gain * channel.period / (2 * np.pi) * (
-                np.sin(2 * np.pi * hi / channel.period) - np.sin(2 * np.pi * lo / channel.period)) / (hi - lo)
+        if periodic:  # the steepest slope of the branch: the nominal gain wherever the offset puts it
+            on = (grid >= lo) & (grid <= hi)
+            slope = float(sign * np.max(sign * d[on])) if on.any() else math.nan
+            what = "steepest slope"
+        else:
+            slope = (fit.raw_value(np.array([hi]))[0] - fit.raw_value(np.array([lo]))[0]) / (hi - lo)
+            what = "mean slope"
         if ref != 0 and abs(slope / ref - 1.0) > gain_tolerance:
-            reasons.append(f"mean slope {slope:.4g}/V is {slope / ref:.2f} x the nominal {ref:.4g}/V")
+            reasons.append(f"{what} {slope:.4g}/V is {slope / ref:.2f} x the nominal {ref:.4g}/V")
         fit.extra["slope_ratio"] = float(slope / ref) if ref else math.nan
     if not math.isfinite(fit.chi2_red):
         reasons.append("no degrees of freedom left for a quality figure")
