@@ -353,3 +353,21 @@ def test_a_kink_near_the_end_is_not_excused_by_its_fold_spread():
         med, worst = _err_fs(fit, f, ch)
         assert med < 0.003 and worst < 0.02, (fit.extra["shape"], med, worst)
         assert _err_fs(fit_curve(ch, v, y, s, shape="poly", degree=1, chi2_max=1e9), f, ch)[0] > 0.01
+
+
+def test_periodic_element_with_a_large_offset_keeps_its_branch():
+    """A periodic element whose offset (2.4 V, a fifth of its period) moves the steepest point off
+    0 V: the slope check uses the branch's steepest slope, so the channel is kept (the mean slope
+    of the nominal, centred sine over the branch [-4.3, +0.6] V would call it 1.69 x too steep and
+    refuse it), fitted by harmonics, and its branch contains the true steepest point (-2.4 V)."""
+    ch = Channel(185, "W", 0, 3, -4.3, 4.3, 0.39, 12.0)
+    f = lambda v: 0.39 * 12.0 / (2 * np.pi) * np.sin(2 * np.pi * (v + 2.4) / 12.0)  # noqa: E731
+    v = _design_volts(ch, levels=8)
+    y, s = _data(f, v, 0.002, 4)
+    fit = fit_curve(ch, v, y, s)
+    assert fit.ok, fit.reason
+    assert fit.model == "periodic"
+    assert fit.branch[0] < -2.4 < fit.branch[1]
+    assert abs(fit.extra["slope_ratio"] - 1.0) < 0.05
+    med, _ = _err_fs(fit, f, ch)
+    assert med < 0.003
