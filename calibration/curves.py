@@ -59,6 +59,10 @@ _GRID = 2049
 POLY_DEGREES = (1, 2, 3, 4, 5)
 SPLINE_KNOTS = (1, 2, 3, 4)
 HARMONICS = (1, 2, 3)
+#: A non-periodic fit whose slope has the wrong sign near an end keeps its longest monotonic run
+#: as the branch (mapping and inverse use only the branch) when that run covers this fraction of
+#: the calibrated span; otherwise it is refused.
+MONOTONE_FRACTION = 0.8
 #: A measured span closer than this fraction of the safe range to a range end is snapped to it.
 SNAP_FRACTION = 0.01
 #: The shapes of the fixed models (format 1): kept unless cross-validation finds them significantly
@@ -607,7 +611,8 @@ def _fit_one(channel, v, y, w, dt, fit_tc, cand, base, tempco_max_sd=math.inf) -
 
 
 def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> None:
-    """Set branch (the monotonic part of the calibrated span), ok and reason."""
+    """Set branch (the monotonic part of the calibrated span: all of it, or for a periodic element
+    or a fit that turns near an end, its longest monotonic run), ok and reason."""
     sign = 1.0 if channel.gain >= 0 else -1.0
     lo_s, hi_s = fit.span
     grid = np.linspace(lo_s, hi_s, _GRID)
@@ -628,9 +633,16 @@ def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> Non
     else:
         fit.branch = (lo_s, hi_s)
         if not np.all(sign * d > 0):
-            bad = grid[sign * d <= 0]
-            reasons.append(f"{fit.extra.get('shape', fit.model)} not monotonic on the {fit.span_text()} "
-                           f"(slope has the wrong sign near {bad[0]:+.3g} V)")
+            # a flat (saturating) end can come out non-monotonic by noise: keep the longest
+            # monotonic run as the branch when it covers most of the span, else refuse
+            runs = _monotone_runs(d, sign)
+            i, j = max(runs, key=lambda r: r[1] - r[0]) if runs else (0, 0)
+            if j - i >= MONOTONE_FRACTION * len(grid):
+                fit.branch = (float(grid[i]), float(grid[j - 1]))
+            else:
+                bad = grid[sign * d <= 0]
+                reasons.append(f"{fit.extra.get('shape', fit.model)} not monotonic on the {fit.span_text()} "
+                               f"(slope has the wrong sign near {bad[0]:+.3g} V)")
     lo, hi = fit.branch
     if math.isfinite(lo) and hi > lo:
         ref = channel.gain
