@@ -371,3 +371,28 @@ def test_periodic_element_with_a_large_offset_keeps_its_branch():
     assert abs(fit.extra["slope_ratio"] - 1.0) < 0.05
     med, _ = _err_fs(fit, f, ch)
     assert med < 0.003
+
+
+def test_a_fit_that_turns_at_a_flat_end_keeps_its_monotonic_run():
+    """A strongly saturating element (slope 3 % of its centre slope at -5 V): noise can make a fit
+    turn over at the flat end.  The channel is kept with its longest monotonic run (>= 80 % of the
+    span) as the branch; inverses stay on it; it is refused only when no run is that long."""
+    from calibration.curves import CurveFit, _judge
+
+    ch = Channel(183, "W", 0, 3, -5.0, 5.0, 2.0, 0.0)
+    # a cubic that turns over below -4.5 V (as a noisy fit of a saturating curve does)
+    coef = np.array([0.0, 10.0, 0.0, -10.0 / (3 * 0.81)])  # f = 10 u - a u^3 turns at |u| = 0.9
+    fit = CurveFit(ch.index, ch.kind, "poly", coef, np.zeros((4, 4)), ch.vmin, ch.vmax, ch.gain, chi2_red=1.0)
+    v = np.linspace(-5, 5, 11)
+    _judge(fit, ch, v, 5.0, 0.5, False)
+    d = fit.derivative(np.linspace(-5, 5, 1001))
+    assert (d <= 0).any()  # the fit does turn
+    assert fit.ok, fit.reason
+    lo, hi = fit.branch
+    assert hi - lo >= 0.8 * 10.0 and np.all(fit.derivative(np.linspace(lo, hi, 201)) > 0)
+    y = fit.value(np.array([lo, hi]))
+    assert np.allclose(fit.value(fit.inverse(y)), y, atol=1e-8)
+    steep = CurveFit(ch.index, ch.kind, "poly", np.array([0.0, 10.0, 0.0, -12.0]), np.zeros((4, 4)), ch.vmin,
+                     ch.vmax, ch.gain, chi2_red=1.0)  # turns at |u| > 0.53: monotonic on half the span
+    _judge(steep, ch, v, 5.0, 0.5, False)
+    assert not steep.ok and "not monotonic" in steep.reason
