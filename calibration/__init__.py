@@ -7,6 +7,8 @@ Public API::
     cal = calibration.load("cal.h5")                           # newest complete entry
     cal.element_value(channel, volts, temp_k=None)             # board units (kT = 1)
     cal.volts_for(channel, value, temp_k=None)                 # inverse, on the monotonic branch
+    cal.span(channel); cal.check_volts(volts)                  # calibrated span; refuse volts outside it
+    cal.node_mobility(mobility); cal.node_tau_s(); cal.node_temperatures()   # per node, for the twin
     volts = calibration.map_params(params, cal, device.channel_map)   # refuses what does not fit
     report = calibration.upload(device, params, cal)           # one block, read back, verify
     calibration.nominal(device.channel_map)                    # nominal gains, for comparison

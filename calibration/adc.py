@@ -1,10 +1,14 @@
 """ADC readout calibration: per-node gain and offset from ``CAL:REF`` sweeps.
 
 With ``CAL:REF <v>`` every ADC input reads the reference ``v`` instead of its node, so the
-readings of node ``i`` are ``gain_i * v + offset_i + noise``.  :func:`measure` steps the
-reference over ``levels`` volts, acquires ``samples`` readings per input vector at each, and
-keeps per-level means, variances and counts (plus a few raw codes); :func:`fit` is a weighted
-straight line per node.  Node volts are then ``x = (reading - offset) / gain``.
+readings of node ``i`` are ``r_i(v) + noise``.  :func:`measure` steps the reference over
+``levels`` volts, acquires ``samples`` readings per input vector at each, and keeps per-level
+means, variances and counts (plus a few raw codes); :func:`fit` is a weighted polynomial per
+node: a straight line ``gain_i * v + offset_i`` when it fits, else (an ADC with integral
+nonlinearity) degree 3, then 5, the first whose reduced chi-square passes.  ``gain``/``offset``
+are then the tangent at 0 V, and ``inverse`` (N, 4) the cubic ``x = sum_k a_k r^k`` that maps
+readings back to node volts on +-:data:`INVERSE_RANGE_V` (for a straight line, exactly
+``(r - offset) / gain``).
 
 ``CAL:REF`` is the optional capability :class:`tc_hw.device.CalibrationReference` (the board
 driver has it); a backend without it (the ideal twin) has an ideal readout, and :func:`measure`
@@ -24,6 +28,8 @@ __all__ = ["AdcData", "AdcFit", "measure", "fit", "ideal", "supports_cal_ref", "
 
 #: Reference levels (volts): inside the +-5 V CAL:REF limit and the ADC full scale with margin.
 DEFAULT_LEVELS = tuple(np.linspace(-3.5, 3.5, 8).round(6))
+#: Node volts over which the inverse readout polynomial is fitted (nodes stay well inside).
+INVERSE_RANGE_V = 4.0
 
 
 @dataclass
@@ -54,11 +60,31 @@ class AdcFit:
     ok: np.ndarray
     measured: bool = True
     reason: list = field(default_factory=list)
+    inverse: np.ndarray | None = None  # (N, 4): x = a0 + a1 r + a2 r^2 + a3 r^3; None: linear
+
+    def inverse_coefficients(self) -> np.ndarray:
+        """(N, 4) coefficients of ``x(r)``: the stored cubic, or the straight line's."""
+        if self.inverse is not None:
+            return np.asarray(self.inverse, np.float64)
+        g = np.asarray(self.gain, np.float64)
+        o = np.asarray(self.offset, np.float64)
+        z = np.zeros_like(g)
+        return np.stack([-o / g, 1.0 / g, z, z], 1)
 
     def correct(self, readings, nodes=None) -> np.ndarray:
         """Node volts from raw readings (volts, nodes on the last axis)."""
         idx = slice(None) if nodes is None else np.asarray(nodes)
-        return (np.asarray(readings, np.float64) - self.offset[idx]) / self.gain[idx]
+        r = np.asarray(readings, np.float64)
+        if self.inverse is None:
+            return (r - self.offset[idx]) / self.gain[idx]
+        a = self.inverse_coefficients()[idx]
+        return a[..., 0] + r * (a[..., 1] + r * (a[..., 2] + r * a[..., 3]))
+
+    def transform(self, n_inputs: int) -> np.ndarray:
+        """The matrix ``T`` of :func:`calibration.stein.adc_transform` for this readout."""
+        from .stein import adc_transform
+
+        return adc_transform(self.gain, self.offset, n_inputs, inverse=self.inverse)
 
 
 def ideal(n_nodes: int) -> AdcFit:
@@ -118,11 +144,32 @@ def measure(device, levels=DEFAULT_LEVELS, samples: int = 64, chains: int = 256,
     return AdcData(levels, mean, var, count, raw, float(vpc), sat, temps)
 
 
-def fit(data: AdcData, chi2_max: float = 10.0) -> AdcFit:
-    """Weighted straight line ``mean = gain * level + offset`` per node.
+def _wpoly(x, y, w, degree):
+    a = np.stack([x**k for k in range(degree + 1)], 1)
+    m = a.T @ (a * w[:, None])
+    cov = np.linalg.inv(m)
+    c = cov @ (a.T @ (w * y))
+    res = y - a @ c
+    dof = len(x) - degree - 1
+    return c, cov, float((w * res * res).sum() / dof) if dof > 0 else math.nan
+
+
+def _inverse_cubic(c: np.ndarray) -> np.ndarray:
+    """Cubic ``x(r)`` fitted to the forward polynomial ``r(x) = sum c_k x^k`` on +-INVERSE_RANGE_V."""
+    x = np.linspace(-INVERSE_RANGE_V, INVERSE_RANGE_V, 801)
+    r = np.polynomial.polynomial.polyval(x, c)
+    a = np.stack([r**k for k in range(4)], 1)
+    return np.linalg.lstsq(a, x, rcond=None)[0]
+
+
+def fit(data: AdcData, chi2_max: float = 10.0, degrees=(1, 3, 5)) -> AdcFit:
+    """Weighted polynomial ``mean = sum_k c_k level^k`` per node, of the first degree in
+    ``degrees`` whose reduced chi-square is at most ``chi2_max`` (1: a linear readout; 3, 5: an
+    ADC with integral nonlinearity).  ``gain``/``offset`` are its tangent at 0 V; ``inverse`` holds
+    the cubic ``x(r)`` (rows of linear nodes are exact).
 
     Levels with saturated codes are dropped.  A node is refused (``ok`` False) with fewer than
-    3 usable levels or a reduced chi-square above ``chi2_max`` (the readout is then not linear).
+    3 usable levels, when no degree passes, or when the readout is not increasing on the levels.
     """
     n = data.mean.shape[1]
     gain = np.full(n, np.nan)
@@ -131,6 +178,8 @@ def fit(data: AdcData, chi2_max: float = 10.0) -> AdcFit:
     osd = np.full(n, np.nan)
     chi = np.full(n, np.nan)
     ok = np.zeros(n, bool)
+    inv = np.tile(np.array([0.0, 1.0, 0.0, 0.0]), (n, 1))
+    nonlinear = False
     reasons = []
     q = (data.volts_per_code**2 / 12.0) if math.isfinite(data.volts_per_code) else 0.0
     for i in range(n):
@@ -142,17 +191,22 @@ def fit(data: AdcData, chi2_max: float = 10.0) -> AdcFit:
             reasons.append(f"node {i}: only {len(x)} unsaturated reference levels")
             continue
         w = 1.0 / s2
-        a = np.stack([x, np.ones_like(x)], 1)
-        m = a.T @ (a * w[:, None])
-        cov = np.linalg.inv(m)
-        c = cov @ (a.T @ (w * y))
-        res = y - a @ c
-        dof = len(x) - 2
-        chi[i] = float((w * res * res).sum() / dof)
-        scale = max(1.0, chi[i])
-        gain[i], off[i] = c
-        gsd[i], osd[i] = np.sqrt(np.diag(cov) * scale)
-        ok[i] = chi[i] <= chi2_max and gain[i] > 0
+        for deg in [d for d in degrees if d + 2 <= len(x)] or [1]:
+            c, cov, chi[i] = _wpoly(x, y, w, deg)
+            if chi[i] <= chi2_max:
+                break
+        scale = max(1.0, chi[i]) if math.isfinite(chi[i]) else 1.0
+        off[i], gain[i] = c[0], c[1]
+        osd[i], gsd[i] = np.sqrt(np.diag(cov)[:2] * scale)
+        slope = np.polynomial.polynomial.polyval(np.linspace(x.min(), x.max(), 101),
+                                                 np.polynomial.polynomial.polyder(c))
+        ok[i] = chi[i] <= chi2_max and bool(np.all(slope > 0))
+        if len(c) > 2:
+            inv[i] = _inverse_cubic(c)
+            nonlinear = True
+        else:
+            inv[i] = [-c[0] / c[1], 1.0 / c[1], 0.0, 0.0] if c[1] != 0 else [0.0, 1.0, 0.0, 0.0]
         if not ok[i]:
-            reasons.append(f"node {i}: reduced chi-square {chi[i]:.3g} (non-linear readout?)")
-    return AdcFit(gain, off, gsd, osd, chi, ok, True, reasons)
+            reasons.append(f"node {i}: reduced chi-square {chi[i]:.3g} with a degree-{len(c) - 1} readout, or "
+                           "not increasing (non-linear readout?)")
+    return AdcFit(gain, off, gsd, osd, chi, ok, True, reasons, inverse=inv if nonlinear else None)

@@ -1,6 +1,25 @@
 """Element curves: value as a function of control voltage, fitted with uncertainties, and inverses.
 
-Two models, chosen by the channel's map entry:
+Shape learned from the data (``shape="learned"``, the default of :func:`fit_curve`): the
+candidates are polynomials of degree 1..5, cubic B-splines (``spline``) with 1..4 interior knots
+and, for periodic channels, sums of 1..3 harmonics; each is scored by leave-one-voltage-out
+cross-validation (every interior voltage cluster held out in turn, weighted squared held-out
+residuals); among the adequate candidates (held-out score close to the best, full-data
+chi-square close to the smallest: :func:`select_model`), the default shape (cubic, two
+harmonics), else the simplest, that passes the checks and is monotonic on its span wins.  The held-out rms residual is stored as
+``cv_rms`` (value units): the uncertainty of the *shape*, next to the statistical
+:meth:`CurveFit.sigma`.  All models are linear in their coefficients, so covariances are exact.
+
+Calibrated span.  A curve is known only where it was measured: ``span`` is the interval of the
+measured voltages (snapped to a safe-range end closer than 1 % of the range).  A channel measured
+over part of its safe range keeps that part; :meth:`CurveFit.value` and :meth:`CurveFit.inverse`
+refuse outside it, naming the channel and the span.  A channel is refused whole only when
+nothing of it could be measured (fewer than three distinct voltages: no curve with a quality
+figure).
+
+``shape="poly"`` reproduces the fixed-family models below (format version 1).
+
+Fixed models, chosen by the channel's map entry:
 
 ``poly``  (``period == 0``, RLC boards and the Q, R channels of JJ boards)
     ``f(v) = sum_k c_k u^k``, ``u = (v - centre) / half_span`` over the safe range, degree 3 by
@@ -31,10 +50,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CurveFit", "CurveError", "fit_curve", "nominal_curve", "MODELS"]
+__all__ = ["CurveFit", "CurveError", "fit_curve", "nominal_curve", "MODELS", "Candidate", "candidates", "select_model",
+           "cv_scores", "voltage_clusters", "measured_span", "spline_knots"]
 
-MODELS = ("poly", "periodic", "nominal")
+MODELS = ("poly", "periodic", "spline", "nominal")
 _GRID = 2049
+#: Candidate shapes of the learned fit: polynomial degrees, spline interior knots, harmonics.
+POLY_DEGREES = (1, 2, 3, 4, 5)
+SPLINE_KNOTS = (1, 2, 3, 4)
+HARMONICS = (1, 2, 3)
+#: A non-periodic fit whose slope has the wrong sign near an end keeps its longest monotonic run
+#: as the branch (mapping and inverse use only the branch) when that run covers this fraction of
+#: the calibrated span; otherwise it is refused.
+MONOTONE_FRACTION = 0.8
+#: A measured span closer than this fraction of the safe range to a range end is snapped to it.
+SNAP_FRACTION = 0.01
+#: The shapes of the fixed models (format 1): kept unless cross-validation finds them significantly
+#: worse (the cubic for channels without a period, two harmonics for periodic ones).
+DEFAULT_SHAPES = ("poly3", "periodic2")
+#: Adequacy of a shape (:func:`select_model`): standard errors of the fold-by-fold score
+#: difference to the best, and the ratio and slack of the score and chi-square limits.
+CV_N_SE = 2.0
+CV_RATIO = 1.25
+CV_SLACK = 0.25
 
 
 class CurveError(ValueError):
@@ -70,6 +108,14 @@ class CurveFit:
     ok: bool = False
     reason: str = ""
     extra: dict = field(default_factory=dict)
+    knots: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    span: tuple = (math.nan, math.nan)
+    cv_rms: float = math.nan
+
+    def __post_init__(self):
+        if not (math.isfinite(self.span[0]) and math.isfinite(self.span[1])):
+            self.span = (float(self.vmin), float(self.vmax))
+        self.knots = np.asarray(self.knots, np.float64)
 
     # -- basis ------------------------------------------------------------------------------
     @property
@@ -84,11 +130,30 @@ class CurveFit:
     def basis(self, v) -> np.ndarray:
         """Design matrix rows for voltages ``v``, shape (len(v), n_coef)."""
         return _basis(self.model, np.atleast_1d(np.asarray(v, np.float64)), len(self.coef), self.centre, self.half,
-                      self.period, self.gain_nominal)
+                      self.period, self.gain_nominal, self.knots)
 
     def dbasis(self, v) -> np.ndarray:
         return _dbasis(self.model, np.atleast_1d(np.asarray(v, np.float64)), len(self.coef), self.centre, self.half,
-                       self.period, self.gain_nominal)
+                       self.period, self.gain_nominal, self.knots)
+
+    @property
+    def partial(self) -> bool:
+        """True when the calibrated span is narrower than the safe range."""
+        return bool(self.span[0] > self.vmin or self.span[1] < self.vmax)
+
+    def span_text(self) -> str:
+        """``"calibrated span [lo, hi] V of the safe range [vmin, vmax] V"``."""
+        return (f"calibrated span [{self.span[0]:+.4g}, {self.span[1]:+.4g}] V of the safe range "
+                f"[{self.vmin:+.4g}, {self.vmax:+.4g}] V")
+
+    def check_volts(self, v, tol_v: float = 0.0) -> None:
+        """Raise :class:`CurveError` naming the channel and its calibrated span when any of ``v``
+        lies outside the span (by more than ``tol_v`` volts)."""
+        v = np.asarray(v, np.float64).ravel()
+        out = (v < self.span[0] - tol_v) | (v > self.span[1] + tol_v)
+        if out.any():
+            raise CurveError(f"channel {self.channel} ({self.kind}): {float(v[np.argmax(out)]):+.6g} V is outside "
+                             f"its {self.span_text()}; refused (the curve is not known there)")
 
     # -- evaluation -------------------------------------------------------------------------
     @property
@@ -110,8 +175,10 @@ class CurveFit:
         return (self.basis(v.ravel()) @ self.coef).reshape(v.shape)
 
     def value(self, v, temp_k=None) -> np.ndarray:
-        """Element value at applied volts ``v`` (any shape) and board temperature ``temp_k``."""
+        """Element value at applied volts ``v`` (any shape) and board temperature ``temp_k``;
+        refuses volts outside the calibrated span by more than half a DAC step (:meth:`check_volts`)."""
         self._require_ok()
+        self.check_volts(v, tol_v=_HALF_LSB_V)
         return self.raw_value(v) * self._temp_factor(temp_k)
 
     def sigma(self, v) -> np.ndarray:
@@ -121,6 +188,7 @@ class CurveFit:
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", a, self.cov, a), 0.0)).reshape(v.shape)
 
     def derivative(self, v) -> np.ndarray:
+        """``f'(v)`` (value per volt) at the reference temperature."""
         v = np.asarray(v, np.float64)
         return (self.dbasis(v.ravel()) @ self.coef).reshape(v.shape)
 
@@ -150,6 +218,7 @@ class CurveFit:
             raise CurveError(
                 f"channel {self.channel} ({self.kind}): value {float(np.ravel(value)[np.argmax(bad)]):.6g} "
                 f"outside the reachable range [{fg[0] * f:.6g}, {fg[-1] * f:.6g}]"
+                + (f" of its {self.span_text()}" if self.partial else "")
             )
         v = np.interp(flat, fg, grid)
         for _ in range(4):  # Newton polish on the monotonic branch
@@ -162,14 +231,44 @@ class CurveFit:
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in (
             "channel", "kind", "model", "vmin", "vmax", "gain_nominal", "period", "t_ref", "tempco", "tempco_sd",
-            "chi2_red", "dof", "n_points", "rms_resid", "ok", "reason")}
+            "chi2_red", "dof", "n_points", "rms_resid", "ok", "reason", "cv_rms")}
         d["coef"] = np.asarray(self.coef).tolist()
+        d["knots"] = np.asarray(self.knots).tolist()
         d["branch"] = [float(self.branch[0]), float(self.branch[1])]
+        d["span"] = [float(self.span[0]), float(self.span[1])]
         return d
 
 
 # ----------------------------------------------------------------------------------- basis
-def _basis(model, v, n_coef, centre, half, period, gain):
+_HALF_LSB_V = 0.5 * 20.0 / 65536.0
+
+
+def _spline_basis(v, knots, deriv=0):
+    """Cubic B-spline design matrix on the full knot vector ``knots`` (clamped), or of its
+    ``deriv``-th derivative (0 or 1), extrapolating the end polynomials."""
+    from scipy.interpolate import BSpline
+
+    t = np.asarray(knots, np.float64)
+    if deriv == 0:
+        return BSpline.design_matrix(v, t, 3, extrapolate=True).toarray()
+    n = len(t) - 4
+    b2 = BSpline.design_matrix(v, t[1:-1], 2, extrapolate=True).toarray()  # (m, n - 1)
+    d = np.zeros((n - 1, n))
+    h = t[4:4 + n - 1] - t[1:n]
+    idx = np.arange(n - 1)
+    d[idx, idx + 1] = 3.0 / h
+    d[idx, idx] = -3.0 / h
+    return b2 @ d
+
+
+def spline_knots(lo: float, hi: float, interior) -> np.ndarray:
+    """Clamped cubic knot vector on ``[lo, hi]`` with the given interior knots."""
+    return np.concatenate([[lo] * 4, np.sort(np.asarray(interior, np.float64)), [hi] * 4])
+
+
+def _basis(model, v, n_coef, centre, half, period, gain, knots=None):
+    if model == "spline":
+        return _spline_basis(v, knots)
     if model == "poly":
         u = (v - centre) / half
         return np.stack([u**k for k in range(n_coef)], 1)
@@ -186,7 +285,9 @@ def _basis(model, v, n_coef, centre, half, period, gain):
     raise ValueError(f"unknown curve model {model!r}")
 
 
-def _dbasis(model, v, n_coef, centre, half, period, gain):
+def _dbasis(model, v, n_coef, centre, half, period, gain, knots=None):
+    if model == "spline":
+        return _spline_basis(v, knots, 1)
     if model == "poly":
         u = (v - centre) / half
         cols = [np.zeros_like(v)] + [k * u ** (k - 1) / half for k in range(1, n_coef)]
@@ -244,6 +345,141 @@ def _monotone_runs(d: np.ndarray, sign: float):
     return runs
 
 
+def voltage_clusters(v: np.ndarray, safe_span: float, gap_fraction: float = 0.02) -> np.ndarray:
+    """Cluster label (0, 1, ... in increasing voltage) of each voltage in ``v`` (shape (n,)):
+    sorted voltages further apart than ``gap_fraction`` of the safe range start a new cluster."""
+    v = np.asarray(v, np.float64)
+    if not len(v):
+        return np.zeros(0, np.int64)
+    order = np.argsort(v, kind="stable")
+    jumps = np.concatenate([[0], (np.diff(v[order]) > gap_fraction * safe_span).astype(np.int64)])
+    lab = np.empty(len(v), np.int64)
+    lab[order] = np.cumsum(jumps)
+    return lab
+
+
+def measured_span(channel, v: np.ndarray) -> tuple[float, float]:
+    """The calibrated span of measured voltages ``v``: ``[min v, max v]``, each end snapped to the
+    safe-range end when closer than :data:`SNAP_FRACTION` of the range."""
+    tol = SNAP_FRACTION * (channel.vmax - channel.vmin)
+    lo, hi = float(np.min(v)), float(np.max(v))
+    lo = float(channel.vmin) if lo - channel.vmin <= tol else lo
+    hi = float(channel.vmax) if channel.vmax - hi <= tol else hi
+    return lo, hi
+
+
+@dataclass
+class Candidate:
+    """One shape of the learned fit: ``model`` (poly, spline, periodic), ``n_coef``, ``knots``
+    (full clamped knot vector for splines, else empty)."""
+
+    model: str
+    n_coef: int
+    knots: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def label(self) -> str:
+        if self.model == "poly":
+            return f"poly{self.n_coef - 1}"
+        if self.model == "spline":
+            return f"spline{self.n_coef - 4}"
+        return f"periodic{(self.n_coef - 1) // 2}"
+
+
+def candidates(channel, v: np.ndarray, span, shape: str = "learned", degree=3, harmonics: int = 2) -> list:
+    """The shapes tried for ``channel`` given its measured voltages ``v``: each needs at least one
+    voltage cluster more than it has coefficients.  ``shape="poly"``: the fixed family
+    (``degree`` (int or tuple) or ``harmonics``) only."""
+    n_cl = int(voltage_clusters(v, channel.vmax - channel.vmin).max()) + 1 if len(v) else 0
+    if shape == "poly":
+        if channel.period > 0:
+            return [Candidate("periodic", 1 + 2 * harmonics)]
+        degrees = (degree,) if isinstance(degree, int) else tuple(degree)
+        return [Candidate("poly", d + 1) for d in degrees]
+    if shape != "learned":
+        raise ValueError(f"unknown curve shape {shape!r} (learned or poly)")
+    out = [Candidate("poly", d + 1) for d in POLY_DEGREES if d == 1 or d + 2 <= n_cl]
+    lab = voltage_clusters(v, channel.vmax - channel.vmin)
+    centres = np.array([v[lab == k].mean() for k in range(n_cl)])
+    for k in SPLINE_KNOTS:
+        if k + 5 <= n_cl:
+            inner = np.quantile(centres, np.linspace(0, 1, k + 2)[1:-1])
+            out.append(Candidate("spline", k + 4, spline_knots(span[0], span[1], inner)))
+    if channel.period > 0:
+        out += [Candidate("periodic", 1 + 2 * h) for h in HARMONICS if 2 * h + 2 <= n_cl]
+    return out
+
+
+def _design(cand: Candidate, channel, v, period=None) -> np.ndarray:
+    c, h = 0.5 * (channel.vmin + channel.vmax), 0.5 * (channel.vmax - channel.vmin) or 1.0
+    return _basis(cand.model, v, cand.n_coef, c, h, channel.period if period is None else period, channel.gain,
+                  cand.knots)
+
+
+def cv_scores(cand: Candidate, channel, v, y, w) -> np.ndarray:
+    """Leave-one-cluster-out scores of ``cand``: for each interior voltage cluster, the mean
+    weighted squared residual (``w (y - f)^2``) of its points predicted from all other points.
+    Shape (n_interior_clusters,); empty with fewer than 3 clusters."""
+    lab = voltage_clusters(v, channel.vmax - channel.vmin)
+    n_cl = int(lab.max()) + 1 if len(lab) else 0
+    a = _design(cand, channel, v)
+    sw = np.sqrt(w)
+    out = []
+    for k in range(1, n_cl - 1):
+        test = lab == k
+        coef = np.linalg.lstsq(a[~test] * sw[~test, None], y[~test] * sw[~test], rcond=None)[0]
+        r = y[test] - a[test] @ coef
+        out.append(float(np.mean(w[test] * r * r)))
+    return np.array(out)
+
+
+def _chi2_red(cand: Candidate, channel, v, y, w) -> float:
+    a = _design(cand, channel, v)
+    sw = np.sqrt(w)
+    coef = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)[0]
+    dof = len(v) - cand.n_coef
+    r = y - a @ coef
+    return float((w * r * r).sum() / dof) if dof > 0 else math.inf
+
+
+def select_model(cands: list, channel, v, y, w, n_se: float | None = None) -> list:
+    """``cands`` in the order they are tried.
+
+    A candidate is *adequate* when its mean cross-validation score (:func:`cv_scores`, a
+    held-out reduced chi-square) is within ``n_se`` standard errors (of the fold-by-fold
+    difference) of the best candidate's, or within :data:`CV_RATIO` x best + :data:`CV_SLACK`;
+    and its reduced chi-square on all points is at most :data:`CV_RATIO` x the smallest one +
+    :data:`CV_SLACK` x 2 (a shape that misses a kink has one huge fold score, whose spread would
+    otherwise excuse it; the full-data chi-square does not).  Adequate candidates come first: the
+    channel's default shape (:data:`DEFAULT_SHAPES`: the cubic, or two harmonics for a periodic
+    channel) first, then the simplest
+    (fewest coefficients); then the rest by mean score.  Each candidate gets ``cv`` (mean score),
+    ``cv_rms`` (rms held-out residual, value units) and ``chi2`` attributes."""
+    n_se = CV_N_SE if n_se is None else n_se
+    scores = []
+    for c in cands:
+        sc = cv_scores(c, channel, v, y, w)
+        c.cv = float(np.mean(sc)) if len(sc) else math.nan
+        c.cv_rms = float(math.sqrt(c.cv / np.mean(w))) if len(sc) and math.isfinite(c.cv) else math.nan
+        c.chi2 = _chi2_red(c, channel, v, y, w)
+        scores.append(sc)
+    finite = [c.cv for c in cands if math.isfinite(c.cv)]
+    if len(cands) <= 1 or not finite:
+        return sorted(cands, key=lambda c: c.n_coef)
+    best = int(np.nanargmin([c.cv if math.isfinite(c.cv) else np.nan for c in cands]))
+    chi2_limit = CV_RATIO * min(c.chi2 for c in cands) + 2 * CV_SLACK
+    near, rest = [], []
+    for c, sc in zip(cands, scores):
+        d = sc - scores[best]
+        se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+        by_cv = math.isfinite(c.cv) and (float(np.mean(d)) <= n_se * se or c.cv <= CV_RATIO * cands[best].cv + CV_SLACK)
+        (near if by_cv and c.chi2 <= chi2_limit else rest).append(c)
+    default = "periodic2" if channel.period > 0 else "poly3"
+    near.sort(key=lambda c: (c.label != default, c.n_coef, c.cv))
+    rest.sort(key=lambda c: c.cv if math.isfinite(c.cv) else math.inf)
+    return near + rest
+
+
 def fit_curve(
     channel,
     volts,
@@ -257,8 +493,9 @@ def fit_curve(
     min_points: int | None = None,
     gain_tolerance: float = 0.5,
     tempco_max_sd: float = 1.5e-3,
+    shape: str = "learned",
 ) -> CurveFit:
-    """Fit one channel's curve to measured points.
+    """Fit one channel's curve to measured points, over the span they cover.
 
     Parameters
     ----------
@@ -270,10 +507,13 @@ def fit_curve(
         Board temperature of each point (kelvin).  ``t_ref`` is their weighted mean; the tempco
         is fitted when the points' temperature spread determines it to ``tempco_max_sd`` per
         kelvin or better (otherwise it stays unknown, NaN, and nothing is corrected).
+    shape : str
+        ``"learned"`` (candidates chosen by cross-validation, :func:`select_model`) or ``"poly"``
+        (the fixed ``degree``/``harmonics`` family, tried in order).
     degree : int or tuple of int
-        Polynomial degree(s) tried in order (the first that passes ``chi2_max`` wins).
+        ``shape="poly"``: polynomial degree(s) tried in order (the first that passes wins).
     harmonics : int
-        Harmonics of the periodic model.
+        ``shape="poly"``: harmonics of the periodic model.
     chi2_max : float
         Largest acceptable reduced chi-square.
     gain_tolerance : float
@@ -282,7 +522,9 @@ def fit_curve(
     Returns
     -------
     CurveFit
-        Always returned; ``ok`` False (and ``reason``) when the fit is refused.
+        Always returned; ``span`` the calibrated span (volts); ``ok`` False (and ``reason``) when
+        the fit is refused: nothing measurable (points at fewer than three voltages), or no
+        candidate passes the quality checks.
     """
     v = np.asarray(volts, np.float64).ravel()
     y = np.asarray(values, np.float64).ravel()
@@ -291,49 +533,38 @@ def fit_curve(
     good = np.isfinite(v) & np.isfinite(y) & np.isfinite(s) & (s > 0)
     v, y, s, t = v[good], y[good], s[good], t[good]
     w = 1.0 / s**2
-    periodic = channel.period > 0
     t_ok = np.isfinite(t)
     t_ref = float((t[t_ok] * w[t_ok]).sum() / w[t_ok].sum()) if t_ok.any() else math.nan
     dt = np.where(t_ok, t - (t_ref if math.isfinite(t_ref) else 0.0), 0.0)
     fit_tc = bool(np.any(dt != 0))
-    degrees = (degree,) if isinstance(degree, int) else tuple(degree)
-    model = "periodic" if periodic else "poly"
-    n_coefs = [1 + 2 * harmonics] if periodic else [d + 1 for d in degrees]
-    base = dict(channel=channel.index, kind=channel.kind, model=model, vmin=channel.vmin, vmax=channel.vmax,
+    base = dict(channel=channel.index, kind=channel.kind, vmin=channel.vmin, vmax=channel.vmax,
                 gain_nominal=channel.gain, period=channel.period, t_ref=t_ref, n_points=int(len(v)))
-    span = channel.vmax - channel.vmin
-    uv = np.unique(v)
-    distinct = int(1 + np.sum(np.diff(uv) > 0.02 * span)) if len(uv) else 0  # voltage clusters
-    reach_lo = channel.vmin + 0.15 * span
-    reach_hi = channel.vmax - 0.15 * span
-    if periodic:  # the branch lies within about a quarter period of the zero crossing
-        reach_lo, reach_hi = max(reach_lo, -channel.period / 6), min(reach_hi, channel.period / 6)
-    covered = len(v) > 0 and v.min() <= reach_lo and v.max() >= reach_hi
-    best = None
-    for n_coef in n_coefs:
-        need = n_coef + 1 if min_points is None else max(min_points, n_coef + 1)
-        if distinct < n_coef + 1 or len(v) < need or not covered:
-            why = (f"too few points ({len(v)} at {distinct} distinct voltages) for {n_coef} coefficients"
-                   if distinct < n_coef + 1 or len(v) < need else
-                   f"points span only [{v.min():+.3g}, {v.max():+.3g}] V of the safe range "
-                   f"[{channel.vmin:+.3g}, {channel.vmax:+.3g}] V")
-            best = CurveFit(coef=np.zeros(n_coef), cov=np.zeros((n_coef, n_coef)), ok=False, reason=why, **base)
-            continue
-        fit = _fit_one(channel, v, y, w, dt, fit_tc, n_coef, base, tempco_max_sd)
-        best = fit
-        if fit.chi2_red <= chi2_max:
-            break
-    fit = best
-    if fit.reason:  # already refused (too few points)
-        return fit
-    _judge(fit, channel, v, chi2_max, gain_tolerance, periodic)
-    return fit
+    n_cl = int(voltage_clusters(v, channel.vmax - channel.vmin).max()) + 1 if len(v) else 0
+    if n_cl < 3 or len(v) < 4 or (min_points is not None and len(v) < min_points):
+        why = ("nothing measurable: no usable points on the safe range" if not len(v) else
+               f"nothing measurable: {len(v)} points all at {np.min(v):+.3g} V; a curve needs two voltages"
+               if n_cl < 2 else
+               f"too few points ({len(v)} at {n_cl} distinct voltages, {np.min(v):+.3g}..{np.max(v):+.3g} V): a "
+               "curve with a quality figure needs three voltages")
+        return CurveFit(model="poly", coef=np.zeros(2), cov=np.zeros((2, 2)), ok=False, reason=why, **base)
+    span = measured_span(channel, v)
+    cands = select_model(candidates(channel, v, span, shape, degree, harmonics), channel, v, y, w)
+    first = None
+    for cand in cands:
+        fit = _fit_one(channel, v, y, w, dt, fit_tc, cand, dict(base, span=span), tempco_max_sd)
+        _judge(fit, channel, v, chi2_max, gain_tolerance, channel.period > 0)
+        first = fit if first is None else first
+        if fit.ok:
+            return fit
+    return first
 
 
-def _fit_one(channel, v, y, w, dt, fit_tc, n_coef, base, tempco_max_sd=math.inf) -> CurveFit:
-    periodic = channel.period > 0
+def _fit_one(channel, v, y, w, dt, fit_tc, cand, base, tempco_max_sd=math.inf) -> CurveFit:
+    """Weighted least squares of one candidate (with the tempco when the data pin it down)."""
+    n_coef = cand.n_coef
     period = channel.period
-    proto = CurveFit(coef=np.zeros(n_coef), cov=np.zeros((n_coef, n_coef)), **base)
+    proto = CurveFit(model=cand.model, coef=np.zeros(n_coef), cov=np.zeros((n_coef, n_coef)), knots=cand.knots,
+                     **base)
 
     def solve(per, tc):
         proto.period = per
@@ -341,7 +572,7 @@ def _fit_one(channel, v, y, w, dt, fit_tc, n_coef, base, tempco_max_sd=math.inf)
         yy = y / (1.0 + tc * dt)
         return _wls(a, yy, w * (1.0 + tc * dt) ** 2)
 
-    if periodic:
+    if cand.model == "periodic":
         from scipy.optimize import minimize_scalar
 
         res = minimize_scalar(lambda p: solve(p, 0.0)[3], bounds=(0.8 * period, 1.2 * period), method="bounded",
@@ -363,30 +594,34 @@ def _fit_one(channel, v, y, w, dt, fit_tc, n_coef, base, tempco_max_sd=math.inf)
             tc = float((w * xreg * (y - f)).sum() / denom)
             tc_sd = float(1.0 / math.sqrt(denom))
             coef, cov, res, chi2 = solve(period, tc)
-    dof = len(v) - n_coef - (1 if fit_tc else 0) - (1 if periodic else 0)
+    dof = len(v) - n_coef - (1 if fit_tc else 0) - (1 if cand.model == "periodic" else 0)
     chi2_red = chi2 / dof if dof > 0 else math.nan
     scale = max(1.0, chi2_red) if math.isfinite(chi2_red) else 1.0
-    fit = CurveFit(coef=coef, cov=cov * scale, **base)
+    fit = CurveFit(model=cand.model, coef=coef, cov=cov * scale, knots=cand.knots, **base)
     fit.period = period
     fit.tempco = tc if fit_tc else math.nan
     fit.tempco_sd = tc_sd * math.sqrt(scale) if fit_tc else math.nan
     fit.chi2_red = float(chi2_red)
     fit.dof = int(dof)
+    fit.cv_rms = float(getattr(cand, "cv_rms", math.nan))
     fit.rms_resid = float(np.sqrt(np.mean((y - (proto.basis(v) @ coef) * (1.0 + (tc if fit_tc else 0.0) * dt)) ** 2)))
     fit.extra["residuals"] = y - fit.raw_value(v) * (1.0 + (tc if fit_tc else 0.0) * dt)
+    fit.extra["shape"] = cand.label
     return fit
 
 
 def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> None:
-    """Set branch, ok and reason."""
+    """Set branch (the monotonic part of the calibrated span: all of it, or for a periodic element
+    or a fit that turns near an end, its longest monotonic run), ok and reason."""
     sign = 1.0 if channel.gain >= 0 else -1.0
-    grid = np.linspace(channel.vmin, channel.vmax, _GRID)
+    lo_s, hi_s = fit.span
+    grid = np.linspace(lo_s, hi_s, _GRID)
     d = fit.derivative(grid)
     reasons = []
     if periodic:
         runs = _monotone_runs(d, sign)
         if not runs:
-            reasons.append("no monotonic branch on the safe range")
+            reasons.append(f"no monotonic branch on the {fit.span_text()}")
             fit.branch = (math.nan, math.nan)
         else:
             f = fit.raw_value(grid)
@@ -396,19 +631,30 @@ def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> Non
             if inside.sum() < 3:
                 reasons.append(f"monotonic branch [{fit.branch[0]:.3g}, {fit.branch[1]:.3g}] V holds only {int(inside.sum())} points")
     else:
-        fit.branch = (channel.vmin, channel.vmax)
+        fit.branch = (lo_s, hi_s)
         if not np.all(sign * d > 0):
-            bad = grid[sign * d <= 0]
-            reasons.append(f"not monotonic on the safe range (slope has the wrong sign near {bad[0]:+.3g} V)")
+            # a flat (saturating) end can come out non-monotonic by noise: keep the longest
+            # monotonic run as the branch when it covers most of the span, else refuse
+            runs = _monotone_runs(d, sign)
+            i, j = max(runs, key=lambda r: r[1] - r[0]) if runs else (0, 0)
+            if j - i >= MONOTONE_FRACTION * len(grid):
+                fit.branch = (float(grid[i]), float(grid[j - 1]))
+            else:
+                bad = grid[sign * d <= 0]
+                reasons.append(f"{fit.extra.get('shape', fit.model)} not monotonic on the {fit.span_text()} "
+                               f"(slope has the wrong sign near {bad[0]:+.3g} V)")
     lo, hi = fit.branch
     if math.isfinite(lo) and hi > lo:
-        slope = (fit.raw_value(np.array([hi]))[0] - fit.raw_value(np.array([lo]))[0]) / (hi - lo)
         ref = channel.gain
-        if periodic:  # mean slope of the nominal sine over the same interval
-            ref = channel.gain * channel.period / (2 * np.pi) * (
-                np.sin(2 * np.pi * hi / channel.period) - np.sin(2 * np.pi * lo / channel.period)) / (hi - lo)
+        if periodic:  # the steepest slope of the branch: the nominal gain wherever the offset puts it
+            on = (grid >= lo) & (grid <= hi)
+            slope = float(sign * np.max(sign * d[on])) if on.any() else math.nan
+            what = "steepest slope"
+        else:
+            slope = (fit.raw_value(np.array([hi]))[0] - fit.raw_value(np.array([lo]))[0]) / (hi - lo)
+            what = "mean slope"
         if ref != 0 and abs(slope / ref - 1.0) > gain_tolerance:
-            reasons.append(f"mean slope {slope:.4g}/V is {slope / ref:.2f} x the nominal {ref:.4g}/V")
+            reasons.append(f"{what} {slope:.4g}/V is {slope / ref:.2f} x the nominal {ref:.4g}/V")
         fit.extra["slope_ratio"] = float(slope / ref) if ref else math.nan
     if not math.isfinite(fit.chi2_red):
         reasons.append("no degrees of freedom left for a quality figure")

@@ -7,9 +7,9 @@ the rest of the board keeps the nodes well confined (no rails, moderate stiffnes
 ``zero``
     Q, R at confining values, all other channels at 0 V.  Gives each B, C, W channel its value
     at 0 V, hence (with the nominal gain) the voltage ``v0`` where it is close to zero.
-``self-Qk``, ``self-Rk``, ``self-BWk`` (3 x 7 acquisitions)
+``self-Qk``, ``self-Rk``, ``self-BWk`` (3 x ``levels`` acquisitions; the routine's default 13)
     All self-terms of all nodes at once: each node's Q, then R, then B and W together step
-    through 7 levels of their safe ranges while the node's other self-terms take helper values
+    through the levels of their safe ranges while the node's other self-terms take helper values
     that keep it confined and not too stiff (see :func:`plan_self`; a stiff node, ``V'' > 50``,
     would make an emulated board's integrator error visible).  Couplings at ``v0``.
 ``edge-m-l``
@@ -31,13 +31,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["Config", "Knowledge", "edge_colouring", "plan_zero", "plan_self", "plan_edges", "SELF_LEVELS", "BW_PAIRS",
-           "input_batch"]
+           "input_batch", "on_dac_grid", "DAC_LSB_V"]
 
 #: Self-term sweeps, as fractions (sixths) of the safe range: Q alone, R alone, then B with W.
-SELF_LEVELS = 7
+SELF_LEVELS = 7  # plan_self's default; calibration.routine.DEFAULTS["self_levels"] is 13
 #: (B, W) fraction pairs of the bias/crossbar sweep: a large bias with a small crossbar weight and
 #: the reverse, so that the field B - W I stays within about 25 kT.
 BW_PAIRS = ((0, 3), (1, 2), (2, 5), (3, 0), (4, 6), (5, 1), (6, 4))
+
+
+def bw_pairs(levels: int) -> tuple:
+    """(B, W) level-index pairs of a ``levels``-level bias/crossbar sweep: :data:`BW_PAIRS` for 7,
+    else ``(k, (k + levels // 2) % levels)``, which pairs the extreme biases with small crossbar
+    weights (largest ``|B| + |W|`` 7/6 of a half range for 13 levels, 4/3 for :data:`BW_PAIRS`)."""
+    if levels == 7:
+        return BW_PAIRS
+    return tuple((k, (k + levels // 2) % levels) for k in range(levels))
 
 
 @dataclass
@@ -103,6 +112,23 @@ class Knowledge:
     def value_at(self, ch: int, volts: float) -> float:
         slope, icpt = self.line(ch)
         return slope * volts + icpt
+
+
+#: DAC step (volts) of boards that follow the manual: 16 bits over +-10 V.
+DAC_LSB_V = 20.0 / 65536.0
+
+
+def on_dac_grid(channel_map, volts) -> np.ndarray:
+    """Design volts (n_channels,) moved to the nearest DAC code that lies inside each channel's
+    safe range (by less than one step; the board quantises to the same grid anyway).  A safe-range
+    end that is not a code (4.4 V) would otherwise be sent as a float32 just outside the range."""
+    v = np.asarray(volts, np.float64)
+    lo = np.array([c.vmin for c in channel_map], np.float64)
+    hi = np.array([c.vmax for c in channel_map], np.float64)
+    q = np.rint(v / DAC_LSB_V) * DAC_LSB_V
+    a = np.ceil(lo / DAC_LSB_V - 1e-9) * DAC_LSB_V
+    b = np.floor(hi / DAC_LSB_V + 1e-9) * DAC_LSB_V
+    return np.where(q < a, a, np.where(q > b, b, q))
 
 
 def level_volts(channel, fraction: float) -> float:
@@ -193,7 +219,8 @@ def plan_zero(cmap, graph, know: Knowledge, q_conf: float, r_conf: float) -> Con
     return Config("zero", "zero", _base(cmap, graph, know, q_conf, r_conf, zero=False))
 
 
-def plan_self(cmap, graph, know: Knowledge, q_confine: float = 3.0, r_confine: float = 1.5) -> list[Config]:
+def plan_self(cmap, graph, know: Knowledge, q_confine: float = 3.0, r_confine: float = 1.5,
+              levels: int = SELF_LEVELS) -> list[Config]:
     """Self-term sweeps (all nodes at once), each channel kind on its own with helper settings
     that keep the node's stiffness below about 50 kT per V^2:
 
@@ -201,39 +228,42 @@ def plan_self(cmap, graph, know: Knowledge, q_confine: float = 3.0, r_confine: f
       confining ``r_confine`` for Q >= 0;
     * R over its range; Q is stiff (10) where R may be near zero or negative (lowest level),
       ``q_confine`` at the next, and a shallow double well ``-R/4`` above;
-    * B and W together (pairs :data:`BW_PAIRS`) with Q = 5, R = 1.
+    * B and W together (pairs :func:`bw_pairs`) with Q = 5, R = 1.
+    Each sweep steps through ``levels`` equally spaced fractions of the safe range (more levels
+    resolve curve shapes with kinks or strong curvature; cost: 3 acquisitions per level).
     Couplings (and B, W outside their sweep) sit at their estimated zero.
     """
     out = []
     base = _base(cmap, graph, know, q_confine, r_confine)
     n = graph.n_nodes
-    for k in range(SELF_LEVELS):
+    top = levels - 1
+    for k in range(levels):
         v = base.copy()
         for i in range(n):
-            qv = level_volts(cmap[graph.q[i]], k / 6)
+            qv = level_volts(cmap[graph.q[i]], k / top)
             v[graph.q[i]] = qv
             q = know.value_at(graph.q[i], qv)
             r = -q / (2 * 0.64) if q < 0 else r_confine
             v[graph.r[i]] = know.volts_for(graph.r[i], max(r, r_confine))
-        out.append(Config(f"self-Q{k}", "self", v, {"sweep": "Q", "fraction": k / 6}))
-    for k in range(SELF_LEVELS):
+        out.append(Config(f"self-Q{k}", "self", v, {"sweep": "Q", "fraction": k / top}))
+    for k in range(levels):
         v = base.copy()
         for i in range(n):
-            rv = level_volts(cmap[graph.r[i]], k / 6)
+            rv = level_volts(cmap[graph.r[i]], k / top)
             v[graph.r[i]] = rv
             r = know.value_at(graph.r[i], rv)
             q = 10.0 if k == 0 or r < 0.5 else (q_confine if r < 4.0 else -r / 4)
             v[graph.q[i]] = know.volts_for(graph.q[i], q)
-        out.append(Config(f"self-R{k}", "self", v, {"sweep": "R", "fraction": k / 6}))
-    for k, (fb, fw) in enumerate(BW_PAIRS):
+        out.append(Config(f"self-R{k}", "self", v, {"sweep": "R", "fraction": k / top}))
+    for k, (fb, fw) in enumerate(bw_pairs(levels)):
         v = base.copy()
         for i in range(n):
             v[graph.q[i]] = know.volts_for(graph.q[i], 5.0)
             v[graph.r[i]] = know.volts_for(graph.r[i], 1.0)
-            v[graph.b[i]] = level_volts(cmap[graph.b[i]], fb / 6)
+            v[graph.b[i]] = level_volts(cmap[graph.b[i]], fb / top)
         for ch in graph.w_ch:
-            v[ch] = level_volts(cmap[int(ch)], fw / 6)
-        out.append(Config(f"self-BW{k}", "self", v, {"sweep": "BW", "fractions": (fb / 6, fw / 6)}))
+            v[ch] = level_volts(cmap[int(ch)], fw / top)
+        out.append(Config(f"self-BW{k}", "self", v, {"sweep": "BW", "fractions": (fb / top, fw / top)}))
     return out
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import stein
+from .design import on_dac_grid
 
 __all__ = ["ConfigData", "acquire_config", "estimate_config", "TauData", "acquire_tau", "tau_from", "RAIL_GUARD_V"]
 
@@ -75,7 +76,7 @@ def acquire_config(
 ) -> ConfigData:
     """Apply ``config`` and acquire it (the device must be armed and hold ``inputs``)."""
     t0 = time.monotonic()
-    device.set_channels(config.volts, 0)
+    device.set_channels(on_dac_grid(device.channel_map, config.volts), 0)
     applied = np.asarray(device.get_channels(0, len(config.volts)), np.float64)
     n = graph.n_nodes
     sums = None
@@ -125,7 +126,7 @@ def acquire_config(
 
 def estimate_config(data: ConfigData, graph: stein.Graph, adc_fit, n_channels: int, integrator_dt_tau: float = 0.0):
     """Element values of one stored acquisition (:class:`calibration.stein.Estimate`)."""
-    t = stein.adc_transform(adc_fit.gain, adc_fit.offset, graph.n_inputs)
+    t = adc_fit.transform(graph.n_inputs)
     corr = data.correction if integrator_dt_tau else None
     with stein.single_thread():
         return stein.estimate(data.sums, data.counts, graph, t, n_channels, correction=corr, dt=integrator_dt_tau,
@@ -145,18 +146,23 @@ class TauData:
     temperature_k: float
     applied: np.ndarray
     raw: np.ndarray
+    rail_fraction: np.ndarray | None = None  # (N,) readings beyond RAIL_GUARD_V; None: not recorded
 
 
 def acquire_tau(device, volts, adc_fit, *, interval_s: float, samples: int, groups: int, repeats: int = 1) -> TauData:
     """Serial acquisitions at a short interval (the device must be armed and hold an input batch)."""
-    device.set_channels(volts, 0)
+    device.set_channels(on_dac_grid(device.channel_map, volts), 0)
     applied = np.asarray(device.get_channels(0, len(volts)), np.float64)
     q1 = q2 = n1 = n2 = None
     temps, raw = [], None
+    rail, seen = None, 0
     for _ in range(max(1, int(repeats))):
         acq = device.acquire("serial", interval_s, samples)
         temps.append(acq.temperature_k)
         x = adc_fit.correct(np.asarray(acq.volts, np.float64))
+        r_now = (np.abs(x) > RAIL_GUARD_V).reshape(-1, x.shape[2]).sum(0)
+        rail = r_now if rail is None else rail + r_now
+        seen += x.shape[0] * x.shape[1]
         p = x.shape[0]
         g = max(1, min(groups, p))
         bounds = np.linspace(0, p, g + 1).round().astype(int)
@@ -176,7 +182,7 @@ def acquire_tau(device, volts, adc_fit, *, interval_s: float, samples: int, grou
         n1, n2 = (c1, c2) if n1 is None else (n1 + c1, n2 + c2)
         if raw is None:
             raw = np.asarray(acq.codes[:1]) if acq.codes is not None else np.zeros((0, samples, x.shape[2]), np.int16)
-    return TauData(float(interval_s), q1, q2, n1, n2, float(np.mean(temps)), applied, raw)
+    return TauData(float(interval_s), q1, q2, n1, n2, float(np.mean(temps)), applied, raw, rail / max(seen, 1))
 
 
 def tau_from(data: TauData, noise_var=None) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +190,9 @@ def tau_from(data: TauData, noise_var=None) -> tuple[np.ndarray, np.ndarray]:
 
     ``E[dx^2](h) = 2 D h + a h^2 + 2 s^2`` (``s^2`` readout noise variance of the corrected
     readings): the lag-1/lag-2 combination ``(2 q(h) - q(2h)/2) / (2h)`` removes the ``h^2`` term;
-    the noise term is subtracted when ``noise_var`` (N,) is given.
+    the noise term is subtracted when ``noise_var`` (N,) is given.  Nodes that sat near the rails
+    during the acquisition (``rail_fraction`` above :data:`RAIL_FRACTION_MAX`), or whose ``D`` is
+    not positive, get NaN: not measured, rather than a wrong value.
     """
     h = data.interval_s
     s2 = np.zeros(data.q1.shape[1]) if noise_var is None else np.asarray(noise_var, np.float64)
@@ -193,10 +201,14 @@ def tau_from(data: TauData, noise_var=None) -> tuple[np.ndarray, np.ndarray]:
         return (2 * q1 / n1 - 0.5 * q2 / n2 - 3 * s2) / (2 * h)
 
     tot = d_of(data.q1.sum(0), data.q2.sum(0), data.n1.sum(), data.n2.sum())
+    bad = ~(tot > 0)
+    if data.rail_fraction is not None:
+        bad |= np.asarray(data.rail_fraction) > RAIL_FRACTION_MAX
+    tot = np.where(bad, np.nan, tot)
     g = len(data.n1)
     if g < 2:
         return tot, np.full_like(tot, np.nan)
     reps = np.array([d_of(data.q1.sum(0) - data.q1[k], data.q2.sum(0) - data.q2[k], data.n1.sum() - data.n1[k],
                           data.n2.sum() - data.n2[k]) for k in range(g)])
     sd = np.sqrt((g - 1) / g * ((reps - reps.mean(0)) ** 2).sum(0))
-    return tot, sd
+    return tot, np.where(bad, np.nan, sd)

@@ -12,7 +12,8 @@ periodic elements, on the calibrated monotonic branch).  The *effective* value i
 the quantised voltage; the reachable range is computed on the same grid.
 
 Refusals.  Anything outside reach raises :class:`MappingError`, naming each offending parameter,
-its channel, the reachable range and the excess, and suggesting a rescaling (all energies by
+its channel, the reachable range and the excess (and, for a channel calibrated over part of its
+safe range, its calibrated span: the reach is what that span gives), and suggesting a rescaling (all energies by
 ``s``, i.e. a hotter program; or node coordinates by ``lambda``, which changes nothing but the
 read-out scale and the time scale).  Nothing is ever clamped.
 """
@@ -153,7 +154,8 @@ def _plan(params: Params, cal: Calibration, channel_map, temp_k):
         if not (lo <= y <= hi):
             ex = (y - hi) if y > hi else (lo - y)
             outside.append(dict(name=name, label=_label(c), kind=c.kind, value=y, lo=lo, hi=hi, excess=ex,
-                                pct=100 * ex / max(hi - lo, 1e-300)))
+                                pct=100 * ex / max(hi - lo, 1e-300),
+                                span=curve.span_text() if curve.partial else ""))
             continue
         v = float(curve.inverse(y, temp_k))
         q = float(_quantise_inside(np.array([v]), ga, gb)[0])
@@ -185,7 +187,8 @@ def _suggested_factor(s_lo: float, s_hi: float) -> float:
 def _outside_message(outside, values, reach, channel_map, temp_k) -> str:
     outside = sorted(outside, key=lambda o: -o["pct"])
     parts = [f"{o['name']} ({o['label']}) = {o['value']:.6g} {'>' if o['value'] > o['hi'] else '<'} reachable "
-             f"[{o['lo']:.6g}, {o['hi']:.6g}] by {o['excess']:.4g} ({o['pct']:.2g} % of the span)" for o in outside[:12]]
+             f"[{o['lo']:.6g}, {o['hi']:.6g}] by {o['excess']:.4g} ({o['pct']:.2g} % of the span)"
+             + (f" on its {o['span']}" if o.get("span") else "") for o in outside[:12]]
     msg = (f"refused, nothing sent: {len(outside)} parameter(s) outside what the board can reach"
            + (f" at {temp_k:.2f} K" if temp_k is not None and math.isfinite(temp_k) else "") + ": " + "; ".join(parts)
            + (f" and {len(outside) - 12} more" if len(outside) > 12 else "") + ".")
@@ -268,6 +271,7 @@ def upload(device, params: Params, cal: Calibration, *, temp_k: float | None = N
     cmap = device.channel_map
     temp = float(device.temperature()) if temp_k is None else float(temp_k)
     volts, eff, values, _ = _plan(params, cal, cmap, temp)
+    cal.check_volts(volts)  # refuse, never clamp: every voltage inside its channel's calibrated span
     device.set_channels(volts, 0)
     back = np.asarray(device.get_channels(0, len(volts)), np.float64)
     err = np.abs(back - volts)

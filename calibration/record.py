@@ -3,7 +3,7 @@
 One file holds any number of calibrations of a board, each an *entry* that is written once and
 never changed afterwards (new calibrations and refits add entries)::
 
-    /                                   attrs: format = "tc-hw/calibration", format_version = 1
+    /                                   attrs: format = "tc-hw/calibration", format_version = 2
     /entries/<NNNN_YYYYmmddTHHMMSSZ>/   attrs: kind ("measured" | "refit" | "combined"), complete, created (UTC
                                         ISO), identity, technology, n_nodes, n_inputs, n_channels,
                                         tau_nominal_s, software_version, options (JSON),
@@ -13,7 +13,9 @@ never changed afterwards (new calibrations and refits add entries)::
         adc/                            CAL:REF raw data: levels (L,), mean, var (L, N) volts,
                                         count (L,), saturated (L, N), raw (L, m, N) int16 codes,
                                         temperature_k (L,); attrs volts_per_code, measured
-        adc_fit/                        gain, offset, gain_sd, offset_sd, chi2_red, ok (N,)
+        adc_fit/                        gain, offset, gain_sd, offset_sd, chi2_red, ok (N,);
+                                        version 2, nonlinear readout: inverse (N, 4), the cubic
+                                        x(r) (calibration.adc)
         acquisitions/<kkkk_name>/       one element acquisition: requested, applied (n_ch,) volts,
                                         sums_total (D(D+1)/2,) float64 and sums_groups (G, ...)
                                         float32 (upper triangles of sum z z^T, see
@@ -22,12 +24,17 @@ never changed afterwards (new calibrations and refits add entries)::
                                         int16; attrs name, stage, temperature_k, interval_s,
                                         samples, burn, repeats, wall_s, meta (JSON)
         tau/                            short-interval increments: q1, q2 (G, N), n1, n2 (G,),
-                                        applied, raw; attrs interval_s, temperature_k
+                                        applied, raw, rail_fraction (N,; version 2); attrs
+                                        interval_s, temperature_k
         points/                         per measured point: channel, volts, value, sigma,
                                         temp_k, acq, used
-        fits/                           per channel: model, coef (n_ch, 8) NaN-padded, cov
-                                        (n_ch, 8, 8), period, branch (n_ch, 2), t_ref, tempco,
-                                        tempco_sd, chi2_red, dof, n_points, rms_resid, ok, reason
+        fits/                           per channel: model, coef (n_ch, 16) NaN-padded, cov
+                                        (n_ch, 16, 16), period, branch (n_ch, 2), t_ref, tempco,
+                                        tempco_sd, chi2_red, dof, n_points, rms_resid, ok, reason;
+                                        version 2 adds: knots (n_ch, 24) NaN-padded (full clamped
+                                        knot vector of a ``spline`` model), span (n_ch, 2) the
+                                        calibrated span in volts, cv_rms (held-out rms residual,
+                                        value units), shape (label of the chosen candidate)
         nodes/                          diffusion, diffusion_sd (V^2/s), tau_s, tau_sd, kT, kT_sd
         provenance                      NXcollection: who wrote the entry, how (tc_hw.provenance)
 
@@ -35,6 +42,10 @@ A refit entry links (HDF5 soft links) ``adc``, ``inputs``, ``acquisitions`` and 
 entry it was derived from instead of copying them; a combined entry (curves fitted to the pooled
 points of several entries, which determines temperature coefficients) links those of the newest.  An entry whose ``complete`` attribute is False (a
 calibration that was interrupted) is never loaded.
+
+Versions.  Each entry carries its own ``format_version`` attribute (none: version 1).  Version 1
+entries load with ``span`` = the safe range and no knots; an entry or file of a version newer
+than :data:`FORMAT_VERSION` is refused with a message naming both versions.
 """
 
 from __future__ import annotations
@@ -57,8 +68,9 @@ from .elements import ConfigData, TauData
 __all__ = ["Calibration", "RecordWriter", "load", "entries", "read_material", "FORMAT", "CalibrationError"]
 
 FORMAT = "tc-hw/calibration"
-FORMAT_VERSION = 1
-_MAXC = 8
+FORMAT_VERSION = 2
+_MAXC = 16
+_MAXK = 24
 
 
 class CalibrationError(ValueError):
@@ -146,8 +158,12 @@ class RecordWriter:
         with h5py.File(path, "a") as f:
             if "format" in f.attrs and f.attrs["format"] != FORMAT:
                 raise CalibrationError(f"{path} is not a calibration record (format {f.attrs['format']!r})")
+            old = int(f.attrs.get("format_version", FORMAT_VERSION))
+            if old > FORMAT_VERSION:
+                raise CalibrationError(f"{path} is a calibration record of format version {old}; this tc-hw writes "
+                                       f"version {FORMAT_VERSION}: append with a newer tc-hw")
             f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["format_version"] = max(old, FORMAT_VERSION)
             root = f.require_group("entries")
             now = _dt.datetime.now(_dt.timezone.utc)
             seq = len(root)
@@ -160,7 +176,7 @@ class RecordWriter:
                 kind=kind, complete=False, created=now.isoformat(), identity=identity, technology=technology,
                 n_nodes=n_nodes, n_inputs=n_inputs, n_channels=len(channel_map), tau_nominal_s=tau_nominal_s,
                 software_version=_software_version(), options=to_json(options), summary="{}",
-                derived_from=derived_from, temperature_k=math.nan, seconds=math.nan,
+                derived_from=derived_from, temperature_k=math.nan, seconds=math.nan, format_version=FORMAT_VERSION,
             )
             g.create_dataset("channel_map", data=_map_array(channel_map))
             _provenance.write(g, instrument={"identity": identity, "technology": technology}, writer="calibration")
@@ -192,6 +208,8 @@ class RecordWriter:
             af.create_dataset(k, data=np.asarray(getattr(fit, k)))
         af.attrs["measured"] = fit.measured
         af.attrs["reason"] = to_json(fit.reason)
+        if fit.inverse is not None:  # version 2: a readout with integral nonlinearity
+            af.create_dataset("inverse", data=np.asarray(fit.inverse, np.float64))
 
     def add_config(self, d: ConfigData) -> None:
         with h5py.File(self.path, "a") as f:
@@ -219,6 +237,8 @@ class RecordWriter:
             g = self._group(f).create_group("tau")
             for k in ("q1", "q2", "n1", "n2", "applied"):
                 g.create_dataset(k, data=getattr(t, k))
+            if t.rail_fraction is not None:
+                g.create_dataset("rail_fraction", data=np.asarray(t.rail_fraction, np.float64))
             g.create_dataset("raw", data=t.raw, compression="gzip")
             g.attrs.update(interval_s=t.interval_s, temperature_k=t.temperature_k)
 
@@ -260,8 +280,19 @@ class RecordWriter:
             k = len(c.coef)
             coef[i, :k] = c.coef
             cov[i, :k, :k] = c.cov
+        knots = np.full((n, _MAXK), np.nan)
+        for i, c in enumerate(fits):
+            if len(c.coef) > _MAXC or len(c.knots) > _MAXK:
+                raise ValueError(f"channel {c.channel}: {len(c.coef)} coefficients / {len(c.knots)} knots exceed the "
+                                 f"record's {_MAXC} / {_MAXK}")
+            knots[i, :len(c.knots)] = c.knots
         fg.create_dataset("coef", data=coef)
         fg.create_dataset("cov", data=cov, compression="gzip")
+        fg.create_dataset("knots", data=knots)
+        fg.create_dataset("span", data=np.array([c.span for c in fits], np.float64).reshape(n, 2))
+        fg.create_dataset("cv_rms", data=np.array([c.cv_rms for c in fits], np.float64))
+        fg.create_dataset("shape", data=np.array([str(c.extra.get("shape", c.model)) for c in fits],
+                                                 dtype=h5py.string_dtype()))
         fg.create_dataset("model", data=np.array([c.model for c in fits], dtype=h5py.string_dtype()))
         fg.create_dataset("reason", data=np.array([c.reason for c in fits], dtype=h5py.string_dtype()))
         fg.create_dataset("branch", data=np.array([c.branch for c in fits], np.float64).reshape(n, 2))
@@ -370,7 +401,8 @@ def _pick(f, entry: str | None) -> str:
 def _read_adc_fit(g) -> AdcFit:
     a = g["adc_fit"]
     return AdcFit(*(a[k][()] for k in ("gain", "offset", "gain_sd", "offset_sd", "chi2_red", "ok")),
-                  measured=bool(a.attrs["measured"]), reason=json.loads(a.attrs["reason"]))
+                  measured=bool(a.attrs["measured"]), reason=json.loads(a.attrs["reason"]),
+                  inverse=a["inverse"][()] if "inverse" in a else None)
 
 
 def _read_fits(g, cmap) -> list[CurveFit]:
@@ -380,15 +412,32 @@ def _read_fits(g, cmap) -> list[CurveFit]:
     reason = [m.decode() if isinstance(m, bytes) else str(m) for m in fg["reason"][()]]
     arr = {k: fg[k][()] for k in ("period", "t_ref", "tempco", "tempco_sd", "chi2_red", "rms_resid", "dof",
                                   "n_points", "ok", "branch")}
+    n = len(cmap)
+    knots = fg["knots"][()] if "knots" in fg else np.full((n, 0), np.nan)  # version 1: no splines
+    span = fg["span"][()] if "span" in fg else np.array([[c.vmin, c.vmax] for c in cmap], np.float64)
+    cv_rms = fg["cv_rms"][()] if "cv_rms" in fg else np.full(n, np.nan)
+    shape = ([m.decode() if isinstance(m, bytes) else str(m) for m in fg["shape"][()]] if "shape" in fg else model)
     out = []
     for i, c in enumerate(cmap):
         k = int(np.isfinite(coef[i]).sum())
-        out.append(CurveFit(
+        fit = CurveFit(
             c.index, c.kind, model[i], coef[i, :k].copy(), cov[i, :k, :k].copy(), c.vmin, c.vmax, c.gain,
             float(arr["period"][i]), (float(arr["branch"][i, 0]), float(arr["branch"][i, 1])), float(arr["t_ref"][i]),
             float(arr["tempco"][i]), float(arr["tempco_sd"][i]), float(arr["chi2_red"][i]), int(arr["dof"][i]),
-            int(arr["n_points"][i]), float(arr["rms_resid"][i]), bool(arr["ok"][i]), reason[i]))
+            int(arr["n_points"][i]), float(arr["rms_resid"][i]), bool(arr["ok"][i]), reason[i],
+            knots=knots[i][np.isfinite(knots[i])].copy(), span=(float(span[i, 0]), float(span[i, 1])),
+            cv_rms=float(cv_rms[i]))
+        fit.extra["shape"] = shape[i]
+        out.append(fit)
     return out
+
+
+def _check_version(g, name: str) -> int:
+    v = int(g.attrs.get("format_version", 1))
+    if v > FORMAT_VERSION:
+        raise CalibrationError(f"entry {name!r} is of record format version {v}; this tc-hw reads versions 1.."
+                               f"{FORMAT_VERSION}: load it with a newer tc-hw")
+    return v
 
 
 def read_material(path, entry: str | None = None, *, allow_incomplete: bool = False) -> dict:
@@ -400,6 +449,7 @@ def read_material(path, entry: str | None = None, *, allow_incomplete: bool = Fa
         else:
             name = _pick(f, entry)
         g = f["entries"][name]
+        _check_version(g, name)
         meta = {k: (v.item() if hasattr(v, "item") else v) for k, v in g.attrs.items()}
         meta["name"] = name
         meta["options"] = json.loads(meta["options"])
@@ -430,7 +480,8 @@ def read_material(path, entry: str | None = None, *, allow_incomplete: bool = Fa
         if "tau" in g:
             t = g["tau"]
             tau = TauData(float(t.attrs["interval_s"]), t["q1"][()], t["q2"][()], t["n1"][()], t["n2"][()],
-                          float(t.attrs["temperature_k"]), t["applied"][()], t["raw"][()])
+                          float(t.attrs["temperature_k"]), t["applied"][()], t["raw"][()],
+                          t["rail_fraction"][()] if "rail_fraction" in t else None)
         points = {k: g["points"][k][()] for k in g["points"]} if "points" in g else {}
         return {"meta": meta, "channel_map": cmap, "inputs": inputs, "adc": adc, "configs": configs, "tau": tau,
                 "points": points}
@@ -447,7 +498,7 @@ class Calibration:
     """
 
     def __init__(self, fits, adc, nodes, channel_map, *, identity="", technology="RLC", temperature_k=math.nan,
-                 entry="", path=None, summary=None, created=""):
+                 entry="", path=None, summary=None, created="", tau_nominal_s=math.nan):
         self.fits = list(fits)
         self.adc = adc
         self.nodes = dict(nodes)
@@ -459,6 +510,7 @@ class Calibration:
         self.path = path
         self.summary = summary or {}
         self.created = created
+        self.tau_nominal_s = float(tau_nominal_s)
 
     @property
     def ok(self) -> np.ndarray:
@@ -499,6 +551,50 @@ class Calibration:
     def value_range(self, channel, temp_k=None) -> tuple[float, float]:
         return self.curve(channel).value_range(temp_k)
 
+    def span(self, channel) -> tuple[float, float]:
+        """Calibrated span (volts) of ``channel``: where its curve was measured (may be narrower
+        than the safe range; :meth:`check_volts` refuses outside it)."""
+        return tuple(float(x) for x in self.curve(channel).span)
+
+    def partial_channels(self) -> list[int]:
+        """Usable channels whose calibrated span is narrower than their safe range."""
+        return [c.channel for c in self.fits if c.ok and c.partial]
+
+    def check_volts(self, volts, first: int = 0, tol_v: float = 0.5 * 20.0 / 65536.0) -> None:
+        """Refuse channel volts (shape (n,), channels ``first..first+n-1``) outside a calibrated
+        span or on a refused channel: :class:`~calibration.curves.CurveError` naming the channel
+        and its span.  Refuse, never clamp: nothing is changed."""
+        v = np.atleast_1d(np.asarray(volts, np.float64))
+        for k, x in enumerate(v):
+            c = self.curve(first + k)
+            c._require_ok()
+            c.check_volts(x, tol_v)
+
+    def node_temperatures(self) -> np.ndarray:
+        """Per-node temperature relative to the board's kT (shape (N,), 1 = nominal), as measured
+        from couplings seen from both ends; ones when not measured."""
+        kt = self.nodes.get("kT")
+        n = sum(1 for c in self.channel_map if c.kind == "Q")
+        return np.ones(n) if kt is None else np.asarray(kt, np.float64).copy()
+
+    def node_tau_s(self) -> np.ndarray:
+        """Measured per-node time constants (seconds, shape (N,)); NaN where not measured (or the
+        whole array NaN when the entry has no tau acquisition)."""
+        tau = self.nodes.get("tau_s")
+        n = sum(1 for c in self.channel_map if c.kind == "Q")
+        return np.full(n, np.nan) if tau is None else np.asarray(tau, np.float64).copy()
+
+    def node_mobility(self, mobility: float = 1.0, tau_ref_s: float | None = None) -> np.ndarray:
+        """Per-node mobilities (shape (N,)) for a twin that predicts this board: a program of
+        scalar ``mobility`` runs on the board with one program time unit = ``tau_ref_s *
+        mobility * kT`` seconds (``tau_ref_s`` default: the board's nominal tau), so node ``i``,
+        whose measured time constant is ``tau_i``, moves with ``mobility * tau_ref_s / tau_i``.
+        Nodes without a measured tau get ``mobility``.  Use as ``Params.mobility`` (array form)."""
+        ref = self.tau_nominal_s if tau_ref_s is None else float(tau_ref_s)
+        tau = self.node_tau_s()
+        ok = np.isfinite(tau) & (tau > 0) & math.isfinite(ref)
+        return np.where(ok, mobility * ref / np.where(ok, tau, 1.0), mobility)
+
     def __repr__(self) -> str:
         return (f"Calibration({self.entry!r}, {self.identity!r}, {int(self.ok.sum())}/{len(self.fits)} channels ok, "
                 f"T={self.temperature_k:.2f} K)")
@@ -525,6 +621,7 @@ def load(path, entry: str | None = None) -> Calibration:
 def _load_entry(f, entry, path) -> "Calibration":
     name = _pick(f, entry)
     g = f["entries"][name]
+    _check_version(g, name)
     cmap = _map_from(g["channel_map"][()])
     coef = np.asarray(g["fits/coef"][()], np.float64)
     for i, row in enumerate(coef.reshape(len(coef), -1)):
@@ -538,7 +635,8 @@ def _load_entry(f, entry, path) -> "Calibration":
     a = g.attrs
     return Calibration(fits, adc, nodes, cmap, identity=str(a["identity"]), technology=str(a["technology"]),
                        temperature_k=float(a["temperature_k"]), entry=name, path=Path(path),
-                       summary=json.loads(a["summary"]), created=str(a["created"]))
+                       summary=json.loads(a["summary"]), created=str(a["created"]),
+                       tau_nominal_s=float(a.get("tau_nominal_s", math.nan)))
 
 
 __all__ += ["CurveError"]

@@ -38,6 +38,7 @@ DEFAULTS = dict(
     repeats_zero=2,
     repeats_self=1,
     repeats_edge=1,
+    self_levels=13,  # levels of each self-term sweep (Q, R, B with W): 3 acquisitions per level (7 before format 2)
     edge_levels=None,  # None: 6 (RLC) or 8 (periodic elements)
     max_matchings=None,  # limit the edge stage (tests)
     channels=None,  # restrict fits (and the edge stage) to these channels
@@ -51,7 +52,8 @@ DEFAULTS = dict(
     tau_repeats=4,
     integrator_dt_tau="auto",  # Euler-Maruyama step of a simulated board, units of tau; "auto": see _integrator_dt
     chi2_max=5.0,
-    degree=3,
+    degree=3,  # curve_shape="poly" only
+    curve_shape="learned",  # "learned": shape chosen by cross-validation (calibration.curves); "poly": fixed degree
     keep_raw_chains=2,
     plots=True,
 )
@@ -137,10 +139,13 @@ def _node_temperatures(estimates, graph, min_snr=8.0):
 
 def _stiffness(configs, estimates, graph, adc_fit):
     """``<d_i^2 V> = 2 Q_i + 12 R_i <x_i^2>`` per node at the setting of the tau acquisition (the
-    ``zero`` setting), from that setting's own estimate and moments; None if unavailable."""
+    acquisition named ``tau-zero``; records without one: the ``zero`` setting), from that
+    setting's own estimate and moments; None if unavailable."""
+    names = [d.name for d in configs]
+    want = "tau-zero" if "tau-zero" in names else "zero"
     for data, est in zip(configs, estimates):
-        if data.name == "zero" and est is not None:
-            t = stein.adc_transform(adc_fit.gain, adc_fit.offset, graph.n_inputs)
+        if data.name == want and est is not None:
+            t = adc_fit.transform(graph.n_inputs)
             tot = data.total if data.total is not None else data.sums.sum(0)
             my = t @ (tot / data.counts.sum()) @ t.T
             n, k = graph.n_nodes, graph.n_inputs
@@ -168,6 +173,8 @@ def analyse(material: dict, options: dict, *, progress: bool = False) -> Analysi
     adc_bad = set(np.flatnonzero(~adc_fit.ok).tolist())
     for i in adc_bad:  # keep a usable transform; the node's channels are not used anyway
         adc_fit.gain[i], adc_fit.offset[i] = 1.0, 0.0
+        if adc_fit.inverse is not None:
+            adc_fit.inverse[i] = (0.0, 1.0, 0.0, 0.0)
     dt = float(options.get("integrator_dt_tau") or 0.0)
     selected = options.get("channels")
     selected = None if selected is None else set(int(c) for c in selected)
@@ -195,7 +202,8 @@ def analyse(material: dict, options: dict, *, progress: bool = False) -> Analysi
             continue
         m = (points["channel"] == c.index) & points["used"]
         fits.append(fit_curve(c, points["volts"][m], points["value"][m], points["sigma"][m], points["temp_k"][m],
-                              degree=options.get("degree", 3), chi2_max=float(options.get("chi2_max", 5.0))))
+                              degree=options.get("degree", 3), chi2_max=float(options.get("chi2_max", 5.0)),
+                              shape=options.get("curve_shape", "learned")))
     kt, kt_sd, n_ratio = _node_temperatures(estimates, graph)
     nodes = {"kT": kt, "kT_sd": kt_sd}
     tau = material.get("tau")
@@ -235,6 +243,9 @@ def summarise(analysis: Analysis, cmap, meta: dict, seconds: float, entry: str, 
             "sigma_median_pct_fs": 100 * float(np.median(sig)) if sig else None,
             "slope_ratio_range": [float(min(f.extra.get("slope_ratio", np.nan) for f in ok)),
                                   float(max(f.extra.get("slope_ratio", np.nan) for f in ok))] if ok else None,
+            "partial": sum(1 for f in ok if f.partial),
+            "shapes": {k: sum(1 for f in ok if f.extra.get("shape", f.model) == k)
+                       for k in sorted({str(f.extra.get("shape", f.model)) for f in ok})},
         }
     failed = [{"channel": f.channel, "kind": f.kind, "reason": f.reason} for f in analysis.fits if not f.ok]
     a = analysis.adc
@@ -252,6 +263,9 @@ def summarise(analysis: Analysis, cmap, meta: dict, seconds: float, entry: str, 
         "kinds": kinds,
         "channels_ok": int(sum(f.ok for f in analysis.fits)), "channels": len(analysis.fits),
         "failed": failed[:50], "failed_count": len(failed),
+        "partial": [{"channel": f.channel, "kind": f.kind, "span_v": [float(f.span[0]), float(f.span[1])],
+                     "safe_v": [float(f.vmin), float(f.vmax)]} for f in analysis.fits if f.ok and f.partial][:50],
+        "partial_count": int(sum(1 for f in analysis.fits if f.ok and f.partial)),
         "nodes": {k: [float(np.nanmin(v)), float(np.nanmedian(v)), float(np.nanmax(v))]
                   for k, v in analysis.nodes.items() if np.isfinite(v).any()},
         "tempco": (f"fitted on {sum(f.tempco_known for f in analysis.fits)} channels"
@@ -305,12 +319,13 @@ def calibrate(device, out_path, progress: bool = True, **options):
         See :data:`DEFAULTS` (chains, samples, interval_tau, edge_levels, channels, ...).
 
     Plan (board of N nodes, coupling graph of maximum degree d): the ADC (CAL:REF at 8 levels);
-    one ``zero`` setting; short-interval increments for the node time constants; 21 self-term
-    settings (Q, R, B with W, all nodes at once); ``d x edge_levels`` coupling settings (one
-    matching at a time, :mod:`calibration.design`).  Each setting is one or more serial
+    one ``zero`` setting; 3 x ``self_levels`` self-term settings (Q, R, B with W, all nodes at
+    once); a confining ``tau-zero`` setting planned from the measured self terms, with
+    short-interval increments for the node time constants; ``d x edge_levels`` coupling settings
+    (one matching at a time, :mod:`calibration.design`).  Each setting is one or more serial
     acquisitions of ``chains`` chains x ``samples`` readings every ``interval_tau`` tau; every
     acquisition estimates every element (:mod:`calibration.stein`).  On the default emulated
-    board (d = 16, 6 levels) that is 118 acquisitions, about 8 to 12 minutes on 2 cores.
+    board (d = 16, 6 levels, 13 self levels) that is 137 acquisitions.
 
     ``integrator_dt_tau``: simulated boards sample the Euler-Maruyama chain of step ``dt``, whose
     stationary law differs from the Gibbs one by ``O(dt V'')``; the first-order correction is
@@ -349,8 +364,9 @@ def calibrate(device, out_path, progress: bool = True, **options):
                    if adc_data is not None else "ADC: backend has no CAL:REF, readout taken as ideal")
     use_fit = adc_fit
     if not adc_fit.ok.all():
+        inv = None if adc_fit.inverse is None else np.where(adc_fit.ok[:, None], adc_fit.inverse, [[0.0, 1.0, 0.0, 0.0]])
         use_fit = adc_mod.AdcFit(np.where(adc_fit.ok, adc_fit.gain, 1.0), np.where(adc_fit.ok, adc_fit.offset, 0.0),
-                                 adc_fit.gain_sd, adc_fit.offset_sd, adc_fit.chi2_red, adc_fit.ok)
+                                 adc_fit.gain_sd, adc_fit.offset_sd, adc_fit.chi2_red, adc_fit.ok, inverse=inv)
 
     inputs = design.input_batch(opts["chains"], k_in, amp)
     device.set_inputs(inputs)
@@ -384,15 +400,24 @@ def calibrate(device, out_path, progress: bool = True, **options):
         with armed(device):
             zero = design.plan_zero(cmap, graph, know, opts["q_confine"], opts["r_confine"])
             run(zero, opts["repeats_zero"])
-            tau_data = acquire_tau(device, zero.volts, use_fit, interval_s=opts["tau_interval_tau"] * tau,
-                                   samples=opts["tau_samples"], groups=opts["groups"], repeats=opts["tau_repeats"])
-            writer.add_tau(tau_data)
             # planned one acquisition at a time, so that each one's helper settings use everything
             # measured before it (a node whose zero-stage equations were lost to the rails, e.g. with
             # a large quartic offset, would otherwise keep nominal helpers through the whole sweep)
-            n_self = len(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"]))
+            lv = int(opts["self_levels"])
+            n_self = len(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"], lv))
             for i in range(n_self):
-                run(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"])[i], opts["repeats_self"])
+                run(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"], lv)[i],
+                    opts["repeats_self"])
+            # node time constants at the confining setting planned from the measured self terms (the
+            # first, nominal zero setting can leave nodes at the rails on a board whose Q or R is
+            # offset); that setting is also acquired for its stiffness (integrator correction)
+            tau_cfg = design.plan_zero(cmap, graph, know, opts["q_confine"], opts["r_confine"])
+            tau_cfg.name, tau_cfg.stage = "tau-zero", "zero"
+            tau_cfg.volts = design.on_dac_grid(cmap, tau_cfg.volts)
+            tau_data = acquire_tau(device, tau_cfg.volts, use_fit, interval_s=opts["tau_interval_tau"] * tau,
+                                   samples=opts["tau_samples"], groups=opts["groups"], repeats=opts["tau_repeats"])
+            writer.add_tau(tau_data)
+            run(tau_cfg, 1)
             matchings = design.edge_colouring(graph.edges, n) if len(graph.edges) else []
             if selected is not None:
                 want = set(int(e) for e in np.flatnonzero(np.isin(graph.edge_ch, list(selected))))
@@ -474,7 +499,7 @@ def combine(path, names=None, progress: bool = False, **options):
     from .record import entries as list_entries
 
     t0 = time.monotonic()
-    allowed = {"chi2_max", "degree"}
+    allowed = {"chi2_max", "degree", "curve_shape"}
     if set(options) - allowed:
         raise TypeError(f"combine() takes only {sorted(allowed)}, got {sorted(set(options) - allowed)}")
     listing = [e for e in list_entries(path) if e["complete"] and e["kind"] == "measured"]
@@ -503,7 +528,8 @@ def combine(path, names=None, progress: bool = False, **options):
     for c in cmap:
         m = (pts["channel"] == c.index) & pts["used"]
         fits.append(fit_curve(c, pts["volts"][m], pts["value"][m], pts["sigma"][m], pts["temp_k"][m],
-                              degree=opts.get("degree", 3), chi2_max=float(opts.get("chi2_max", 5.0))))
+                              degree=opts.get("degree", 3), chi2_max=float(opts.get("chi2_max", 5.0)),
+                              shape=opts.get("curve_shape", "learned")))
     newest = load(path, names[-1])
     analysis = Analysis(pts, fits, newest.nodes, newest.adc, [None] * offset,
                         [f"combined from entries {', '.join(names)}"])

@@ -153,31 +153,36 @@ def moments(readings: np.ndarray, inputs: np.ndarray, groups: int) -> tuple[np.n
     return out, counts
 
 
-def adc_transform(gain: np.ndarray, offset: np.ndarray, n_inputs: int) -> np.ndarray:
-    """Matrix ``T`` with ``y = T z``, ``y = (1, I, x, x^2, x^3)``, ``x = (r - offset) / gain``."""
-    gain = np.asarray(gain, np.float64)
-    offset = np.asarray(offset, np.float64)
-    n = len(gain)
+def adc_transform(gain: np.ndarray, offset: np.ndarray, n_inputs: int, inverse: np.ndarray | None = None) -> np.ndarray:
+    """Matrix ``T`` with ``y = T z``, ``y = (1, I, x, x^2, x^3)``, ``x = (r - offset) / gain``.
+
+    With ``inverse`` (N, 4), ``x = a0 + a1 r + a2 r^2 + a3 r^3`` (a readout with integral
+    nonlinearity, :func:`calibration.adc.fit`); ``x^2`` and ``x^3`` are then its powers truncated
+    at ``r^3`` (``z`` holds no higher powers).  The dropped terms are of relative size
+    ``~ 3 (|a2| r + |a3| r^2) / a1``: below 1e-3 for a readout whose nonlinearity is a few 1e-3 of
+    a 10 V range and nodes within a few volts."""
+    if inverse is None:
+        gain = np.asarray(gain, np.float64)
+        offset = np.asarray(offset, np.float64)
+        inverse = np.stack([-offset / gain, 1.0 / gain, np.zeros_like(gain), np.zeros_like(gain)], 1)
+    inv = np.asarray(inverse, np.float64)
+    n = len(inv)
     k = n_inputs
     d = feature_dim(n, k)
     t = np.zeros((d, d))
     t[0, 0] = 1.0
     for j in range(k):
         t[1 + j, 1 + j] = 1.0
-    al = 1.0 / gain
-    be = -offset / gain
     i1 = 1 + k + np.arange(n)
-    i2 = i1 + n
-    i3 = i2 + n
-    t[i1, i1] = al
-    t[i1, 0] = be
-    t[i2, i2] = al**2
-    t[i2, i1] = 2 * al * be
-    t[i2, 0] = be**2
-    t[i3, i3] = al**3
-    t[i3, i2] = 3 * al**2 * be
-    t[i3, i1] = 3 * al * be**2
-    t[i3, 0] = be**3
+    cols = (np.zeros(n, np.int64), i1, i1 + n, i1 + 2 * n)  # z indices of r^0 .. r^3
+    pmul = np.polynomial.polynomial.polymul
+    for i in range(n):
+        p1 = inv[i]
+        p2 = pmul(p1, p1)[:4]
+        p3 = pmul(pmul(p1, p1), p1)[:4]
+        for row, p in ((i1[i], p1), (i1[i] + n, p2), (i1[i] + 2 * n, p3)):
+            for deg in range(4):
+                t[row, cols[deg][i] if deg else 0] = p[deg] if deg < len(p) else 0.0
     return t
 
 
