@@ -252,9 +252,9 @@ class Params:
         lam = float(lam)
         if not (np.isfinite(lam) and lam > 0):
             raise ParamsError(f"the coordinate scale must be a positive number, got {lam}")
-        if not (1e-30 < lam**4 < 1e30 and np.isfinite(self.mobility / lam**2)):
+        if not (1e-30 < lam**4 < 1e30 and np.all(np.isfinite(np.asarray(self.mobility) / lam**2))):
             raise ParamsError(f"the coordinate scale {lam:.9g} is too extreme: lam^4 = {lam**4:.3g} and the "
-                              f"mobility would be {self.mobility:.3g} / lam^2; use a scale within 1e-7..1e7")
+                              f"mobility would be {np.max(self.mobility):.3g} / lam^2; use a scale within 1e-7..1e7")
         return replace(
             self,
             quadratic=self.quadratic * lam**2,
