@@ -64,7 +64,7 @@ from .params import Params
 from .runlog import RunLog
 from .tasks import cos_task
 
-__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final"]
+__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS"]
 
 TRAINABLE_KINDS = ("B", "C", "W")
 
@@ -92,6 +92,46 @@ class RefineConfig:
     common_noise: bool = True  #: seedable backends: one noise seed per generation for every candidate
     readout_fit: bool = True  #: least-squares readout fitted to a start measurement before the GA
     input_scale: float = 1.0  #: the board's input line carries ``input_scale * z`` (crossbar weights / it)
+    method: str = "ga"  #: ``ga`` (default), ``cma`` (CMA-ES, the ``cma`` package) or ``twin-guided``
+    trials: int = 4  #: twin-guided: trial steps per iteration (population = trials + 1)
+    radius: float = 0.05  #: twin-guided: initial trust radius, fraction of each channel's half span
+    twin_samples: int = 64  #: twin-guided: twin runs per input for the Jacobian (common random numbers)
+    twin_dt: float = 1e-2  #: twin-guided: twin time step (program units)
+    jacobian_step: float = 0.01  #: twin-guided: finite-difference step, fraction of each channel's half span
+
+    def __post_init__(self):
+        _validate(self)
+
+
+METHODS = ("ga", "cma", "twin-guided")
+
+
+def _validate(cfg: "RefineConfig") -> None:
+    """Refuse sizes and ranges that cannot make a run (ValueError naming the setting)."""
+    import math
+
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    for name, least in (("generations", 0), ("population", 2), ("elites", 1), ("points", 2), ("samples", 2),
+                        ("final_points", 2), ("final_samples", 2), ("trials", 1), ("twin_samples", 1),
+                        ("retries", 0)):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+    if cfg.elites >= cfg.population:
+        raise ValueError(f"elites ({cfg.elites}) must be smaller than population ({cfg.population})")
+    for name in ("mutation", "radius", "twin_dt", "jacobian_step", "input_scale", "pause_poll_s", "max_pause_s"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    if cfg.max_seconds is not None and not (math.isfinite(cfg.max_seconds) and cfg.max_seconds > 0):
+        raise ValueError(f"max_seconds must be a finite number > 0, got {cfg.max_seconds!r}")
+    if cfg.temp_band is not None:
+        band = tuple(cfg.temp_band)
+        if len(band) != 2 or not all(isinstance(t, (int, float)) and math.isfinite(t) for t in band):
+            raise ValueError(f"temp_band must be two finite temperatures in kelvin, got {cfg.temp_band!r}")
+        if not 0 < band[0] < band[1] <= 1000:
+            raise ValueError(f"temp_band must be LOW < HIGH within 0..1000 K, got {band[0]}..{band[1]}")
 
 
 #: Settings a run log written before they existed was made with (used when resuming such a run).
@@ -110,6 +150,7 @@ class _Problem:
         from calibration.mapping import channel_values
 
         self.device, self.params, self.cal, self.cfg = device, params, cal, cfg
+        self.readings = 0  #: board readings taken so far (every acquisition, every candidate)
         cmap = device.channel_map
         self.volts0 = map_params(params, cal, cmap)
         fan = params.network.fan_in() + params.network.degree()
@@ -164,6 +205,7 @@ class _Problem:
         xbar = np.empty((len(population), len(z), len(self.outputs)))
         var = np.zeros((len(population), len(z)))
         dev = self.device
+        self.readings += len(population) * len(z) * int(samples or self.cfg.samples)
         dev.set_inputs(self.device_inputs(z))
         for c, v in enumerate(population):
             volts, f = self.split(v)
@@ -258,9 +300,94 @@ def _stored_config(stored: dict, cfg: RefineConfig) -> RefineConfig:
     return RefineConfig(**d)
 
 
+def _design(cfg: RefineConfig) -> np.ndarray:
+    """The twin-guided method's fixed design inputs (points, 1): midpoints of ``points`` equal cells."""
+    return ((np.arange(cfg.points) + 0.5) / cfg.points)[:, None]
+
+
+def _batch(cfg: RefineConfig, g: int) -> np.ndarray:
+    """The GA/CMA input batch of generation ``g``: evenly spaced, shifted by a seeded offset."""
+    shift = np.random.default_rng(_seed(cfg.seed, g, 1)).uniform(0, 1 / cfg.points)
+    return (np.arange(cfg.points) / cfg.points + shift)[:, None]
+
+
+def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_known: bool):
+    """The method's optimiser at the start (GA, CMA-ES or twin-guided)."""
+    if cfg.method == "ga":
+        from .train.ga import GeneticAlgorithm
+
+        return GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population, elites=cfg.elites,
+                                seed=cfg.seed, max_generations=cfg.generations, max_seconds=cfg.max_seconds,
+                                start_with_x0=True)
+    if cfg.method == "cma":
+        from .train.cmaes import CMAES
+
+        return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations)
+    from .refine_twin import TwinGuided
+
+    z = _design(cfg)
+    xbar, _ = _retrying(cfg, "the start measurement at the design inputs", lambda: prob.means(
+        x_start[None, :], z, [_seed(cfg.seed, 7, 3)], cfg.samples))
+    return TwinGuided(x_start, xbar[0], np.cos(2 * np.pi * z[:, 0]), prob.lo, prob.hi, trials=cfg.trials,
+                      radius=cfg.radius, max_generations=cfg.generations)
+
+
+def _load_optimizer(cfg: RefineConfig, ckpt: Path):
+    if cfg.method == "ga":
+        from .train.ga import GeneticAlgorithm
+
+        return GeneticAlgorithm.load(ckpt)
+    if cfg.method == "cma":
+        from .train.cmaes import CMAES
+
+        return CMAES.load(ckpt)
+    from .refine_twin import TwinGuided
+
+    return TwinGuided.load(ckpt)
+
+
+def _twin_model(cfg: RefineConfig, prob: "_Problem"):
+    from .refine_twin import TwinModel
+
+    return TwinModel(prob.params, prob.cal, prob.device.channel_map, prob.trainable, prob.volts0,
+                     dt=cfg.twin_dt, samples=cfg.twin_samples)
+
+
+def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
+    """Ask, measure, tell one generation; returns (population, losses, inputs)."""
+    if cfg.method == "twin-guided":
+        z = _design(cfg)
+        step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
+        jac = model.jacobian(opt.x[: len(prob.trainable)], prob.device_inputs(z), step, _seed(cfg.seed, g, 3))
+        pop = opt.ask(jac)
+    else:
+        z = _batch(cfg, g)
+        pop = opt.ask()
+    if cfg.common_noise:
+        seeds = [_seed(cfg.seed, g, 2)] * len(pop)
+    else:
+        seeds = [_seed(cfg.seed, g, 2, c) for c in range(len(pop))]
+    xbar, var = prob.means(pop, z, seeds)
+    losses = np.array([prob.loss_of(xbar[c], prob.split(v)[1], var[c], cfg.samples, z) for c, v in enumerate(pop)])
+    if cfg.method == "twin-guided":
+        opt.tell(pop, losses, xbar)
+    else:
+        opt.tell(losses)
+    return pop, losses
+
+
+def _elite_row(cfg: RefineConfig, opt, losses) -> np.ndarray:
+    """The log's ``elite_losses`` row: the selected elites' losses (twin-guided: the current program's)."""
+    if cfg.method == "ga":
+        return opt.elite_losses
+    if cfg.method == "cma":
+        return np.sort(losses)[: cfg.elites]
+    return np.array([opt.loss])
+
+
 def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConfig(), *, resume: bool = False,
            progress: bool = True, task: str = "cos") -> dict:
-    """Refine ``params`` on ``device`` through calibration ``cal``; log every generation.
+    """Refine ``params`` on ``device`` through calibration ``cal`` by ``cfg.method``; log every generation.
 
     Parameters
     ----------
@@ -269,7 +396,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         The program trained on the twin (with readout weights for the cos task).
     cal : calibration.Calibration
     log_path : path
-        The run log (HDF5, SWMR); the GA checkpoint goes to ``<log_path>.ga.h5``.
+        The run log (HDF5, SWMR); the method's checkpoint goes to ``<log_path>.ga.h5``.
     cfg : RefineConfig
     resume : bool
         Continue the run in ``log_path`` (its stored configuration wins over ``cfg``'s sizes).
@@ -278,17 +405,18 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     -------
     dict
         Measured together at the end with ``final_points`` x ``final_samples`` readings:
-        ``start_loss`` (the calibrated upload as it was given), ``readout_fit_loss`` (the same
-        analog program with the least-squares readout; None without ``readout_fit``),
-        ``ga_best_loss`` (the GA's best elite); ``refined_loss``, the smallest of them, is the
-        loss of the returned program (``best_volts``, ``best_readout``) and ``kept`` says which
-        it is (``"ga"``, ``"readout fit"`` or ``"start"``).  Also ``start_fit_loss`` (the start
-        measurement the readout was fitted to, in-sample), ``generations``, ``stop``,
-        ``seconds``, ``paused_s``, ``retries``, ``log``.
+        ``uploaded_loss`` (the calibrated upload with the program's own readout),
+        ``start_loss`` (the calibrated upload with the least-squares readout fitted to the start
+        measurement: the reference a refinement has to beat; the uploaded loss without
+        ``readout_fit``), ``method_best_loss`` (the method's best program; also as
+        ``ga_best_loss``); ``refined_loss``, the smallest of them, is the loss of the returned
+        program (``best_volts``, ``best_readout``) and ``kept`` says which it is (the method's
+        name, ``"readout fit"`` or ``"start"``).  ``readings``: board readings the run took
+        (start measurements and generations; not the final one, ``final_readings``).  Also
+        ``readout_fit_loss`` (= ``start_loss`` with ``readout_fit``), ``start_fit_loss``,
+        ``method``, ``generations``, ``stop``, ``seconds``, ``paused_s``, ``retries``, ``log``.
     """
     from tqdm import tqdm
-
-    from .train.ga import GeneticAlgorithm
 
     if task != "cos":
         raise ValueError(f"refinement supports the cos task, not {task!r}")
@@ -298,12 +426,15 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         log = RunLog.reopen(log_path)
         stored_all = log.config
         cfg = _stored_config(stored_all["refine"], cfg)
-        ga = GeneticAlgorithm.load(ckpt) if ckpt.exists() else None
+        opt = _load_optimizer(cfg, ckpt) if ckpt.exists() else None
     else:
         if log_path.exists():
             raise FileExistsError(f"{log_path} exists: use --resume to continue that run, or another --log")
-        log, ga, stored_all = None, None, {}
+        log, opt, stored_all = None, None, {}
     prob = _Problem(device, params, cal, cfg, trainable=stored_all.get("trainable_channels"))
+    if resume:
+        prob.readings = int(stored_all.get("start_readings", 0)) + log.completed * cfg.points * cfg.samples * (
+            cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population)
     t_start = time.monotonic()
     z_final, _ = cos_task(cfg.final_points)
     # the start measurement and the least-squares readout (once per run; stored in the log's config)
@@ -327,52 +458,46 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                                                                            z_final)}
     x_start = prob.x0 if fit is None else np.concatenate([prob.volts0[prob.trainable], fit])
     sigma = prob.sigma.copy()
-    if fit is not None:  # the fitted readout is at its measured optimum: the GA searches the analog elements
+    if fit is not None:  # the fitted readout is at its measured optimum: the search is in the analog elements
         sigma[len(prob.trainable):] = 0.0
-    if ga is None:
-        ga = GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population,
-                              elites=cfg.elites, seed=cfg.seed, max_generations=cfg.generations,
-                              max_seconds=cfg.max_seconds, start_with_x0=True)
-    ga.with_config(max_generations=cfg.generations)
+    if opt is None:
+        opt = _new_optimizer(cfg, prob, x_start, sigma, fit is not None)
+    opt.with_config(max_generations=cfg.generations)
+    model = _twin_model(cfg, prob) if cfg.method == "twin-guided" else None
     band = cfg.temp_band or (cal.temperature_k - 5.0, cal.temperature_k + 5.0)
     if not np.all(np.isfinite(band)):
         band = (-np.inf, np.inf)
+    population = cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
+    elites = 1 if cfg.method == "twin-guided" else cfg.elites
     if log is None:
         config = {"task": task, "refine": asdict(cfg), "n_trainable_channels": int(len(prob.trainable)),
                   "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
-                  "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss}
+                  "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss,
+                  "start_readings": int(prob.readings)}
         instrument = {"identity": device.identity, "technology": device.technology,
                       "calibration_entry": str(getattr(cal, "entry", "")),
                       "calibration_hash": str(getattr(cal, "hash", "")), "temp_band_k": list(band)}
-        log = RunLog.create(log_path, config, population=cfg.population, n_params=ga.n_params,
-                            elites=cfg.elites, instrument=instrument)
-    if log.completed > ga.generation:  # logged but not checkpointed: redo that generation
-        log.truncate(ga.generation)
+        log = RunLog.create(log_path, config, population=population, n_params=opt.n_params,
+                            elites=elites, instrument=instrument)
+    if log.completed > opt.generation:  # logged but not checkpointed: redo that generation
+        log.truncate(opt.generation)
     session = getattr(device, "session", None)
     paused_total, retries_total = 0.0, 0
-    g_start = ga.generation
-    t_ga = time.monotonic()
-    bar = tqdm(total=cfg.generations, initial=ga.generation, desc="refine", unit="gen",
+    g_start = opt.generation
+    t_gen = time.monotonic()
+    bar = tqdm(total=cfg.generations, initial=opt.generation, desc=f"refine ({cfg.method})", unit="gen",
                disable=not progress, file=sys.stderr)
     try:
-        while (stop := ga.stop_reason()) is None:
-            g = ga.generation
+        while (stop := opt.stop_reason()) is None:
+            g = opt.generation
             temp0, paused = _wait_for_band(device, band, cfg, bar if progress else None)
             paused_total += paused
-            bar.set_description_str("refine")
-            # the input batch of this generation: evenly spaced, shifted by a seeded offset
-            shift = np.random.default_rng(_seed(cfg.seed, g, 1)).uniform(0, 1 / cfg.points)
-            z = (np.arange(cfg.points) / cfg.points + shift)[:, None]
-            if cfg.common_noise:
-                seeds = [_seed(cfg.seed, g, 2)] * cfg.population
-            else:
-                seeds = [_seed(cfg.seed, g, 2, c) for c in range(cfg.population)]
-            pop = ga.ask()
+            bar.set_description_str(f"refine ({cfg.method})")
             t0 = time.monotonic()
             r0 = getattr(session, "reconnects", 0)
             for attempt in range(cfg.retries + 1):
                 try:
-                    losses, _ = prob.losses(pop, z, seeds)
+                    pop, losses = _generation(cfg, prob, opt, model, g)
                     break
                 except DeviceError as e:
                     if attempt == cfg.retries:
@@ -380,25 +505,31 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                     print(f"refine: generation {g} attempt {attempt + 1} failed ({e}); redoing it", file=sys.stderr)
             retries = getattr(session, "reconnects", 0) - r0 + attempt
             retries_total += retries
-            ga.tell(losses)
             best = int(np.argmin(losses))
-            log.append(g, {"population": pop, "losses": losses, "elite_losses": ga.elite_losses,
+            log.append(g, {"population": pop, "losses": losses, "elite_losses": _elite_row(cfg, opt, losses),
                            "best_loss": losses[best], "best": pop[best],
                            "temperature_k": [temp0, float(device.temperature())],
                            "wall_s": time.monotonic() - t0, "retries": retries, "paused_s": paused})
-            ga.save(ckpt)
+            opt.save(ckpt)
             bar.update()
-            el = time.monotonic() - t_ga
-            rate = (ga.generation - g_start) / max(el, 1e-9)
-            bar.set_postfix(best=f"{ga.best[1]:.3g}", gen_per_min=f"{60 * rate:.1f}")
+            rate = (opt.generation - g_start) / max(time.monotonic() - t_gen, 1e-9)
+            bar.set_postfix(best=f"{opt.best[1]:.3g}", gen_per_min=f"{60 * rate:.1f}")
     finally:
         bar.close()
         log.close()
-    # the end: start and GA best measured together, the best of them is the result
-    if progress:
-        print("refine: measuring the start and the GA's best together to pick the result", file=sys.stderr,
-              flush=True)
-    best_v, _ = ga.best
+    result = _final(cfg, prob, opt, fit)
+    result.update({"start_fit_loss": start_fit_loss, "generations": int(opt.generation), "stop": stop,
+                   "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
+                   "retries": int(retries_total), "log": str(log_path)})
+    _write_final(log_path, result, cfg)
+    return result
+
+
+def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
+    """The start and the method's best measured together; the best of them is the result."""
+    z_final, _ = cos_task(cfg.final_points)
+    best_v, _ = opt.best
+    readings = prob.readings
     xbar, var = _retrying(cfg, "the final measurement", lambda: prob.means(
         np.stack([prob.x0, best_v]), z_final, [_seed(cfg.seed, 7, 0), _seed(cfg.seed, 7, 1)], cfg.final_samples))
     m = cfg.final_samples
@@ -407,18 +538,23 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     cands = {"start": (prob.loss_of(xbar[0], f0, var[0], m, z_final), v0, f0)}
     if fit is not None:  # the same measurement of the start's analog program, read out with the fitted readout
         cands["readout fit"] = (prob.loss_of(xbar[0], fit, var[0], m, z_final), v0, fit)
-    cands["ga"] = (prob.loss_of(xbar[1], fb, var[1], m, z_final), vb, fb)
+    cands[cfg.method] = (prob.loss_of(xbar[1], fb, var[1], m, z_final), vb, fb)
     kept = min(cands, key=lambda k: (cands[k][0], list(cands).index(k)))
     refined, volts, f = cands[kept]
-    result = {"start_loss": float(cands["start"][0]),
-              "readout_fit_loss": float(cands["readout fit"][0]) if fit is not None else None,
-              "ga_best_loss": float(cands["ga"][0]), "refined_loss": float(refined), "kept": kept,
-              "start_fit_loss": start_fit_loss, "generations": int(ga.generation), "stop": stop,
-              "best_volts": np.asarray(volts).tolist(), "best_readout": np.asarray(f).tolist(),
-              "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
-              "retries": int(retries_total), "log": str(log_path)}
-    _write_final(log_path, result, cfg)
-    return result
+    start = cands["readout fit" if fit is not None else "start"][0]
+    return {"method": cfg.method, "uploaded_loss": float(cands["start"][0]), "start_loss": float(start),
+            "readout_fit_loss": float(cands["readout fit"][0]) if fit is not None else None,
+            "method_best_loss": float(cands[cfg.method][0]), "ga_best_loss": float(cands[cfg.method][0]),
+            "refined_loss": float(refined), "kept": kept, "readings": int(readings),
+            "final_readings": int(prob.readings - readings),
+            "best_volts": np.asarray(volts).tolist(), "best_readout": np.asarray(f).tolist()}
+
+
+def gap_closed(twin_loss, start_loss, refined_loss) -> float | None:
+    """``(start - refined) / (start - twin)``: the fraction of the analog gap a refinement closed
+    (None when there is no gap, ``start <= twin``)."""
+    gap = float(start_loss) - float(twin_loss)
+    return None if not gap > 0 else (float(start_loss) - float(refined_loss)) / gap
 
 
 def _write_final(log_path: Path, result: dict, cfg: RefineConfig) -> None:
@@ -428,9 +564,11 @@ def _write_final(log_path: Path, result: dict, cfg: RefineConfig) -> None:
             if "entry/final" in f:
                 del f["entry/final"]
             g = f["entry"].create_group("final")
-            for k in ("start_loss", "readout_fit_loss", "ga_best_loss", "refined_loss"):
+            for k in ("uploaded_loss", "start_loss", "readout_fit_loss", "ga_best_loss", "method_best_loss",
+                      "refined_loss"):
                 g.attrs[k] = np.nan if result[k] is None else result[k]
-            g.attrs.update({"kept": result["kept"], "generations": result["generations"],
+            g.attrs.update({"kept": result["kept"], "generations": result["generations"], "method": result["method"],
+                            "readings": result["readings"],
                             "points": cfg.final_points, "samples": cfg.final_samples})
             g["volts"] = np.asarray(result["best_volts"], float)
             g["readout"] = np.asarray(result["best_readout"], float)
