@@ -46,7 +46,7 @@ def run_block_kernel(
     obs_steps,  # (n_obs,) int64, strictly increasing, in 1..n_steps
     obs_nodes,  # (n_o,) int64
     scheme,  # 0: Euler-Maruyama, 1: Leimkuhler-Matthews
-    rail,  # float: |x| is clipped to rail after each step (inf: no rails)
+    rail,  # (Nr,) float: |x_i| is clipped to rail[i] after each step (float max: no rails)
     out,  # (T, n_obs, n_o) float: observed states
     final,  # (T, Np) float or (0, Np): full final state
 ):
@@ -95,6 +95,8 @@ def run_block_kernel(
                         for b in range(LANES):
                             f[i, b] -= c * x[j, b]
             for i in range(0, n_pad, 2):
+                r1 = rail[i]
+                r2 = rail[i + 1]
                 if scheme == 1:
                     for b in range(LANES):
                         z1, z2 = gauss_pair(s, b)
@@ -102,13 +104,13 @@ def run_block_kernel(
                         n2 = xi[i + 1, b] + z2
                         xi[i, b] = z1
                         xi[i + 1, b] = z2
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -rail), rail)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -rail), rail)
+                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -r1), r1)
+                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -r2), r2)
                 else:
                     for b in range(LANES):
                         z1, z2 = gauss_pair(s, b)
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -rail), rail)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -rail), rail)
+                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -r1), r1)
+                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -r2), r2)
             if k_obs < n_obs and obs_steps[k_obs] == step:
                 for b in range(LANES):
                     t = blk * LANES + b

@@ -73,7 +73,7 @@ def _population_kernel(
     obs_steps,  # (n_obs,) int64
     obs_nodes,  # (n_o,) int64
     scheme,  # 0 EM, 1 LM
-    rail,
+    rail,  # (Np,) float: per-node rails (float max: none)
     out,  # (T, n_obs, n_o)
 ):
     n_traj = lane_input.shape[0]
@@ -141,6 +141,8 @@ def _population_kernel(
                         for b in range(LANES):
                             f[i, b] -= cv[k, b] * x[j, b]
             for i in range(0, n_pad, 2):
+                r1 = rail[i]
+                r2 = rail[i + 1]
                 if scheme == 1:
                     for b in range(LANES):
                         z1, z2 = gauss_pair(s, b)
@@ -150,15 +152,15 @@ def _population_kernel(
                         n2 = xi[i + 1, b] + z2
                         xi[i, b] = z1
                         xi[i + 1, b] = z2
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -rail), rail)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -rail), rail)
+                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * n1, -r1), r1)
+                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * n2, -r2), r2)
                 else:
                     for b in range(LANES):
                         z1, z2 = gauss_pair(s, b)
                         z1 = z1 * sg[b]
                         z2 = z2 * sg[b]
-                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -rail), rail)
-                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -rail), rail)
+                        x[i, b] = min(max(x[i, b] + mu_dt * f[i, b] + noise_scale * z1, -r1), r1)
+                        x[i + 1, b] = min(max(x[i + 1, b] + mu_dt * f[i + 1, b] + noise_scale * z2, -r2), r2)
             if k_obs < n_obs and obs_steps[k_obs] == step:
                 for b in range(LANES):
                     t = blk * LANES + b
@@ -177,7 +179,7 @@ def _check_population(candidates: Sequence[Params]) -> Network:
             raise TypeError(f"candidate {k} is a {type(c).__name__}, not Params")
         if not c.network.same_as(first.network):
             raise ValueError(f"candidate {k} has a different topology from candidate 0")
-        if c.kT != first.kT or c.mobility != first.mobility:
+        if c.kT != first.kT or not np.array_equal(c.mobility, first.mobility):
             raise ValueError(
                 f"candidate {k} has kT/mobility ({c.kT}, {c.mobility}), candidate 0 ({first.kT}, {first.mobility})"
             )
@@ -205,9 +207,12 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         raise ValueError(f"dt must be positive, got {dt}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    inputs = candidates[0].check_inputs(inputs)
+    scale = twin.unit_mobility(candidates[0])[1]  # per-node mobility: integrate y = x / sqrt(mu)
+    if scale is not None:
+        candidates = [twin.unit_mobility(c)[0] for c in candidates]
     first = candidates[0]
     net = first.network
-    inputs = first.check_inputs(inputs)
     n = net.n_nodes
     n_pad = n + (n & 1)
     nodes = np.asarray(net.outputs if nodes is None else nodes, np.int64).reshape(-1).copy()
@@ -235,7 +240,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         a3[k, :n] = 4 * c.quartic
     start = np.zeros(n_pad, dtype)
     if x0 is not None:
-        start[:n] = np.broadcast_to(np.asarray(x0, float), (n,))
+        start[:n] = np.broadcast_to(np.asarray(x0, float), (n,)) / (1.0 if scale is None else scale)
     per = p_count * n_samples
     lane_cand = np.repeat(np.arange(n_c, dtype=np.int64), per)
     lane_input = np.tile(np.repeat(np.arange(p_count, dtype=np.int64), n_samples), n_c)
@@ -251,7 +256,7 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         lane_sign = np.ones(n_c * per, dtype)
     states = np.concatenate([stream_states(s, lane_input[:per], sample) for s in seeds])
     out = np.empty((n_c * per, len(obs_steps), len(nodes)), dtype)
-    rail_value = np.finfo(dtype).max if rail is None else float(rail)
+    rails = twin.rail_array(rail, n_pad, n, dtype, scale)
     _population_kernel(
         indptr,
         indices,
@@ -271,10 +276,11 @@ def _run_lanes(candidates, inputs, n_samples, n_steps, obs_steps, nodes, dt, see
         np.asarray(obs_steps, np.int64),
         nodes,
         0 if scheme == "em" else 1,
-        dtype.type(rail_value),
+        rails,
         out,
     )
-    return out.reshape(n_c, p_count, n_samples, len(obs_steps), len(nodes))
+    out = out.reshape(n_c, p_count, n_samples, len(obs_steps), len(nodes))
+    return out if scale is None else twin.to_node_coordinates(out, scale[nodes], rail, dtype)
 
 
 def disjoint_union(candidates: Sequence[Params]) -> tuple[Params, np.ndarray]:
@@ -301,7 +307,7 @@ def disjoint_union(candidates: Sequence[Params]) -> tuple[Params, np.ndarray]:
         cat("coupling"),
         cat("crossbar"),
         kT=candidates[0].kT,
-        mobility=candidates[0].mobility,
+        mobility=np.tile(candidates[0].mobility, n_c) if candidates[0].has_node_mobility else candidates[0].mobility,
         require_stable=False,
     )
     return p, off
@@ -371,7 +377,8 @@ def population_reset(
     Parameters
     ----------
     candidates : sequence of Params, length C
-        Same topology, ``kT`` and ``mobility``.
+        Same topology, ``kT`` and ``mobility`` (a scalar or the same per-node array; per-node
+        mobilities are integrated as in :func:`sim_backend.twin.unit_mobility`).
     inputs : array_like, shape (P, K)
     times : float or sequence of float
         Observation time(s), multiples of ``dt``.

@@ -2,7 +2,9 @@
 
 Nothing here is fast; everything here is easy to check by eye.  Time is in the units of
 ``1/params.mobility`` times ``params.mobility`` (i.e. ``dt`` and ``t`` are physical times and the
-drift is ``mobility * force``).
+drift is ``mobility * force``).  A per-node mobility (``params.mobility`` of shape (N,)) is used
+directly, node by node (drift ``mu_i F_i``, noise ``sqrt(2 mu_i kT dt)``): no change of variables,
+so it is an independent check of the twin's :func:`sim_backend.twin.unit_mobility`.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def euler_maruyama(
     every = n_steps if observe_every is None else int(observe_every)
     field = params.field(inputs)[:, None, :]  # (P, 1, N)
     c = params.coupling_matrix()
-    mu = params.mobility
+    mu = params.mobility_per_node if params.has_node_mobility else params.mobility  # (N,) broadcasts over nodes
     sigma = np.sqrt(2 * mu * params.kT * dt)
 
     def force(x):
@@ -112,7 +114,8 @@ def underdamped(
     """Inertial (underdamped) Langevin dynamics by the BAOAB splitting.
 
     ``m dv = F dt - gamma v dt + sqrt(2 gamma kT) dW``, ``dx = v dt``, with friction ``gamma``
-    (default ``1/mobility``, so that the overdamped limit ``m -> 0`` has mobility ``1/gamma``).
+    (default ``1/mobility``, so that the overdamped limit ``m -> 0`` has mobility ``1/gamma``;
+    per node when the mobility is an array).
 
     Returns states of shape (P, M, n_obs, N) and velocities of the same shape.
     """

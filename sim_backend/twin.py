@@ -14,11 +14,18 @@ Public functions
 Times and ``dt`` are physical times; the drift is ``mobility * force`` and the noise has variance
 ``2 mobility kT dt``.  The number of steps to an observation time ``t`` is ``round(t / dt)``.
 The trajectory of input ``p``, sample ``m`` depends only on ``(seed, p, m)``.
+
+Per-node mobilities (``params.mobility`` an array ``mu``, shape (N,)) are integrated by the exact
+change of variables ``y_i = x_i / sqrt(mu_i)`` (:func:`unit_mobility`): Langevin dynamics with
+mobility ``mu_i`` in ``x`` is Langevin dynamics with mobility 1 in ``y`` for ``U(y) =
+V(sqrt(mu) y)``, and the Euler-Maruyama / Leimkuhler-Matthews steps map one to one.  The kernel
+integrates ``y`` (rails ``rail / sqrt(mu_i)``); results are mapped back, ``x = sqrt(mu) y``.
+A scalar mobility takes the unchanged path (bitwise the same samples as before).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,7 +35,7 @@ from . import kernel
 from .rng import stream_states
 from .simd import field_kernel, tile_shape
 
-__all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for"]
+__all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for", "unit_mobility", "rail_array"]
 
 
 @dataclass
@@ -54,6 +61,62 @@ def steps_for(t: float, dt: float) -> int:
     if n < 1 or abs(n * dt - t) > 1e-6 * max(t, dt):
         raise ValueError(f"time {t} is not a positive multiple of dt = {dt}")
     return n
+
+
+def unit_mobility(params: Params) -> tuple[Params, np.ndarray | None]:
+    """The same dynamics with mobility 1, in coordinates ``y_i = x_i / sqrt(mu_i)``.
+
+    For a per-node mobility ``mu`` (shape (N,)) and ``s = sqrt(mu)``, ``U(y) = V(s y)`` has
+    ``Q mu, S mu^1.5, R mu^2, B s, C_ab s_a s_b, W_kj s_j`` (kT unchanged).  Proof that one step
+    maps exactly: divide ``x' = x + mu_i dt F_i(x) + sqrt(2 mu_i kT dt) z`` by ``s_i`` and use
+    ``-dU/dy_i = s_i F_i(x)``: ``y' = y + dt (-dU/dy_i) + sqrt(2 kT dt) z`` (the LM noise
+    ``(z_n + z_n+1)/2`` maps the same way).  Rails ``|x_i| <= r`` become ``|y_i| <= r / s_i``.
+
+    Returns ``(params_y, s)`` with ``s`` float64 shape (N,), or ``(params, None)`` for a scalar
+    mobility (nothing to change).  ``params_y`` has no readout.
+    """
+    if not params.has_node_mobility:
+        return params, None
+    mu = params.mobility
+    s = np.sqrt(mu)
+    a, b = params.network.edges.T
+    j = params.network.crossbar[:, 1]
+    y = replace(
+        params,
+        quadratic=params.quadratic * mu,
+        cubic=params.cubic * mu * s,
+        quartic=params.quartic * mu * mu,
+        bias=params.bias * s,
+        coupling=params.coupling * s[a] * s[b],
+        crossbar=params.crossbar * s[j],
+        readout=None,
+        mobility=1.0,
+        require_stable=False,
+    )
+    return y, s
+
+
+def rail_array(rail, n_rows: int, n: int, dtype, scale=None) -> np.ndarray:
+    """Per-row rails for the kernels, shape (n_rows,): ``rail / scale`` on the N nodes.
+
+    ``rail`` None means no rails (the dtype's largest value); ``scale`` (shape (N,)) is the
+    ``sqrt(mu)`` of :func:`unit_mobility`.  Padding rows get ``rail``."""
+    dtype = np.dtype(dtype)
+    out = np.full(n_rows, np.finfo(dtype).max, dtype)
+    if rail is not None:
+        out[:] = float(rail)
+        if scale is not None:
+            out[:n] = float(rail) / scale
+    return out
+
+
+def to_node_coordinates(y, scale, rail, dtype) -> np.ndarray:
+    """``x = scale * y`` (nodes on the last axis), clipped to ``[-rail, rail]`` when rails are on,
+    as ``dtype``: undoes :func:`unit_mobility` on samples."""
+    x = np.asarray(y, np.float64) * scale
+    if rail is not None:
+        np.clip(x, -float(rail), float(rail), out=x)
+    return x.astype(dtype)
 
 
 def uses_dense_coupling(params: Params) -> bool:
@@ -137,6 +200,7 @@ def _simulate(
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     inputs = params.check_inputs(inputs)
+    params, scale = unit_mobility(params)
     n = params.network.n_nodes
     nodes = np.arange(n) if nodes is None else np.array(nodes, np.int64).reshape(-1)  # writable: one kernel signature
     if len(nodes) == 0 or nodes.min() < 0 or nodes.max() >= n:
@@ -148,11 +212,12 @@ def _simulate(
     lane_input = np.repeat(np.arange(p_count, dtype=np.int64), n_samples)
     sample = np.tile(np.arange(sample_offset, sample_offset + n_samples, dtype=np.int64), p_count)
     states = stream_states(seed, lane_input, sample)
-    start = pad(np.zeros(n) if x0 is None else np.broadcast_to(np.asarray(x0, float), (n,)))
+    start_x = np.zeros(n) if x0 is None else np.broadcast_to(np.asarray(x0, float), (n,))
+    start = pad(start_x if scale is None else start_x / scale)
     t_count = len(lane_input)
     out = np.empty((t_count, len(obs_steps), len(nodes)), dtype)
     final = np.empty((t_count if want_final else 0, n_pad), dtype)
-    rail_value = np.finfo(dtype).max if rail is None else float(rail)
+    rails = rail_array(rail, len(a1), n, dtype, scale)
     kernel.run_block_kernel(
         dense,
         indptr,
@@ -171,7 +236,7 @@ def _simulate(
         np.asarray(obs_steps, np.int64),
         nodes,
         0 if scheme == "em" else 1,
-        dtype.type(rail_value),
+        rails,
         out,
         final,
     )
@@ -179,9 +244,12 @@ def _simulate(
     heat = fin = None
     if want_final:
         fin = final[:, :n].reshape(p_count, n_samples, n)
-        v_end = params.energy(fin.astype(np.float64), inputs[:, None, :])
+        v_end = params.energy(fin.astype(np.float64), inputs[:, None, :])  # U(y) = V(x): heat needs no mapping
         v_start = np.broadcast_to(params.energy(start[:n].astype(np.float64), inputs), (p_count,))[:, None]
         heat = (v_start - v_end) / params.kT
+    if scale is not None:  # back to x = sqrt(mu) y (clipped: the rail is exact in x, not after rounding)
+        out = to_node_coordinates(out, scale[nodes], rail, dtype)
+        fin = None if fin is None else to_node_coordinates(fin, scale, rail, dtype)
     return out, nodes, heat, fin
 
 

@@ -2,7 +2,8 @@
 
 HDF5 layout (``format = "tc-hw/params"``, ``format_version = 1``)::
 
-    /                      attrs: format, format_version, software_version, kT, mobility,
+    /                      attrs: format, format_version, software_version, kT, mobility
+                                  (scalar, or float64 (N,) for per-node mobilities),
                                   convention = "V = sum Q x^2 + S x^3 + R x^4 - B x + sum C x x + sum W I x"
     /network               attrs: n_nodes, n_inputs
     /network/edges         int64 (E, 2)
@@ -95,7 +96,7 @@ def _to_dict(params: Params, provenance: dict | None) -> dict:
         "software_version": _version(),
         "convention": CONVENTION,
         "kT": params.kT,
-        "mobility": params.mobility,
+        "mobility": params.mobility.tolist() if params.has_node_mobility else params.mobility,
         "network": {
             "n_nodes": net.n_nodes,
             "n_inputs": net.n_inputs,
@@ -130,9 +131,15 @@ def _from_mapping(top, net_g, par_g, where: str) -> Params:
         net,
         readout=None if readout is None else np.asarray(readout, float),
         kT=float(top.get("kT", 1.0)),
-        mobility=float(top.get("mobility", 1.0)),
+        mobility=_mobility_value(top.get("mobility", 1.0)),
         **values,
     )
+
+
+def _mobility_value(raw):
+    """A stored mobility: a scalar (float) or a per-node list/array (float64 array)."""
+    m = np.asarray(raw, dtype=np.float64)
+    return float(m) if m.ndim == 0 else m
 
 
 def load_params(path, format: str | None = None) -> Params:

@@ -49,8 +49,11 @@ class Params:
         Output weights ``f``: the computer's answer is ``readout @ <x_outputs>``.
     kT : float
         Bath temperature in the energy units of ``V`` (``beta = 1/kT``).
-    mobility : float
-        ``mu = 1/tau``; time is measured in units of ``1/mobility`` when ``mobility = 1``.
+    mobility : float or ndarray, shape (N,)
+        ``mu = 1/tau`` (dimensionless: time in units of the reference ``tau``); a scalar for every
+        node, or one value per node for boards whose nodes have their own time constants
+        (``mu_i = 1 / tau_node_factor_i``).  A scalar stays a Python float; an array is stored as
+        float64 of shape (N,).  See :attr:`mobility_per_node`.
     require_stable : bool
         Refuse potentials that do not confine every node (default).  Only a model of hardware
         with rails (the board emulator) turns this off.
@@ -65,7 +68,7 @@ class Params:
     crossbar: np.ndarray
     readout: np.ndarray | None = None
     kT: float = 1.0
-    mobility: float = 1.0
+    mobility: float | np.ndarray = 1.0
     require_stable: bool = True
 
     def __post_init__(self):
@@ -98,11 +101,11 @@ class Params:
             if not np.isfinite(r).all():
                 raise ParamsError("readout has non-finite values")
             self.readout = r
-        for name in ("kT", "mobility"):
-            v = float(getattr(self, name))
-            if not np.isfinite(v) or v <= 0:
-                raise ParamsError(f"{name} must be a positive finite number, got {v}")
-            setattr(self, name, v)
+        v = float(self.kT)
+        if not np.isfinite(v) or v <= 0:
+            raise ParamsError(f"kT must be a positive finite number, got {v}")
+        self.kT = v
+        self.mobility = _check_mobility(self.mobility, n)
         if self.require_stable:
             self._check_stable()
 
@@ -129,6 +132,16 @@ class Params:
                     f"the quadratic part of V on the nodes without quartic terms is not positive definite "
                     f"(lowest eigenvalue {lam:.3g}); reduce the couplings between nodes {idx[:10].tolist()}"
                 )
+
+    @property
+    def mobility_per_node(self) -> np.ndarray:
+        """Mobility of every node, float64 shape (N,) (a scalar mobility broadcast)."""
+        return np.broadcast_to(np.asarray(self.mobility, np.float64), (self.network.n_nodes,)).copy()
+
+    @property
+    def has_node_mobility(self) -> bool:
+        """Whether the mobility is given per node (an array) rather than one scalar."""
+        return isinstance(self.mobility, np.ndarray)
 
     # ------------------------------------------------------------------ dense views
     def coupling_matrix(self) -> np.ndarray:
@@ -280,7 +293,24 @@ class Params:
         )
 
     def __repr__(self) -> str:
-        return f"Params({self.network!r}, kT={self.kT}, mobility={self.mobility})"
+        mu = f"per-node {self.mobility.min():.4g}..{self.mobility.max():.4g}" if self.has_node_mobility else self.mobility
+        return f"Params({self.network!r}, kT={self.kT}, mobility={mu})"
+
+
+def _check_mobility(value, n_nodes: int):
+    """A positive finite scalar (returned as float) or (n_nodes,) array (float64 copy)."""
+    m = np.asarray(value, dtype=np.float64)
+    if m.ndim == 0:
+        v = float(m)
+        if not np.isfinite(v) or v <= 0:
+            raise ParamsError(f"mobility must be a positive finite number, got {v}")
+        return v
+    if m.shape != (n_nodes,):
+        raise ParamsError(f"mobility must be a scalar or have shape ({n_nodes},), got {m.shape}")
+    bad = ~(np.isfinite(m) & (m > 0))
+    if bad.any():
+        raise ParamsError(f"mobility must be positive and finite; bad at nodes {np.flatnonzero(bad)[:10].tolist()}")
+    return m.copy()
 
 
 def from_ising_convention(
