@@ -16,6 +16,10 @@ Board file schema (every key optional; defaults are those of :data:`DEFAULT_BOAR
     rail_v = 3.0                  # hidden node rails, |x| <= rail_v volts
     adc_range_v = 4.0             # ADC full scale (ACQ:RANGE?), volts
     temperature_k = 300.0         # mean board temperature = tempco reference, kelvin
+    tau_node_factors = [1.0, ...] # optional: per-node time constant tau_i = factor_i * tau_s
+                                  # (N positive numbers; mobility_i = 1 / factor_i in units of tau)
+    # zoo = 12345                 # a board drawn from a seed (sim_backend.emulator.zoo); only
+                                  # name, serial, seed and [faults] may stand beside it
 
     [topology]                    # exactly one of the three forms
     layered = { width = 8, depth = 4, inputs = 1 }          # tc_hw.network.layered
@@ -58,7 +62,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -276,16 +280,29 @@ class BoardDescription:
     model: str = "TC-RLC32-EMU"
     serial: str = "EMU0001"
     firmware: str = "emu-1.0"
+    tau_node_factors: tuple | None = None
+    capacity_readings: int = 2**27
+    work_limit_element_steps: float | None = None
+    zoo_seed: int | None = None
 
     def layout(self) -> Layout:
         return Layout.build(self.network, self.kinds)
+
+    def node_mobility(self):
+        """Mobility of the board equation in units of ``1/tau_s``: ``1.0``, or per node
+        ``1 / tau_node_factors`` (float64 shape (N,))."""
+        if self.tau_node_factors is None:
+            return 1.0
+        return 1.0 / np.asarray(self.tau_node_factors, np.float64)
 
 
 # ----------------------------------------------------------------------------- parsing
 _TOP_KEYS = {
     "name", "model", "serial", "firmware", "technology", "seed", "tau_s", "rail_v", "adc_range_v",
-    "temperature_k", "topology", "channels", "nonideal", "faults",
+    "temperature_k", "topology", "channels", "nonideal", "faults", "tau_node_factors", "zoo",
 }
+#: Keys a board file may hold next to ``zoo = SEED``.
+_ZOO_KEYS = {"zoo", "name", "serial", "seed", "faults"}
 
 
 def _num(table, key, default, where, *, positive=False, integer=False):
@@ -386,6 +403,8 @@ def parse_board(text: str, source: str = "<board>") -> BoardDescription:
     unknown = sorted(set(doc) - _TOP_KEYS)
     if unknown:
         raise BoardFileError(f"{source}: unknown top-level keys {unknown}; known: {sorted(_TOP_KEYS)}")
+    if "zoo" in doc:
+        return _zoo_board(doc, source)
     tech = doc.get("technology", "RLC")
     if tech not in ("RLC", "JJ"):
         raise BoardFileError(f"{source}: technology must be \"RLC\" or \"JJ\", got {tech!r}")
@@ -422,7 +441,43 @@ def parse_board(text: str, source: str = "<board>") -> BoardDescription:
         model=doc.get("model", f"TC-{tech}{network.n_nodes}-EMU"),
         serial=doc.get("serial", "EMU0001"),
         firmware=doc.get("firmware", "emu-1.0"),
+        tau_node_factors=_tau_node_factors(doc.get("tau_node_factors"), network.n_nodes, source),
     )
+
+
+def _tau_node_factors(value, n_nodes: int, source: str):
+    """``tau_node_factors`` as a tuple of N positive floats, or None when absent."""
+    if value is None:
+        return None
+    ok = isinstance(value, list) and all(
+        not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in value)
+    if not ok or len(value) != n_nodes:
+        raise BoardFileError(f"{source}: tau_node_factors must be a list of {n_nodes} positive numbers (one per node)")
+    return tuple(float(v) for v in value)
+
+
+def _zoo_board(doc: dict, source: str) -> BoardDescription:
+    """A board file ``zoo = SEED`` (plus optional name, serial, seed, [faults])."""
+    from .zoo import draw_board
+
+    unknown = sorted(set(doc) - _ZOO_KEYS)
+    if unknown:
+        raise BoardFileError(f"{source}: a zoo board takes only {sorted(_ZOO_KEYS)} next to zoo; unknown {unknown}")
+    desc = draw_board(_num(doc, "zoo", 0, f"{source}: ", integer=True))
+    changes = {}
+    for key in ("name", "serial"):
+        if key in doc:
+            if not isinstance(doc[key], str) or any(c in doc[key] for c in ',;"\n'):
+                raise BoardFileError(f"{source}: {key} must be a string without , ; \" or newlines")
+            changes[key] = doc[key]
+    if "seed" in doc:
+        changes["seed"] = _num(doc, "seed", 0, f"{source}: ", integer=True)
+    if "faults" in doc:
+        try:
+            changes["faults"] = FaultSpec.from_table(doc["faults"])
+        except ValueError as e:
+            raise BoardFileError(f"{source}: {e}") from None
+    return replace(desc, **changes)
 
 
 def load_board(path) -> BoardDescription:
@@ -464,9 +519,17 @@ class Board:
                 "tau_s": desc.tau_s,
                 "rail_v": desc.rail_v,
                 "dac": {"lsb_v": DAC_LSB_V, "full_scale_v": DAC_FULL_SCALE_V},
+                "kT": 1.0,
+                "nodes": {"tau_s": desc.tau_s * np.broadcast_to(1.0 / np.asarray(desc.node_mobility()),
+                                                                 (self.network.n_nodes,)).copy()},
+                "tau_node_factors": None if desc.tau_node_factors is None else list(desc.tau_node_factors),
+                "capacity_readings": int(desc.capacity_readings),
+                "work_limit_element_steps": desc.work_limit_element_steps,
+                "zoo_seed": desc.zoo_seed,
             }
         )
         self.truth["adc"]["range_v"] = desc.adc_range_v
+        self.truth["curves"] = curve_grid(self.truth)
 
     @property
     def n_channels(self) -> int:
@@ -493,6 +556,27 @@ class Board:
             coupling=v[s["C"]],
             crossbar=v[s["W"]],
             kT=1.0,
-            mobility=1.0,
+            mobility=self.desc.node_mobility(),
             require_stable=False,
         )
+
+
+#: Points per channel of the truth's ``curves`` grid.
+CURVE_GRID_POINTS = 129
+
+
+def curve_grid(truth: dict, points: int = CURVE_GRID_POINTS) -> dict:
+    """Each channel's true static curve on its safe range at the reference temperature.
+
+    Returns ``{"volts": (n_channels, points), "value": (n_channels, points)}`` (float64): the
+    element value (energy units, kT = 1) at ``points`` evenly spaced programmed voltages from
+    ``vmin`` to ``vmax``, without crosstalk or drift.  A reader that does not run this package can
+    judge a calibration from it alone."""
+    ch = truth["channels"]
+    u = np.linspace(0.0, 1.0, points)
+    vmin = np.asarray(ch["vmin"], float)[:, None]
+    vmax = np.asarray(ch["vmax"], float)[:, None]
+    volts = vmin + (vmax - vmin) * u[None, :]
+    params = {k: np.asarray(v)[:, None] for k, v in ch.items() if k != "kind"}
+    t0 = truth["temperature"]["t0_k"]
+    return {"volts": volts, "value": ni.element_curve(params, volts, t0, t0)}

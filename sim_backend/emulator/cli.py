@@ -2,7 +2,7 @@
 
 ::
 
-    python -m sim_backend.emulator [--board FILE.toml|default|ideal|jj|layered96] [--port 5025]
+    python -m sim_backend.emulator [--board FILE.toml|default|ideal|jj|layered96 | --zoo SEED] [--port 5025]
         [--host 127.0.0.1] [--pty] [--ready-file PATH] [--seed N] [--fault-rate F]
         [--truth-file PATH] [--no-warmup] [--print-board] [-v]
 
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Emulate a TC board (board manual rev. 1) over TCP on loopback and optionally a pty.",
     )
     p.add_argument("--board", help="board file (TOML) or preset name: default, ideal, jj, layered96 (default: default)")
+    p.add_argument("--zoo", type=int, metavar="SEED",
+                   help="serve the zoo board drawn from SEED (sim_backend.emulator.zoo: element curves of several "
+                        "shapes, weak gains, per-node time constants, ADC/DAC errors, a capacity); the same as a "
+                        "board file holding `zoo = SEED`. Not with --board")
     p.add_argument("--port", type=int, default=5025, help="TCP port (0: pick a free one; default 5025)")
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (127.0.0.0/8 or ::1 only)")
     p.add_argument("--pty", action="store_true", help="also serve on a pseudo-terminal (serial line)")
@@ -51,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit when the process with this pid ends (launchers pass their own pid, so that an "
                         "emulator never outlives a killed notebook or test run)")
     p.add_argument("--no-warmup", action="store_true", help="do not load the twin kernel before READY")
-    p.add_argument("--print-board", action="store_true", help="print the board file TOML of a preset and exit")
+    p.add_argument("--print-board", action="store_true",
+                   help="print the board file TOML of a preset (or of --zoo SEED) and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log connections and faults to stderr")
     return p
 
@@ -84,6 +89,17 @@ def main(argv=None) -> int:
     from .faults import FaultInjector
     from .server import PtyServer, TcpServer, check_loopback
 
+    if args.zoo is not None and args.board is not None:
+        print("emulator: give --board or --zoo, not both", file=sys.stderr)
+        return 2
+    if args.zoo is not None and args.zoo < 0:
+        print(f"emulator: --zoo must be a non-negative integer, got {args.zoo}", file=sys.stderr)
+        return 2
+    if args.print_board and args.zoo is not None:
+        from .zoo import zoo_board_toml
+
+        sys.stdout.write(zoo_board_toml(args.zoo))
+        return 0
     if args.print_board:
         name = args.board or "default"
         if name not in PRESETS:
@@ -100,7 +116,12 @@ def main(argv=None) -> int:
         print(f"emulator: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        desc = board_from_name_or_path(args.board)
+        if args.zoo is not None:
+            from .zoo import draw_board
+
+            desc = draw_board(args.zoo)
+        else:
+            desc = board_from_name_or_path(args.board)
         if args.seed is not None:
             if args.seed < 0:
                 raise BoardFileError(f"--seed must be >= 0, got {args.seed}")

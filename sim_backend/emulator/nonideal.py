@@ -26,9 +26,14 @@ Element curves (per channel ``c``; ``v`` the applied control voltage in volts, `
         value = g(T) * period / (2 pi) * (sin(theta) + nonlin / 2 * sin(2 theta))
         (slope g at v = -offset_v; monotonic branch |theta| < ~pi/2)
 
+Other curve families (per channel ``shape``; off unless the board's sizes ask for them, see
+:func:`_family_curves`): saturating ``tanh``, exponential, piecewise linear with two kinks.  A DAC
+integral nonlinearity bends the programmed volts before any curve (:func:`_dac_inl`).
+
 ADC (per node ``i``; ``x`` node volts)::
 
-    reading = adc_gain_i * x + adc_offset_v_i + adc_noise_v_i * N(0, 1)
+    reading = adc_gain_i * x + adc_offset_v_i + adc_inl_i * range * s(x / range)
+              + adc_noise_v_i * N(0, 1)
     code = clip(rint(reading * 32768 / range_v), -32768, 32767)      (int16)
 
 Board temperature: ``T(t) = t0_k + temp_drift_k * sin(2 pi t / temp_period_s + temp_phase)``, ``t``
@@ -109,6 +114,15 @@ class NonIdeal:
 
     crosstalk : fraction of each neighbouring DAC channel's volts added to a channel's own
     drift_per_hour : relative element drift per hour since start (per channel, uniform sign)
+
+    Curve families other than the polynomial (0 = off; see :func:`element_curve`):
+
+    saturating, exponential, kinked : probability that a non-periodic channel's curve is of that
+        family (the rest keep the polynomial curve; the three must sum to at most 1)
+    shape_strength : largest curvature ``k`` of the saturating / exponential families and largest
+        relative slope change at a kink (dimensionless; the zoo uses up to about 1.5 and 0.5)
+    adc_inl : ADC integral nonlinearity, fraction of the ADC range (per node, uniform sign)
+    dac_inl_v : DAC integral nonlinearity, volts at the worst point of the +-10 V scale (per channel)
     """
 
     gain_spread: float = 0.20
@@ -123,6 +137,12 @@ class NonIdeal:
     adc_noise_spread: float = 0.25
     crosstalk: float = 0.0
     drift_per_hour: float = 0.0
+    saturating: float = 0.0
+    exponential: float = 0.0
+    kinked: float = 0.0
+    shape_strength: float = 0.0
+    adc_inl: float = 0.0
+    dac_inl_v: float = 0.0
 
     @classmethod
     def ideal(cls) -> "NonIdeal":
@@ -153,6 +173,8 @@ class NonIdeal:
         out = replace(base, **values)
         if out.temp_period_s <= 0:
             raise ValueError(f"{where}: temp_period_s must be > 0, got {out.temp_period_s}")
+        if out.saturating + out.exponential + out.kinked > 1.0 + 1e-12:
+            raise ValueError(f"{where}: saturating + exponential + kinked must be <= 1 (they are probabilities)")
         return out
 
     def as_dict(self) -> dict:
@@ -199,6 +221,9 @@ def draw_truth(layout, nonideal: NonIdeal, *, seed: int, t0_k: float, technology
     u_xprev = rng.uniform(-1.0, 1.0, n_ch)
     u_xnext = rng.uniform(-1.0, 1.0, n_ch)
     u_drift = rng.uniform(-1.0, 1.0, n_ch)
+    shapes = _draw_shapes(rng, layout, ni)  # appended later (curve families, INL): same rule
+    u_adc_inl = rng.uniform(-1.0, 1.0, n)
+    u_dac_inl = rng.uniform(-1.0, 1.0, n_ch)
     channels = {
         "kind": np.asarray(layout.kind).copy(),
         "a": layout.a.copy(),
@@ -214,11 +239,14 @@ def draw_truth(layout, nonideal: NonIdeal, *, seed: int, t0_k: float, technology
         "xtalk_prev": ni.crosstalk * u_xprev * (np.arange(n_ch) > 0),
         "xtalk_next": ni.crosstalk * u_xnext * (np.arange(n_ch) < n_ch - 1),
         "drift_per_s": ni.drift_per_hour / 3600.0 * u_drift,
+        "dac_inl_v": ni.dac_inl_v * u_dac_inl,
+        **shapes,
     }
     adc = {
         "gain": 1.0 + ni.adc_gain_spread * u_adc_gain,
         "offset_v": ni.adc_offset_v * u_adc_off,
         "noise_v": ni.adc_noise_v * (1.0 + ni.adc_noise_spread * u_adc_noise),
+        "inl": ni.adc_inl * u_adc_inl,
     }
     temperature = {
         "t0_k": float(t0_k),
@@ -236,6 +264,78 @@ def draw_truth(layout, nonideal: NonIdeal, *, seed: int, t0_k: float, technology
     }
 
 
+#: Curve family codes of the truth's ``channels["shape"]``.
+SHAPE_POLYNOMIAL, SHAPE_SATURATING, SHAPE_EXPONENTIAL, SHAPE_KINKED = 0, 1, 2, 3
+SHAPE_NAMES = {0: "polynomial", 1: "saturating", 2: "exponential", 3: "kinked"}
+
+
+def _draw_shapes(rng: np.random.Generator, layout, ni: NonIdeal) -> dict:
+    """Per-channel curve family and its parameters (all arrays of shape (n_channels,)).
+
+    ``shape`` (int code, :data:`SHAPE_NAMES`; periodic channels stay 0), ``shape_k`` (curvature,
+    signed for the exponential), ``kink_hi_v``/``kink_hi_slope`` and ``kink_lo_v``/``kink_lo_slope``
+    (a kink inside the upper / lower part of the safe range and the relative slope change beyond
+    it, in ``[-shape_strength, +shape_strength]``, capped at 0.9 so the curve stays monotonic).
+    The same number of values is drawn whatever the sizes, so a board's other draws never move."""
+    n_ch = layout.n_channels
+    u_family = rng.uniform(0.0, 1.0, n_ch)
+    u_k = rng.uniform(0.3, 1.0, n_ch)
+    u_sign = rng.uniform(-1.0, 1.0, n_ch)
+    u_kinks = rng.uniform(0.0, 1.0, (4, n_ch))
+    edges = np.cumsum([ni.saturating, ni.exponential, ni.kinked])
+    shape = np.where(u_family < edges[0], SHAPE_SATURATING,
+                     np.where(u_family < edges[1], SHAPE_EXPONENTIAL,
+                              np.where(u_family < edges[2], SHAPE_KINKED, SHAPE_POLYNOMIAL)))
+    shape = np.where(layout.period > 0, SHAPE_POLYNOMIAL, shape).astype(np.int64)
+    centre = (layout.vmin + layout.vmax) / 2.0
+    half = (layout.vmax - layout.vmin) / 2.0
+    slope_cap = min(ni.shape_strength, 0.9)
+    kinked = shape == SHAPE_KINKED
+    return {
+        "shape": shape,
+        "shape_k": ni.shape_strength * u_k * np.where(u_sign < 0, -1.0, 1.0) * (shape != SHAPE_POLYNOMIAL),
+        "kink_hi_v": centre + half * (0.1 + 0.7 * u_kinks[0]),
+        "kink_hi_slope": np.where(kinked, slope_cap * (2.0 * u_kinks[1] - 1.0), 0.0),
+        "kink_lo_v": centre - half * (0.1 + 0.7 * u_kinks[2]),
+        "kink_lo_slope": np.where(kinked, slope_cap * (2.0 * u_kinks[3] - 1.0), 0.0),
+    }
+
+
+def _family_curves(ch: dict, w, v, span) -> np.ndarray | None:
+    """``value / g`` of the non-polynomial families (volts), or None when every channel is
+    polynomial.  ``w = v + offset``; ``z = w / span``; slope 1 at ``w = 0`` for all families::
+
+        saturating   span * tanh(k z) / |k|
+        exponential  span * (exp(k z) - 1) / k                       (k signed)
+        kinked       w + a_hi * relu(v - v_hi) + a_lo * relu(v_lo - v)  (slopes 1 + a beyond)
+    """
+    if "shape" not in ch:
+        return None
+    shape = np.asarray(ch["shape"])
+    if not np.any(shape):
+        return None
+    k = np.asarray(ch["shape_k"], float)
+    k_safe = np.where(k != 0, k, 1.0)
+    z = w / np.where(span > 0, span, 1.0)
+    sat = span * np.tanh(np.abs(k_safe) * z) / np.abs(k_safe)
+    expo = span * np.expm1(k_safe * z) / k_safe
+    kink = (w + np.asarray(ch["kink_hi_slope"], float) * np.maximum(v - np.asarray(ch["kink_hi_v"], float), 0.0)
+            - np.asarray(ch["kink_lo_slope"], float) * np.maximum(np.asarray(ch["kink_lo_v"], float) - v, 0.0))
+    return np.where(shape == SHAPE_SATURATING, sat, np.where(shape == SHAPE_EXPONENTIAL, expo, kink))
+
+
+def _dac_inl(ch: dict, v) -> np.ndarray:
+    """Volts the DAC really puts out for programmed ``v``: ``v + dac_inl_v * s(v / 10 V)`` with
+    the bow ``s(u) = (3 sqrt 3 / 2)(u - u^3)`` (|s| <= 1 on the +-10 V scale)."""
+    if "dac_inl_v" not in ch:
+        return v
+    inl = np.asarray(ch["dac_inl_v"], float)
+    if not np.any(inl):
+        return v
+    u = v / 10.0
+    return v + inl * _S_NORM * (u - u**3)
+
+
 # ----------------------------------------------------------------------------- elements
 def element_curve(ch: dict, volts, temp_k, t0_k: float) -> np.ndarray:
     """The static curve of channels ``ch`` (a dict of equally shaped parameter arrays).
@@ -243,7 +343,7 @@ def element_curve(ch: dict, volts, temp_k, t0_k: float) -> np.ndarray:
     ``volts`` broadcasts against the parameter arrays; returns element values (energy units of
     the board equation) as float64.  See the module docstring for the formulas.
     """
-    v = np.asarray(volts, dtype=np.float64)
+    v = _dac_inl(ch, np.asarray(volts, dtype=np.float64))
     gain = np.asarray(ch["gain_nominal"], float) * np.asarray(ch["gain_factor"], float)
     g = gain * (1.0 + np.asarray(ch["tempco_per_k"], float) * (np.asarray(temp_k, float) - t0_k))
     off = np.asarray(ch["offset_v"], float)
@@ -259,6 +359,9 @@ def element_curve(ch: dict, volts, temp_k, t0_k: float) -> np.ndarray:
     safe_period = np.where(period > 0, period, 1.0)
     theta = 2.0 * np.pi * (v + off) / safe_period
     periodic = g * safe_period / (2.0 * np.pi) * (np.sin(theta) + 0.5 * nl * np.sin(2.0 * theta))
+    family = _family_curves(ch, v + off, v, span)
+    if family is not None:
+        linear = np.where(np.asarray(ch["shape"]) == SHAPE_POLYNOMIAL, linear, g * family)
     return np.where(period > 0, periodic, linear)
 
 
@@ -325,11 +428,22 @@ def adc_read(adc: dict, x, nodes=None, rng: np.random.Generator | None = None) -
     gain = np.asarray(adc["gain"], float)[idx]
     offset = np.asarray(adc["offset_v"], float)[idx]
     out = gain * x + offset
+    inl = np.asarray(adc.get("inl", 0.0), float)
+    if np.any(inl):
+        out = out + _adc_inl(adc, inl[idx] if inl.ndim else inl, x)
     if rng is not None:
         noise = np.asarray(adc["noise_v"], float)[idx]
         if np.any(noise > 0):
             out = out + noise * rng.standard_normal(out.shape)
     return out
+
+
+def _adc_inl(adc: dict, inl, x) -> np.ndarray:
+    """ADC integral nonlinearity (volts): ``inl * range * s(x / range)``, ``s`` the bow of
+    :func:`_dac_inl` (|s| <= 1 over the ADC range)."""
+    r = float(adc["range_v"])
+    u = x / r
+    return inl * r * _S_NORM * (u - u**3)
 
 
 def adc_codes(readings, range_v: float) -> np.ndarray:

@@ -10,13 +10,21 @@ Tests read it to compare what calibration found with what the board really is::
 
 JSON layout (format ``tc-hw-emulator-truth/1``; arrays as lists)::
 
-    format, name, technology, seed, n_nodes, n_inputs, tau_s (s), rail_v (V)
+    format, name, technology, seed, n_nodes, n_inputs, tau_s (s, nominal = BOARD:TAU?), rail_v (V)
+    kT           1.0: the board equation's energy unit (element values are in units of kT)
+    nodes        {tau_s (length N): each node's true time constant, tau_s * tau_node_factors}
+    tau_node_factors   list of N factors, or null (every node has tau_s)
+    capacity_readings, work_limit_element_steps (null: unlimited), zoo_seed (null: not a zoo board)
     nonideal     {the sizes used: gain_spread, offset, ...}
     channels     {kind, a, b, vmin, vmax, gain_nominal, period, gain_factor, offset_v,
-                  nonlin, tempco_per_k}                          each of length n_channels
-    adc          {gain, offset_v, noise_v (length N), range_v}
+                  nonlin, tempco_per_k, xtalk_prev, xtalk_next, drift_per_s, dac_inl_v,
+                  shape, shape_k, kink_hi_v, kink_hi_slope, kink_lo_v, kink_lo_slope}
+                                                                 each of length n_channels
+    adc          {gain, offset_v, noise_v, inl (length N), range_v}
     temperature  {t0_k, drift_k, period_s, phase}
     dac          {lsb_v, full_scale_v}
+    curves       {volts, value}: (n_channels, 129) each, every channel's static curve on its
+                 safe range at t0_k (no crosstalk or drift), for readers without this package
 
 The curves are :func:`sim_backend.emulator.nonideal.element_curve` (formulas in that module).
 """
@@ -31,7 +39,7 @@ import numpy as np
 
 from . import nonideal as ni
 
-__all__ = ["dump_truth", "load_truth", "element_value", "adc_volts", "adc_code", "board_temperature"]
+__all__ = ["dump_truth", "load_truth", "element_value", "adc_volts", "adc_code", "board_temperature", "node_tau_s"]
 
 _STRING_ARRAYS = {"kind"}
 
@@ -57,8 +65,8 @@ def dump_truth(truth: dict, path) -> None:
 def load_truth(path) -> dict:
     """Read a truth file; per-channel and per-node lists become numpy arrays."""
     truth = json.loads(Path(path).read_text(encoding="utf-8"))
-    for section in ("channels", "adc"):
-        for k, v in truth[section].items():
+    for section in ("channels", "adc", "nodes", "curves"):
+        for k, v in truth.get(section, {}).items():
             if isinstance(v, list):
                 truth[section][k] = np.asarray(v, dtype=str if k in _STRING_ARRAYS else None)
     return truth
@@ -83,7 +91,19 @@ def adc_volts(truth: dict, node, volts) -> np.ndarray:
     """Noiseless ADC reading (volts) of node(s) ``node`` whose true value is ``volts``."""
     adc = truth["adc"]
     idx = np.asarray(node, np.int64)
-    return np.asarray(adc["gain"], float)[idx] * np.asarray(volts, float) + np.asarray(adc["offset_v"], float)[idx]
+    out = np.asarray(adc["gain"], float)[idx] * np.asarray(volts, float) + np.asarray(adc["offset_v"], float)[idx]
+    inl = np.asarray(adc.get("inl", 0.0), float)
+    if np.any(inl):
+        out = out + ni._adc_inl(adc, inl[idx], np.asarray(volts, float))
+    return out
+
+
+def node_tau_s(truth: dict) -> np.ndarray:
+    """Each node's true time constant in seconds, shape (N,)."""
+    nodes = truth.get("nodes")
+    if nodes and "tau_s" in nodes:
+        return np.asarray(nodes["tau_s"], float)
+    return np.full(int(truth["n_nodes"]), float(truth["tau_s"]))
 
 
 def adc_code(truth: dict, node, volts) -> np.ndarray:
