@@ -251,13 +251,15 @@ class _Problem:
 
 
 def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
-                     volts=None, input_scale: float = 1.0) -> float:
-    """cos(2 pi z) loss of ``params`` uploaded through ``cal`` (or of given ``volts``), measured on
-    ``device`` with ``points`` inputs and ``samples`` readings each (the input line carrying
-    ``input_scale * z``: a program whose crossbar weights were divided by ``input_scale``)."""
+                     volts=None, input_scale: float = 1.0, readout=None) -> float:
+    """cos(2 pi z) loss of ``params`` uploaded through ``cal`` (or of given ``volts``, all
+    channels, and ``readout`` (n_out,)), measured on ``device`` with ``points`` inputs and
+    ``samples`` readings each (the input line carrying ``input_scale * z``: a program whose
+    crossbar weights were divided by ``input_scale``)."""
     prob = _Problem(device, params, cal, RefineConfig(final_samples=samples, input_scale=input_scale))
     z, _ = cos_task(points)
-    v = prob.x0 if volts is None else np.concatenate([np.asarray(volts)[prob.trainable], prob.readout0])
+    f = prob.readout0 if readout is None else np.asarray(readout, float)
+    v = np.concatenate([prob.volts0[prob.trainable] if volts is None else np.asarray(volts)[prob.trainable], f])
     loss, _ = _retrying(prob.cfg, "the measurement", lambda: prob.losses(v[None, :], z, [seed], samples))
     return float(loss[0])
 

@@ -8,15 +8,15 @@ The calibration is perfect for what it models (element curves, ADC gain and offs
 what it does not:
 
 ``aged``
-    Calibrated ``age_h`` hours ago at ``temp_step_k`` kelvin below today's board temperature;
-    since then every element drifted by up to ``drift_per_hour`` per hour (uniform per channel,
-    the board keeps drifting during the run) and the tempco (up to 0.5 %/K) moved each value.
-    The calibration's tempco is unknown (NaN), as after a calibration at one temperature.
+    Calibrated 8 hours ago at 3 K below today's board temperature; since then every element
+    drifted by up to 2 % per hour (uniform per channel, the board keeps drifting during the run)
+    and the tempco (up to 0.5 %/K) moved each value.  The calibration's tempco is unknown (NaN),
+    as after a calibration at one temperature, so the upload is not corrected for the step.
 ``crosstalk``
-    Each DAC line leaks up to 2 % of its neighbours' volts into its element (unmodelled).
+    Each DAC line leaks up to 3 % of its neighbours' volts into its element (unmodelled).
 ``tau``
-    Per-node time constants off by up to 10 % (``tau_node_factors``, uniform); the twin and the
-    calibration use the nominal one.  Needs the emulator's ``tau_node_factors`` board key.
+    Per-node time constants 6-10 % longer than nominal (``tau_node_factors``; aged capacitors);
+    the twin and the calibration use the nominal one.
 ``classify``
     A 12-node board with 8 input lines for the classification task (mildly aged as above).
 
@@ -65,8 +65,9 @@ adc_noise_spread = 0.25
 _LAYERED = "layered = { width = 8, depth = 4, inputs = 1 }"
 
 
-def _tau_factors(n: int = 32, spread: float = 0.10, seed: int = 14) -> str:
-    f = 1.0 + spread * np.random.default_rng(seed).uniform(-1.0, 1.0, n)
+def _tau_factors(n: int = 32, low: float = 0.06, high: float = 0.10, seed: int = 14) -> str:
+    """Every node slower by ``low``..``high`` (uniform; the board's capacitors aged the same way)."""
+    f = 1.0 + np.random.default_rng(seed).uniform(low, high, n)
     return "tau_node_factors = [" + ", ".join(f"{v:.4f}" for v in f) + "]"
 
 
@@ -84,11 +85,11 @@ class Scenario:
 
 
 SCENARIOS = {
-    "aged": Scenario("aged", "calibrated 6 h ago, 2 K cooler; elements drift up to 1.5 %/h",
-                     nonideal="drift_per_hour = 0.015", age_h=6.0, temp_step_k=2.0),
-    "crosstalk": Scenario("crosstalk", "unmodelled DAC crosstalk of up to 2 % of each neighbour's volts",
-                          nonideal="crosstalk = 0.02"),
-    "tau": Scenario("tau", "per-node time constants off by up to 10 % (twin and calibration: nominal)",
+    "aged": Scenario("aged", "calibrated 8 h ago, 3 K cooler; elements drift up to 2 %/h",
+                     nonideal="drift_per_hour = 0.02", age_h=8.0, temp_step_k=3.0),
+    "crosstalk": Scenario("crosstalk", "unmodelled DAC crosstalk of up to 3 % of each neighbour's volts",
+                          nonideal="crosstalk = 0.03"),
+    "tau": Scenario("tau", "per-node time constants 6-10 % longer than the twin's and the calibration's",
                     extra=_tau_factors()),
     "classify": Scenario("classify", "12 nodes, 8 input lines, all-to-all; calibrated 4 h ago",
                          topology="all_to_all = { hidden = 8, outputs = 4, inputs = 8 }",
