@@ -98,6 +98,7 @@ class RefineConfig:
     twin_samples: int = 64  #: twin-guided: twin runs per input for the Jacobian (common random numbers)
     twin_dt: float = 1e-2  #: twin-guided: twin time step (program units)
     jacobian_step: float = 0.01  #: twin-guided: finite-difference step, fraction of each channel's half span
+    sensitivity_sigma: bool = True  #: ga/cma: mutation scale per parameter set by its effect on the twin
 
     def __post_init__(self):
         _validate(self)
@@ -135,7 +136,7 @@ def _validate(cfg: "RefineConfig") -> None:
 
 
 #: Settings a run log written before they existed was made with (used when resuming such a run).
-_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False}
+_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False}
 
 
 def _seed(*parts: int) -> int:
@@ -315,6 +316,8 @@ def _batch(cfg: RefineConfig, g: int) -> np.ndarray:
 
 def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_known: bool):
     """The method's optimiser at the start (GA, CMA-ES or twin-guided)."""
+    if cfg.sensitivity_sigma and cfg.method in ("ga", "cma"):
+        sigma = _sensitivity_sigma(cfg, prob, x_start, sigma)
     if cfg.method == "ga":
         from .train.ga import GeneticAlgorithm
 
@@ -332,6 +335,33 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
         x_start[None, :], z, [_seed(cfg.seed, 7, 3)], cfg.samples))
     return TwinGuided(x_start, xbar[0], np.cos(2 * np.pi * z[:, 0]), prob.lo, prob.hi, trials=cfg.trials,
                       radius=cfg.radius, max_generations=cfg.generations)
+
+
+def _sensitivity_sigma(cfg: RefineConfig, prob: "_Problem", x_start, sigma) -> np.ndarray:
+    """Mutation scales of the analog parameters set by their effect (the twin knows it).
+
+    ``rms_k``: the root-mean-square change of the read-out output per volt of channel ``k`` at
+    the design inputs (twin Jacobian through the calibration, common random numbers).  Every
+    parameter gets ``sigma_k = s / rms_k`` with ``s`` the geometric mean of ``sigma_fan_k *
+    rms_k`` over the parameters (so the typical step stays the fan-in rule's), clipped to 0.2-5
+    times the fan-in scale ``sigma_fan_k`` (a parameter the twin sees no effect of is not frozen).
+    """
+    k = len(prob.trainable)
+    model = _twin_model(cfg, prob)
+    z = _design(cfg)
+    step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
+    jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, _seed(cfg.seed, 7, 4))
+    rms = np.sqrt(np.mean(np.einsum("pok,o->pk", jac, x_start[k:]) ** 2, axis=0))
+    fan = sigma[:k]
+    ok = (rms > 0) & (fan > 0)
+    out = sigma.copy()
+    if not ok.any():
+        return out
+    target = np.exp(np.mean(np.log(fan[ok] * rms[ok])))
+    with np.errstate(divide="ignore"):
+        scaled = np.where(rms > 0, target / np.where(rms > 0, rms, 1.0), np.inf)
+    out[:k] = np.where(fan > 0, np.clip(scaled, 0.2 * fan, 5.0 * fan), 0.0)
+    return out
 
 
 def _load_optimizer(cfg: RefineConfig, ckpt: Path):
@@ -370,9 +400,18 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     else:
         seeds = [_seed(cfg.seed, g, 2, c) for c in range(len(pop))]
     xbar, var = prob.means(pop, z, seeds)
+    k = len(prob.trainable)
+    if cfg.method == "ga" and cfg.readout_fit:  # the exact readout of every candidate, kept by the GA
+        pop = pop.copy()
+        for c in range(len(pop)):
+            fit = prob.fit_readout(xbar[c], z)
+            if fit is not None:
+                pop[c, k:] = fit
     losses = np.array([prob.loss_of(xbar[c], prob.split(v)[1], var[c], cfg.samples, z) for c, v in enumerate(pop)])
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
+    elif cfg.method == "ga":
+        opt.tell(losses, population=pop)
     else:
         opt.tell(losses)
     return pop, losses
@@ -537,6 +576,11 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
     m = cfg.final_samples
     vb, fb = prob.split(best_v)
     v0, f0 = prob.split(prob.x0)
+    if fit is not None:  # the method's analog program with its exact readout (fitted to this measurement)
+        refit = prob.fit_readout(xbar[1], z_final)
+        if refit is not None and prob.loss_of(xbar[1], refit, var[1], m, z_final) < prob.loss_of(
+                xbar[1], fb, var[1], m, z_final):
+            fb = refit
     cands = {"start": (prob.loss_of(xbar[0], f0, var[0], m, z_final), v0, f0)}
     if fit is not None:  # the same measurement of the start's analog program, read out with the fitted readout
         cands["readout fit"] = (prob.loss_of(xbar[0], fit, var[0], m, z_final), v0, fit)
