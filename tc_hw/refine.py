@@ -62,9 +62,9 @@ import numpy as np
 from .device import DeviceError, armed
 from .params import Params
 from .runlog import RunLog
-from .tasks import cos_task
+from .tasks import Task, cos_task
 
-__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS"]
+__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss"]
 
 TRAINABLE_KINDS = ("B", "C", "W")
 
@@ -139,6 +139,15 @@ def _validate(cfg: "RefineConfig") -> None:
 _OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False}
 
 
+def _as_task(z) -> Task:
+    """A batch as a :class:`~tc_hw.tasks.Task`: a task as it is, an array ``z`` (P, 1) of the cos task's inputs
+    as the cos task on those inputs."""
+    if isinstance(z, Task):
+        return z
+    z = np.asarray(z, float)
+    return Task("cos", z, "mse", targets=np.cos(2 * np.pi * z[:, 0]))
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint32)[0])
 
@@ -152,6 +161,7 @@ class _Problem:
 
         self.device, self.params, self.cal, self.cfg = device, params, cal, cfg
         self.readings = 0  #: board readings taken so far (every acquisition, every candidate)
+        self.task: Task | None = None  #: the task (None: the cos task on continuous inputs)
         cmap = device.channel_map
         self.volts0 = map_params(params, cal, cmap)
         fan = params.network.fan_in() + params.network.degree()
@@ -166,8 +176,9 @@ class _Problem:
         self.lo = np.array([cmap[i].vmin for i in self.trainable])
         self.hi = np.array([cmap[i].vmax for i in self.trainable])
         if params.readout is None:
-            raise ValueError("refinement of the cos task needs readout weights in the parameter file")
-        self.readout0 = params.readout[0].copy()
+            raise ValueError("refinement needs readout weights in the parameter file")
+        self.n_y = int(params.readout.shape[0])  #: outputs of the readout (1 for cos)
+        self.readout0 = params.readout.ravel().copy()
         self.outputs = np.asarray(params.network.outputs)
         self.time_s = device.tau_s * params.mobility * params.kT * 1.0  # t_f = 1 program unit
         gain = np.abs(np.array([cmap[i].gain for i in self.trainable], dtype=float))
@@ -191,12 +202,19 @@ class _Problem:
         volts[self.trainable] = np.clip(v[:k], self.lo, self.hi)
         return volts, np.asarray(v[k:])
 
+    def readout_matrix(self, f) -> np.ndarray:
+        """The readout vector ``f`` as the matrix (n_y, n_out) applied to output-node means."""
+        return np.asarray(f, float).reshape(self.n_y, -1)
+
     def device_inputs(self, z) -> np.ndarray:
-        """The task's inputs ``z`` (P, 1) as the board's input batch: line 0 carries
-        ``cfg.input_scale * z``, any further lines of the board carry 0."""
+        """The task's inputs (P, k) (or the cos inputs ``z``, (P, 1)) as the board's input batch:
+        line ``j < k`` carries ``cfg.input_scale * input_j``, any further lines of the board carry 0."""
+        x = _as_task(z).inputs
         k = max(1, int(getattr(self.device, "n_inputs", 1) or 1))
-        inputs = np.zeros((len(z), k))
-        inputs[:, 0] = self.cfg.input_scale * np.asarray(z)[:, 0]
+        if x.shape[1] > k:
+            raise ValueError(f"the task has {x.shape[1]} inputs, the board {k} input lines")
+        inputs = np.zeros((len(x), k))
+        inputs[:, : x.shape[1]] = self.cfg.input_scale * x
         return inputs
 
     def means(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -218,15 +236,15 @@ class _Problem:
             x = self.cal.adc.correct(acq.volts, self.outputs)  # (P, M, n_out)
             xbar[c] = x.mean(axis=1)
             if x.shape[1] > 1:
-                var[c] = (x @ f).var(axis=1, ddof=1)
+                var[c] = (x @ self.readout_matrix(f).T).var(axis=1, ddof=1).sum(axis=-1)
         return xbar, var
 
     def loss_of(self, xbar, f, var, samples: int, z) -> float:
         """The task loss of mean readings ``xbar`` (P, n_out) read out with ``f``; with
-        ``cfg.debias`` corrected from ``samples`` to ``cfg.final_samples`` readings per input."""
-        target = np.cos(2 * np.pi * np.asarray(z)[:, 0])
-        err = float(np.mean((xbar @ f - target) ** 2))
-        if self.cfg.debias and samples > 1 and samples != self.cfg.final_samples:
+        ``cfg.debias`` (mse tasks) corrected from ``samples`` to ``cfg.final_samples`` readings per input."""
+        task = _as_task(z)
+        err = task.score(xbar @ self.readout_matrix(f).T)
+        if task.loss == "mse" and self.cfg.debias and samples > 1 and samples != self.cfg.final_samples:
             err += float(np.mean(var)) * (1.0 / self.cfg.final_samples - 1.0 / samples)
         return err if np.isfinite(err) else np.inf
 
@@ -235,20 +253,17 @@ class _Problem:
         input each, default ``cfg.samples``) and the mean outputs."""
         m = samples or self.cfg.samples
         xbar, var = self.means(population, z, seeds, m)
-        out, ys = np.empty(len(population)), np.empty((len(population), len(z)))
+        out, ys = np.empty(len(population)), []
         for c, v in enumerate(population):
             f = self.split(v)[1]
-            ys[c] = xbar[c] @ f
+            ys.append(xbar[c] @ self.readout_matrix(f).T)
             out[c] = self.loss_of(xbar[c], f, var[c], m, z)
-        return out, ys
+        return out, np.array(ys)
 
     def fit_readout(self, xbar, z) -> np.ndarray | None:
-        """Least-squares readout for mean readings ``xbar`` (P, n_out), or None if it fails."""
-        target = np.cos(2 * np.pi * np.asarray(z)[:, 0])
-        if not np.all(np.isfinite(xbar)):
-            return None
-        f, *_ = np.linalg.lstsq(xbar, target, rcond=None)
-        return f if np.all(np.isfinite(f)) else None
+        """Least-squares readout (as a vector) for mean readings ``xbar`` (P, n_out), or None if it fails."""
+        f = _as_task(z).fit_readout(xbar)
+        return None if f is None or f.shape[0] != self.n_y else f.ravel()
 
 
 def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
@@ -303,15 +318,29 @@ def _stored_config(stored: dict, cfg: RefineConfig) -> RefineConfig:
     return RefineConfig(**d)
 
 
-def _design(cfg: RefineConfig) -> np.ndarray:
-    """The twin-guided method's fixed design inputs (points, 1): midpoints of ``points`` equal cells."""
-    return ((np.arange(cfg.points) + 0.5) / cfg.points)[:, None]
+def _subset(task: Task, idx) -> Task:
+    idx = np.asarray(idx)
+    return Task(task.name, task.inputs[idx], task.loss, targets=None if task.targets is None else task.targets[idx],
+                labels=None if task.labels is None else task.labels[idx])
 
 
-def _batch(cfg: RefineConfig, g: int) -> np.ndarray:
-    """The GA/CMA input batch of generation ``g``: evenly spaced, shifted by a seeded offset."""
-    shift = np.random.default_rng(_seed(cfg.seed, g, 1)).uniform(0, 1 / cfg.points)
-    return (np.arange(cfg.points) / cfg.points + shift)[:, None]
+def _design(cfg: RefineConfig, task: Task | None = None):
+    """The twin-guided method's fixed design inputs: cos, midpoints of ``points`` equal cells of
+    [0, 1] (points, 1); a task, ``points`` examples evenly strided through it."""
+    if task is None:
+        return ((np.arange(cfg.points) + 0.5) / cfg.points)[:, None]
+    return _subset(task, np.unique(np.linspace(0, task.n_examples - 1, min(cfg.points, task.n_examples)).round()
+                                   .astype(int)))
+
+
+def _batch(cfg: RefineConfig, g: int, task: Task | None = None):
+    """The GA/CMA input batch of generation ``g`` (the same for every candidate): cos, evenly
+    spaced, shifted by a seeded offset; a task, ``points`` examples drawn without replacement."""
+    rng = np.random.default_rng(_seed(cfg.seed, g, 1))
+    if task is None:
+        shift = rng.uniform(0, 1 / cfg.points)
+        return (np.arange(cfg.points) / cfg.points + shift)[:, None]
+    return _subset(task, np.sort(rng.choice(task.n_examples, min(cfg.points, task.n_examples), replace=False)))
 
 
 def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_known: bool):
@@ -330,10 +359,10 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
         return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations)
     from .refine_twin import TwinGuided
 
-    z = _design(cfg)
+    z = _design(cfg, prob.task)
     xbar, _ = _retrying(cfg, "the start measurement at the design inputs", lambda: prob.means(
         x_start[None, :], z, [_seed(cfg.seed, 7, 3)], cfg.samples))
-    return TwinGuided(x_start, xbar[0], np.cos(2 * np.pi * z[:, 0]), prob.lo, prob.hi, trials=cfg.trials,
+    return TwinGuided(x_start, xbar[0], _as_task(z).fit_targets()[:, 0], prob.lo, prob.hi, trials=cfg.trials,
                       radius=cfg.radius, max_generations=cfg.generations)
 
 
@@ -348,10 +377,10 @@ def _sensitivity_sigma(cfg: RefineConfig, prob: "_Problem", x_start, sigma) -> n
     """
     k = len(prob.trainable)
     model = _twin_model(cfg, prob)
-    z = _design(cfg)
+    z = _design(cfg, prob.task)
     step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
     jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, _seed(cfg.seed, 7, 4))
-    rms = np.sqrt(np.mean(np.einsum("pok,o->pk", jac, x_start[k:]) ** 2, axis=0))
+    rms = np.sqrt(np.mean(np.einsum("pok,yo->pyk", jac, prob.readout_matrix(x_start[k:])) ** 2, axis=(0, 1)))
     fan = sigma[:k]
     ok = (rms > 0) & (fan > 0)
     out = sigma.copy()
@@ -388,12 +417,12 @@ def _twin_model(cfg: RefineConfig, prob: "_Problem"):
 def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     """Ask, measure, tell one generation; returns (population, losses, inputs)."""
     if cfg.method == "twin-guided":
-        z = _design(cfg)
+        z = _design(cfg, prob.task)
         step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
         jac = model.jacobian(opt.x[: len(prob.trainable)], prob.device_inputs(z), step, _seed(cfg.seed, g, 3))
         pop = opt.ask(jac)
     else:
-        z = _batch(cfg, g)
+        z = _batch(cfg, g, prob.task)
         pop = opt.ask()
     if cfg.common_noise:
         seeds = [_seed(cfg.seed, g, 2)] * len(pop)
@@ -459,8 +488,16 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     """
     from tqdm import tqdm
 
-    if task != "cos":
-        raise ValueError(f"refinement supports the cos task, not {task!r}")
+    task_obj = None if isinstance(task, str) and task == "cos" else task
+    if task_obj is not None and not isinstance(task_obj, Task):
+        raise ValueError(f"task must be 'cos' or a tc_hw.tasks.Task, not {task!r}")
+    if task_obj is not None:
+        if params.readout is None or params.readout.shape[0] != task_obj.n_outputs:
+            raise ValueError(f"the task {task_obj.name!r} needs a readout with {task_obj.n_outputs} rows; the program "
+                             f"has {None if params.readout is None else params.readout.shape[0]}")
+        if cfg.method == "twin-guided" and (task_obj.loss != "mse" or task_obj.n_outputs != 1):
+            raise ValueError("twin-guided refinement needs a task with one output and the mse loss; "
+                             "use --method ga or cma")
     log_path = Path(log_path)
     ckpt = log_path.with_name(log_path.name + ".ga.h5")
     if resume:
@@ -473,11 +510,12 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
             raise FileExistsError(f"{log_path} exists: use --resume to continue that run, or another --log")
         log, opt, stored_all = None, None, {}
     prob = _Problem(device, params, cal, cfg, trainable=stored_all.get("trainable_channels"))
+    prob.task = task_obj
     if resume:
         prob.readings = int(stored_all.get("start_readings", 0)) + log.completed * cfg.points * cfg.samples * (
             cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population)
     t_start = time.monotonic()
-    z_final, _ = cos_task(cfg.final_points)
+    z_final = cos_task(cfg.final_points)[0] if task_obj is None else task_obj
     # the start measurement and the least-squares readout (once per run; stored in the log's config)
     fit, start_fit_loss = None, None
     if cfg.readout_fit:
@@ -511,7 +549,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     population = cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
     elites = 1 if cfg.method == "twin-guided" else cfg.elites
     if log is None:
-        config = {"task": task, "refine": asdict(cfg), "n_trainable_channels": int(len(prob.trainable)),
+        config = {"task": task if task_obj is None else task_obj.name, "refine": asdict(cfg), "n_trainable_channels": int(len(prob.trainable)),
                   "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
                   "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss,
                   "start_readings": int(prob.readings)}
@@ -568,7 +606,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
 
 def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
     """The start and the method's best measured together; the best of them is the result."""
-    z_final, _ = cos_task(cfg.final_points)
+    z_final = cos_task(cfg.final_points)[0] if prob.task is None else prob.task
     best_v, _ = opt.best
     readings = prob.readings
     xbar, var = _retrying(cfg, "the final measurement", lambda: prob.means(
@@ -588,12 +626,34 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
     kept = min(cands, key=lambda k: (cands[k][0], list(cands).index(k)))
     refined, volts, f = cands[kept]
     start = cands["readout fit" if fit is not None else "start"][0]
-    return {"method": cfg.method, "uploaded_loss": float(cands["start"][0]), "start_loss": float(start),
+    extra = {}
+    if prob.task is not None and prob.task.labels is not None:  # classification: accuracy before and after
+        rows = {"start": 0, "readout fit": 0, cfg.method: 1}
+        acc = {k: prob.task.accuracy(xbar[rows[k]] @ prob.readout_matrix(cands[k][2]).T) for k in cands}
+        extra = {"start_accuracy": acc["readout fit" if fit is not None else "start"],
+                 "refined_accuracy": acc[kept], "uploaded_accuracy": acc["start"], "task": prob.task.name,
+                 "loss_name": prob.task.loss}
+    return {**extra,"method": cfg.method, "uploaded_loss": float(cands["start"][0]), "start_loss": float(start),
             "readout_fit_loss": float(cands["readout fit"][0]) if fit is not None else None,
             "method_best_loss": float(cands[cfg.method][0]), "ga_best_loss": float(cands[cfg.method][0]),
             "refined_loss": float(refined), "kept": kept, "readings": int(readings),
             "final_readings": int(prob.readings - readings),
             "best_volts": np.asarray(volts).tolist(), "best_readout": np.asarray(f).tolist()}
+
+
+def twin_task_loss(params: Params, task: Task, *, samples: int = 1000, dt: float = 1e-3, seed: int = 0) -> dict:
+    """The task's loss of ``params`` on the twin (reset sampling to t = 1 program unit, ``samples``
+    runs per example, the program's own readout); ``accuracy`` too for classification tasks."""
+    from sim_backend.population import population_reset
+
+    net = params.network
+    x = population_reset([params], task.inputs[:, : net.n_inputs], 1.0, samples, dt=dt, seed=int(seed),
+                         nodes=net.outputs)
+    y = params.output(np.asarray(x[0, :, :, -1, :], np.float64).mean(axis=1))
+    out = {"loss": task.score(y)}
+    if task.labels is not None:
+        out["accuracy"] = task.accuracy(y)
+    return out
 
 
 def gap_closed(twin_loss, start_loss, refined_loss) -> float | None:

@@ -119,23 +119,35 @@ def _refine_config(args):
 
 def cmd_refine(args) -> int:
     from ..backends import open_device
-    from ..refine import gap_closed, refine
+    from ..refine import gap_closed, refine, twin_task_loss
+    from ..tasks import load_task
     from ..train.cos import twin_cos_loss
 
     cfg = _refine_config(args)  # bad sizes and ranges are refused before the board or the log is touched
+    task = "cos" if args.task == "cos" else load_task(args.task)
     dev = open_device(args.resource)
     try:
         cal = _load_cal(args.cal, dev, args.resource)
         params, lam = _program(args, dev, cal)
-        result = refine(dev, params, cal, args.log, cfg, resume=args.resume, progress=not args.json, task=args.task)
+        result = refine(dev, params, cal, args.log, cfg, resume=args.resume, progress=not args.json, task=task)
     finally:
         dev.close()
-    result["twin_loss"] = twin_cos_loss(params, points=cfg.final_points, samples=cfg.final_samples, seed=args.seed)
+    if task == "cos":
+        result["twin_loss"] = twin_cos_loss(params, points=cfg.final_points, samples=cfg.final_samples,
+                                            seed=args.seed)
+    else:
+        twin = twin_task_loss(params, task, samples=cfg.final_samples, seed=args.seed)
+        result["twin_loss"] = twin["loss"]
+        if "accuracy" in twin:
+            result["twin_accuracy"] = twin["accuracy"]
     result["gap_closed"] = gap_closed(result["twin_loss"], result["start_loss"], result["refined_loss"])
     result["scale"] = lam
     if not args.full:
         result.pop("best_volts", None)
     gap = "no gap to close" if result["gap_closed"] is None else f"gap closed {100 * result['gap_closed']:.0f} %"
+    if "refined_accuracy" in result:
+        gap += (f"; accuracy {result['start_accuracy']:.3f} -> {result['refined_accuracy']:.3f}"
+                f" (twin {result['twin_accuracy']:.3f})")
     emit(args, result,
          f"refined on the board by {result['method']} for {result['generations']} generations ({result['stop']}), "
          f"{result['readings']} readings:\n"
@@ -214,7 +226,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--resource", required=True, help=RESOURCE_HELP)
     p.add_argument("--params", required=True, help="program trained on the twin (.h5)")
     p.add_argument("--cal", help="calibration record (default: nominal gains)")
-    p.add_argument("--task", default="cos", choices=["cos"], help="task scored on the board (default: cos)")
+    p.add_argument("--task", default="cos", help="task scored on the board: cos (built in) or a task file (HDF5: "
+                   "inputs, targets or labels, loss mse / cross-entropy / accuracy; docs/task-file.md) (default: cos)")
     p.add_argument("--log", required=True, help="run log to write (.h5); with --resume, the one to continue")
     p.add_argument("--resume", action="store_true", help="continue the run in --log after its last generation")
     p.add_argument("--method", default="ga", choices=["ga", "cma", "twin-guided"],
