@@ -177,7 +177,7 @@ class Task:
 
     def fit_targets(self, idx=None) -> np.ndarray:
         """What the least-squares readout fits, shape (len(idx), n_y): targets, or one-hot labels."""
-        idx = slice(None) if idx is None else np.asarray(idx)
+        idx = slice(None) if idx is None or isinstance(idx, slice) else np.asarray(idx)
         if self.loss == "mse":
             return self.targets[idx]
         return np.eye(self.n_outputs)[self.labels[idx]]
@@ -186,7 +186,7 @@ class Task:
         """The loss of outputs ``y`` (len(idx), n_y) on examples ``idx`` (default all); ``inf`` if not finite."""
         y = np.asarray(y, np.float64)
         y = y[:, None] if y.ndim == 1 else y
-        idx = slice(None) if idx is None else np.asarray(idx)
+        idx = slice(None) if idx is None or isinstance(idx, slice) else np.asarray(idx)
         with np.errstate(all="ignore"):
             if self.loss == "mse":
                 v = float(np.mean(np.sum((y - self.targets[idx]) ** 2, axis=1)))
@@ -202,7 +202,7 @@ class Task:
         """Fraction of examples whose largest output is the label (classification tasks)."""
         if self.labels is None:
             raise ValueError(f"task {self.name!r} has no labels")
-        idx = slice(None) if idx is None else np.asarray(idx)
+        idx = slice(None) if idx is None or isinstance(idx, slice) else np.asarray(idx)
         return float(np.mean(np.argmax(np.asarray(y), axis=1) == self.labels[idx]))
 
     def fit_readout(self, xbar, idx=None) -> np.ndarray | None:
