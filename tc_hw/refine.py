@@ -597,11 +597,59 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         bar.close()
         log.close()
     result = _final(cfg, prob, opt, fit)
+    result["drift"] = _drift(cal, start_fit_loss, result, read_temperatures(log_path))
     result.update({"start_fit_loss": start_fit_loss, "generations": int(opt.generation), "stop": stop,
                    "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
                    "retries": int(retries_total), "log": str(log_path)})
     _write_final(log_path, result, cfg)
     return result
+
+
+#: Temperature distance from the calibration (kelvin) beyond which a recalibration is advised.
+RECAL_TEMP_K = 2.0
+#: Relative rise of the unchanged start program's loss over a run beyond which the board drifted.
+RECAL_LOSS_RISE = 0.25
+
+
+def read_temperatures(log_path) -> np.ndarray:
+    """Board temperatures (kelvin) logged before and after every generation, shape (G, 2)."""
+    from .runlog import read_log
+
+    try:
+        return np.asarray(read_log(log_path)["temperature_k"], float).reshape(-1, 2)
+    except (OSError, KeyError):
+        return np.zeros((0, 2))
+
+
+def _drift(cal, start_fit_loss, result: dict, temps) -> dict:
+    """What the run saw of the board's drift, and whether a recalibration would serve better.
+
+    Two signs, both measured: the board temperature against the calibration's (the elements
+    follow it by up to 0.5 %/K), and the loss of the *unchanged* uploaded program (its own
+    readout) at the start of the run and at the end (each ``final_points x final_samples``
+    readings): a rise means the board moved under the calibration.  Refinement follows drift
+    while the loss stays down; a large, lasting move is the calibration's job.
+    """
+    t_cal = float(getattr(cal, "temperature_k", float("nan")))
+    out = {"calibration_temperature_k": t_cal,
+           "temperature_k_start": float(temps[0, 0]) if len(temps) else None,
+           "temperature_k_end": float(temps[-1, 1]) if len(temps) else None,
+           "uploaded_loss_start": None if not start_fit_loss else float(start_fit_loss["given_readout"]),
+           "uploaded_loss_end": result["uploaded_loss"]}
+    reasons = []
+    if len(temps) and np.isfinite(t_cal):
+        dt = float(np.max(np.abs(temps - t_cal)))
+        out["max_temperature_offset_k"] = dt
+        if dt > RECAL_TEMP_K:
+            reasons.append(f"the board ran up to {dt:.1f} K from its calibration temperature {t_cal:.1f} K")
+    a, b = out["uploaded_loss_start"], out["uploaded_loss_end"]
+    se = result.get("uploaded_loss_se", 0.0)  # each measurement's standard error: the rise must exceed the noise
+    if a is not None and b is not None and b > (1 + RECAL_LOSS_RISE) * a and b - a > 3.0 * np.sqrt(2.0) * se:
+        reasons.append(f"the uploaded program's loss rose from {a:.4g} to {b:.4g} during the run (drift)")
+    out["recalibrate"] = bool(reasons)
+    out["advice"] = ("recalibrate: " + "; ".join(reasons)) if reasons else \
+        "no recalibration needed: temperature and drift within what refinement follows"
+    return out
 
 
 def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
@@ -626,11 +674,13 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
     kept = min(cands, key=lambda k: (cands[k][0], list(cands).index(k)))
     refined, volts, f = cands[kept]
     start = cands["readout fit" if fit is not None else "start"][0]
-    extra = {}
+    # standard error of the uploaded program's loss estimate (P inputs, m readings, output variance v)
+    v, p_count, l0 = float(np.mean(var[0])), len(z_final), float(cands["start"][0])
+    extra = {"uploaded_loss_se": float(np.sqrt(max(4 * l0 * v / m + 2 * v * v / m**2, 0.0) / p_count))}
     if prob.task is not None and prob.task.labels is not None:  # classification: accuracy before and after
         rows = {"start": 0, "readout fit": 0, cfg.method: 1}
         acc = {k: prob.task.accuracy(xbar[rows[k]] @ prob.readout_matrix(cands[k][2]).T) for k in cands}
-        extra = {"start_accuracy": acc["readout fit" if fit is not None else "start"],
+        extra |= {"start_accuracy": acc["readout fit" if fit is not None else "start"],
                  "refined_accuracy": acc[kept], "uploaded_accuracy": acc["start"], "task": prob.task.name,
                  "loss_name": prob.task.loss}
     return {**extra,"method": cfg.method, "uploaded_loss": float(cands["start"][0]), "start_loss": float(start),
@@ -674,6 +724,8 @@ def _write_final(log_path: Path, result: dict, cfg: RefineConfig) -> None:
                       "refined_loss"):
                 g.attrs[k] = np.nan if result[k] is None else result[k]
             g.attrs.update({"kept": result["kept"], "generations": result["generations"], "method": result["method"],
+                            "recalibrate": bool(result.get("drift", {}).get("recalibrate", False)),
+                            "advice": str(result.get("drift", {}).get("advice", "")),
                             "readings": result["readings"],
                             "points": cfg.final_points, "samples": cfg.final_samples})
             g["volts"] = np.asarray(result["best_volts"], float)

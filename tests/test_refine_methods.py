@@ -151,3 +151,16 @@ def test_truth_calibration_is_the_board_curve_at_calibration_time():
     # and it is stale: today's board differs by per cents
     today = element_values(board.truth, v, t_cal + 2.0, elapsed_s=0.0)
     assert np.max(np.abs(today / np.where(ours == 0, 1, ours) - 1)[np.abs(ours) > 1]) > 0.03
+
+
+def test_drift_report_advises_recalibration_when_the_board_left_the_calibration_temperature(program, tmp_path):
+    sizes = dict(population=4, elites=1, points=6, samples=10, final_points=30, final_samples=200, seed=3,
+                 sensitivity_sigma=False)
+    cal = calibration.nominal(TwinDevice().channel_map)
+    r = refine(TwinDevice(), program, cal, tmp_path / "a.h5", RefineConfig(generations=1, **sizes), progress=False)
+    assert r["drift"]["recalibrate"] is False  # nominal: no calibration temperature, same board throughout
+    cal.temperature_k = 296.5  # calibrated 3.5 K below the twin board's 300 K (inside the +-5 K band)
+    r = refine(TwinDevice(), program, cal, tmp_path / "b.h5", RefineConfig(generations=1, **sizes), progress=False)
+    d = r["drift"]
+    assert d["recalibrate"] is True and "3.5 K from its calibration" in d["advice"]
+    assert d["temperature_k_start"] == pytest.approx(300.0) and d["max_temperature_offset_k"] == pytest.approx(3.5)

@@ -153,6 +153,7 @@ def cmd_refine(args) -> int:
          f"{result['readings']} readings:\n"
          f"  twin loss {result['twin_loss']:.4g}, calibrated upload with fitted readout {result['start_loss']:.4g}, "
          f"refined {result['refined_loss']:.4g} (kept: {result['kept']}; {gap})\n"
+         f"  {result['drift']['advice']}\n"
          f"  log: {result['log']}\nNext: tc-hw report {result['log']}")
     return EXIT_OK
 
