@@ -1,4 +1,13 @@
-"""In-hardware refinement: the genetic algorithm with the device in the loop.
+"""In-hardware refinement: the analog program improved with the device in the loop.
+
+Methods (``RefineConfig.method``): ``ga`` (default, described below), ``cma`` (CMA-ES,
+:mod:`tc_hw.train.cmaes`, the same ask/tell loop) and ``twin-guided`` (Levenberg-Marquardt
+steps from the board's measured output means and the twin's Jacobian through the calibration,
+:mod:`tc_hw.refine_twin`).  With the GA every candidate's readout is refitted exactly (least
+squares on its own measurement) and kept by the GA, and mutations are scaled per parameter by
+the twin's sensitivities (``sensitivity_sigma``).  Any task: ``task`` is ``"cos"`` or a
+:class:`tc_hw.tasks.Task` (data and a loss).  The result also says what the run saw of drift
+and whether a recalibration would serve better (``drift``).
 
 A program trained on the twin is uploaded through the calibration and then refined on the board
 itself (the out-of-equilibrium paper's answer to the gap between model and hardware).  The GA
