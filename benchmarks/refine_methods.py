@@ -40,7 +40,7 @@ SCENARIO_NAMES = ("aged", "crosstalk", "tau")
 #: Run sizes per method (full, quick).  GA and CMA get at most ~20x the readings of twin-guided.
 SIZES = {
     "twin-guided": ({"generations": 8, "points": 50, "samples": 200}, {"generations": 4, "points": 40, "samples": 200}),
-    "ga": ({"generations": 100, "population": 20, "elites": 5, "points": 25, "samples": 100},
+    "ga": ({"generations": 200, "population": 20, "elites": 5, "points": 25, "samples": 100},
            {"generations": 8, "population": 12, "elites": 3, "points": 25, "samples": 100}),
     "cma": ({"generations": 100, "population": 20, "points": 25, "samples": 100},
             {"generations": 8, "population": 12, "points": 25, "samples": 100}),
