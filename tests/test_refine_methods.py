@@ -164,3 +164,20 @@ def test_drift_report_advises_recalibration_when_the_board_left_the_calibration_
     d = r["drift"]
     assert d["recalibrate"] is True and "3.5 K from its calibration" in d["advice"]
     assert d["temperature_k_start"] == pytest.approx(300.0) and d["max_temperature_offset_k"] == pytest.approx(3.5)
+
+
+def test_cli_refine_twin_guided_json_has_the_figures(program, tmp_path, capsys):
+    import json
+
+    from tc_hw.cli import main
+    from tc_hw.files import save_params
+
+    save_params(program, tmp_path / "p.h5", {"task": "cos"})
+    rc = main(["refine", "--resource", "twin", "--params", str(tmp_path / "p.h5"), "--method", "twin-guided",
+               "--generations", "1", "--points", "8", "--samples", "20", "--final-samples", "20",
+               "--log", str(tmp_path / "run.h5"), "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"twin_loss", "start_loss", "refined_loss", "gap_closed", "readings", "kept"} <= set(r)
+    assert r["method"] == "twin-guided" and r["readings"] == 250 * 20 + 8 * 20 + 5 * 8 * 20
+    assert r["refined_loss"] <= r["start_loss"]
