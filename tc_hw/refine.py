@@ -558,7 +558,8 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     population = cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
     elites = 1 if cfg.method == "twin-guided" else cfg.elites
     if log is None:
-        config = {"task": task if task_obj is None else task_obj.name, "refine": asdict(cfg), "n_trainable_channels": int(len(prob.trainable)),
+        config = {"task": task if task_obj is None else task_obj.name, "refine": asdict(cfg),
+                  "n_trainable_channels": int(len(prob.trainable)),
                   "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
                   "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss,
                   "start_readings": int(prob.readings)}

@@ -143,7 +143,8 @@ class Task:
         if x.ndim == 1:
             x = x[:, None]
         if x.ndim != 2 or len(x) < 2 or not np.all(np.isfinite(x)):
-            raise ValueError(f"task {self.name!r}: inputs must be finite, shape (P >= 2, k), got {np.shape(self.inputs)}")
+            raise ValueError(f"task {self.name!r}: inputs must be finite, shape (P >= 2, k), "
+                             f"got {np.shape(self.inputs)}")
         object.__setattr__(self, "inputs", x)
         if self.loss not in LOSSES:
             raise ValueError(f"task {self.name!r}: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
