@@ -357,7 +357,7 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
 
     from .backends import open_device
     from .files import save_params
-    from .refine import RefineConfig, measure_cos_loss, refine
+    from .refine import RefineConfig, gap_closed, measure_cos_loss, refine
     from .report import report
     from .tasks import cos_task
     from .train.cos import twin_cos_loss
@@ -455,6 +455,8 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
         "nominal_upload_loss": nominal_loss,
         "calibrated_upload_loss": calibrated_loss,
         "start_loss": refined["start_loss"],
+        "uploaded_loss": refined["uploaded_loss"],
+        "gap_closed": gap_closed(twin_loss, refined["start_loss"], refined["refined_loss"]),
         "readout_fit_loss": refined["readout_fit_loss"],
         "ga_best_loss": refined["ga_best_loss"],
         "refined_loss": refined["refined_loss"],
@@ -653,10 +655,13 @@ def _write_markdown(folder: Path, s: dict) -> Path:
               "the same with the fitted readout, and the GA's best were measured together "
               f"({rc['final_points']} inputs x {rc['final_samples']} samples), and the best is the result:", "",
               "| measured together at the end | loss |", "|---|---|",
-              f"| uploaded program | {s['start_loss']:.4g} |"]
+              f"| uploaded program | {s['uploaded_loss']:.4g} |"]
     if s["readout_fit_loss"] is not None:
         lines.append(f"| uploaded program, least-squares readout | {s['readout_fit_loss']:.4g} |")
     lines += [f"| GA's best | {s['ga_best_loss']:.4g} |", "", f"Kept: {_KEPT[s['kept']]}.", ""]
+    lines += ["Gap closed: " + ("none to close (the calibrated upload with its fitted readout is as good as the twin)"
+                                if s.get("gap_closed") is None else
+                                f"{100 * s['gap_closed']:.0f} % of (upload with fitted readout - twin)") + ".", ""]
     c = s["computer"]
     lines += [f"Computer: {c['nodes']} of the board's {c['board_total_nodes']} nodes, layers "
               f"{' x '.join(map(str, c['layers']))}, {c['outputs']} outputs; element bound of training "

@@ -1,4 +1,13 @@
-"""In-hardware refinement: the genetic algorithm with the device in the loop.
+"""In-hardware refinement: the analog program improved with the device in the loop.
+
+Methods (``RefineConfig.method``): ``ga`` (default, described below), ``cma`` (CMA-ES,
+:mod:`tc_hw.train.cmaes`, the same ask/tell loop) and ``twin-guided`` (Levenberg-Marquardt
+steps from the board's measured output means and the twin's Jacobian through the calibration,
+:mod:`tc_hw.refine_twin`).  With the GA every candidate's readout is refitted exactly (least
+squares on its own measurement) and kept by the GA, and mutations are scaled per parameter by
+the twin's sensitivities (``sensitivity_sigma``).  Any task: ``task`` is ``"cos"`` or a
+:class:`tc_hw.tasks.Task` (data and a loss).  The result also says what the run saw of drift
+and whether a recalibration would serve better (``drift``).
 
 A program trained on the twin is uploaded through the calibration and then refined on the board
 itself (the out-of-equilibrium paper's answer to the gap between model and hardware).  The GA
@@ -62,9 +71,9 @@ import numpy as np
 from .device import DeviceError, Seedable, armed, reconnect_count
 from .params import Params
 from .runlog import RunLog
-from .tasks import cos_task
+from .tasks import Task, cos_task
 
-__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final"]
+__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss"]
 
 TRAINABLE_KINDS = ("B", "C", "W")
 
@@ -92,10 +101,60 @@ class RefineConfig:
     common_noise: bool = True  #: seedable backends: one noise seed per generation for every candidate
     readout_fit: bool = True  #: least-squares readout fitted to a start measurement before the GA
     input_scale: float = 1.0  #: the board's input line carries ``input_scale * z`` (crossbar weights / it)
+    method: str = "ga"  #: ``ga`` (default), ``cma`` (CMA-ES, the ``cma`` package) or ``twin-guided``
+    trials: int = 4  #: twin-guided: trial steps per iteration (population = trials + 1)
+    radius: float = 0.05  #: twin-guided: initial trust radius, fraction of each channel's half span
+    twin_samples: int = 64  #: twin-guided: twin runs per input for the Jacobian (common random numbers)
+    twin_dt: float = 1e-2  #: twin-guided: twin time step (program units)
+    jacobian_step: float = 0.01  #: twin-guided: finite-difference step, fraction of each channel's half span
+    sensitivity_sigma: bool = True  #: ga/cma: mutation scale per parameter set by its effect on the twin
+
+    def __post_init__(self):
+        _validate(self)
+
+
+METHODS = ("ga", "cma", "twin-guided")
+
+
+def _validate(cfg: "RefineConfig") -> None:
+    """Refuse sizes and ranges that cannot make a run (ValueError naming the setting)."""
+    import math
+
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    for name, least in (("generations", 0), ("population", 2), ("elites", 1), ("points", 2), ("samples", 2),
+                        ("final_points", 2), ("final_samples", 2), ("trials", 1), ("twin_samples", 1),
+                        ("retries", 0)):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+    if cfg.elites >= cfg.population:
+        raise ValueError(f"elites ({cfg.elites}) must be smaller than population ({cfg.population})")
+    for name in ("mutation", "radius", "twin_dt", "jacobian_step", "input_scale", "pause_poll_s", "max_pause_s"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    if cfg.max_seconds is not None and not (math.isfinite(cfg.max_seconds) and cfg.max_seconds > 0):
+        raise ValueError(f"max_seconds must be a finite number > 0, got {cfg.max_seconds!r}")
+    if cfg.temp_band is not None:
+        band = tuple(cfg.temp_band)
+        if len(band) != 2 or not all(isinstance(t, (int, float)) and math.isfinite(t) for t in band):
+            raise ValueError(f"temp_band must be two finite temperatures in kelvin, got {cfg.temp_band!r}")
+        if not 0 < band[0] < band[1] <= 1000:
+            raise ValueError(f"temp_band must be LOW < HIGH within 0..1000 K, got {band[0]}..{band[1]}")
 
 
 #: Settings a run log written before they existed was made with (used when resuming such a run).
-_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False}
+_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False}
+
+
+def _as_task(z) -> Task:
+    """A batch as a :class:`~tc_hw.tasks.Task`: a task as it is, an array ``z`` (P, 1) of the cos task's inputs
+    as the cos task on those inputs."""
+    if isinstance(z, Task):
+        return z
+    z = np.asarray(z, float)
+    return Task("cos", z, "mse", targets=np.cos(2 * np.pi * z[:, 0]))
 
 
 def _seed(*parts: int) -> int:
@@ -110,6 +169,8 @@ class _Problem:
         from calibration.mapping import channel_values
 
         self.device, self.params, self.cal, self.cfg = device, params, cal, cfg
+        self.readings = 0  #: board readings taken so far (every acquisition, every candidate)
+        self.task: Task | None = None  #: the task (None: the cos task on continuous inputs)
         cmap = device.channel_map
         self.volts0 = map_params(params, cal, cmap)
         fan = params.network.fan_in() + params.network.degree()
@@ -124,8 +185,9 @@ class _Problem:
         self.lo = np.array([cmap[i].vmin for i in self.trainable])
         self.hi = np.array([cmap[i].vmax for i in self.trainable])
         if params.readout is None:
-            raise ValueError("refinement of the cos task needs readout weights in the parameter file")
-        self.readout0 = params.readout[0].copy()
+            raise ValueError("refinement needs readout weights in the parameter file")
+        self.n_y = int(params.readout.shape[0])  #: outputs of the readout (1 for cos)
+        self.readout0 = params.readout.ravel().copy()
         self.outputs = np.asarray(params.network.outputs)
         self.time_s = device.tau_s * params.mobility * params.kT * 1.0  # t_f = 1 program unit
         gain = np.abs(np.array([cmap[i].gain for i in self.trainable], dtype=float))
@@ -149,12 +211,19 @@ class _Problem:
         volts[self.trainable] = np.clip(v[:k], self.lo, self.hi)
         return volts, np.asarray(v[k:])
 
+    def readout_matrix(self, f) -> np.ndarray:
+        """The readout vector ``f`` as the matrix (n_y, n_out) applied to output-node means."""
+        return np.asarray(f, float).reshape(self.n_y, -1)
+
     def device_inputs(self, z) -> np.ndarray:
-        """The task's inputs ``z`` (P, 1) as the board's input batch: line 0 carries
-        ``cfg.input_scale * z``, any further lines of the board carry 0."""
+        """The task's inputs (P, k) (or the cos inputs ``z``, (P, 1)) as the board's input batch:
+        line ``j < k`` carries ``cfg.input_scale * input_j``, any further lines of the board carry 0."""
+        x = _as_task(z).inputs
         k = max(1, int(getattr(self.device, "n_inputs", 1) or 1))
-        inputs = np.zeros((len(z), k))
-        inputs[:, 0] = self.cfg.input_scale * np.asarray(z)[:, 0]
+        if x.shape[1] > k:
+            raise ValueError(f"the task has {x.shape[1]} inputs, the board {k} input lines")
+        inputs = np.zeros((len(x), k))
+        inputs[:, : x.shape[1]] = self.cfg.input_scale * x
         return inputs
 
     def means(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +233,7 @@ class _Problem:
         xbar = np.empty((len(population), len(z), len(self.outputs)))
         var = np.zeros((len(population), len(z)))
         dev = self.device
+        self.readings += len(population) * len(z) * int(samples or self.cfg.samples)
         dev.set_inputs(self.device_inputs(z))
         for c, v in enumerate(population):
             volts, f = self.split(v)
@@ -175,15 +245,15 @@ class _Problem:
             x = self.cal.adc.correct(acq.volts, self.outputs)  # (P, M, n_out)
             xbar[c] = x.mean(axis=1)
             if x.shape[1] > 1:
-                var[c] = (x @ f).var(axis=1, ddof=1)
+                var[c] = (x @ self.readout_matrix(f).T).var(axis=1, ddof=1).sum(axis=-1)
         return xbar, var
 
     def loss_of(self, xbar, f, var, samples: int, z) -> float:
         """The task loss of mean readings ``xbar`` (P, n_out) read out with ``f``; with
-        ``cfg.debias`` corrected from ``samples`` to ``cfg.final_samples`` readings per input."""
-        target = np.cos(2 * np.pi * np.asarray(z)[:, 0])
-        err = float(np.mean((xbar @ f - target) ** 2))
-        if self.cfg.debias and samples > 1 and samples != self.cfg.final_samples:
+        ``cfg.debias`` (mse tasks) corrected from ``samples`` to ``cfg.final_samples`` readings per input."""
+        task = _as_task(z)
+        err = task.score(xbar @ self.readout_matrix(f).T)
+        if task.loss == "mse" and self.cfg.debias and samples > 1 and samples != self.cfg.final_samples:
             err += float(np.mean(var)) * (1.0 / self.cfg.final_samples - 1.0 / samples)
         return err if np.isfinite(err) else np.inf
 
@@ -192,30 +262,29 @@ class _Problem:
         input each, default ``cfg.samples``) and the mean outputs."""
         m = samples or self.cfg.samples
         xbar, var = self.means(population, z, seeds, m)
-        out, ys = np.empty(len(population)), np.empty((len(population), len(z)))
+        out, ys = np.empty(len(population)), []
         for c, v in enumerate(population):
             f = self.split(v)[1]
-            ys[c] = xbar[c] @ f
+            ys.append(xbar[c] @ self.readout_matrix(f).T)
             out[c] = self.loss_of(xbar[c], f, var[c], m, z)
-        return out, ys
+        return out, np.array(ys)
 
     def fit_readout(self, xbar, z) -> np.ndarray | None:
-        """Least-squares readout for mean readings ``xbar`` (P, n_out), or None if it fails."""
-        target = np.cos(2 * np.pi * np.asarray(z)[:, 0])
-        if not np.all(np.isfinite(xbar)):
-            return None
-        f, *_ = np.linalg.lstsq(xbar, target, rcond=None)
-        return f if np.all(np.isfinite(f)) else None
+        """Least-squares readout (as a vector) for mean readings ``xbar`` (P, n_out), or None if it fails."""
+        f = _as_task(z).fit_readout(xbar)
+        return None if f is None or f.shape[0] != self.n_y else f.ravel()
 
 
 def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
-                     volts=None, input_scale: float = 1.0) -> float:
-    """cos(2 pi z) loss of ``params`` uploaded through ``cal`` (or of given ``volts``), measured on
-    ``device`` with ``points`` inputs and ``samples`` readings each (the input line carrying
-    ``input_scale * z``: a program whose crossbar weights were divided by ``input_scale``)."""
+                     volts=None, input_scale: float = 1.0, readout=None) -> float:
+    """cos(2 pi z) loss of ``params`` uploaded through ``cal`` (or of given ``volts``, all
+    channels, and ``readout`` (n_out,)), measured on ``device`` with ``points`` inputs and
+    ``samples`` readings each (the input line carrying ``input_scale * z``: a program whose
+    crossbar weights were divided by ``input_scale``)."""
     prob = _Problem(device, params, cal, RefineConfig(final_samples=samples, input_scale=input_scale))
     z, _ = cos_task(points)
-    v = prob.x0 if volts is None else np.concatenate([np.asarray(volts)[prob.trainable], prob.readout0])
+    f = prob.readout0 if readout is None else np.asarray(readout, float)
+    v = np.concatenate([prob.volts0[prob.trainable] if volts is None else np.asarray(volts)[prob.trainable], f])
     loss, _ = _retrying(prob.cfg, "the measurement", lambda: prob.losses(v[None, :], z, [seed], samples))
     return float(loss[0])
 
@@ -258,9 +327,146 @@ def _stored_config(stored: dict, cfg: RefineConfig) -> RefineConfig:
     return RefineConfig(**d)
 
 
+def _subset(task: Task, idx) -> Task:
+    idx = np.asarray(idx)
+    return Task(task.name, task.inputs[idx], task.loss, targets=None if task.targets is None else task.targets[idx],
+                labels=None if task.labels is None else task.labels[idx])
+
+
+def _design(cfg: RefineConfig, task: Task | None = None):
+    """The twin-guided method's fixed design inputs: cos, midpoints of ``points`` equal cells of
+    [0, 1] (points, 1); a task, ``points`` examples evenly strided through it."""
+    if task is None:
+        return ((np.arange(cfg.points) + 0.5) / cfg.points)[:, None]
+    return _subset(task, np.unique(np.linspace(0, task.n_examples - 1, min(cfg.points, task.n_examples)).round()
+                                   .astype(int)))
+
+
+def _batch(cfg: RefineConfig, g: int, task: Task | None = None):
+    """The GA/CMA input batch of generation ``g`` (the same for every candidate): cos, evenly
+    spaced, shifted by a seeded offset; a task, ``points`` examples drawn without replacement."""
+    rng = np.random.default_rng(_seed(cfg.seed, g, 1))
+    if task is None:
+        shift = rng.uniform(0, 1 / cfg.points)
+        return (np.arange(cfg.points) / cfg.points + shift)[:, None]
+    return _subset(task, np.sort(rng.choice(task.n_examples, min(cfg.points, task.n_examples), replace=False)))
+
+
+def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_known: bool):
+    """The method's optimiser at the start (GA, CMA-ES or twin-guided)."""
+    if cfg.sensitivity_sigma and cfg.method in ("ga", "cma"):
+        sigma = _sensitivity_sigma(cfg, prob, x_start, sigma)
+    if cfg.method == "ga":
+        from .train.ga import GeneticAlgorithm
+
+        return GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population, elites=cfg.elites,
+                                seed=cfg.seed, max_generations=cfg.generations, max_seconds=cfg.max_seconds,
+                                start_with_x0=True)
+    if cfg.method == "cma":
+        from .train.cmaes import CMAES
+
+        return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations)
+    from .refine_twin import TwinGuided
+
+    z = _design(cfg, prob.task)
+    xbar, _ = _retrying(cfg, "the start measurement at the design inputs", lambda: prob.means(
+        x_start[None, :], z, [_seed(cfg.seed, 7, 3)], cfg.samples))
+    return TwinGuided(x_start, xbar[0], _as_task(z).fit_targets()[:, 0], prob.lo, prob.hi, trials=cfg.trials,
+                      radius=cfg.radius, max_generations=cfg.generations)
+
+
+def _sensitivity_sigma(cfg: RefineConfig, prob: "_Problem", x_start, sigma) -> np.ndarray:
+    """Mutation scales of the analog parameters set by their effect (the twin knows it).
+
+    ``rms_k``: the root-mean-square change of the read-out output per volt of channel ``k`` at
+    the design inputs (twin Jacobian through the calibration, common random numbers).  Every
+    parameter gets ``sigma_k = s / rms_k`` with ``s`` the geometric mean of ``sigma_fan_k *
+    rms_k`` over the parameters (so the typical step stays the fan-in rule's), clipped to 0.2-5
+    times the fan-in scale ``sigma_fan_k`` (a parameter the twin sees no effect of is not frozen).
+    """
+    k = len(prob.trainable)
+    model = _twin_model(cfg, prob)
+    z = _design(cfg, prob.task)
+    step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
+    jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, _seed(cfg.seed, 7, 4))
+    rms = np.sqrt(np.mean(np.einsum("pok,yo->pyk", jac, prob.readout_matrix(x_start[k:])) ** 2, axis=(0, 1)))
+    fan = sigma[:k]
+    ok = (rms > 0) & (fan > 0)
+    out = sigma.copy()
+    if not ok.any():
+        return out
+    target = np.exp(np.mean(np.log(fan[ok] * rms[ok])))
+    with np.errstate(divide="ignore"):
+        scaled = np.where(rms > 0, target / np.where(rms > 0, rms, 1.0), np.inf)
+    out[:k] = np.where(fan > 0, np.clip(scaled, 0.2 * fan, 5.0 * fan), 0.0)
+    return out
+
+
+def _load_optimizer(cfg: RefineConfig, ckpt: Path):
+    if cfg.method == "ga":
+        from .train.ga import GeneticAlgorithm
+
+        return GeneticAlgorithm.load(ckpt)
+    if cfg.method == "cma":
+        from .train.cmaes import CMAES
+
+        return CMAES.load(ckpt)
+    from .refine_twin import TwinGuided
+
+    return TwinGuided.load(ckpt)
+
+
+def _twin_model(cfg: RefineConfig, prob: "_Problem"):
+    from .refine_twin import TwinModel
+
+    return TwinModel(prob.params, prob.cal, prob.device.channel_map, prob.trainable, prob.volts0,
+                     dt=cfg.twin_dt, samples=cfg.twin_samples)
+
+
+def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
+    """Ask, measure, tell one generation; returns (population, losses, inputs)."""
+    if cfg.method == "twin-guided":
+        z = _design(cfg, prob.task)
+        step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
+        jac = model.jacobian(opt.x[: len(prob.trainable)], prob.device_inputs(z), step, _seed(cfg.seed, g, 3))
+        pop = opt.ask(jac)
+    else:
+        z = _batch(cfg, g, prob.task)
+        pop = opt.ask()
+    if cfg.common_noise:
+        seeds = [_seed(cfg.seed, g, 2)] * len(pop)
+    else:
+        seeds = [_seed(cfg.seed, g, 2, c) for c in range(len(pop))]
+    xbar, var = prob.means(pop, z, seeds)
+    k = len(prob.trainable)
+    if cfg.method == "ga" and cfg.readout_fit:  # the exact readout of every candidate, kept by the GA
+        pop = pop.copy()
+        for c in range(len(pop)):
+            fit = prob.fit_readout(xbar[c], z)
+            if fit is not None:
+                pop[c, k:] = fit
+    losses = np.array([prob.loss_of(xbar[c], prob.split(v)[1], var[c], cfg.samples, z) for c, v in enumerate(pop)])
+    if cfg.method == "twin-guided":
+        opt.tell(pop, losses, xbar)
+    elif cfg.method == "ga":
+        opt.tell(losses, population=pop)
+    else:
+        opt.tell(losses)
+    return pop, losses
+
+
+def _elite_row(cfg: RefineConfig, opt, losses) -> np.ndarray:
+    """The log's ``elite_losses`` row: the selected elites' losses (twin-guided: the current program's)."""
+    if cfg.method == "ga":
+        return opt.elite_losses
+    if cfg.method == "cma":
+        return np.sort(losses)[: cfg.elites]
+    return np.array([opt.loss])
+
+
 def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConfig(), *, resume: bool = False,
            progress: bool = True, task: str = "cos") -> dict:
-    """Refine ``params`` on ``device`` through calibration ``cal``; log every generation.
+    """Refine ``params`` on ``device`` through calibration ``cal`` by ``cfg.method``; log every generation.
 
     Parameters
     ----------
@@ -269,7 +475,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         The program trained on the twin (with readout weights for the cos task).
     cal : calibration.Calibration
     log_path : path
-        The run log (HDF5, SWMR); the GA checkpoint goes to ``<log_path>.ga.h5``.
+        The run log (HDF5, SWMR); the method's checkpoint goes to ``<log_path>.ga.h5``.
     cfg : RefineConfig
     resume : bool
         Continue the run in ``log_path`` (its stored configuration wins over ``cfg``'s sizes).
@@ -278,34 +484,47 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
     -------
     dict
         Measured together at the end with ``final_points`` x ``final_samples`` readings:
-        ``start_loss`` (the calibrated upload as it was given), ``readout_fit_loss`` (the same
-        analog program with the least-squares readout; None without ``readout_fit``),
-        ``ga_best_loss`` (the GA's best elite); ``refined_loss``, the smallest of them, is the
-        loss of the returned program (``best_volts``, ``best_readout``) and ``kept`` says which
-        it is (``"ga"``, ``"readout fit"`` or ``"start"``).  Also ``start_fit_loss`` (the start
-        measurement the readout was fitted to, in-sample), ``generations``, ``stop``,
-        ``seconds``, ``paused_s``, ``retries``, ``log``.
+        ``uploaded_loss`` (the calibrated upload with the program's own readout),
+        ``start_loss`` (the calibrated upload with the least-squares readout fitted to the start
+        measurement: the reference a refinement has to beat; the uploaded loss without
+        ``readout_fit``), ``method_best_loss`` (the method's best program; also as
+        ``ga_best_loss``); ``refined_loss``, the smallest of them, is the loss of the returned
+        program (``best_volts``, ``best_readout``) and ``kept`` says which it is (the method's
+        name, ``"readout fit"`` or ``"start"``).  ``readings``: board readings the run took
+        (start measurements and generations; not the final one, ``final_readings``).  Also
+        ``readout_fit_loss`` (= ``start_loss`` with ``readout_fit``), ``start_fit_loss``,
+        ``method``, ``generations``, ``stop``, ``seconds``, ``paused_s``, ``retries``, ``log``.
     """
     from tqdm import tqdm
 
-    from .train.ga import GeneticAlgorithm
-
-    if task != "cos":
-        raise ValueError(f"refinement supports the cos task, not {task!r}")
+    task_obj = None if isinstance(task, str) and task == "cos" else task
+    if task_obj is not None and not isinstance(task_obj, Task):
+        raise ValueError(f"task must be 'cos' or a tc_hw.tasks.Task, not {task!r}")
+    if task_obj is not None:
+        if params.readout is None or params.readout.shape[0] != task_obj.n_outputs:
+            raise ValueError(f"the task {task_obj.name!r} needs a readout with {task_obj.n_outputs} rows; the program "
+                             f"has {None if params.readout is None else params.readout.shape[0]}")
+        if cfg.method == "twin-guided" and (task_obj.loss != "mse" or task_obj.n_outputs != 1):
+            raise ValueError("twin-guided refinement needs a task with one output and the mse loss; "
+                             "use --method ga or cma")
     log_path = Path(log_path)
     ckpt = log_path.with_name(log_path.name + ".ga.h5")
     if resume:
         log = RunLog.reopen(log_path)
         stored_all = log.config
         cfg = _stored_config(stored_all["refine"], cfg)
-        ga = GeneticAlgorithm.load(ckpt) if ckpt.exists() else None
+        opt = _load_optimizer(cfg, ckpt) if ckpt.exists() else None
     else:
         if log_path.exists():
             raise FileExistsError(f"{log_path} exists: use --resume to continue that run, or another --log")
-        log, ga, stored_all = None, None, {}
+        log, opt, stored_all = None, None, {}
     prob = _Problem(device, params, cal, cfg, trainable=stored_all.get("trainable_channels"))
+    prob.task = task_obj
+    if resume:
+        prob.readings = int(stored_all.get("start_readings", 0)) + log.completed * cfg.points * cfg.samples * (
+            cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population)
     t_start = time.monotonic()
-    z_final, _ = cos_task(cfg.final_points)
+    z_final = cos_task(cfg.final_points)[0] if task_obj is None else task_obj
     # the start measurement and the least-squares readout (once per run; stored in the log's config)
     fit, start_fit_loss = None, None
     if cfg.readout_fit:
@@ -327,51 +546,46 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                                                                            z_final)}
     x_start = prob.x0 if fit is None else np.concatenate([prob.volts0[prob.trainable], fit])
     sigma = prob.sigma.copy()
-    if fit is not None:  # the fitted readout is at its measured optimum: the GA searches the analog elements
+    if fit is not None:  # the fitted readout is at its measured optimum: the search is in the analog elements
         sigma[len(prob.trainable):] = 0.0
-    if ga is None:
-        ga = GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population,
-                              elites=cfg.elites, seed=cfg.seed, max_generations=cfg.generations,
-                              max_seconds=cfg.max_seconds, start_with_x0=True)
-    ga.with_config(max_generations=cfg.generations)
+    if opt is None:
+        opt = _new_optimizer(cfg, prob, x_start, sigma, fit is not None)
+    opt.with_config(max_generations=cfg.generations)
+    model = _twin_model(cfg, prob) if cfg.method == "twin-guided" else None
     band = cfg.temp_band or (cal.temperature_k - 5.0, cal.temperature_k + 5.0)
     if not np.all(np.isfinite(band)):
         band = (-np.inf, np.inf)
+    population = cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
+    elites = 1 if cfg.method == "twin-guided" else cfg.elites
     if log is None:
-        config = {"task": task, "refine": asdict(cfg), "n_trainable_channels": int(len(prob.trainable)),
+        config = {"task": task if task_obj is None else task_obj.name, "refine": asdict(cfg),
+                  "n_trainable_channels": int(len(prob.trainable)),
                   "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
-                  "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss}
+                  "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss,
+                  "start_readings": int(prob.readings)}
         instrument = {"identity": device.identity, "technology": device.technology,
                       "calibration_entry": str(getattr(cal, "entry", "")),
                       "calibration_hash": str(getattr(cal, "hash", "")), "temp_band_k": list(band)}
-        log = RunLog.create(log_path, config, population=cfg.population, n_params=ga.n_params,
-                            elites=cfg.elites, instrument=instrument)
-    if log.completed > ga.generation:  # logged but not checkpointed: redo that generation
-        log.truncate(ga.generation)
+        log = RunLog.create(log_path, config, population=population, n_params=opt.n_params,
+                            elites=elites, instrument=instrument)
+    if log.completed > opt.generation:  # logged but not checkpointed: redo that generation
+        log.truncate(opt.generation)
     paused_total, retries_total = 0.0, 0
-    g_start = ga.generation
-    t_ga = time.monotonic()
-    bar = tqdm(total=cfg.generations, initial=ga.generation, desc="refine", unit="gen",
+    g_start = opt.generation
+    t_gen = time.monotonic()
+    bar = tqdm(total=cfg.generations, initial=opt.generation, desc=f"refine ({cfg.method})", unit="gen",
                disable=not progress, file=sys.stderr)
     try:
-        while (stop := ga.stop_reason()) is None:
-            g = ga.generation
+        while (stop := opt.stop_reason()) is None:
+            g = opt.generation
             temp0, paused = _wait_for_band(device, band, cfg, bar if progress else None)
             paused_total += paused
-            bar.set_description_str("refine")
-            # the input batch of this generation: evenly spaced, shifted by a seeded offset
-            shift = np.random.default_rng(_seed(cfg.seed, g, 1)).uniform(0, 1 / cfg.points)
-            z = (np.arange(cfg.points) / cfg.points + shift)[:, None]
-            if cfg.common_noise:
-                seeds = [_seed(cfg.seed, g, 2)] * cfg.population
-            else:
-                seeds = [_seed(cfg.seed, g, 2, c) for c in range(cfg.population)]
-            pop = ga.ask()
+            bar.set_description_str(f"refine ({cfg.method})")
             t0 = time.monotonic()
             r0 = reconnect_count(device)
             for attempt in range(cfg.retries + 1):
                 try:
-                    losses, _ = prob.losses(pop, z, seeds)
+                    pop, losses = _generation(cfg, prob, opt, model, g)
                     break
                 except DeviceError as e:
                     if attempt == cfg.retries:
@@ -379,45 +593,133 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                     print(f"refine: generation {g} attempt {attempt + 1} failed ({e}); redoing it", file=sys.stderr)
             retries = reconnect_count(device) - r0 + attempt
             retries_total += retries
-            ga.tell(losses)
             best = int(np.argmin(losses))
-            log.append(g, {"population": pop, "losses": losses, "elite_losses": ga.elite_losses,
+            log.append(g, {"population": pop, "losses": losses, "elite_losses": _elite_row(cfg, opt, losses),
                            "best_loss": losses[best], "best": pop[best],
                            "temperature_k": [temp0, float(device.temperature())],
                            "wall_s": time.monotonic() - t0, "retries": retries, "paused_s": paused})
-            ga.save(ckpt)
+            opt.save(ckpt)
             bar.update()
-            el = time.monotonic() - t_ga
-            rate = (ga.generation - g_start) / max(el, 1e-9)
-            bar.set_postfix(best=f"{ga.best[1]:.3g}", gen_per_min=f"{60 * rate:.1f}")
+            rate = (opt.generation - g_start) / max(time.monotonic() - t_gen, 1e-9)
+            bar.set_postfix(best=f"{opt.best[1]:.3g}", gen_per_min=f"{60 * rate:.1f}")
     finally:
         bar.close()
         log.close()
-    # the end: start and GA best measured together, the best of them is the result
-    if progress:
-        print("refine: measuring the start and the GA's best together to pick the result", file=sys.stderr,
-              flush=True)
-    best_v, _ = ga.best
+    result = _final(cfg, prob, opt, fit)
+    result["drift"] = _drift(cal, start_fit_loss, result, read_temperatures(log_path))
+    result.update({"start_fit_loss": start_fit_loss, "generations": int(opt.generation), "stop": stop,
+                   "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
+                   "retries": int(retries_total), "log": str(log_path)})
+    _write_final(log_path, result, cfg)
+    return result
+
+
+#: Temperature distance from the calibration (kelvin) beyond which a recalibration is advised.
+RECAL_TEMP_K = 2.0
+#: Relative rise of the unchanged start program's loss over a run beyond which the board drifted.
+RECAL_LOSS_RISE = 0.25
+
+
+def read_temperatures(log_path) -> np.ndarray:
+    """Board temperatures (kelvin) logged before and after every generation, shape (G, 2)."""
+    from .runlog import read_log
+
+    try:
+        return np.asarray(read_log(log_path)["temperature_k"], float).reshape(-1, 2)
+    except (OSError, KeyError):
+        return np.zeros((0, 2))
+
+
+def _drift(cal, start_fit_loss, result: dict, temps) -> dict:
+    """What the run saw of the board's drift, and whether a recalibration would serve better.
+
+    Two signs, both measured: the board temperature against the calibration's (the elements
+    follow it by up to 0.5 %/K), and the loss of the *unchanged* uploaded program (its own
+    readout) at the start of the run and at the end (each ``final_points x final_samples``
+    readings): a rise means the board moved under the calibration.  Refinement follows drift
+    while the loss stays down; a large, lasting move is the calibration's job.
+    """
+    t_cal = float(getattr(cal, "temperature_k", float("nan")))
+    out = {"calibration_temperature_k": t_cal,
+           "temperature_k_start": float(temps[0, 0]) if len(temps) else None,
+           "temperature_k_end": float(temps[-1, 1]) if len(temps) else None,
+           "uploaded_loss_start": None if not start_fit_loss else float(start_fit_loss["given_readout"]),
+           "uploaded_loss_end": result["uploaded_loss"]}
+    reasons = []
+    if len(temps) and np.isfinite(t_cal):
+        dt = float(np.max(np.abs(temps - t_cal)))
+        out["max_temperature_offset_k"] = dt
+        if dt > RECAL_TEMP_K:
+            reasons.append(f"the board ran up to {dt:.1f} K from its calibration temperature {t_cal:.1f} K")
+    a, b = out["uploaded_loss_start"], out["uploaded_loss_end"]
+    se = result.get("uploaded_loss_se", 0.0)  # each measurement's standard error: the rise must exceed the noise
+    if a is not None and b is not None and b > (1 + RECAL_LOSS_RISE) * a and b - a > 3.0 * np.sqrt(2.0) * se:
+        reasons.append(f"the uploaded program's loss rose from {a:.4g} to {b:.4g} during the run (drift)")
+    out["recalibrate"] = bool(reasons)
+    out["advice"] = ("recalibrate: " + "; ".join(reasons)) if reasons else \
+        "no recalibration needed: temperature and drift within what refinement follows"
+    return out
+
+
+def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
+    """The start and the method's best measured together; the best of them is the result."""
+    z_final = cos_task(cfg.final_points)[0] if prob.task is None else prob.task
+    best_v, _ = opt.best
+    readings = prob.readings
     xbar, var = _retrying(cfg, "the final measurement", lambda: prob.means(
         np.stack([prob.x0, best_v]), z_final, [_seed(cfg.seed, 7, 0), _seed(cfg.seed, 7, 1)], cfg.final_samples))
     m = cfg.final_samples
     vb, fb = prob.split(best_v)
     v0, f0 = prob.split(prob.x0)
+    if fit is not None:  # the method's analog program with its exact readout (fitted to this measurement)
+        refit = prob.fit_readout(xbar[1], z_final)
+        if refit is not None and prob.loss_of(xbar[1], refit, var[1], m, z_final) < prob.loss_of(
+                xbar[1], fb, var[1], m, z_final):
+            fb = refit
     cands = {"start": (prob.loss_of(xbar[0], f0, var[0], m, z_final), v0, f0)}
     if fit is not None:  # the same measurement of the start's analog program, read out with the fitted readout
         cands["readout fit"] = (prob.loss_of(xbar[0], fit, var[0], m, z_final), v0, fit)
-    cands["ga"] = (prob.loss_of(xbar[1], fb, var[1], m, z_final), vb, fb)
+    cands[cfg.method] = (prob.loss_of(xbar[1], fb, var[1], m, z_final), vb, fb)
     kept = min(cands, key=lambda k: (cands[k][0], list(cands).index(k)))
     refined, volts, f = cands[kept]
-    result = {"start_loss": float(cands["start"][0]),
-              "readout_fit_loss": float(cands["readout fit"][0]) if fit is not None else None,
-              "ga_best_loss": float(cands["ga"][0]), "refined_loss": float(refined), "kept": kept,
-              "start_fit_loss": start_fit_loss, "generations": int(ga.generation), "stop": stop,
-              "best_volts": np.asarray(volts).tolist(), "best_readout": np.asarray(f).tolist(),
-              "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
-              "retries": int(retries_total), "log": str(log_path)}
-    _write_final(log_path, result, cfg)
-    return result
+    start = cands["readout fit" if fit is not None else "start"][0]
+    # standard error of the uploaded program's loss estimate (P inputs, m readings, output variance v)
+    v, p_count, l0 = float(np.mean(var[0])), len(z_final), float(cands["start"][0])
+    extra = {"uploaded_loss_se": float(np.sqrt(max(4 * l0 * v / m + 2 * v * v / m**2, 0.0) / p_count))}
+    if prob.task is not None and prob.task.labels is not None:  # classification: accuracy before and after
+        rows = {"start": 0, "readout fit": 0, cfg.method: 1}
+        acc = {k: prob.task.accuracy(xbar[rows[k]] @ prob.readout_matrix(cands[k][2]).T) for k in cands}
+        extra |= {"start_accuracy": acc["readout fit" if fit is not None else "start"],
+                 "refined_accuracy": acc[kept], "uploaded_accuracy": acc["start"], "task": prob.task.name,
+                 "loss_name": prob.task.loss}
+    return {**extra,"method": cfg.method, "uploaded_loss": float(cands["start"][0]), "start_loss": float(start),
+            "readout_fit_loss": float(cands["readout fit"][0]) if fit is not None else None,
+            "method_best_loss": float(cands[cfg.method][0]), "ga_best_loss": float(cands[cfg.method][0]),
+            "refined_loss": float(refined), "kept": kept, "readings": int(readings),
+            "final_readings": int(prob.readings - readings),
+            "best_volts": np.asarray(volts).tolist(), "best_readout": np.asarray(f).tolist()}
+
+
+def twin_task_loss(params: Params, task: Task, *, samples: int = 1000, dt: float = 1e-3, seed: int = 0) -> dict:
+    """The task's loss of ``params`` on the twin (reset sampling to t = 1 program unit, ``samples``
+    runs per example, the program's own readout); ``accuracy`` too for classification tasks."""
+    from sim_backend.population import population_reset
+
+    net = params.network
+    x = population_reset([params], task.inputs[:, : net.n_inputs], 1.0, samples, dt=dt, seed=int(seed),
+                         nodes=net.outputs)
+    y = params.output(np.asarray(x[0, :, :, -1, :], np.float64).mean(axis=1))
+    out = {"loss": task.score(y)}
+    if task.labels is not None:
+        out["accuracy"] = task.accuracy(y)
+    return out
+
+
+def gap_closed(twin_loss, start_loss, refined_loss) -> float | None:
+    """``(start - refined) / (start - twin)``: the fraction of the analog gap a refinement closed
+    (None when there is no gap, ``start <= twin``)."""
+    gap = float(start_loss) - float(twin_loss)
+    return None if not gap > 0 else (float(start_loss) - float(refined_loss)) / gap
 
 
 def _write_final(log_path: Path, result: dict, cfg: RefineConfig) -> None:
@@ -427,9 +729,13 @@ def _write_final(log_path: Path, result: dict, cfg: RefineConfig) -> None:
             if "entry/final" in f:
                 del f["entry/final"]
             g = f["entry"].create_group("final")
-            for k in ("start_loss", "readout_fit_loss", "ga_best_loss", "refined_loss"):
+            for k in ("uploaded_loss", "start_loss", "readout_fit_loss", "ga_best_loss", "method_best_loss",
+                      "refined_loss"):
                 g.attrs[k] = np.nan if result[k] is None else result[k]
-            g.attrs.update({"kept": result["kept"], "generations": result["generations"],
+            g.attrs.update({"kept": result["kept"], "generations": result["generations"], "method": result["method"],
+                            "recalibrate": bool(result.get("drift", {}).get("recalibrate", False)),
+                            "advice": str(result.get("drift", {}).get("advice", "")),
+                            "readings": result["readings"],
                             "points": cfg.final_points, "samples": cfg.final_samples})
             g["volts"] = np.asarray(result["best_volts"], float)
             g["readout"] = np.asarray(result["best_readout"], float)

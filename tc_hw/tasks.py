@@ -9,12 +9,14 @@ among the two largest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .params import Params
 
-__all__ = ["ClassificationScore", "score_classification", "mnist_inputs", "cos_task", "cos_loss"]
+__all__ = ["ClassificationScore", "score_classification", "mnist_inputs", "cos_task", "cos_loss", "Task", "LOSSES",
+           "cos_task_object", "save_task", "load_task"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +100,157 @@ def cos_loss(params: Params, output_samples, targets) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
         loss = float(np.mean((y[:, 0] - t) ** 2))
     return loss if np.isfinite(loss) else float("inf")
+
+
+# ----------------------------------------------------------------------------- tasks as data
+LOSSES = ("mse", "cross-entropy", "accuracy")
+TASK_FORMAT = "tc-hw/task"
+TASK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task is data and a loss: what refinement (and board measurements) need to score a program.
+
+    Attributes
+    ----------
+    name : str
+    inputs : ndarray, shape (P, k)
+        Input-line values (program units) of the P examples.
+    loss : str
+        ``mse`` (mean over examples of the squared error summed over outputs), ``cross-entropy``
+        (softmax of the outputs against ``labels``, nats) or ``accuracy`` (scored as the error
+        rate ``1 - top1`` so that smaller is better; reported as accuracy).
+    targets : ndarray, shape (P, n_y), optional
+        Target outputs (``mse``).
+    labels : ndarray of int, shape (P,), optional
+        Class labels in ``0 .. n_y-1`` (``cross-entropy``, ``accuracy``).
+
+    The outputs ``y`` (P, n_y) are the readout applied to the output nodes' sample means.  The
+    readout has an exact least-squares fit for every loss (:meth:`fit_readout`): to the targets
+    for ``mse``, to one-hot labels for the classification losses (a linear probe; exact for the
+    squared loss it minimises, a good start for the others).
+    """
+
+    name: str
+    inputs: np.ndarray
+    loss: str
+    targets: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        x = np.asarray(self.inputs, np.float64)
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or len(x) < 2 or not np.all(np.isfinite(x)):
+            raise ValueError(f"task {self.name!r}: inputs must be finite, shape (P >= 2, k), "
+                             f"got {np.shape(self.inputs)}")
+        object.__setattr__(self, "inputs", x)
+        if self.loss not in LOSSES:
+            raise ValueError(f"task {self.name!r}: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.loss == "mse":
+            if self.targets is None:
+                raise ValueError(f"task {self.name!r}: the mse loss needs targets")
+            t = np.asarray(self.targets, np.float64)
+            t = t[:, None] if t.ndim == 1 else t
+            if t.shape[0] != len(x) or t.ndim != 2 or not np.all(np.isfinite(t)):
+                raise ValueError(f"task {self.name!r}: targets must be finite, shape ({len(x)}, n_y), got {t.shape}")
+            object.__setattr__(self, "targets", t)
+        else:
+            if self.labels is None:
+                raise ValueError(f"task {self.name!r}: the {self.loss} loss needs labels")
+            lab = np.asarray(self.labels)
+            if lab.shape != (len(x),) or not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0:
+                raise ValueError(f"task {self.name!r}: labels must be {len(x)} non-negative integers")
+            object.__setattr__(self, "labels", lab.astype(np.int64))
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.inputs)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def n_outputs(self) -> int:
+        """``n_y``: outputs the readout must produce."""
+        return self.targets.shape[1] if self.loss == "mse" else int(self.labels.max()) + 1
+
+    def fit_targets(self, idx=None) -> np.ndarray:
+        """What the least-squares readout fits, shape (len(idx), n_y): targets, or one-hot labels."""
+        idx = slice(None) if idx is None or isinstance(idx, slice) else np.asarray(idx)
+        if self.loss == "mse":
+            return self.targets[idx]
+        return np.eye(self.n_outputs)[self.labels[idx]]
+
+    def score(self, y, idx=None) -> float:
+        """The loss of outputs ``y`` (len(idx), n_y) on examples ``idx`` (default all); ``inf`` if not finite."""
+        y = np.asarray(y, np.float64)
+        y = y[:, None] if y.ndim == 1 else y
+        idx = slice(None) if idx is None or isinstance(idx, slice) else np.asarray(idx)
+        with np.errstate(all="ignore"):
+            if self.loss == "mse":
+                v = float(np.mean(np.sum((y - self.targets[idx]) ** 2, axis=1)))
+            elif self.loss == "cross-entropy":
+                z = y - y.max(axis=1, keepdims=True)
+                logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+                v = float(-np.mean(logp[np.arange(len(y)), self.labels[idx]]))
+            else:
+                v = 1.0 - self.accuracy(y, idx)
+        return v if np.isfinite(v) else float("inf")
+
+    def accuracy(self, y, idx=None) -> float:
+        """Fraction of examples whose largest output is the label (classification tasks)."""
+        if self.labels is None:
+            raise ValueError(f"task {self.name!r} has no labels")
+        idx = slice(None) if idx is None or isinstance(idx, slice) else np.asarray(idx)
+        return float(np.mean(np.argmax(np.asarray(y), axis=1) == self.labels[idx]))
+
+    def fit_readout(self, xbar, idx=None) -> np.ndarray | None:
+        """The least-squares readout (n_y, n_out) for output-node means ``xbar`` (len(idx), n_out)."""
+        xbar = np.asarray(xbar, np.float64)
+        if not np.all(np.isfinite(xbar)):
+            return None
+        f, *_ = np.linalg.lstsq(xbar, self.fit_targets(idx), rcond=None)
+        return f.T if np.all(np.isfinite(f)) else None
+
+
+def cos_task_object(n_points: int = 250) -> Task:
+    """The built-in cos task as a :class:`Task`: ``z`` on [0, 1], targets ``cos(2 pi z)``, mse."""
+    z, y = cos_task(n_points)
+    return Task("cos", z, "mse", targets=y[:, None])
+
+
+def save_task(task: Task, path) -> None:
+    """Write a task file (HDF5, documented in docs/task-file.md)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = TASK_FORMAT
+        f.attrs["format_version"] = TASK_VERSION
+        f.attrs["name"] = task.name
+        f.attrs["loss"] = task.loss
+        f["inputs"] = task.inputs
+        if task.targets is not None:
+            f["targets"] = task.targets
+        if task.labels is not None:
+            f["labels"] = task.labels
+
+
+def load_task(path) -> Task:
+    """Read a task file; ValueError naming what is wrong (format, version, arrays, loss)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != TASK_FORMAT:
+            raise ValueError(f"{path}: not a task file (format {f.attrs.get('format')!r}, expected {TASK_FORMAT!r})")
+        if int(f.attrs.get("format_version", 0)) > TASK_VERSION:
+            raise ValueError(f"{path}: task file version {f.attrs['format_version']} is newer than this code")
+        if "inputs" not in f:
+            raise ValueError(f"{path}: no /inputs dataset")
+        loss = f.attrs.get("loss")
+        loss = loss.decode() if isinstance(loss, bytes) else loss
+        name = f.attrs.get("name", Path(str(path)).stem)
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        return Task(name, f["inputs"][()], str(loss), targets=f["targets"][()] if "targets" in f else None,
+                    labels=f["labels"][()] if "labels" in f else None)

@@ -139,32 +139,74 @@ def cmd_upload(args) -> int:
     return EXIT_OK
 
 
+def _refine_config(args):
+    """The run's settings from the command line, validated before anything is opened or created
+    (ValueError naming the option: exit code 2)."""
+    import math
+
+    from ..refine import RefineConfig
+
+    for opt in ("generations", "population", "points", "samples", "final_samples"):
+        v = getattr(args, opt, None)
+        least = 0 if opt == "generations" else 2
+        if v is not None and v < least:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= {least}, got {v}")
+    if args.temp_band:
+        lo, hi = args.temp_band
+        if not (math.isfinite(lo) and math.isfinite(hi)) or not 0 < lo < hi <= 1000:
+            raise ValueError(f"--temp-band must be LOW_K < HIGH_K, finite, within 0..1000 K; got {lo} {hi}")
+    sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples")
+             if getattr(args, k) is not None}
+    if args.method == "twin-guided":
+        sizes.setdefault("points", 50)
+        sizes.setdefault("samples", 200)
+    if sizes.get("population", 20) <= 5:  # the default 5 elites need a population of at least 6
+        sizes["elites"] = max(1, sizes["population"] // 2)
+    return RefineConfig(generations=args.generations, seed=args.seed, method=args.method, **sizes,
+                        temp_band=tuple(args.temp_band) if args.temp_band else None)
+
+
 def cmd_refine(args) -> int:
     from .. import provenance
     from ..backends import open_device
-    from ..refine import RefineConfig, refine
+    from ..refine import gap_closed, refine, twin_task_loss
+    from ..tasks import load_task
     from ..train.cos import twin_cos_loss
 
+    cfg = _refine_config(args)  # bad sizes and ranges are refused before the board or the log is touched
+    task = "cos" if args.task == "cos" else load_task(args.task)
     dev = open_device(args.resource)
     try:
         cal = _load_cal(args.cal, dev, args.resource)
         params, lam = _program(args, dev, cal)
         provenance.note(args=args, device=dev, cal=cal, params=params, program_path=args.params,
                         resource=args.resource, seeds={"seed": args.seed}, writer="tc-hw refine")
-        sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples") if getattr(args, k)}
-        cfg = RefineConfig(generations=args.generations, seed=args.seed, **sizes,
-                           temp_band=tuple(args.temp_band) if args.temp_band else None)
-        result = refine(dev, params, cal, args.log, cfg, resume=args.resume, progress=not args.json, task=args.task)
+        result = refine(dev, params, cal, args.log, cfg, resume=args.resume, progress=not args.json, task=task)
     finally:
         dev.close()
-    result["twin_loss"] = twin_cos_loss(params, points=cfg.final_points, samples=cfg.final_samples, seed=args.seed)
+    if task == "cos":
+        result["twin_loss"] = twin_cos_loss(params, points=cfg.final_points, samples=cfg.final_samples,
+                                            seed=args.seed)
+    else:
+        twin = twin_task_loss(params, task, samples=cfg.final_samples, seed=args.seed)
+        result["twin_loss"] = twin["loss"]
+        if "accuracy" in twin:
+            result["twin_accuracy"] = twin["accuracy"]
+    result["gap_closed"] = gap_closed(result["twin_loss"], result["start_loss"], result["refined_loss"])
     result["scale"] = lam
     if not args.full:
         result.pop("best_volts", None)
+    gap = "no gap to close" if result["gap_closed"] is None else f"gap closed {100 * result['gap_closed']:.0f} %"
+    if "refined_accuracy" in result:
+        gap += (f"; accuracy {result['start_accuracy']:.3f} -> {result['refined_accuracy']:.3f}"
+                f" (twin {result['twin_accuracy']:.3f})")
     emit(args, result,
-         f"refined on the board for {result['generations']} generations ({result['stop']}):\n"
-         f"  twin loss {result['twin_loss']:.4g}, calibrated upload {result['start_loss']:.4g}, "
-         f"refined {result['refined_loss']:.4g}\n  log: {result['log']}\nNext: tc-hw report {result['log']}")
+         f"refined on the board by {result['method']} for {result['generations']} generations ({result['stop']}), "
+         f"{result['readings']} readings:\n"
+         f"  twin loss {result['twin_loss']:.4g}, calibrated upload with fitted readout {result['start_loss']:.4g}, "
+         f"refined {result['refined_loss']:.4g} (kept: {result['kept']}; {gap})\n"
+         f"  {result['drift']['advice']}\n"
+         f"  log: {result['log']}\nNext: tc-hw report {result['log']}")
     return EXIT_OK
 
 
@@ -221,25 +263,35 @@ def add_parsers(sub) -> None:
         "refine",
         help="continue training on the board itself (genetic algorithm, run log)",
         description=(
-            "Start from a program trained on the twin, upload it through the calibration and refine it by "
-            "the genetic algorithm scoring candidates from samples measured on the board. Every generation "
+            "Start from a program trained on the twin, upload it through the calibration and refine it on the "
+            "board: first the readout by least squares on a start measurement, then the analog program by "
+            "--method, scoring candidates from samples measured on the board. The start, the readout fit and "
+            "the method's best are measured together at the end and the best is kept; --json reports "
+            "twin_loss, start_loss (calibrated upload, fitted readout), refined_loss, gap_closed = (start - "
+            "refined) / (start - twin), readings and kept. Every generation "
             "goes to the run log (HDF5, SWMR: watch it live with `tc-hw report`); a killed run continues "
             "with --resume. Candidates never leave the channels' safe ranges. The loop pauses while the "
             "board temperature is outside --temp-band."
         ),
         epilog=("example: tc-hw refine --resource TCPIP0::127.0.0.1::5025::SOCKET --params cos.h5 --cal cal.h5 "
-                "--task cos --generations 30 --log run.h5 --json"),
+                "--task cos --method twin-guided --generations 8 --log run.h5 --json"),
     )
     p.add_argument("--resource", required=True, help=RESOURCE_HELP)
     p.add_argument("--params", required=True, help="program trained on the twin (.h5)")
     p.add_argument("--cal", help="calibration record (default: nominal gains)")
-    p.add_argument("--task", default="cos", choices=["cos"], help="task scored on the board (default: cos)")
+    p.add_argument("--task", default="cos", help="task scored on the board: cos (built in) or a task file (HDF5: "
+                   "inputs, targets or labels, loss mse / cross-entropy / accuracy; docs/task-file.md) (default: cos)")
     p.add_argument("--log", required=True, help="run log to write (.h5); with --resume, the one to continue")
     p.add_argument("--resume", action="store_true", help="continue the run in --log after its last generation")
-    p.add_argument("--generations", type=int, default=30, help="generations (default: 30)")
+    p.add_argument("--method", default="ga", choices=["ga", "cma", "twin-guided"],
+                   help="ga: the papers' genetic algorithm (elites re-measured, common inputs per generation); "
+                        "cma: CMA-ES (the cma package); twin-guided: Levenberg-Marquardt steps from the board's "
+                        "measured outputs and the twin's Jacobian through the calibration, each step checked on "
+                        "the board -- usually the fewest readings (default: ga)")
+    p.add_argument("--generations", type=int, default=30, help="generations, or twin-guided iterations (default: 30)")
     p.add_argument("--population", type=int, help="candidates per generation (default: 20)")
-    p.add_argument("--points", type=int, help="inputs per generation (default: 25)")
-    p.add_argument("--samples", type=int, help="readings per input per candidate (default: 100)")
+    p.add_argument("--points", type=int, help="inputs per generation (default: 25; twin-guided: 50)")
+    p.add_argument("--samples", type=int, help="readings per input per candidate (default: 100; twin-guided: 200)")
     p.add_argument("--final-samples", type=int, help="readings per input of the final start/refined measurement "
                    "on all 250 inputs (default: 1000)")
     p.add_argument("--scale", help=scale_help)

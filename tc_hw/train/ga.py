@@ -167,12 +167,20 @@ class GeneticAlgorithm:
         """
         return self._population.copy()
 
-    def tell(self, losses) -> None:
+    def tell(self, losses, population=None) -> None:
         """Report the loss of every row of :meth:`ask`'s population, shape (population,).
 
         Selects the elites by these losses, records the history and draws the next population.
+        ``population`` (population, n_params), optional: the evaluated vectors as the caller
+        finished them (e.g. with the readout refitted exactly per candidate); they replace the
+        asked rows before selection, so elites carry what was measured.
         """
         pop = self.config.population
+        if population is not None:
+            arr = np.array(population, dtype=np.float64)
+            if arr.shape != self._population.shape or not np.isfinite(arr).all():
+                raise ValueError(f"population must be finite with shape {self._population.shape}, got {arr.shape}")
+            self._population = arr
         loss = np.asarray(losses, dtype=np.float64)
         if loss.shape != (pop,):
             raise ValueError(f"expected {pop} losses (one per candidate), got shape {loss.shape}")

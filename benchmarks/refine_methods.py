@@ -1,0 +1,155 @@
+"""Refinement methods on boards with an analog gap: how much of the gap each closes, for how many readings.
+
+For every scenario of :mod:`tc_hw.scenarios` (``aged``, ``crosstalk``, ``tau``) an emulator
+process runs the scenario's board; the calibration is the one a perfect routine would have made
+at calibration time (:func:`tc_hw.scenarios.truth_calibration`: exact for the curves it models,
+blind to later drift, crosstalk and per-node time constants).  The program is a cos(2 pi z)
+computer trained on the twin (ending with its exact least-squares readout), rescaled to fit the
+board.  For every method (``twin-guided``, ``ga``, ``cma``) a ``refine`` run starts from the
+calibrated upload; then a **fresh** final measurement (``250 inputs x 1000 readings``, seeds
+not used by the run) gives:
+
+``twin_loss``      the program on the twin (250 x 1000, dt 1e-3);
+``start_loss``     the calibrated upload with the least-squares readout the run fitted on the board;
+``refined_loss``   the program the run kept;
+``gap_closed``     ``(start - refined) / (start - twin)``;
+``readings``       board readings the run took (start measurements and generations);
+``seconds``        wall time of the run.
+
+One JSON object per (scenario, method) with ``--json``.  ``--quick`` runs a reduced version
+(fewer generations, 250 x 200 final measurement, a shorter training) for checks.
+
+Usage: ``python benchmarks/refine_methods.py [--json] [--quick] [--scenarios aged,tau]
+[--methods twin-guided,ga] [--program cos.h5] [--work DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("twin-guided", "ga", "cma")
+SCENARIO_NAMES = ("aged", "crosstalk", "tau")
+
+#: Run sizes per method (full, quick).  GA and CMA get at most ~20x the readings of twin-guided.
+SIZES = {
+    "twin-guided": ({"generations": 8, "points": 50, "samples": 200}, {"generations": 4, "points": 40, "samples": 200}),
+    "ga": ({"generations": 200, "population": 20, "elites": 5, "points": 25, "samples": 100},
+           {"generations": 8, "population": 12, "elites": 3, "points": 25, "samples": 100}),
+    "cma": ({"generations": 100, "population": 20, "points": 25, "samples": 100},
+            {"generations": 8, "population": 12, "points": 25, "samples": 100}),
+}
+
+
+def train_program(out: Path, quick: bool) -> Path:
+    """The cos computer (8 x 4 layered, read out from 3 nodes of the last layer), trained on the twin."""
+    from tc_hw.network import Network, layered
+    from tc_hw.params import Params
+    from tc_hw.train.direct import train_cos_direct
+
+    net = layered(8, 4, 1)
+    net3 = Network(net.n_nodes, net.edges, net.n_inputs, net.crossbar, net.outputs[:3], layers=net.layers)
+    base = Params.uniform(net3, 1.0, 0.0, 1.0, kT=0.1, readout=np.zeros((1, 3)))
+    train_cos_direct(out=out, iterations=400 if quick else 1600, points=20, samples=16, bound=2.4, restarts=4,
+                     eval_samples=500, progress=False, base=base)
+    return out
+
+
+def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path, seed: int = 0) -> list[dict]:
+    from calibration.scale import fitting_scale
+    from sim_backend.emulator.process import running_emulator
+    from sim_backend.emulator.truth import load_truth
+    from tc_hw.backends import open_device
+    from tc_hw.files import load_params
+    from tc_hw.refine import RefineConfig, gap_closed, measure_cos_loss, refine
+    from tc_hw.scenarios import SCENARIOS, truth_calibration, write_board
+    from tc_hw.train.cos import twin_cos_loss
+
+    sc = SCENARIOS[name]
+    final = (250, 200) if quick else (250, 1000)
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with running_emulator(board=write_board(name, folder), workdir=folder) as emu:
+        dev = open_device(emu.ready["tcp"])
+        try:
+            truth = load_truth(emu.truth_file)
+            cal = truth_calibration(truth, dev.channel_map, dev.identity, age_h=sc.age_h, temp_step_k=sc.temp_step_k)
+            params = load_params(program_file)
+            program = params.rescaled(fitting_scale(params, dev.channel_map, cal))
+            twin = twin_cos_loss(program, points=final[0], samples=final[1], seed=seed)
+            for method in methods:
+                cfg = RefineConfig(method=method, seed=seed, final_points=final[0], final_samples=final[1],
+                                   **SIZES[method][int(quick)])
+                t0 = time.monotonic()
+                r = refine(dev, program, cal, folder / f"{method}.h5", cfg, progress=False)
+                seconds = time.monotonic() - t0
+                # a fresh final measurement (seeds and noise the run never saw)
+                start_volts = _start_volts(program, cal, dev)
+                start = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1], seed=seed + 101,
+                                         volts=start_volts, readout=_start_readout(r, program))
+                refined = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1], seed=seed + 102,
+                                           volts=np.asarray(r["best_volts"]), readout=np.asarray(r["best_readout"]))
+                rows.append({"scenario": name, "method": method, "twin_loss": twin, "start_loss": start,
+                             "refined_loss": refined, "gap_closed": gap_closed(twin, start, refined),
+                             "readings": r["readings"], "seconds": round(seconds, 1), "kept": r["kept"],
+                             "generations": r["generations"], "run_start_loss": r["start_loss"],
+                             "run_refined_loss": r["refined_loss"], "description": sc.description})
+        finally:
+            dev.close()
+    return rows
+
+
+def _start_volts(program, cal, dev) -> np.ndarray:
+    from calibration import map_params
+
+    return map_params(program, cal, dev.channel_map)
+
+
+def _start_readout(r: dict, program) -> np.ndarray:
+    from tc_hw.runlog import read_log
+
+    fit = read_log(r["log"])["config"].get("readout_fit")
+    return np.asarray(fit if fit is not None else program.readout[0], float)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="one JSON object per (scenario, method)")
+    ap.add_argument("--quick", action="store_true", help="reduced sizes for a check (minutes, not an hour)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIO_NAMES), help="comma-separated (default: all three)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: twin-guided,ga,cma)")
+    ap.add_argument("--program", help="cos program (.h5) to use instead of training one")
+    ap.add_argument("--work", help="folder for boards, logs and the program (default: a temporary one)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if s not in SCENARIO_NAMES + ("classify",)]
+    if bad:
+        print(f"refine_methods: unknown {bad}", file=sys.stderr)
+        return 2
+    work = Path(args.work or tempfile.mkdtemp(prefix="refine-methods-"))
+    work.mkdir(parents=True, exist_ok=True)
+    program = Path(args.program) if args.program else train_program(work / "cos.h5", args.quick)
+    for name in scenarios:
+        for row in run_scenario(name, program, methods, args.quick, work, args.seed):
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(f"{row['scenario']:10s} {row['method']:12s} twin {row['twin_loss']:.4f} start "
+                      f"{row['start_loss']:.4f} refined {row['refined_loss']:.4f} gap closed "
+                      f"{'-' if row['gap_closed'] is None else format(row['gap_closed'], '.0%')} readings "
+                      f"{row['readings']} ({row['seconds']:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
