@@ -182,8 +182,10 @@ class _Problem:
             trainable = [c.index for c in cmap if c.kind in TRAINABLE_KINDS and src[c.index][1] is not None
                          and self._fan(c, fan) > 0]
         self.trainable = np.asarray(trainable, dtype=np.int64)
-        self.lo = np.array([cmap[i].vmin for i in self.trainable])
-        self.hi = np.array([cmap[i].vmax for i in self.trainable])
+        # candidates stay inside each channel's safe range and its calibrated span
+        spans = np.array([cal.span(i) for i in self.trainable]).reshape(-1, 2)
+        self.lo = np.maximum([cmap[i].vmin for i in self.trainable], spans[:, 0])
+        self.hi = np.minimum([cmap[i].vmax for i in self.trainable], spans[:, 1])
         if params.readout is None:
             raise ValueError("refinement needs readout weights in the parameter file")
         self.n_y = int(params.readout.shape[0])  #: outputs of the readout (1 for cos)
