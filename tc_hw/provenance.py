@@ -51,6 +51,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .safeio import open_hdf5_read
+
 __all__ = ["SCHEMA", "begin", "note", "noted", "collect", "write", "read", "find", "program_sha256", "calibration_sha256",
            "source_commit", "set_nexus_default", "write_entry", "FIELDS"]
 
@@ -321,13 +323,7 @@ def read(path) -> dict:
         raise FileNotFoundError(f"no file at {path}")
     if path.suffix.lower() == ".json":
         return _read_json(path)
-    try:
-        f = h5py.File(path, "r", libver="latest", swmr=True)
-    except OSError:
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+    f = open_hdf5_read(path, "tc-hw file")  # never hangs on a truncated file
     with f:
         return {"file": str(path), "kind": kind_of(f), "blocks": find(f)}
 

@@ -53,6 +53,7 @@ import h5py
 import numpy as np
 
 from . import provenance
+from .safeio import open_hdf5_read
 
 __all__ = ["RUN_FORMAT", "RUN_VERSION", "load_inputs", "CosTask", "builtin_task", "run_program", "read_run",
            "RunError"]
@@ -91,9 +92,9 @@ def load_inputs(path) -> np.ndarray:
         except (ValueError, OSError) as e:
             raise RunError(f"{path}: not a readable .npy array ({e})") from None
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise RunError(f"{path}: neither .npy nor readable HDF5 ({e})") from None
+        f = open_hdf5_read(path, "inputs file")
+    except ValueError as e:
+        raise RunError(f"neither .npy nor readable HDF5: {e}") from None
     with f:
         for name in ("inputs", "entry/inputs"):
             if isinstance(f.get(name), h5py.Dataset):
@@ -376,10 +377,7 @@ def read_run(path) -> dict:
     ``board_inputs``, ``volts``, ``node_units``, ``nodes``, ``acquisition``, ``mean``,
     ``mean_errors``, ``channel_volts``, ``requested_volts``, ``temperature_k``, ``figures`` (dict)."""
     path = Path(path)
-    try:
-        f = h5py.File(path, "r", libver="latest", swmr=True)
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+    f = open_hdf5_read(path, "run file")  # never hangs on a truncated file
     with f:
         e = f.get("entry")
         if e is None or e.attrs.get("format") != RUN_FORMAT:
