@@ -109,7 +109,8 @@ def program_sha256(params) -> str:
         _feed(h, kind, np.asarray(getattr(params, kind), np.float64))
     _feed(h, "readout", "none" if params.readout is None else np.asarray(params.readout, np.float64))
     _feed(h, "kT", float(params.kT))
-    _feed(h, "mobility", float(params.mobility))
+    _feed(h, "mobility", float(params.mobility) if np.ndim(params.mobility) == 0
+              else np.asarray(params.mobility, np.float64))
     return h.hexdigest()
 
 
