@@ -142,7 +142,9 @@ def test_truth_calibration_is_the_board_curve_at_calibration_time():
     board = Board(parse_board(board_toml("aged"), "aged"))
     dev = TwinDevice()
     cal = truth_calibration(board.truth, dev.channel_map, age_h=6.0, temp_step_k=2.0)
-    v = np.random.default_rng(0).uniform(-2.0, 2.0, len(dev.channel_map))
+    lo = np.array([max(c.vmin, -2.0) for c in dev.channel_map])  # inside each channel's safe range
+    hi = np.array([min(c.vmax, 2.0) for c in dev.channel_map])
+    v = np.random.default_rng(0).uniform(lo, hi)
     t_cal = board.truth["temperature"]["t0_k"] - 2.0
     truth_then = element_values(board.truth, v, t_cal, elapsed_s=-6.0 * 3600)
     ours = np.array([cal.curve(i).value(np.array([v[i]]))[0] for i in range(len(v))])
