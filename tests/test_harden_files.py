@@ -369,3 +369,17 @@ def test_item2_a_global_heap_hdf5_would_parse_forever_is_refused_at_once(tmp_pat
     with pytest.raises(calibration.CalibrationError, match="global heap"):
         calibration.load(bad)
     assert time.monotonic() - t < 5
+
+
+@pytest.mark.xfail(reason="known, open: a parameter file with 12 spliced bytes in the root group's "
+                          "object header makes HDF5 spin while h5py reads a string attribute (found by "
+                          "benchmarks/fuzz.py: 1 case in 10115); needs a check before h5py reads attributes",
+                   strict=False)
+def test_known_hdf5_attribute_hang_is_bounded():
+    from pathlib import Path
+
+    from tests.fuzzlib import _in_child, _load_outcome, _load_params
+
+    path = Path(__file__).parent / "data" / "fuzz_hang_params_attr.h5"
+    outcome = _in_child(lambda: _load_outcome(_load_params, path), 5.0)  # a forked child: CI never hangs
+    assert outcome == "", "no result within 5 s" if outcome is None else outcome
