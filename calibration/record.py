@@ -609,12 +609,12 @@ def load(path, entry: str | None = None) -> Calibration:
     with _open(path) as f:
         try:
             cal = _load_entry(f, entry, path)
+            _validate(cal, f"{path} entry {cal.entry}")
         except CalibrationError:
             raise
         except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, OSError, ValueError,
                 OverflowError) as e:
             raise CalibrationError(f"{path}: damaged calibration record ({type(e).__name__}: {e})") from None
-    _validate(cal, f"{path} entry {cal.entry}")
     return cal
 
 

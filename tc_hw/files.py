@@ -281,4 +281,7 @@ def _load_hdf5(f: h5py.File, path: Path) -> Params:
         "layers": tuple(lg[str(i)][()] for i in range(len(lg))) if isinstance(lg, h5py.Group) else (),
     }
     par = {k: pg[k][()] for k in pg if isinstance(pg.get(k), h5py.Dataset)}
-    return _from_mapping(dict(f.attrs), net, par, str(path))
+    # only the attributes a parameter file needs are read (a damaged string attribute elsewhere,
+    # e.g. software_version, can make HDF5 spin while converting it)
+    top = {k: f.attrs[k] for k in ("kT", "mobility") if k in f.attrs}
+    return _from_mapping(top, net, par, str(path))

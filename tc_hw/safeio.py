@@ -226,7 +226,7 @@ def _global_heap_problem(path: Path, head: bytes) -> str | None:
                     end = pos + size
                     p = pos + 8 + lsize
                     while size and p < min(end, len(m)):
-                        if p + objhdr > end:
+                        if p + objhdr > min(end, len(m)):
                             break
                         idx = struct.unpack("<H", m[p:p + 2])[0]
                         osize = struct.unpack(fmt, m[p + 8:p + 8 + lsize])[0]
@@ -237,6 +237,8 @@ def _global_heap_problem(path: Path, head: bytes) -> str | None:
                 pos = m.find(b"GCOL", pos + 4)
     except (OSError, ValueError):  # empty file (mmap of 0 bytes) or unreadable: other checks report it
         return None
+    except struct.error:
+        return "damaged global heap (an object header cut short)"
     return None
 
 

@@ -52,7 +52,8 @@ def cmd_info(args) -> int:
 
 
 #: the largest acquisition the acquire command asks for (samples per input, seconds per reading)
-MAX_SAMPLES, MAX_TIME_S = 10**6, 1.0
+#: (the twin integrates every step: 1 ms is already 1000 node time constants of the default board)
+MAX_SAMPLES, MAX_TIME_S = 10**6, 1e-3
 
 
 def _parse_sets(items) -> dict:
@@ -147,7 +148,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--resource", required=True, help=RESOURCE_HELP)
     p.add_argument("--mode", choices=["reset", "serial"], default="reset", help="sampling mode (default: reset)")
     p.add_argument("--time", type=positive_float, default=1e-6,
-                   help="observation time / interval, seconds, > 0 (default: 1e-6)")
+                   help="observation time / interval, seconds, > 0 and at most 1e-3 (default: 1e-6)")
     p.add_argument("--samples", type=positive_int, default=200,
                    help="samples per input vector, >= 1; the std needs 2 (default: 200)")
     p.add_argument("--set", nargs="*", metavar="CH=VOLTS", help="channel voltages (others are 0 V)")
