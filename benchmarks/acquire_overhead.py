@@ -25,7 +25,7 @@ import numpy as np
 
 from drivers.board import open_visa
 from sim_backend.emulator.process import running_emulator
-from tc_hw.device import armed
+from tc_hw.model.device import armed
 
 P, M = 100, 100
 

@@ -24,7 +24,7 @@ from tc_hw.train import generative as G
 
 def run(params=None, digits=(0, 1, 2), bits=(2, 3, 4, 5, 6, 8, 10, 12), samples: int = 200, seed: int = 0,
         out="gen_bits.png", teacher=None, progress: bool = False) -> dict:
-    from tc_hw.plotting import figure, save
+    from tc_hw.model.plotting import figure, save
     from tc_hw.train.teacher import Teacher, get_teacher
 
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tc_hw.runlog import read_log
+from tc_hw.model.runlog import read_log
 
 
 def _program(folder: Path) -> Path:

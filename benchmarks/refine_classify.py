@@ -27,7 +27,7 @@ import numpy as np
 
 
 def make_task(n: int = 240, seed: int = 0):
-    from tc_hw.tasks import Task
+    from tc_hw.model.tasks import Task
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, 1.0, (4, 8))
@@ -39,8 +39,8 @@ def make_task(n: int = 240, seed: int = 0):
 def make_program(task, samples: int = 400, seed: int = 0):
     """The reservoir program with its least-squares readout on the twin."""
     from sim_backend.population import population_reset
-    from tc_hw.network import all_to_all
-    from tc_hw.params import Params
+    from tc_hw.model.network import all_to_all
+    from tc_hw.model.params import Params
 
     net = all_to_all(8, 4, 8)
     rng = np.random.default_rng(seed)
@@ -63,10 +63,10 @@ def main(argv=None) -> int:
     from sim_backend.emulator.process import running_emulator
     from sim_backend.emulator.truth import load_truth
     from tc_hw.backends import open_device
-    from tc_hw.files import save_params
+    from tc_hw.model.files import save_params
     from tc_hw.refine import RefineConfig, gap_closed, refine, twin_task_loss
     from tc_hw.scenarios import SCENARIOS, truth_calibration, write_board
-    from tc_hw.tasks import load_task, save_task
+    from tc_hw.model.tasks import load_task, save_task
 
     work = Path(args.work or tempfile.mkdtemp(prefix="refine-classify-"))
     work.mkdir(parents=True, exist_ok=True)

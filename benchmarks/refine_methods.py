@@ -49,8 +49,8 @@ SIZES = {
 
 def train_program(out: Path, quick: bool) -> Path:
     """The cos computer (8 x 4 layered, read out from 3 nodes of the last layer), trained on the twin."""
-    from tc_hw.network import Network, layered
-    from tc_hw.params import Params
+    from tc_hw.model.network import Network, layered
+    from tc_hw.model.params import Params
     from tc_hw.train.direct import train_cos_direct
 
     net = layered(8, 4, 1)
@@ -66,7 +66,7 @@ def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path
     from sim_backend.emulator.process import running_emulator
     from sim_backend.emulator.truth import load_truth
     from tc_hw.backends import open_device
-    from tc_hw.files import load_params
+    from tc_hw.model.files import load_params
     from tc_hw.refine import RefineConfig, gap_closed, measure_cos_loss, refine
     from tc_hw.scenarios import SCENARIOS, truth_calibration, write_board
     from tc_hw.train.cos import twin_cos_loss
@@ -113,7 +113,7 @@ def _start_volts(program, cal, dev) -> np.ndarray:
 
 
 def _start_readout(r: dict, program) -> np.ndarray:
-    from tc_hw.runlog import read_log
+    from tc_hw.model.runlog import read_log
 
     fit = read_log(r["log"])["config"].get("readout_fit")
     return np.asarray(fit if fit is not None else program.readout[0], float)

@@ -28,7 +28,7 @@ def run_method(method: str, out: Path, seed: int = 0, direct_init=None) -> dict:
     from tc_hw.evaluation import evaluate_mnist
 
     if method == "published":
-        from tc_hw.data.thermo_gd import load_published
+        from tc_hw.model.data.thermo_gd import load_published
 
         t0 = time.perf_counter()
         m = evaluate_mnist(load_published(), 10, seed, 0.2, 1e-3, progress=False)

@@ -19,7 +19,7 @@ Modules: :mod:`.adc` (CAL:REF sweeps), :mod:`.stein` (element values from fluctu
 :mod:`.design` (which settings to acquire), :mod:`.elements` (acquisitions), :mod:`.curves`
 (curve models, fits, inverses), :mod:`.record` (HDF5 record, :func:`load`), :mod:`.mapping`
 (:func:`map_params`, :func:`upload`), :mod:`.plots`, :mod:`.routine` (:func:`calibrate`).
-The package talks to a board only through the :class:`tc_hw.device.Device` protocol.
+The package talks to a board only through the :class:`tc_hw.model.device.Device` protocol.
 """
 
 from .curves import CurveError, CurveFit, fit_curve

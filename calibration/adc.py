@@ -10,7 +10,7 @@ are then the tangent at 0 V, and ``inverse`` (N, 4) the cubic ``x = sum_k a_k r^
 readings back to node volts on +-:data:`INVERSE_RANGE_V` (for a straight line, exactly
 ``(r - offset) / gain``).
 
-``CAL:REF`` is the optional capability :class:`tc_hw.device.CalibrationReference` (the board
+``CAL:REF`` is the optional capability :class:`tc_hw.model.device.CalibrationReference` (the board
 driver has it); a backend without it (the ideal twin) has an ideal readout, and :func:`measure`
 returns ``None``.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tc_hw.device import CalibrationReference, armed
+from tc_hw.model.device import CalibrationReference, armed
 
 __all__ = ["AdcData", "AdcFit", "measure", "fit", "ideal", "supports_cal_ref", "set_cal_ref", "DEFAULT_LEVELS"]
 
@@ -95,7 +95,7 @@ def ideal(n_nodes: int) -> AdcFit:
 
 
 def supports_cal_ref(device) -> bool:
-    """Whether the backend offers ``CAL:REF`` (:class:`tc_hw.device.CalibrationReference`)."""
+    """Whether the backend offers ``CAL:REF`` (:class:`tc_hw.model.device.CalibrationReference`)."""
     return isinstance(device, CalibrationReference)
 
 

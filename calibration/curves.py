@@ -499,7 +499,7 @@ def fit_curve(
 
     Parameters
     ----------
-    channel : tc_hw.device.Channel
+    channel : tc_hw.model.device.Channel
         Its map entry (kind, safe range, nominal gain, period).
     volts, values, sigmas : array_like, shape (n,)
         Applied (read-back) volts, measured element values and their one-sigma errors.

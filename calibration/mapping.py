@@ -1,7 +1,7 @@
 """From trained parameters to channel volts and back: :func:`map_params`, :func:`upload`,
 :func:`nominal`.
 
-Units.  A :class:`~tc_hw.params.Params` has energies in units where the bath is ``kT`` and time
+Units.  A :class:`~tc_hw.model.params.Params` has energies in units where the bath is ``kT`` and time
 in units of ``1/mobility``; the board's equation has ``kT = 1`` and time constant ``tau``.  So an
 element's board value is ``param / kT``, and one unit of program time lasts
 ``tau * mobility * kT`` seconds on the board (``report["time_scale_s"]``).
@@ -24,8 +24,8 @@ import math
 
 import numpy as np
 
-from tc_hw.device import KINDS
-from tc_hw.params import Params
+from tc_hw.model.device import KINDS
+from tc_hw.model.params import Params
 
 from . import adc as adc_mod
 from .curves import nominal_curve
@@ -265,7 +265,7 @@ def upload(device, params: Params, cal: Calibration, *, temp_k: float | None = N
     ``effective`` (per kind, effective values in program units), ``difference`` (per kind:
     max/rms absolute and max relative difference effective - trained), ``quantisation`` (largest
     value error caused by the DAC grid), ``volts``, ``warnings``.  The effective program as a
-    :class:`~tc_hw.params.Params`: :func:`effective_params` (``params``, ``channel_map``,
+    :class:`~tc_hw.model.params.Params`: :func:`effective_params` (``params``, ``channel_map``,
     ``report["effective"]`` values ...) -- or simply map ``cal.element_value`` over ``volts``.
     """
     cmap = device.channel_map

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tc_hw.plotting import figure, save
+from tc_hw.model.plotting import figure, save
 
 __all__ = ["plot_all", "plot_kind"]
 

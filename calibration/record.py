@@ -36,7 +36,7 @@ never changed afterwards (new calibrations and refits add entries)::
                                         calibrated span in volts, cv_rms (held-out rms residual,
                                         value units), shape (label of the chosen candidate)
         nodes/                          diffusion, diffusion_sd (V^2/s), tau_s, tau_sd, kT, kT_sd
-        provenance                      NXcollection: who wrote the entry, how (tc_hw.provenance)
+        provenance                      NXcollection: who wrote the entry, how (tc_hw.model.provenance)
 
 A refit entry links (HDF5 soft links) ``adc``, ``inputs``, ``acquisitions`` and ``tau`` of the
 entry it was derived from instead of copying them; a combined entry (curves fitted to the pooled
@@ -58,8 +58,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tc_hw import provenance as _provenance
-from tc_hw.device import Channel, ChannelMap
+from tc_hw.model import provenance as _provenance
+from tc_hw.model.device import Channel, ChannelMap
 
 from .adc import AdcData, AdcFit
 from .curves import CurveError, CurveFit
@@ -78,7 +78,7 @@ class CalibrationError(ValueError):
 
 
 def _software_version() -> str:
-    from tc_hw import __version__
+    from tc_hw.model import __version__
 
     return __version__
 
@@ -305,7 +305,7 @@ class RecordWriter:
 
 # ------------------------------------------------------------------------------------ reading
 def _open(path):
-    from tc_hw.safeio import open_hdf5_read
+    from tc_hw.model.safeio import open_hdf5_read
 
     path = Path(path)
     if not path.exists():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tc_hw.device import armed
+from tc_hw.model.device import armed
 
 from . import adc as adc_mod
 from . import design, stein
@@ -309,7 +309,7 @@ def calibrate(device, out_path, progress: bool = True, **options):
 
     Parameters
     ----------
-    device : tc_hw.device.Device
+    device : tc_hw.model.device.Device
         Any backend; ``CAL:REF`` is used when the backend offers it (see :mod:`calibration.adc`).
     out_path : path
         HDF5 calibration record; created if missing, otherwise a new entry is appended.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tc_hw.params import Params
+from tc_hw.model.params import Params
 
 from .mapping import _POWER, MappingError, channel_values
 
@@ -15,7 +15,7 @@ def fitting_scale(params: Params, channel_map, cal=None, margin: float = 0.9) ->
     """Largest ``lam <= 1`` such that ``params.rescaled(lam)`` fits every channel's reach.
 
     An element of kind with power ``p`` (Q, C: 2; R: 4; B, W: 1) scales as ``lam^p``
-    (:meth:`tc_hw.params.Params.rescaled`).  Its board value must lie in the channel's reach:
+    (:meth:`tc_hw.model.params.Params.rescaled`).  Its board value must lie in the channel's reach:
     the calibrated range ``cal.value_range(channel)`` if ``cal`` is given, else the nominal
     ``gain * [vmin, vmax]``.  A reach that excludes zero (an offset element, e.g. a quartic
     term that cannot be switched fully off) also sets a lower bound on ``lam``.  ``margin``

@@ -3,7 +3,7 @@
 * :mod:`drivers.blocks` - IEEE 488.2 definite-length blocks, little-endian float32/int16;
 * :mod:`drivers.transport` - byte transports (:class:`VisaTransport`, :class:`SerialTransport`);
 * :mod:`drivers.scpi` - :class:`ScpiSession`: error queue, blocks, reconnect and retry;
-* :mod:`drivers.board` - :class:`TCBoard`, a :class:`tc_hw.device.Device`;
+* :mod:`drivers.board` - :class:`TCBoard`, a :class:`tc_hw.model.device.Device`;
 * :mod:`drivers.lock` - one controlling process per board (:class:`BoardBusyError`).
 
 Backends for ``tc_hw.backends``: :func:`open_visa` (``visa``) and :func:`open_serial` (``serial``).

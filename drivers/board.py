@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tc_hw.device import KINDS, Acquisition, Channel, ChannelMap, DeviceError, UnsafeVoltageError
+from tc_hw.model.device import KINDS, Acquisition, Channel, ChannelMap, DeviceError, UnsafeVoltageError
 
 from .blocks import pack_float32, unpack_float32, unpack_int16
 from .scpi import BoardError, ConnectionLost, ProtocolError, ScpiSession
@@ -167,7 +167,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 class TCBoard:
-    """A TC board speaking the board manual, implementing :class:`tc_hw.device.Device`.
+    """A TC board speaking the board manual, implementing :class:`tc_hw.model.device.Device`.
 
     Parameters
     ----------
@@ -186,7 +186,7 @@ class TCBoard:
     read_only:
         Only query the board: no per-resource lock is taken (:mod:`drivers.lock`), every command
         that changes the board (DAC, inputs, outputs, acquisition settings, ``*RST``) raises
-        :class:`~tc_hw.device.DeviceError`, and :meth:`close` sends nothing.  Otherwise the
+        :class:`~tc_hw.model.device.DeviceError`, and :meth:`close` sends nothing.  Otherwise the
         board's lock is held until :meth:`close`; a board controlled by another process raises
         :class:`drivers.lock.BoardBusyError` naming that process.
     """
@@ -356,7 +356,7 @@ class TCBoard:
         """Apply voltages to channels ``start .. start+len(volts)-1`` (volts, shape ``(n,)``).
 
         Every value is checked against its channel's safe range first; an unsafe request raises
-        :class:`~tc_hw.device.UnsafeVoltageError` naming the channels, values and limits, and
+        :class:`~tc_hw.model.device.UnsafeVoltageError` naming the channels, values and limits, and
         nothing is sent.  Board refusals raise :class:`~drivers.scpi.BoardError`.
         """
         start = int(start)
@@ -489,7 +489,7 @@ class TCBoard:
         ``mode`` is ``"reset"`` (each sample from x = 0, read after ``time_s`` seconds) or
         ``"serial"`` (one run per input vector, read every ``time_s`` seconds).  ``nodes``
         selects the digitised nodes, in that order (default all).  Returns an
-        :class:`~tc_hw.device.Acquisition` with ``volts`` of shape ``(P, M, n)`` (volts =
+        :class:`~tc_hw.model.device.Acquisition` with ``volts`` of shape ``(P, M, n)`` (volts =
         code * ACQ:RANGE? / 32768), the raw int16 ``codes`` and ``volts_per_code``.  Needs an
         input batch (:meth:`set_inputs`) and armed outputs (:meth:`arm`).
         """
@@ -517,7 +517,7 @@ class TCBoard:
         if self._inputs is None:
             raise DeviceError("no input batch: call set_inputs(inputs of shape (P, K)) before acquire()")
         if self._armed is False:
-            raise DeviceError("outputs are off: call arm() (or use tc_hw.device.armed(board)) before acquire()")
+            raise DeviceError("outputs are off: call arm() (or use tc_hw.model.device.armed(board)) before acquire()")
         inputs = self._inputs
         p, n = inputs.shape[0], len(node_arr)
         plan = self._plan(p, m, n, mode_u, time_s)
@@ -676,7 +676,7 @@ class TCBoard:
             finally:
                 self._release_lock()
 
-    # -- capabilities (tc_hw.device.CalibrationReference, ReconnectCounter) ---------------
+    # -- capabilities (tc_hw.model.device.CalibrationReference, ReconnectCounter) ---------------
     def cal_ref(self, volts: float | None) -> None:
         """``CAL:REF <volts>``: every ADC input reads ``volts`` (-5..5 V) instead of its node;
         ``None``: ``CAL:REF OFF``.  Out-of-range or NaN values are refused, nothing sent."""

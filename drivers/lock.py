@@ -22,8 +22,8 @@ import stat
 import threading
 from pathlib import Path
 
-from tc_hw.device import DeviceError
-from tc_hw.safeio import LockedError, hold_lock
+from tc_hw.model.device import DeviceError
+from tc_hw.model.safeio import LockedError, hold_lock
 
 __all__ = ["BoardBusyError", "acquire_board_lock", "lock_dir", "lock_path_for", "BoardLock"]
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
-from tc_hw.device import DeviceError
+from tc_hw.model.device import DeviceError
 
 from .blocks import BlockFormatError, encode_block, read_block
 from .transport import Transport, TransportClosed, TransportTimeout

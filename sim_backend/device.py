@@ -1,4 +1,4 @@
-"""The twin as a :class:`tc_hw.device.Device`: the ideal board.
+"""The twin as a :class:`tc_hw.model.device.Device`: the ideal board.
 
 Same channel map as the emulated board of the same description, but every element is exactly
 ``nominal gain * applied volts`` (applied = 16-bit DAC quantised), node values are read without
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tc_hw.device import Acquisition, Channel, ChannelMap
-from tc_hw.params import Params
+from tc_hw.model.device import Acquisition, Channel, ChannelMap
+from tc_hw.model.params import Params
 
 from . import twin
 from .emulator.acquire import time_step
@@ -111,7 +111,7 @@ class TwinDevice:
     def acquire(self, mode: str, time_s: float, samples: int, nodes=None) -> Acquisition:
         """Reset or serial acquisition of ``samples`` readings per input; volts (P, M, n)."""
         if not self._armed:
-            raise RuntimeError("outputs are off: arm the device first (tc_hw.device.armed)")
+            raise RuntimeError("outputs are off: arm the device first (tc_hw.model.device.armed)")
         if self._inputs is None:
             raise RuntimeError("no input batch: call set_inputs first")
         t_tau = float(time_s) / self.tau_s

@@ -15,7 +15,7 @@ Two methods:
     is that of :func:`sim_backend.kernel.run_block_kernel`'s sparse (CSR) path (the same
     :mod:`sim_backend.langevin` force and step functions), and the noise of
     trajectory ``(p, m)`` of candidate ``c`` is the stream ``(seeds[c], p, m)``: for networks the
-    twin integrates on its sparse path (e.g. :func:`tc_hw.network.layered`) the samples are
+    twin integrates on its sparse path (e.g. :func:`tc_hw.model.network.layered`) the samples are
     **bitwise equal** to ``twin.sample_reset(candidate, ..., seed=seeds[c])`` (tested).  With one
     seed for every candidate, all candidates see the same noise (common random numbers), which
     makes loss *differences* between candidates much less noisy.
@@ -39,8 +39,8 @@ from typing import Sequence
 import numpy as np
 from numba import njit, prange
 
-from tc_hw.network import Network
-from tc_hw.params import Params
+from tc_hw.model.network import Network
+from tc_hw.model.params import Params
 
 from . import langevin, twin
 from .langevin import LANES, baoab_step, first_noise, observe, overdamped_step, sparse_force, sparse_force_lanes

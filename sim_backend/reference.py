@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tc_hw.params import Params
+from tc_hw.model.params import Params
 
 __all__ = ["euler_maruyama", "underdamped"]
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tc_hw.params import Params
+from tc_hw.model.params import Params
 
 from . import kernel, langevin
 from .rng import stream_states

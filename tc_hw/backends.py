@@ -1,7 +1,7 @@
 """Finding backends by name through entry points, so the core never imports a backend module.
 
 A backend is registered in the ``tc_hw.backends`` entry-point group as a callable that takes a
-resource string (and keyword options) and returns a :class:`tc_hw.device.Device`.  A new board
+resource string (and keyword options) and returns a :class:`tc_hw.model.device.Device`.  A new board
 family is a plugin: a package that declares, in its own ``pyproject.toml``::
 
     [project.entry-points."tc_hw.backends"]

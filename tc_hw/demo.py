@@ -119,13 +119,13 @@ def board_computer(channel_map, *, width: int = WIDTH, depth: int = DEPTH, kT: f
     couplings between consecutive layers and the crossbar into layer 0 only; its outputs are the
     last layer.  On a layered 8x4 board (the default) this is :func:`tc_hw.train.cos.cos_network`.
 
-    Returns ``(base, nodes)``: the computer as :class:`~tc_hw.params.Params` on its own nodes
+    Returns ``(base, nodes)``: the computer as :class:`~tc_hw.model.params.Params` on its own nodes
     ``0..n-1`` (layer by layer, with zero readout of shape (1, n_out)), and the board node of each.
     Raises :class:`DemoError` for a board with fewer than ``MIN_NODES`` nodes, no input line, or
     an input that reaches no coupled node.
     """
-    from .network import Network
-    from .params import Params
+    from .model.network import Network
+    from .model.params import Params
     from .train.cos import cos_network
 
     n = sum(1 for c in channel_map if c.kind == "Q")
@@ -194,8 +194,8 @@ def embed(params, nodes, channel_map, neuron=(1.0, 0.0, 1.0), quadratic=None, qu
     couplings ``neuron`` (in the computer's units) and nothing else, so it fluctuates on its own
     and never touches the computer (``quadratic``, ``quartic``: per board node, (n_board,),
     instead of ``neuron``'s for those).  Returns ``params`` itself where the computer is the board."""
-    from .network import Network
-    from .params import Params
+    from .model.network import Network
+    from .model.params import Params
 
     n = sum(1 for c in channel_map if c.kind == "Q")
     net = params.network
@@ -356,10 +356,10 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
     from sim_backend.twin import sample_reset
 
     from .backends import open_device
-    from .files import save_params
+    from .model.files import save_params
     from .refine import RefineConfig, gap_closed, measure_cos_loss, refine
     from .report import report
-    from .tasks import cos_task
+    from .model.tasks import cos_task
     from .train.cos import twin_cos_loss
 
     folder = Path(folder)
@@ -566,7 +566,7 @@ def _train_for(plan, base, nodes, cmap, cal, out, seed, progress):
     from calibration.scale import fitting_scale
     from sim_backend.twin import sample_reset
 
-    from .tasks import cos_task
+    from .model.tasks import cos_task
     from .train.direct import train_cos_direct
 
     layers = [len(layer) for layer in base.network.layers]
@@ -587,7 +587,7 @@ def _board_score(dev, program, cal, input_scale, seed, points: int = 250, sample
     """Board loss of ``program`` (through ``cal``) with the readout fitted to the same
     measurement: what refinement would start from (in-sample, the same optimism for any program)."""
     from .refine import RefineConfig, _Problem, _retrying
-    from .tasks import cos_task
+    from .model.tasks import cos_task
 
     cfg = RefineConfig(final_samples=samples, input_scale=input_scale)
     prob = _Problem(dev, program, cal, cfg)

@@ -23,7 +23,7 @@ def evaluate_mnist(params, samples: int, seed: int, time_obs: float, dt: float, 
 
     from sim_backend.twin import sample_reset
 
-    from .tasks import mnist_inputs, score_classification
+    from .model.tasks import mnist_inputs, score_classification
 
     inputs, labels = mnist_inputs("test")
     t0 = time.perf_counter()

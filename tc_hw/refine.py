@@ -6,7 +6,7 @@ steps from the board's measured output means and the twin's Jacobian through the
 :mod:`tc_hw.refine_twin`).  With the GA every candidate's readout is refitted exactly (least
 squares on its own measurement) and kept by the GA, and mutations are scaled per parameter by
 the twin's sensitivities (``sensitivity_sigma``).  Any task: ``task`` is ``"cos"`` or a
-:class:`tc_hw.tasks.Task` (data and a loss).  The result also says what the run saw of drift
+:class:`tc_hw.model.tasks.Task` (data and a loss).  The result also says what the run saw of drift
 and whether a recalibration would serve better (``drift``).
 
 A program trained on the twin is uploaded through the calibration and then refined on the board
@@ -19,7 +19,7 @@ sent, so no candidate can ever ask for an unsafe voltage (the search space is th
 One generation: the same input batch for every candidate (``points`` inputs, evenly spaced,
 shifted per generation), one bulk upload and **one** batched acquisition of ``samples`` readings
 per input per candidate, losses from the ADC-corrected samples; the elites (rows 0..4) are
-re-measured with fresh noise every generation.  The generation is logged (:mod:`tc_hw.runlog`),
+re-measured with fresh noise every generation.  The generation is logged (:mod:`tc_hw.model.runlog`),
 then the GA state is checkpointed atomically (``<log>.ga.h5``).  A connection fault the driver
 cannot recover aborts the generation, which is then redone whole (never half-counted).  While
 the board temperature is outside ``temp_band`` the loop pauses, says so, and waits.
@@ -68,10 +68,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .device import DeviceError, Seedable, armed, reconnect_count
-from .params import Params
-from .runlog import RunLog
-from .tasks import Task, cos_task
+from .model.device import DeviceError, Seedable, armed, reconnect_count
+from .model.params import Params
+from .model.runlog import RunLog
+from .model.tasks import Task, cos_task
 
 __all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss"]
 
@@ -149,7 +149,7 @@ _OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "
 
 
 def _as_task(z) -> Task:
-    """A batch as a :class:`~tc_hw.tasks.Task`: a task as it is, an array ``z`` (P, 1) of the cos task's inputs
+    """A batch as a :class:`~tc_hw.model.tasks.Task`: a task as it is, an array ``z`` (P, 1) of the cos task's inputs
     as the cos task on those inputs."""
     if isinstance(z, Task):
         return z
@@ -472,7 +472,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
 
     Parameters
     ----------
-    device : tc_hw.device.Device
+    device : tc_hw.model.device.Device
     params : Params
         The program trained on the twin (with readout weights for the cos task).
     cal : calibration.Calibration
@@ -501,7 +501,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
 
     task_obj = None if isinstance(task, str) and task == "cos" else task
     if task_obj is not None and not isinstance(task_obj, Task):
-        raise ValueError(f"task must be 'cos' or a tc_hw.tasks.Task, not {task!r}")
+        raise ValueError(f"task must be 'cos' or a tc_hw.model.tasks.Task, not {task!r}")
     if task_obj is not None:
         if params.readout is None or params.readout.shape[0] != task_obj.n_outputs:
             raise ValueError(f"the task {task_obj.name!r} needs a readout with {task_obj.n_outputs} rows; the program "
@@ -624,7 +624,7 @@ RECAL_LOSS_RISE = 0.25
 
 def read_temperatures(log_path) -> np.ndarray:
     """Board temperatures (kelvin) logged before and after every generation, shape (G, 2)."""
-    from .runlog import read_log
+    from .model.runlog import read_log
 
     try:
         return np.asarray(read_log(log_path)["temperature_k"], float).reshape(-1, 2)

@@ -1,4 +1,4 @@
-"""Plots of a run log (:mod:`tc_hw.runlog`): what ``tc-hw report run.h5`` writes.
+"""Plots of a run log (:mod:`tc_hw.model.runlog`): what ``tc-hw report run.h5`` writes.
 
 ``<stem>_loss.png``         best, median and re-measured elite loss per generation
 ``<stem>_elites.png``       the best candidate's parameters per generation, relative to the start
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plotting import figure, save
-from .runlog import read_log
+from .model.plotting import figure, save
+from .model.runlog import read_log
 
 __all__ = ["report"]
 

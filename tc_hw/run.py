@@ -18,7 +18,7 @@ Run file layout (``/entry`` ``format = "tc-hw/run"``, ``format_version = 1``; Ne
     /entry                     NXentry  attrs: format, format_version, program_name, version, start_time,
                                end_time, complete (False until the run ended), default = "outputs",
                                mode, time_s, samples, batch, task, scale, input_scale
-      provenance               NXcollection: the provenance block (tc_hw.provenance)
+      provenance               NXcollection: the provenance block (tc_hw.model.provenance)
       instrument               NXinstrument  attrs: identity, technology, resource, calibration_entry
         channel_volts          (n_channels,) volts applied, as read back after the upload
         requested_volts        (n_channels,) volts the mapping asked for
@@ -52,8 +52,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import provenance
-from .safeio import open_hdf5_read
+from .model import provenance
+from .model.safeio import open_hdf5_read
 
 __all__ = ["RUN_FORMAT", "RUN_VERSION", "load_inputs", "CosTask", "builtin_task", "run_program", "read_run",
            "RunError"]
@@ -117,12 +117,12 @@ class CosTask:
     name = "cos"
 
     def __init__(self, points: int = 250):
-        from .tasks import cos_task
+        from .model.tasks import cos_task
 
         self.inputs, self.targets = cos_task(int(points))
 
     def score(self, params, output_samples) -> dict:
-        from .tasks import cos_loss
+        from .model.tasks import cos_loss
 
         return {"loss": cos_loss(params, output_samples, self.targets)}
 
@@ -132,15 +132,15 @@ class CosTask:
         return {"loss": twin_cos_loss(params, points=len(self.inputs), samples=int(samples), seed=int(seed))}
 
 
-#: Built-in tasks by name; task files (``tc_hw.tasks``) plug in through :func:`builtin_task`'s caller.
+#: Built-in tasks by name; task files (``tc_hw.model.tasks``) plug in through :func:`builtin_task`'s caller.
 BUILTIN_TASKS = {"cos": CosTask}
 
 
 def builtin_task(name: str, points: int = 250):
-    """A built-in task by name, or a task file if ``tc_hw.tasks`` can load one (``load_task``)."""
+    """A built-in task by name, or a task file if ``tc_hw.model.tasks`` can load one (``load_task``)."""
     if name in BUILTIN_TASKS:
         return BUILTIN_TASKS[name](points)
-    from . import tasks
+    from .model import tasks
 
     loader = getattr(tasks, "load_task", None)
     if loader is not None and Path(name).is_file():
@@ -333,7 +333,7 @@ def _measure(f, device, cal, params, lines, nodes, pos, *, mode, time_s, samples
     """Acquire ``batch`` inputs at a time and write each acquisition's rows as it comes.
 
     Returns node-unit samples (P, M, n), the outputs (P, F) and the temperature per acquisition (A,)."""
-    from .device import armed
+    from .model.device import armed
 
     p = len(lines)
     n_acq = -(-p // batch)
@@ -397,7 +397,7 @@ def read_run(path) -> dict:
 
 def save_acquisition(out, device, acq, requested_volts, *, overwrite: bool = False, resource: str = "",
                      cal=None) -> Path:
-    """Write one :class:`~tc_hw.device.Acquisition` (channels set by hand, ``tc-hw acquire``) as a
+    """Write one :class:`~tc_hw.model.device.Acquisition` (channels set by hand, ``tc-hw acquire``) as a
     run file (same layout as :func:`run_program`'s; the outputs are the node means, no readout).
 
     Without a calibration ``node_units`` are the volts as read (an ideal ADC assumed)."""

@@ -77,7 +77,7 @@ def _timed(tally: Tally, what: str, bound_s: float):
 # ------------------------------------------------------------------------------ corpus of good files
 KILLED_WRITER = """
 import os, sys, numpy as np
-from tc_hw.runlog import RunLog
+from tc_hw.model.runlog import RunLog
 log = RunLog.create(sys.argv[1], {"task": "cos"}, population=4, n_params=3, elites=2)
 for g in range(3):
     log.append(g, {"population": np.full((4, 3), g), "losses": np.arange(4.0), "elite_losses": [g, g],
@@ -99,10 +99,10 @@ class Corpus:
     def __init__(self, folder):
         from calibration.record import RecordWriter
         from sim_backend.device import TwinDevice
-        from tc_hw.files import save_params
-        from tc_hw.network import layered
-        from tc_hw.params import Params
-        from tc_hw.runlog import RunLog
+        from tc_hw.model.files import save_params
+        from tc_hw.model.network import layered
+        from tc_hw.model.params import Params
+        from tc_hw.model.runlog import RunLog
 
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ class Corpus:
 
 # ------------------------------------------------------------------------------ loaders
 def _load_params(path):
-    from tc_hw.files import load_params
+    from tc_hw.model.files import load_params
 
     return load_params(path)
 
@@ -155,13 +155,13 @@ def _load_cal(path):
 
 
 def _read_log(path):
-    from tc_hw.runlog import read_log
+    from tc_hw.model.runlog import read_log
 
     return read_log(path)
 
 
 def _reopen_log(path):
-    from tc_hw.runlog import RunLog
+    from tc_hw.model.runlog import RunLog
 
     RunLog.reopen(path).close()
 
@@ -336,7 +336,7 @@ def check_fake_board(mode: str, trigger: str | None, seed: int, tally: Tally, bo
     """Open the fake board misbehaving in ``mode`` (on ``trigger``), write safe and unsafe
     channels, read back; a DeviceError is fine, any other exception is a traceback."""
     from drivers.board import open_visa
-    from tc_hw.device import DeviceError, UnsafeVoltageError
+    from tc_hw.model.device import DeviceError, UnsafeVoltageError
     from tests.fake_board import FakeBoard
 
     with FakeBoard(mode, trigger, seed) as fb:
@@ -513,7 +513,7 @@ def _check_emulate(argv: list, tally: Tally, bound_s: float = 60.0) -> None:
 # ------------------------------------------------------------------------------ kill / resume
 LOG_WRITER = """
 import sys, time, numpy as np
-from tc_hw.runlog import RunLog
+from tc_hw.model.runlog import RunLog
 path, reopen = sys.argv[1], sys.argv[2] == "1"
 log = RunLog.reopen(path) if reopen else RunLog.create(path, {"task": "cos"}, population=4, n_params=3, elites=2)
 g = log.completed
@@ -531,7 +531,7 @@ def check_kill_resume(folder, seed: int, tally: Tally, bound_s: float = 60.0) ->
     """SIGKILL a log writer at a random moment, try a concurrent second writer (must be refused
     while the first lives), resume, kill again; every generation reported committed must be in
     the log, in order, and read back equal."""
-    from tc_hw.runlog import LogBusyError, RunLog, read_log
+    from tc_hw.model.runlog import LogBusyError, RunLog, read_log
 
     rng = random.Random(seed)
     path = Path(folder) / f"kr{seed % 20}.h5"

@@ -17,7 +17,7 @@ from calibration.record import RecordWriter
 from calibration.routine import Analysis
 from sim_backend.device import TwinDevice
 from tc_hw import Params
-from tc_hw.device import Channel
+from tc_hw.model.device import Channel
 from tests.emulator_process import running_emulator
 
 

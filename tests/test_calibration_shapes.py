@@ -19,7 +19,7 @@ from calibration.curves import CurveError, fit_curve, select_model, candidates, 
 from calibration.mapping import MappingError
 from sim_backend.device import TwinDevice
 from tc_hw import Params
-from tc_hw.device import Channel
+from tc_hw.model.device import Channel
 
 B = Channel(5, "B", 0, 0, -5.0, 5.0, 4.0, 0.0)
 R = Channel(51, "R", 3, 3, 0.0, 5.0, 4.0, 0.0)

@@ -1,4 +1,4 @@
-"""Optional backend capabilities as runtime-checkable protocols (tc_hw.device), not hasattr probes.
+"""Optional backend capabilities as runtime-checkable protocols (tc_hw.model.device), not hasattr probes.
 
 The board driver is exercised through real PyVISA over TCP on 127.0.0.1 against the emulator
 running as its own process."""
@@ -9,7 +9,7 @@ import pytest
 from calibration import adc
 from drivers import open_visa
 from sim_backend.device import TwinDevice
-from tc_hw.device import (
+from tc_hw.model.device import (
     CalibrationReference,
     Device,
     ReconnectCounter,

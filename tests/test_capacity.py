@@ -19,7 +19,7 @@ import pytest
 
 from drivers import BoardError, TCBoard, open_visa
 from sim_backend.emulator.board import BoardFileError, parse_board
-from tc_hw.device import DeviceError, armed
+from tc_hw.model.device import DeviceError, armed
 from tests.emulator_process import running_emulator
 
 CAP, WORK = 3300, 1e8

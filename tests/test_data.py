@@ -1,4 +1,4 @@
-"""Tests of the shared-data loaders (tc_hw.data): MNIST idx files and the thermo_gd parameters."""
+"""Tests of the shared-data loaders (tc_hw.model.data): MNIST idx files and the thermo_gd parameters."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tc_hw.data import (
+from tc_hw.model.data import (
     load_mnist,
     load_published,
     normalise_images,
@@ -19,9 +19,9 @@ from tc_hw.data import (
     shared_dir,
     to_params,
 )
-from tc_hw.data.mnist import MNIST_FILES
-from tc_hw.data.thermo_gd import N_PARAMETERS, TEST_SET_NORM
-from tc_hw.network import thermo_gd_network
+from tc_hw.model.data.mnist import MNIST_FILES
+from tc_hw.model.data.thermo_gd import N_PARAMETERS, TEST_SET_NORM
+from tc_hw.model.network import thermo_gd_network
 
 try:
     SHARED = shared_dir()

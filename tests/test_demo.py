@@ -11,7 +11,7 @@ import pytest
 
 from sim_backend.emulator.board import PRESETS, parse_board
 from tc_hw.demo import DemoError, board_computer, embed, plan_for_board
-from tc_hw.device import Channel, ChannelMap
+from tc_hw.model.device import Channel, ChannelMap
 from tc_hw.train.cos import cos_network
 
 LAYERED = '[topology]\nlayered = {{ width = {w}, depth = {d}, inputs = {k} }}\n'

@@ -14,7 +14,7 @@ import pytest
 from drivers.board import open_visa
 from sim_backend.device import TwinDevice
 from sim_backend.emulator.process import running_emulator
-from tc_hw.device import armed
+from tc_hw.model.device import armed
 
 M = 4000
 TIME_S = 1e-6  # one time constant: out of equilibrium, where a wrong time scale would show

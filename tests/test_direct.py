@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tc_hw.network import all_to_all
+from tc_hw.model.network import all_to_all
 from tc_hw.train.direct import DirectConfig, _Model, _accuracy, initial_params, train_direct, trajectory_loss_and_grad
 
 
@@ -71,7 +71,7 @@ def test_bad_inputs_are_refused():
 
 def test_cos_direct_training_leaves_the_plateau(tmp_path):
     """A short run gets well below the loss 1/2 of any linear response, and writes its files."""
-    from tc_hw.files import load_params
+    from tc_hw.model.files import load_params
     from tc_hw.train.direct import train_cos_direct
 
     out = tmp_path / "cos.h5"

@@ -41,7 +41,7 @@ from drivers.blocks import (
 from drivers.board import DAC_LSB_V
 from drivers.scpi import parse_error_line
 from drivers.transport import SerialTransport, VisaTransport, classify_resource
-from tc_hw.device import Channel, ChannelMap, Device, DeviceError, UnsafeVoltageError, armed
+from tc_hw.model.device import Channel, ChannelMap, Device, DeviceError, UnsafeVoltageError, armed
 from tests.emulator_process import emulator, running_emulator  # noqa: F401  (pytest fixture)
 
 

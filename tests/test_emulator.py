@@ -17,8 +17,8 @@ import pytest
 from sim_backend.emulator.board import DAC_LSB_V, quantize
 from sim_backend.emulator.scpi import Scanner
 from sim_backend.emulator.truth import adc_code, element_value
-from tc_hw.network import layered
-from tc_hw.params import Params
+from tc_hw.model.network import layered
+from tc_hw.model.params import Params
 from sim_backend.twin import sample_reset
 
 from tests.emulator_process import emulator, running_emulator  # noqa: F401  (fixture)

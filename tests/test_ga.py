@@ -9,7 +9,7 @@ import pytest
 from sim_backend import population as pp
 from sim_backend import twin
 from tc_hw import Params, layered, load_params
-from tc_hw.tasks import cos_loss, cos_task
+from tc_hw.model.tasks import cos_loss, cos_task
 from tc_hw.train.cos import TRAINABLE, cos_network, train_cos_ga
 from tc_hw.train.ga import GeneticAlgorithm, fan_in_sigma
 

@@ -224,8 +224,8 @@ def test_bad_input_is_refused():
         G.quantise_couplings(p, 1)
     with pytest.raises(ValueError):
         G.combine_stats([G.stats_from_trajectories(_tiny_paths(), 0.01, 0.1, 5)], weights=[-1.0])
-    from tc_hw.network import all_to_all
-    from tc_hw.params import Params
+    from tc_hw.model.network import all_to_all
+    from tc_hw.model.params import Params
 
     with pytest.raises(ValueError):
         G.generate(Params.uniform(all_to_all(3, 2, 0)), 2)

@@ -67,7 +67,7 @@ def test_item12_cal_folder_exits_2(tmp_path, capsys):
 
 
 def _params_file(tmp_path):
-    from tc_hw.files import save_params
+    from tc_hw.model.files import save_params
 
     p = tmp_path / "prog.h5"
     if not p.exists():

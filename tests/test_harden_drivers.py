@@ -17,7 +17,7 @@ import pytest
 from drivers.board import open_visa
 from drivers.lock import BoardBusyError
 from drivers.transport import classify_resource
-from tc_hw.device import DeviceError, UnsafeVoltageError
+from tc_hw.model.device import DeviceError, UnsafeVoltageError
 from tests.fake_board import MODES, FakeBoard
 
 

@@ -16,12 +16,12 @@ import h5py
 import numpy as np
 import pytest
 
-from tc_hw.runlog import LogBusyError, RunLog, lock_path_of, read_log
-from tc_hw.safeio import hdf5_problem
+from tc_hw.model.runlog import LogBusyError, RunLog, lock_path_of, read_log
+from tc_hw.model.safeio import hdf5_problem
 
 HOLDER = """
 import sys, time, numpy as np
-from tc_hw.runlog import RunLog
+from tc_hw.model.runlog import RunLog
 log = RunLog.reopen(sys.argv[1]) if sys.argv[2] == "reopen" else RunLog.create(
     sys.argv[1], {"task": "cos"}, population=4, n_params=3, elites=2)
 g = log.completed
@@ -176,9 +176,9 @@ def test_hdf5_problem_names_folders_and_empty_files(tmp_path):
 
 
 # ------------------------------------------------------------------ parameter files (items 6, 8, 11)
-from tc_hw.files import load_params, save_params  # noqa: E402
-from tc_hw.network import layered  # noqa: E402
-from tc_hw.params import Params, ParamsError  # noqa: E402
+from tc_hw.model.files import load_params, save_params  # noqa: E402
+from tc_hw.model.network import layered  # noqa: E402
+from tc_hw.model.params import Params, ParamsError  # noqa: E402
 
 
 def small_params():
@@ -315,7 +315,7 @@ def test_item1_cli_resume_of_a_live_refine_is_refused_and_nothing_is_lost(tmp_pa
 
 KILLED = """
 import os, sys, numpy as np
-from tc_hw.runlog import RunLog
+from tc_hw.model.runlog import RunLog
 log = RunLog.create(sys.argv[1], {"task": "cos"}, population=4, n_params=3, elites=2)
 for g in range(3):
     log.append(g, {"population": np.full((4, 3), g), "losses": np.arange(4.0), "elite_losses": [g, g],
@@ -344,7 +344,7 @@ def test_item2_damaged_log_of_a_killed_writer_fails_fast(tmp_path, where):
 def test_item2_a_global_heap_hdf5_would_parse_forever_is_refused_at_once(tmp_path):
     """One byte of a calibration record's string heap set to 0 made h5py spin forever (fuzz find)."""
     import calibration
-    from tc_hw.safeio import hdf5_problem
+    from tc_hw.model.safeio import hdf5_problem
     from tests.fuzzlib import Corpus
 
     c = Corpus(tmp_path / "c")

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from tc_hw.evaluation import evaluate_mnist
-from tc_hw.data.paths import shared_dir
-from tc_hw.data.thermo_gd import load_published
+from tc_hw.model.data.paths import shared_dir
+from tc_hw.model.data.thermo_gd import load_published
 
 
 def test_published_parameters_reproduce_the_paper():

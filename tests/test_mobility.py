@@ -8,8 +8,8 @@ import scipy.linalg as sl
 
 from sim_backend import population, reference, twin
 from tc_hw import Network, Params, all_to_all, layered
-from tc_hw.files import load_params, save_params
-from tc_hw.params import ParamsError
+from tc_hw.model.files import load_params, save_params
+from tc_hw.model.params import ParamsError
 
 
 def _random_params(net, seed, **kw):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tc_hw import Network, Params, ParamsError, all_to_all, layered, load_params, save_params
-from tc_hw.params import from_ising_convention
+from tc_hw.model.params import from_ising_convention
 
 
 def small_params(readout=True):
@@ -165,7 +165,7 @@ def test_malformed_files_give_clear_errors(tmp_path):
 def test_rescaled_program_computes_the_same_answer():
     """y = x / lam: same output (readout lam f) at the same time, from the twin, within noise."""
     from sim_backend.twin import sample_reset
-    from tc_hw.network import layered
+    from tc_hw.model.network import layered
 
     rng = np.random.default_rng(0)
     net = layered(4, 2, 1)

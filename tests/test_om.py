@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tc_hw.network import all_to_all, layered, thermo_gd_network
+from tc_hw.model.network import all_to_all, layered, thermo_gd_network
 from tc_hw.train import om
 from tc_hw.train.om import (
     OMStats,
@@ -178,7 +178,7 @@ def test_errors_on_bad_shapes_and_nan():
 # ---------------------------------------------------------------------------- teacher
 @pytest.fixture(scope="module")
 def small_mnist():
-    from tc_hw.tasks import mnist_inputs
+    from tc_hw.model.tasks import mnist_inputs
 
     x, y = mnist_inputs("train")
     return x[:3000], y[:3000]
@@ -210,8 +210,8 @@ def test_teacher_learns_and_round_trips(small_teacher, small_mnist, tmp_path):
 
 
 def test_teacher_accepts_raw_digits_and_rejects_bad_input(small_teacher, tmp_path):
-    from tc_hw.data.mnist import load_mnist
-    from tc_hw.tasks import mnist_inputs
+    from tc_hw.model.data.mnist import load_mnist
+    from tc_hw.model.tasks import mnist_inputs
 
     raw, _ = load_mnist("test")
     norm, _ = mnist_inputs("test")

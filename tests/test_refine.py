@@ -10,7 +10,7 @@ from calibration.scale import fitting_scale
 from sim_backend.device import TwinDevice
 from tc_hw.refine import RefineConfig, refine
 from tc_hw.report import report
-from tc_hw.runlog import read_log
+from tc_hw.model.runlog import read_log
 from tc_hw.train.direct import train_cos_direct
 
 CFG = dict(population=6, elites=2, points=6, samples=10, final_points=20, final_samples=20, seed=3)
@@ -81,7 +81,7 @@ def test_logs_from_before_the_noise_settings_resume_as_they_were_made():
 
 def test_debiased_candidate_losses_remove_the_finite_sample_bias(program):
     from tc_hw.refine import _Problem
-    from tc_hw.tasks import cos_task
+    from tc_hw.model.tasks import cos_task
 
     dev = TwinDevice()
     cal = calibration.nominal(dev.channel_map)

@@ -10,7 +10,7 @@ import calibration
 from calibration.scale import fitting_scale
 from sim_backend.device import TwinDevice
 from tc_hw.refine import RefineConfig, gap_closed, refine
-from tc_hw.runlog import read_log
+from tc_hw.model.runlog import read_log
 from tc_hw.train.direct import train_cos_direct
 
 SMALL = dict(points=16, samples=200, final_points=50, final_samples=500, seed=3, twin_samples=16, twin_dt=2e-2)
@@ -172,7 +172,7 @@ def test_cli_refine_twin_guided_json_has_the_figures(program, tmp_path, capsys):
     import json
 
     from tc_hw.cli import main
-    from tc_hw.files import save_params
+    from tc_hw.model.files import save_params
 
     save_params(program, tmp_path / "p.h5", {"task": "cos"})
     rc = main(["refine", "--resource", "twin", "--params", str(tmp_path / "p.h5"), "--method", "twin-guided",

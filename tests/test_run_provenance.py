@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from sim_backend.device import TwinDevice
-from tc_hw import load_params, provenance, save_params
+from tc_hw import load_params, save_params
+from tc_hw.model import provenance
 from tc_hw.run import read_run
 from tc_hw.train.cos import cos_network
 from tests.emulator_process import emulator  # noqa: F401  (module-scoped fixture)
@@ -266,7 +267,7 @@ def test_run_on_an_emulated_board_through_a_calibration(files, emulator):  # noq
 
 # ------------------------------------------------------------------------------------ NeXus
 def test_nexus_readers_plot_the_intended_data(files, tmp_path):
-    from tc_hw.runlog import RunLog
+    from tc_hw.model.runlog import RunLog
 
     if not (files / "run.h5").exists():
         test_run_on_the_twin_with_a_task(files)
@@ -288,7 +289,7 @@ def test_nexus_readers_plot_the_intended_data(files, tmp_path):
 
 
 def test_report_reads_every_kind_of_tc_hw_file(files, tmp_path):
-    from tc_hw.runlog import RunLog
+    from tc_hw.model.runlog import RunLog
 
     dev = TwinDevice()
     entry = _write_entry(tmp_path / "cal.h5", dev, 1.0)

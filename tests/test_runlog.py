@@ -12,11 +12,11 @@ import h5py
 import numpy as np
 import pytest
 
-from tc_hw.runlog import RunLog, read_log
+from tc_hw.model.runlog import RunLog, read_log
 
 WRITER = """
 import sys, numpy as np
-from tc_hw.runlog import RunLog
+from tc_hw.model.runlog import RunLog
 log = RunLog.create(sys.argv[1], {"task": "cos"}, population=8, n_params=30, elites=2, codes_shape=(4, 5, 3),
                     volts_per_code=1e-4)
 rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tc_hw.tasks import Task, cos_task_object, load_task, save_task
+from tc_hw.model.tasks import Task, cos_task_object, load_task, save_task
 
 
 def _blobs(n=60, seed=0):
@@ -71,7 +71,7 @@ def test_fit_readout_is_least_squares_to_one_hot():
 
 def test_cli_refine_with_a_task_file_reports_accuracy_before_and_after(tmp_path, capsys):
     from tc_hw.cli import main
-    from tc_hw.files import save_params
+    from tc_hw.model.files import save_params
     from tc_hw.train.cos import cos_network
 
     task = _blobs(40)

@@ -275,7 +275,7 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 def test_heat_from_a_start_state_without_inputs():
     """Regression: ``x0`` + ``energy=True`` on a network with no input lines."""
-    from tc_hw.network import Network
+    from tc_hw.model.network import Network
 
     net = Network(3, np.array([[0, 1]]), 0, np.zeros((0, 2), int), np.array([2]))
     r = twin.sample_reset(Params.uniform(net), np.zeros((2, 0)), 0.1, 5, x0=np.full(3, 0.5), energy=True)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from tc_hw.params import Params
+from tc_hw.model.params import Params
 from sim_backend import twin
 
 from . import nonideal as ni

@@ -2,7 +2,7 @@
 
 A *board file* (TOML, read with :mod:`tomllib`) says what the board is; :class:`Board` adds the
 hidden truth drawn from the board seed (:mod:`.nonideal`) and turns applied voltages into the
-:class:`tc_hw.params.Params` that the twin integrates.
+:class:`tc_hw.model.params.Params` that the twin integrates.
 
 Board file schema (every key optional; defaults are those of :data:`DEFAULT_BOARD_TOML`)::
 
@@ -26,8 +26,8 @@ Board file schema (every key optional; defaults are those of :data:`DEFAULT_BOAR
                                   # stand beside it
 
     [topology]                    # exactly one of the three forms
-    layered = { width = 8, depth = 4, inputs = 1 }          # tc_hw.network.layered
-    # all_to_all = { hidden = 64, outputs = 10, inputs = 784 }  # tc_hw.network.all_to_all
+    layered = { width = 8, depth = 4, inputs = 1 }          # tc_hw.model.network.layered
+    # all_to_all = { hidden = 64, outputs = 10, inputs = 784 }  # tc_hw.model.network.all_to_all
     # nodes = 3, edges = [[0, 1], [1, 2]], inputs = 1, crossbar = [[0, 0]], outputs = [2]
 
     [channels]                    # per-kind safe range, nominal gain (value per volt), period (V)
@@ -71,8 +71,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tc_hw.network import Network, all_to_all, layered
-from tc_hw.params import Params
+from tc_hw.model.network import Network, all_to_all, layered
+from tc_hw.model.params import Params
 
 from . import nonideal as ni
 from .faults import FaultSpec

@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from tc_hw.network import layered
+from tc_hw.model.network import layered
 
 from . import nonideal as ni
 from .board import DAC_FULL_SCALE_V, DAC_LSB_V, BoardDescription, KindSpec, _JJ_KINDS, _RLC_KINDS

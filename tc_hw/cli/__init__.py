@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist  # noqa: F401  (public re-export)
-from .. import provenance
+from ..model import provenance
 from . import board, demo, hardware, run, train, twin
 from ._common import EXIT_BAD_INPUT, EXIT_DEVICE, EXIT_ERROR, EXIT_OK  # noqa: F401
 
@@ -63,9 +63,9 @@ def exit_code_of(e: BaseException) -> int | None:
     as a missing file, an existing output, a folder where a file was expected, no permission).
     Everything else (``KeyError``, ``IndexError``, ``TypeError``, ...) is a bug, not bad input.
     """
-    from ..device import DeviceError
-    from ..params import ParamsError
-    from ..safeio import LockedError
+    from ..model.device import DeviceError
+    from ..model.params import ParamsError
+    from ..model.safeio import LockedError
 
     if isinstance(e, (DeviceError, ConnectionError, TimeoutError)):
         return EXIT_DEVICE

@@ -74,7 +74,7 @@ def _parse_sets(items) -> dict:
 
 def cmd_acquire(args) -> int:
     from ..backends import open_device
-    from ..device import armed
+    from ..model.device import armed
 
     sets = _parse_sets(args.set)  # checked before the board is opened
     if args.samples > MAX_SAMPLES or args.time > MAX_TIME_S:

@@ -33,7 +33,7 @@ def _load_cal(path, device, resource: str | None = None):
 
 def _program(args, device, cal=None):
     """The parameter file, rescaled (``--scale``) to fit the board (through ``cal``) if asked."""
-    from ..files import load_params
+    from ..model.files import load_params
 
     scale = parse_scale(getattr(args, "scale", None))
     params = load_params(args.params)
@@ -78,7 +78,7 @@ def _check_output_file(path, option: str) -> None:
 def cmd_calibrate(args) -> int:
     import calibration
 
-    from .. import provenance
+    from ..model import provenance
     from ..backends import open_device
 
     _check_output_file(args.out, "--out")
@@ -167,10 +167,10 @@ def _refine_config(args):
 
 
 def cmd_refine(args) -> int:
-    from .. import provenance
+    from ..model import provenance
     from ..backends import open_device
     from ..refine import gap_closed, refine, twin_task_loss
-    from ..tasks import load_task
+    from ..model.tasks import load_task
     from ..train.cos import twin_cos_loss
 
     cfg = _refine_config(args)  # bad sizes and ranges are refused before the board or the log is touched

@@ -10,7 +10,7 @@ def _validated(args):
     the calibration record, the inputs or task.  Returns (params, lam or None, cal or None, task, inputs)."""
     import calibration
 
-    from ..files import load_params
+    from ..model.files import load_params
     from ..run import builtin_task, check_run, load_inputs
 
     check_run(samples=args.samples, time_s=args.time, mode=args.mode, batch=args.batch, out=args.out,
@@ -33,7 +33,7 @@ def _validated(args):
 def cmd_run(args) -> int:
     import calibration
 
-    from .. import provenance
+    from ..model import provenance
     from ..backends import backend_for, open_device
     from ..run import run_program
     from ..station import resolve
@@ -79,14 +79,14 @@ def cmd_report(args) -> int:
     """Provenance of any tc-hw file; for a run log also the plots (``tc_hw.report``)."""
     import json
 
-    from .. import provenance
+    from ..model import provenance
 
     prov = provenance.read(args.file)
     r = {"file": prov["file"], "kind": prov["kind"], "provenance": prov["blocks"]}
     lines = [f"{args.file}: tc-hw {prov['kind']} file"]
     if prov["kind"] == "run-log":
         from ..report import report
-        from ..runlog import read_log
+        from ..model.runlog import read_log
 
         if read_log(args.file)["completed_generations"] > 0:
             r.update(report(args.file, args.folder))

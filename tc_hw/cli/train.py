@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
         print(f"tc-hw train: task {args.task!r} has methods {', '.join(METHODS[args.task])}, not {method!r}")
         return EXIT_BAD_INPUT
     args.method = method
-    from ..files import check_params_target
+    from ..model.files import check_params_target
     from .hardware import _check_input_file, _check_output_file
 
     _check_output_file(args.out, "--out")

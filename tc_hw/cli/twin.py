@@ -10,7 +10,7 @@ MAX_STEPS = 10**7
 
 
 def cmd_evaluate(args) -> int:
-    from ..files import load_params
+    from ..model.files import load_params
 
     if args.task != "mnist":
         raise ValueError(f"unknown task {args.task!r}")

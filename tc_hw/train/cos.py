@@ -1,7 +1,7 @@
 """Train a layered thermodynamic computer by genetic algorithm to express ``cos(2 pi z)``.
 
 The task of Whitelam & Casert (out-of-equilibrium thermodynamic computing, Sec. III C, Figs. 6-9):
-an 8-wide, 4-deep layered network (:func:`tc_hw.network.layered`) of thermodynamic neurons with
+an 8-wide, 4-deep layered network (:func:`tc_hw.model.network.layered`) of thermodynamic neurons with
 intrinsic couplings ``J = (J2, J3, J4) = (1, 0, 1)`` (nonlinear) or ``(1, 0, 0)`` (linear), at
 ``beta = 10`` (``kT = 0.1``), one input ``I = z`` fed to the first layer, output
 ``y(z) = sum_i f_i <x_i(z)>`` over the 8 last-layer neurons, loss (14) = mean squared error to
@@ -65,10 +65,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tc_hw.files import save_params
-from tc_hw.network import layered
-from tc_hw.params import Params, ParamsError
-from tc_hw.tasks import cos_loss, cos_task
+from tc_hw.model.files import save_params
+from tc_hw.model.network import layered
+from tc_hw.model.params import Params, ParamsError
+from tc_hw.model.tasks import cos_loss, cos_task
 
 from .ga import GeneticAlgorithm, fan_in_sigma
 
@@ -262,7 +262,7 @@ def train_cos_ga(
     seed : int
         Seeds the GA and, through it, every noise seed: the run is reproducible bitwise.
     out : path, optional
-        Result file (``.h5``): the trained parameters (:func:`tc_hw.files.save_params`, with
+        Result file (``.h5``): the trained parameters (:func:`tc_hw.model.files.save_params`, with
         provenance: method, task, settings, loss history) plus a ``ga_history`` group.  Next to it
         go ``<stem>_loss.png``, ``<stem>_cos.png`` and the checkpoint ``<stem>_ga.h5``.
     progress : bool
@@ -470,7 +470,7 @@ def train_cos_ga(
 
 
 def _plots(out: Path, history, z, y, y_se, target, loss, settings) -> dict:
-    from tc_hw.plotting import figure, save
+    from tc_hw.model.plotting import figure, save
 
     label = "J = ({:g}, {:g}, {:g}), {} sampling".format(*settings["neuron"], settings["mode"])
     fig, ax = figure()

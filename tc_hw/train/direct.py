@@ -36,7 +36,7 @@ import numpy as np
 
 from sim_backend.langevin import euler_maruyama_paths, polynomial_force
 
-from ..params import Params
+from ..model.params import Params
 
 __all__ = ["DirectConfig", "forward", "backward", "train_direct", "train_mnist_direct", "trajectory_loss_and_grad", "initial_params"]
 
@@ -297,9 +297,9 @@ def train_mnist_direct(out=None, init=None, cfg: DirectConfig = DirectConfig(), 
         ``heat_per_inference_kT`` and the per-epoch history.
     """
     from ..evaluation import evaluate_mnist
-    from ..files import load_params, save_params
-    from ..network import thermo_gd_network
-    from ..tasks import mnist_inputs
+    from ..model.files import load_params, save_params
+    from ..model.network import thermo_gd_network
+    from ..model.tasks import mnist_inputs
 
     if init is None:
         params = initial_params(thermo_gd_network(), cfg.seed)
@@ -370,7 +370,7 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
     ``bound`` keeps every bias, coupling and crossbar weight in ``[-bound, bound]`` (projected
     after each step).  It is off by default: a bound of 2 (the default board's +-20 board units
     at kT = 0.1) stops the loss near 0.19.  A strong program is made to fit a board instead by
-    :meth:`tc_hw.params.Params.rescaled` (smaller elements, longer board time).  The same computer, kT, dt and final measurement as
+    :meth:`tc_hw.model.params.Params.rescaled` (smaller elements, longer board time).  The same computer, kT, dt and final measurement as
     :func:`tc_hw.train.cos.train_cos_ga`, so the two methods compare loss for wall time.
     ``bound`` may also be a dict with a bound per kind (``bias``, ``coupling``, ``crossbar``;
     a kind not named is not bounded), e.g. the reach of a board's channels at a chosen scale.
@@ -390,8 +390,8 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
 
     from sim_backend.rng import normal
 
-    from ..files import save_params
-    from ..tasks import cos_task
+    from ..model.files import save_params
+    from ..model.tasks import cos_task
     from .cos import cos_network, evaluate_cos
 
     if mode != "reset":
@@ -501,8 +501,8 @@ def cos_png(out, params: Params, dt: float, seed: int = 0):
     """The learned ``y(z)`` (mean and standard error, 1000 samples) against ``cos(2 pi z)``."""
     from sim_backend.twin import sample_reset
 
-    from ..plotting import figure, save
-    from ..tasks import cos_task
+    from ..model.plotting import figure, save
+    from ..model.tasks import cos_task
     from .plots import png_path
 
     z, y0 = cos_task()

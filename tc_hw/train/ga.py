@@ -43,7 +43,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from .. import provenance
+from ..model import provenance
 
 __all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "CHECKPOINT_FORMAT"]
 
@@ -261,7 +261,7 @@ class GeneticAlgorithm:
         ``meta`` is any JSON-serialisable dict the caller wants back on :meth:`load` (e.g. the
         settings of the evaluation, to refuse resuming with different ones).
         """
-        from ..safeio import refuse_symlink, temporary_beside
+        from ..model.safeio import refuse_symlink, temporary_beside
 
         path = refuse_symlink(path, "GA checkpoint")
         tmp = temporary_beside(path)  # unique and created exclusively: no fixed name to pre-place
@@ -293,7 +293,7 @@ class GeneticAlgorithm:
     @classmethod
     def load(cls, path) -> "GeneticAlgorithm":
         """Resume from a checkpoint written by :meth:`save` (the caller's ``meta`` is in ``.meta``)."""
-        from ..safeio import open_hdf5_read
+        from ..model.safeio import open_hdf5_read
 
         with open_hdf5_read(path, "GA checkpoint") as f:
             if f.attrs.get("format") != CHECKPOINT_FORMAT:
@@ -344,7 +344,7 @@ def fan_in_sigma(params, trainable=("bias", "coupling", "crossbar", "readout"), 
 
     Parameters
     ----------
-    params : tc_hw.params.Params
+    params : tc_hw.model.params.Params
     trainable : sequence of str
         Element kinds to mutate (``quadratic``, ``cubic``, ``quartic``, ``bias``, ``coupling``,
         ``crossbar``, ``readout``).
@@ -355,7 +355,7 @@ def fan_in_sigma(params, trainable=("bias", "coupling", "crossbar", "readout"), 
     -------
     ndarray, shape (params.vector().size,)
     """
-    from tc_hw.params import ELEMENT_KINDS
+    from tc_hw.model.params import ELEMENT_KINDS
 
     net = params.network
     conn = (net.degree() + net.fan_in()).astype(np.float64)

@@ -10,12 +10,12 @@ Model
 512, see MEASURED for why fewer here); node order visible ``0..V-1`` then hidden.  Couplings
 visible-hidden and hidden-hidden, none visible-visible; one bias per visible node (the hidden
 biases are held at 0, see "Symmetry"); ``J2 = Q = 1``, ``J4 = R = 1``, no cubic term,
-``kT = 0.1``, ``mu = 1``, ``t_f = 2.5``.  In the board's convention (:mod:`tc_hw.params`)::
+``kT = 0.1``, ``mu = 1``, ``t_f = 2.5``.  In the board's convention (:mod:`tc_hw.model.params`)::
 
     V(x) = sum_i (x_i^2 + x_i^4 - B_i x_i) + sum_(a<b) C_ab x_a x_b,   F = -dV/dx = B - C x - 2x - 4x^3.
 
-The trained computer is an ordinary :class:`~tc_hw.params.Params` on :func:`generative_network`
-(``n_inputs = 0``, outputs = the visible nodes): saved with :func:`tc_hw.files.save_params`,
+The trained computer is an ordinary :class:`~tc_hw.model.params.Params` on :func:`generative_network`
+(``n_inputs = 0``, outputs = the visible nodes): saved with :func:`tc_hw.model.files.save_params`,
 run by the twin (:func:`sim_backend.twin.sample_reset`) or by :func:`generate`.
 
 Images (:class:`Encoding`)
@@ -103,8 +103,8 @@ import numpy as np
 
 from sim_backend.langevin import euler_maruyama_paths, polynomial_force
 
-from ..network import Network
-from ..params import Params
+from ..model.network import Network
+from ..model.params import Params
 
 __all__ = [
     "GenerativeConfig",
@@ -295,9 +295,9 @@ class Encoding:
         return np.clip((np.asarray(x, np.float64) - lo) / (hi - lo), 0.0, 1.0)
 
     def teacher_inputs(self, x) -> np.ndarray:
-        """Visible states as the teacher's inputs (:func:`tc_hw.tasks.mnist_inputs` normalisation:
+        """Visible states as the teacher's inputs (:func:`tc_hw.model.tasks.mnist_inputs` normalisation:
         standardised with MNIST's pixel statistics, every image rescaled to L2 norm 44.48)."""
-        from ..data.thermo_gd import normalise_images
+        from ..model.data.thermo_gd import normalise_images
 
         return normalise_images(255.0 * self.pixels(np.atleast_2d(x)))
 
@@ -336,7 +336,7 @@ def select_images(digits=(0, 1, 2), per_class: int = 1, seed: int = 0, how: str 
     ``per_class`` nearest to the pool's mean image (pixel space); ``"random"``: drawn at random.
     No classifier is involved.  Returns ``(images uint8 (n, 784), labels (n,))`` in digit order.
     """
-    from ..data.mnist import load_mnist
+    from ..model.data.mnist import load_mnist
 
     ds = _check_digits(digits)
     if int(per_class) < 1:
@@ -1039,7 +1039,7 @@ def classify_samples(teacher, x, digits, threshold: float = 0.9, encoding: Encod
 
 # ---------------------------------------------------------------------------- plots
 def _grid_png(path, x, enc: Encoding, labels=None, conf=None, threshold=0.9, title=None, cols=None):
-    from ..plotting import figure, save
+    from ..model.plotting import figure, save
 
     x = np.asarray(x)
     k = len(x)
@@ -1061,7 +1061,7 @@ def _grid_png(path, x, enc: Encoding, labels=None, conf=None, threshold=0.9, tit
 
 def _strip_png(path, forward, backward, times, enc: Encoding, title=None):
     """Two rows: a noising path (data -> noise) and a generation (noise -> digit) at ``times``."""
-    from ..plotting import figure, save
+    from ..model.plotting import figure, save
 
     k = len(times)
     fig, axes = figure(2, k, size=(k * 1.05, 2.6))
@@ -1080,7 +1080,7 @@ def _strip_png(path, forward, backward, times, enc: Encoding, title=None):
 
 
 def _loss_png(out, history: dict, method: str):
-    from ..plotting import figure, save
+    from ..model.plotting import figure, save
     from .plots import png_path
 
     fig, ax = figure()
@@ -1114,7 +1114,7 @@ def load_generative(path):
     (files from elsewhere get the default encoding)."""
     import h5py
 
-    from ..files import load_params
+    from ..model.files import load_params
 
     params = load_params(path)
     prov = {}
@@ -1337,7 +1337,7 @@ def train_generative(digits=(0, 1, 2), out=None, seed: int = 0, progress: bool =
     if stats is not None:
         result["action_per_path"] = stats_action(params, stats)
     if out is not None:
-        from ..files import save_params
+        from ..model.files import save_params
         from .plots import png_path
 
         provenance = {"method": "generative-" + cfg.method, "task": "generate", "digits": ",".join(map(str, ds)),

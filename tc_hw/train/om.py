@@ -87,8 +87,8 @@ import numpy as np
 
 from sim_backend.langevin import euler_maruyama_paths, polynomial_force
 
-from ..network import Network
-from ..params import Params
+from ..model.network import Network
+from ..model.params import Params
 
 __all__ = [
     "OMStats",
@@ -138,7 +138,7 @@ def guide_bias(hidden, output, c_hidden, c_output=None) -> np.ndarray:
     probabilities in [0, 1].  ``c_hidden`` is a number or one per hidden node (or a pair
     ``(c_layer1, c_layer2)`` for the two 32-unit teacher layers), ``c_output`` a number (default:
     the mean of ``c_hidden``).  Node order is hidden then outputs, as in
-    :func:`tc_hw.network.all_to_all`."""
+    :func:`tc_hw.model.network.all_to_all`."""
     h = np.asarray(hidden, dtype=np.float64)
     o = np.asarray(output, dtype=np.float64)
     if h.ndim != 2 or o.ndim != 2 or len(h) != len(o):
@@ -732,7 +732,7 @@ def evaluate_twin(params: Params, inputs, labels, samples: int = 10, seed: int =
     """Top-1/top-2 of ``params`` on the twin for any digit set (e.g. a validation split)."""
     from sim_backend.twin import sample_reset
 
-    from ..tasks import score_classification
+    from ..model.tasks import score_classification
 
     run = sample_reset(params, inputs, t_f, samples, dt=dt, seed=seed, nodes=params.network.outputs)
     return score_classification(params, run.x[:, :, 0, :], labels).as_dict()
@@ -740,7 +740,7 @@ def evaluate_twin(params: Params, inputs, labels, samples: int = 10, seed: int =
 
 # ---------------------------------------------------------------------------- MNIST pipeline
 def _loss_plot(out, method: str, history: dict):
-    from ..plotting import figure, save
+    from ..model.plotting import figure, save
     from .plots import png_path
 
     fig, ax = figure()
@@ -790,7 +790,7 @@ def train_mnist_om(
     method : {"lstsq", "gd"}
         Exact least squares (:func:`om_lstsq`) or Adam on the action (:func:`om_gd`).
     out : path, optional
-        HDF5 parameter file to write (:func:`tc_hw.files.save_params`, with provenance), plus
+        HDF5 parameter file to write (:func:`tc_hw.model.files.save_params`, with provenance), plus
         ``<stem>_loss.png`` and ``<stem>_confusion.png`` next to it.
     seed : int
         Teacher initialisation and minibatch order, idealised-path noise, twin evaluation.
@@ -830,8 +830,8 @@ def train_mnist_om(
 
 def _train_mnist_om(method, out, seed, teacher_path, progress, c_hidden, c_output, ridge, ridge_coupling,
                     symmetric, kT_ideal, n_traj, gd_steps, gd_lr, teacher_kwargs, validation, samples, evaluate):
-    from ..network import thermo_gd_network
-    from ..tasks import mnist_inputs
+    from ..model.network import thermo_gd_network
+    from ..model.tasks import mnist_inputs
     from .teacher import Teacher, get_teacher
 
     cfg = dict(OM_DEFAULTS)
@@ -914,7 +914,7 @@ def _train_mnist_om(method, out, seed, teacher_path, progress, c_hidden, c_outpu
         result.update(top1=metrics["top1"], top2=metrics["top2"], heat_per_inference_kT=metrics["heat_per_inference_kT"])
     result["history"] = history
     if out is not None:
-        from ..files import save_params
+        from ..model.files import save_params
         from .plots import confusion_png
 
         provenance = {

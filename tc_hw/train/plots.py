@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import figure, save
+from ..model.plotting import figure, save
 
 __all__ = ["png_path", "loss_png", "confusion_png"]
 

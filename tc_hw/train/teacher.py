@@ -2,7 +2,7 @@
 
 A fully connected 784-32-32-10 network, ``tanh`` / ``tanh`` / ``softmax``, in plain numpy
 (float32, one batched matmul per layer).  It works on MNIST digits normalised as for the
-published computer (:func:`tc_hw.tasks.mnist_inputs`: standardised pixels, every digit rescaled
+published computer (:func:`tc_hw.model.tasks.mnist_inputs`: standardised pixels, every digit rescaled
 to L2 norm 44.483989); :meth:`Teacher.predict_proba` also accepts raw ``uint8`` grey levels and
 normalises them itself.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import provenance
+from ..model import provenance
 
 __all__ = ["Teacher", "train_teacher", "get_teacher", "TeacherError", "FORMAT", "LAYERS"]
 
@@ -116,7 +116,7 @@ class Teacher:
         if a.ndim != 2 or a.shape[1] != 784:
             raise ValueError(f"images must have shape (P, 784) or (P, 28, 28), got {np.shape(images)}")
         if a.dtype == np.uint8:
-            from ..data.thermo_gd import normalise_images
+            from ..model.data.thermo_gd import normalise_images
 
             a = normalise_images(a)
         a = np.asarray(a, dtype=np.float32)
@@ -148,7 +148,7 @@ class Teacher:
     def predict_proba(self, images) -> np.ndarray:
         """Class probabilities, shape (P, 10), float32 (rows sum to 1).
 
-        ``images``: normalised inputs as :func:`tc_hw.tasks.mnist_inputs` gives (float, (P, 784)
+        ``images``: normalised inputs as :func:`tc_hw.model.tasks.mnist_inputs` gives (float, (P, 784)
         or (P, 28, 28)), or raw ``uint8`` grey levels, which are normalised first."""
         return self.activations(images)[1]
 
@@ -233,7 +233,7 @@ def train_teacher(
     Parameters
     ----------
     images : array_like, shape (P, 784)
-        Normalised inputs (:func:`tc_hw.tasks.mnist_inputs`).
+        Normalised inputs (:func:`tc_hw.model.tasks.mnist_inputs`).
     labels : array_like of int, shape (P,)
     epochs, batch : int
         Passes over the data and minibatch size.
@@ -356,7 +356,7 @@ def get_teacher(path=None, *, images=None, labels=None, progress: bool = True, t
     """
     if path is not None and Path(path).exists():
         return Teacher.load(path)
-    from ..tasks import mnist_inputs
+    from ..model.tasks import mnist_inputs
 
     if images is None:
         images, labels = mnist_inputs("train")

@@ -1,6 +1,6 @@
 """Topology of a thermodynamic computer: nodes, coupling graph, input crossbar, outputs.
 
-A :class:`Network` says *which* elements exist; :class:`tc_hw.params.Params` says what
+A :class:`Network` says *which* elements exist; :class:`tc_hw.model.params.Params` says what
 their values are.  The element order used everywhere (files, DAC channel maps, parameter
 vectors) is the board manual's: edges ``(a, b)`` with ``a < b`` in row-major order, and
 crossbar entries ``(line, node)`` line-major.

@@ -17,7 +17,7 @@ One file per run, NeXus-style (``NX_class`` attributes), written with h5py in SW
         paused_s     (G,)       seconds paused for the temperature band
         codes        (G, P, M*, n*) optional raw ADC codes, attr ``volts_per_code``
       completed_generations (1,) written last, after every row of a generation is in place
-      provenance                NXcollection: the provenance block (:mod:`tc_hw.provenance`)
+      provenance                NXcollection: the provenance block (:mod:`tc_hw.model.provenance`)
 
 Every dataset is created up front (SWMR forbids creating objects later), rows are written
 first and ``completed_generations`` last, then the file is flushed.  A reader

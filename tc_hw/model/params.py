@@ -35,7 +35,7 @@ class ParamsError(ValueError):
 
 @dataclass(eq=False)
 class Params:
-    """Element values of a :class:`~tc_hw.network.Network`.
+    """Element values of a :class:`~tc_hw.model.network.Network`.
 
     Attributes
     ----------

@@ -13,7 +13,7 @@ HDF5 layout (``format = "tc-hw/params"``, ``format_version = 1``)::
     /params/<kind>         float64, kind in quadratic, cubic, quartic, bias, coupling, crossbar
     /params/readout        float64 (n_features, n_out), optional
     /provenance            attrs: free-form strings (who made it, how)
-    /entry/provenance      NXcollection: the standard provenance block (tc_hw.provenance)
+    /entry/provenance      NXcollection: the standard provenance block (tc_hw.model.provenance)
 
 A result file of training may hold other groups beside these; :func:`load_params` reads only
 these.  JSON holds the same keys as one object.

@@ -7,7 +7,7 @@ then 64 hidden, then 10 outputs) the energy is::
     V = sum_s (J2 x_s^2 + J4 x_s^4) + sum_s b_s x_s + sum_(pairs) J_st x_s x_t
 
 so a positive bias pushes a spin *down*.  :func:`to_params` converts to the project convention
-(:mod:`tc_hw.params`) on :func:`tc_hw.network.thermo_gd_network`.
+(:mod:`tc_hw.model.params`) on :func:`tc_hw.model.network.thermo_gd_network`.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def read_thermo_gd(path: str | Path) -> ThermoGD:
 
 
 def to_params(tg: ThermoGD, J2: float = 1.0, J4: float = 1.0, kT: float = 1.0) -> Params:
-    """Convert to :class:`tc_hw.params.Params` on :func:`tc_hw.network.thermo_gd_network`.
+    """Convert to :class:`tc_hw.model.params.Params` on :func:`tc_hw.model.network.thermo_gd_network`.
 
     ``J2``, ``J4`` (energy units) are the same on every node, as in the original code (not stored
     in the file); biases change sign (``B = -b``), couplings and crossbar weights keep theirs.
@@ -225,7 +225,7 @@ def normalise_images(images_uint8, norm: float | None = TEST_SET_NORM) -> np.nda
 
 
 def load_published(path: str | Path | None = None, **kwargs) -> Params:
-    """Published parameters as :class:`~tc_hw.params.Params`.
+    """Published parameters as :class:`~tc_hw.model.params.Params`.
 
     ``path`` defaults to ``<shared>/data/thermo_gd/parameters.dat``; ``kwargs`` (``J2``, ``J4``,
     ``kT``) go to :func:`to_params`.

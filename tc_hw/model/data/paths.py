@@ -13,7 +13,7 @@ SHARED_ENV_VAR = "TC_HW_SHARED"
 
 def _candidates() -> list[Path]:
     """Folders searched for the shared data, in order (used when ``TC_HW_SHARED`` is unset)."""
-    repo_root = Path(__file__).resolve().parents[2]  # .../<repo>/tc_hw/data/paths.py
+    repo_root = Path(__file__).resolve().parents[3]  # .../<repo>/tc_hw/model/data/paths.py
     cwd = Path.cwd()
     return [repo_root.parent / "shared", cwd.parent / "shared", cwd / "shared"]
 
