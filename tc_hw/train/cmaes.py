@@ -68,7 +68,10 @@ class CMAES:
         self.meta: dict = {}
 
     def _strategy(self):
-        import cma
+        try:
+            import cma
+        except ImportError:
+            raise ValueError("--method cma needs the cma package: pip install 'tc-hw[cma]'") from None
 
         opts = {"popsize": self.population, "seed": self.seed + 1, "verbose": -9, "CMA_diagonal": True,
                 "tolx": 0, "tolfun": 0, "tolfunhist": 0, "tolstagnation": 10**9}
