@@ -31,11 +31,12 @@ the populations of an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from .model.safeio import open_hdf5_read, replace_atomically
 
 __all__ = ["TwinModel", "TwinGuided", "CHECKPOINT_FORMAT"]
 
@@ -206,8 +207,9 @@ class TwinGuided:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        return replace_atomically(path, self._write_checkpoint, "twin-guided checkpoint")
+
+    def _write_checkpoint(self, tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = CHECKPOINT_FORMAT
             f.attrs["format_version"] = 1
@@ -220,14 +222,14 @@ class TwinGuided:
                 f[name] = getattr(self, name)
             for k, v in self.history.items():
                 f[f"history/{k}"] = v
-        os.replace(tmp, path)
-        return path
 
     @classmethod
     def load(cls, path) -> "TwinGuided":
-        with h5py.File(path, "r") as f:
+        with open_hdf5_read(path, "twin-guided checkpoint") as f:
             if f.attrs.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"{path}: not a twin-guided checkpoint")
+            if int(f.attrs.get("format_version", 1)) > 1:
+                raise ValueError(f"{path}: checkpoint version {f.attrs['format_version']} is newer than this code")
             cfg = json.loads(f.attrs["config"])
             tg = cls.__new__(cls)
             for name in ("x", "xbar", "targets", "lo", "hi"):

@@ -139,6 +139,19 @@ def temporary_beside(path, suffix: str = ".tmp") -> Path:
     return Path(name)
 
 
+def replace_atomically(path, write, what: str = "file") -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a unique temporary file beside it,
+    which then replaces ``path`` (never through a symlink, never under a fixed temporary name)."""
+    path = refuse_symlink(path, what)
+    tmp = temporary_beside(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

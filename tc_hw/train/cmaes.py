@@ -18,12 +18,13 @@ own (set before every ask, read back after), and the replay reproduces the run b
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from ..model.safeio import open_hdf5_read, replace_atomically
 
 __all__ = ["CMAES", "CHECKPOINT_FORMAT"]
 
@@ -139,8 +140,9 @@ class CMAES:
         return self
 
     def save(self, path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        return replace_atomically(path, self._write_checkpoint, "CMA-ES checkpoint")
+
+    def _write_checkpoint(self, tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = CHECKPOINT_FORMAT
             f.attrs["format_version"] = 1
@@ -149,15 +151,15 @@ class CMAES:
             f["x0"], f["sigma"] = self.x0, self.sigma
             f["asked"] = np.array(self.asked).reshape(-1, self.population, len(self.free))
             f["told"] = np.array(self.told).reshape(-1, self.population)
-        os.replace(tmp, path)
-        return path
 
     @classmethod
     def load(cls, path) -> "CMAES":
         """Rebuild from a checkpoint by replaying its ask/tell sequence (bitwise the same state)."""
-        with h5py.File(path, "r") as f:
+        with open_hdf5_read(path, "CMA-ES checkpoint") as f:
             if f.attrs.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"{path}: not a CMA-ES checkpoint")
+            if int(f.attrs.get("format_version", 1)) > 1:
+                raise ValueError(f"{path}: checkpoint version {f.attrs['format_version']} is newer than this code")
             cfg = json.loads(f.attrs["config"])
             x0, sigma = f["x0"][()], f["sigma"][()]
             asked, told = f["asked"][()], f["told"][()]

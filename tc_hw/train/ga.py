@@ -34,7 +34,6 @@ uninterrupted run.  Only the wall-time stopping criterion depends on the clock.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import h5py
 import numpy as np
 
 from ..model import provenance
+from ..model.safeio import replace_atomically
 
 __all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "CHECKPOINT_FORMAT"]
 
@@ -261,16 +261,7 @@ class GeneticAlgorithm:
         ``meta`` is any JSON-serialisable dict the caller wants back on :meth:`load` (e.g. the
         settings of the evaluation, to refuse resuming with different ones).
         """
-        from ..model.safeio import refuse_symlink, temporary_beside
-
-        path = refuse_symlink(path, "GA checkpoint")
-        tmp = temporary_beside(path)  # unique and created exclusively: no fixed name to pre-place
-        try:
-            self._write_checkpoint(tmp, meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return replace_atomically(path, lambda tmp: self._write_checkpoint(tmp, meta), "GA checkpoint")
 
     def _write_checkpoint(self, tmp: Path, meta: dict | None) -> None:
         with h5py.File(tmp, "w") as f:
