@@ -242,6 +242,9 @@ def _rewrite(path: Path) -> None:
             for name in src:
                 src.copy(src[name], dst, name=name)
         tmp.replace(path)
+    except (RuntimeError, OSError, KeyError) as e:  # HDF5's errors for damaged objects
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{path}: the run log is damaged and cannot be continued ({e}); start a new --log") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
