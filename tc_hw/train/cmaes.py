@@ -25,6 +25,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .. import seeds
+
 __all__ = ["CMAES", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "tc-hw/cma-checkpoint"
@@ -70,7 +72,7 @@ class CMAES:
     def _strategy(self):
         import cma
 
-        opts = {"popsize": self.population, "seed": self.seed + 1, "verbose": -9, "CMA_diagonal": True,
+        opts = {"popsize": self.population, "seed": seeds.derive32(self.seed, seeds.CMAES) or 1, "verbose": -9, "CMA_diagonal": True,
                 "tolx": 0, "tolfun": 0, "tolfunhist": 0, "tolstagnation": 10**9}
         saved = np.random.get_state()
         try:

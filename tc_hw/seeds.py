@@ -1,0 +1,128 @@
+"""One seed scheme: every random sub-stream of a run is derived from ``(seed, purpose, *index)``.
+
+A run has one user seed.  Every stream the application draws from it (the twin's noise of one
+generation, the input batch of one epoch, a final check, the GA's own sampler...) is named by a
+*purpose* (a string constant below) and an index tuple (generation, candidate, epoch, ...), and
+its seed is
+
+    ``SeedSequence([seed, blake2b_32(purpose), *index]).generate_state(2, uint32)`` -> 63 bits
+
+so two purposes never share a stream by construction (a different entropy word), and the same
+``(seed, purpose, index)`` gives the same stream on every machine and after every resume.  The
+twin's own contract is untouched: the trajectory of input ``p``, sample ``m`` still depends only
+on the seed it is given (``sim_backend/rng.py``); this module only chooses that seed.
+
+Purposes
+--------
+===================  ============================  ==============================================
+constant             index                         stream
+===================  ============================  ==============================================
+REFINE_BATCH         generation                    refine: the generation's input batch
+REFINE_NOISE         generation[, candidate]       refine: acquisition noise of the candidates
+REFINE_JACOBIAN      generation                    refine: twin Jacobian of the readout fit
+REFINE_START         (which,)                      refine: start measurements (0 final-size, 1 design
+                                                   inputs, 2 sensitivity Jacobian)
+REFINE_FINAL         (which,)                      refine: final check (0 start, 1 best)
+GA                   ()                            GA: mutation, crossover, selection
+CMAES                ()                            CMA-ES: the strategy's sampler (32 bits)
+COS_NOISE            generation                    cos training: twin noise of a generation
+COS_BATCH            generation                    cos training: input batch / jitter
+COS_CHECK            (which,)                      cos training: final checks (0 elites, 1 eval, 2 readout)
+COS_CANDIDATE        candidate                     cos loss without common noise: one candidate
+DIRECT_NOISE         iteration                     direct training: Langevin noise of a step
+DIRECT_SHUFFLE       ()                            direct training: batch order and split
+DIRECT_VALIDATE      epoch                         direct training: validation accuracy
+DIRECT_FINAL         (which,)                      direct training: readout fit / final losses
+OM_CHAIN             chain                         Onsager-Machlup training: one chain's twin seed
+OM_VALIDATE          ()                            Onsager-Machlup training: validation
+GEN_INIT             (which,)                      generative: initial weights / projections
+GEN_TRAIN            (which, epoch...)             generative: training noise and sampling
+GEN_EVAL             (which,)                      generative: generated samples / figures
+DEMO                 (which,)                      demo: its side measurements
+ACQUISITION          acquisition                   ``tc-hw run``: one acquisition on the twin
+CALIBRATION          (which,)                      calibration: designed input batches
+===================  ============================  ==============================================
+
+An index is any number of non-negative integers; ``derive(s, P, 7)`` and ``derive(s, P, 7, 0)``
+are different streams (the index length is part of the entropy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = ["derive", "derive32", "rng", "purpose_word", "PURPOSES", "REFINE_BATCH", "REFINE_NOISE",
+           "REFINE_JACOBIAN", "REFINE_START", "REFINE_FINAL", "GA", "CMAES", "COS_NOISE", "COS_BATCH",
+           "COS_CHECK", "COS_CANDIDATE", "DIRECT_NOISE", "DIRECT_SHUFFLE", "DIRECT_VALIDATE", "DIRECT_FINAL",
+           "OM_CHAIN", "OM_VALIDATE", "GEN_INIT", "GEN_TRAIN", "GEN_EVAL", "DEMO", "ACQUISITION", "CALIBRATION"]
+
+REFINE_BATCH = "refine.batch"
+REFINE_NOISE = "refine.noise"
+REFINE_JACOBIAN = "refine.jacobian"
+REFINE_START = "refine.start"
+REFINE_FINAL = "refine.final"
+GA = "ga"
+CMAES = "cmaes"
+COS_NOISE = "cos.noise"
+COS_BATCH = "cos.batch"
+COS_CHECK = "cos.check"
+COS_CANDIDATE = "cos.candidate"
+DIRECT_NOISE = "direct.noise"
+DIRECT_SHUFFLE = "direct.shuffle"
+DIRECT_VALIDATE = "direct.validate"
+DIRECT_FINAL = "direct.final"
+OM_CHAIN = "om.chain"
+OM_VALIDATE = "om.validate"
+GEN_INIT = "generative.init"
+GEN_TRAIN = "generative.train"
+GEN_EVAL = "generative.eval"
+DEMO = "demo"
+ACQUISITION = "run.acquisition"
+CALIBRATION = "calibration"
+
+#: Every purpose above (the table in the module docstring).
+PURPOSES = (REFINE_BATCH, REFINE_NOISE, REFINE_JACOBIAN, REFINE_START, REFINE_FINAL, GA, CMAES, COS_NOISE,
+            COS_BATCH, COS_CHECK, COS_CANDIDATE, DIRECT_NOISE, DIRECT_SHUFFLE, DIRECT_VALIDATE, DIRECT_FINAL,
+            OM_CHAIN, OM_VALIDATE, GEN_INIT, GEN_TRAIN, GEN_EVAL, DEMO, ACQUISITION, CALIBRATION)
+
+#: Test hook: when a list, every ``(seed, purpose, index, derived)`` is appended to it.
+_RECORD: list | None = None
+
+
+def purpose_word(purpose: str) -> int:
+    """The 32-bit entropy word of a purpose name (BLAKE2b, 4-byte digest; stable across runs)."""
+    if not isinstance(purpose, str) or not purpose:
+        raise ValueError(f"a seed purpose is a non-empty string, got {purpose!r}")
+    return int.from_bytes(hashlib.blake2b(purpose.encode(), digest_size=4).digest(), "little")
+
+
+def _entropy(seed: int, purpose: str, index) -> list[int]:
+    seed = int(seed)
+    idx = [int(i) for i in index]
+    if seed < 0 or any(i < 0 for i in idx):
+        raise ValueError(f"seed and index must be non-negative integers, got seed={seed}, index={tuple(idx)}")
+    return [seed, purpose_word(purpose), len(idx), *idx]
+
+
+def derive(seed: int, purpose: str, *index: int) -> int:
+    """The 63-bit seed (0 <= s < 2**63) of stream ``(seed, purpose, *index)``.
+
+    For the twin (``seed=``, ``reseed``), ``np.random.default_rng`` and anything taking a
+    non-negative 64-bit integer."""
+    words = np.random.SeedSequence(_entropy(seed, purpose, index)).generate_state(2, np.uint32)
+    out = (int(words[1]) << 32 | int(words[0])) & ((1 << 63) - 1)
+    if _RECORD is not None:
+        _RECORD.append((int(seed), purpose, tuple(int(i) for i in index), out))
+    return out
+
+
+def derive32(seed: int, purpose: str, *index: int) -> int:
+    """The low 32 bits of :func:`derive` (for APIs that take a 32-bit seed, e.g. ``cma``)."""
+    return derive(seed, purpose, *index) & 0xFFFFFFFF
+
+
+def rng(seed: int, purpose: str, *index: int) -> np.random.Generator:
+    """A numpy generator on stream ``(seed, purpose, *index)``."""
+    return np.random.default_rng(derive(seed, purpose, *index))
