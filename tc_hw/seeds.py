@@ -30,16 +30,19 @@ COS_BATCH            generation                    cos training: input batch / j
 COS_CHECK            (which,)                      cos training: final checks (0 elites, 1 eval, 2 readout)
 COS_CANDIDATE        candidate                     cos loss without common noise: one candidate
 DIRECT_NOISE         iteration                     direct training: Langevin noise of a step
-DIRECT_SHUFFLE       ()                            direct training: batch order and split
+DIRECT_DATA          ()                            direct training: split, batch order, cos start/inputs
+DIRECT_INIT          ()                            direct training: MNIST initial parameters
 DIRECT_VALIDATE      epoch                         direct training: validation accuracy
-DIRECT_FINAL         (which,)                      direct training: readout fit / final losses
-OM_CHAIN             chain                         Onsager-Machlup training: one chain's twin seed
-OM_VALIDATE          ()                            Onsager-Machlup training: validation
+DIRECT_FINAL         (which,)                      direct training: 0 MNIST test, 1 readout fit, 2-3 final
+                                                   cos losses, 4 figure
+OM_CHUNK             chunk                         Onsager-Machlup training: a chunk's idealised paths
+OM_EVAL              (which,)                      Onsager-Machlup training: 0 validation, 1 MNIST test
 GEN_INIT             (which,)                      generative: initial weights / projections
 GEN_TRAIN            (which, epoch...)             generative: training noise and sampling
 GEN_EVAL             (which,)                      generative: generated samples / figures
 DEMO                 (which,)                      demo: its side measurements
 ACQUISITION          acquisition                   ``tc-hw run``: one acquisition on the twin
+RUN_TWIN             ()                            ``tc-hw run``: the task's twin score of the program
 CALIBRATION          (which,)                      calibration: designed input batches
 ===================  ============================  ==============================================
 
@@ -55,8 +58,8 @@ import numpy as np
 
 __all__ = ["derive", "derive32", "rng", "purpose_word", "PURPOSES", "REFINE_BATCH", "REFINE_NOISE",
            "REFINE_JACOBIAN", "REFINE_START", "REFINE_FINAL", "GA", "CMAES", "COS_NOISE", "COS_BATCH",
-           "COS_CHECK", "COS_CANDIDATE", "DIRECT_NOISE", "DIRECT_SHUFFLE", "DIRECT_VALIDATE", "DIRECT_FINAL",
-           "OM_CHAIN", "OM_VALIDATE", "GEN_INIT", "GEN_TRAIN", "GEN_EVAL", "DEMO", "ACQUISITION", "CALIBRATION"]
+           "COS_CHECK", "COS_CANDIDATE", "DIRECT_NOISE", "DIRECT_DATA", "DIRECT_INIT", "DIRECT_VALIDATE",
+           "DIRECT_FINAL", "OM_CHUNK", "OM_EVAL", "GEN_INIT", "GEN_TRAIN", "GEN_EVAL", "DEMO", "ACQUISITION", "RUN_TWIN", "CALIBRATION"]
 
 REFINE_BATCH = "refine.batch"
 REFINE_NOISE = "refine.noise"
@@ -70,22 +73,24 @@ COS_BATCH = "cos.batch"
 COS_CHECK = "cos.check"
 COS_CANDIDATE = "cos.candidate"
 DIRECT_NOISE = "direct.noise"
-DIRECT_SHUFFLE = "direct.shuffle"
+DIRECT_DATA = "direct.data"
+DIRECT_INIT = "direct.init"
 DIRECT_VALIDATE = "direct.validate"
 DIRECT_FINAL = "direct.final"
-OM_CHAIN = "om.chain"
-OM_VALIDATE = "om.validate"
+OM_CHUNK = "om.chunk"
+OM_EVAL = "om.eval"
 GEN_INIT = "generative.init"
 GEN_TRAIN = "generative.train"
 GEN_EVAL = "generative.eval"
 DEMO = "demo"
 ACQUISITION = "run.acquisition"
+RUN_TWIN = "run.twin"
 CALIBRATION = "calibration"
 
 #: Every purpose above (the table in the module docstring).
 PURPOSES = (REFINE_BATCH, REFINE_NOISE, REFINE_JACOBIAN, REFINE_START, REFINE_FINAL, GA, CMAES, COS_NOISE,
-            COS_BATCH, COS_CHECK, COS_CANDIDATE, DIRECT_NOISE, DIRECT_SHUFFLE, DIRECT_VALIDATE, DIRECT_FINAL,
-            OM_CHAIN, OM_VALIDATE, GEN_INIT, GEN_TRAIN, GEN_EVAL, DEMO, ACQUISITION, CALIBRATION)
+            COS_BATCH, COS_CHECK, COS_CANDIDATE, DIRECT_NOISE, DIRECT_DATA, DIRECT_INIT, DIRECT_VALIDATE, DIRECT_FINAL,
+            OM_CHUNK, OM_EVAL, GEN_INIT, GEN_TRAIN, GEN_EVAL, DEMO, ACQUISITION, RUN_TWIN, CALIBRATION)
 
 #: Test hook: when a list, every ``(seed, purpose, index, derived)`` is appended to it.
 _RECORD: list | None = None
