@@ -296,7 +296,8 @@ def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "
     t = float(time_s) if time_s is not None else float(device.tau_s * params.mobility * params.kT)
     n_features = params.output(np.zeros((1, len(outs)))).shape[-1]
     known = dict(device=device, cal=cal, params=params, resource=resource, seeds={
-        "seed": int(seed), "acquisition_seed": "tc_hw.seeds.derive(seed, 'run.acquisition', acquisition) on seedable backends (the twin)"})
+        "seed": int(seed),
+        "acquisition_seed": "tc_hw.seeds.derive(seed, 'run.acquisition', acquisition) on seedable backends (the twin)"})
     instrument = {"identity": device.identity, "technology": device.technology, "resource": resource,
                   "calibration_entry": str(getattr(cal, "entry", "")), "n_channels": len(device.channel_map)}
     attrs = {"mode": mode, "time_s": t, "samples": m, "batch": b, "task": getattr(task, "name", ""),
@@ -363,7 +364,8 @@ def _score(task, params, output_samples, samples: int, seed: int, input_scale: f
     out = dict(task.score(params, output_samples))
     if twin:
         as_run = params if input_scale == 1 else params.copy(crossbar=params.crossbar * input_scale)
-        out.update({f"twin_{k}": v for k, v in task.twin_score(as_run, samples, seeds.derive(seed, seeds.RUN_TWIN)).items()})
+        twin_seed = seeds.derive(seed, seeds.RUN_TWIN)
+        out.update({f"twin_{k}": v for k, v in task.twin_score(as_run, samples, twin_seed).items()})
     return out
 
 

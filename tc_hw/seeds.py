@@ -40,7 +40,8 @@ OM_EVAL              (which,)                      Onsager-Machlup training: 0 v
 GEN_INIT             (which,)                      generative: initial weights / projections
 GEN_TRAIN            (which, epoch...)             generative: training noise and sampling
 GEN_EVAL             (which,)                      generative: generated samples / figures
-DEMO                 (which,)                      demo: its side measurements
+DEMO                 (which,)                      demo: 0 output extent, 1 board scores (paired), 2 twin loss,
+                                                   3 heat, 4 nominal vs calibrated loss (paired)
 ACQUISITION          acquisition                   ``tc-hw run``: one acquisition on the twin
 RUN_TWIN             ()                            ``tc-hw run``: the task's twin score of the program
 CALIBRATION          (which,)                      calibration: designed input batches
@@ -59,7 +60,8 @@ import numpy as np
 __all__ = ["derive", "derive32", "rng", "purpose_word", "PURPOSES", "REFINE_BATCH", "REFINE_NOISE",
            "REFINE_JACOBIAN", "REFINE_START", "REFINE_FINAL", "GA", "CMAES", "COS_NOISE", "COS_BATCH",
            "COS_CHECK", "COS_CANDIDATE", "DIRECT_NOISE", "DIRECT_DATA", "DIRECT_INIT", "DIRECT_VALIDATE",
-           "DIRECT_FINAL", "OM_CHUNK", "OM_EVAL", "GEN_INIT", "GEN_TRAIN", "GEN_EVAL", "DEMO", "ACQUISITION", "RUN_TWIN", "CALIBRATION"]
+           "DIRECT_FINAL", "OM_CHUNK", "OM_EVAL", "GEN_INIT", "GEN_TRAIN", "GEN_EVAL", "DEMO", "ACQUISITION",
+           "RUN_TWIN", "CALIBRATION"]
 
 REFINE_BATCH = "refine.batch"
 REFINE_NOISE = "refine.noise"
