@@ -37,9 +37,15 @@ DIRECT_FINAL         (which,)                      direct training: 0 MNIST test
                                                    cos losses, 4 figure
 OM_CHUNK             chunk                         Onsager-Machlup training: a chunk's idealised paths
 OM_EVAL              (which,)                      Onsager-Machlup training: 0 validation, 1 MNIST test
-GEN_INIT             (which,)                      generative: initial weights / projections
-GEN_TRAIN            (which, epoch...)             generative: training noise and sampling
-GEN_EVAL             (which,)                      generative: generated samples / figures
+GEN_INIT             (which,)                      generative: 0 random hidden code, 1 its projection
+GEN_NOISING          ()                            generative: noise of forward (noising) paths
+GEN_REVERSE          ()                            generative: sampling in the reverse statistics
+GEN_GROUP            group                         generative: one label group's reverse statistics
+GEN_TRAIN            ()                            generative: the training loop's own sampler
+GEN_EPOCH            epoch                         generative: an epoch's noising paths
+GEN_SAMPLE           ()                            generative: ``generate``'s start and noise
+GEN_EVAL             (which,)                      generative: 0 fresh-path objective, 1 generated samples,
+                                                   2 figure paths
 DEMO                 (which,)                      demo: 0 output extent, 1 board scores (paired), 2 twin loss,
                                                    3 heat, 4 nominal vs calibrated loss (paired)
 ACQUISITION          acquisition                   ``tc-hw run``: one acquisition on the twin
@@ -60,8 +66,9 @@ import numpy as np
 __all__ = ["derive", "derive32", "rng", "purpose_word", "PURPOSES", "REFINE_BATCH", "REFINE_NOISE",
            "REFINE_JACOBIAN", "REFINE_START", "REFINE_FINAL", "GA", "CMAES", "COS_NOISE", "COS_BATCH",
            "COS_CHECK", "COS_CANDIDATE", "DIRECT_NOISE", "DIRECT_DATA", "DIRECT_INIT", "DIRECT_VALIDATE",
-           "DIRECT_FINAL", "OM_CHUNK", "OM_EVAL", "GEN_INIT", "GEN_TRAIN", "GEN_EVAL", "DEMO", "ACQUISITION",
-           "RUN_TWIN", "CALIBRATION"]
+           "DIRECT_FINAL", "OM_CHUNK", "OM_EVAL", "GEN_INIT", "GEN_NOISING", "GEN_REVERSE", "GEN_GROUP",
+           "GEN_TRAIN", "GEN_EPOCH", "GEN_SAMPLE", "GEN_EVAL", "DEMO", "ACQUISITION", "RUN_TWIN",
+           "CALIBRATION"]
 
 REFINE_BATCH = "refine.batch"
 REFINE_NOISE = "refine.noise"
@@ -82,7 +89,12 @@ DIRECT_FINAL = "direct.final"
 OM_CHUNK = "om.chunk"
 OM_EVAL = "om.eval"
 GEN_INIT = "generative.init"
+GEN_NOISING = "generative.noising"
+GEN_REVERSE = "generative.reverse"
+GEN_GROUP = "generative.group"
 GEN_TRAIN = "generative.train"
+GEN_EPOCH = "generative.epoch"
+GEN_SAMPLE = "generative.sample"
 GEN_EVAL = "generative.eval"
 DEMO = "demo"
 ACQUISITION = "run.acquisition"
@@ -91,8 +103,9 @@ CALIBRATION = "calibration"
 
 #: Every purpose above (the table in the module docstring).
 PURPOSES = (REFINE_BATCH, REFINE_NOISE, REFINE_JACOBIAN, REFINE_START, REFINE_FINAL, GA, CMAES, COS_NOISE,
-            COS_BATCH, COS_CHECK, COS_CANDIDATE, DIRECT_NOISE, DIRECT_DATA, DIRECT_INIT, DIRECT_VALIDATE, DIRECT_FINAL,
-            OM_CHUNK, OM_EVAL, GEN_INIT, GEN_TRAIN, GEN_EVAL, DEMO, ACQUISITION, RUN_TWIN, CALIBRATION)
+            COS_BATCH, COS_CHECK, COS_CANDIDATE, DIRECT_NOISE, DIRECT_DATA, DIRECT_INIT, DIRECT_VALIDATE,
+            DIRECT_FINAL, OM_CHUNK, OM_EVAL, GEN_INIT, GEN_NOISING, GEN_REVERSE, GEN_GROUP, GEN_TRAIN,
+            GEN_EPOCH, GEN_SAMPLE, GEN_EVAL, DEMO, ACQUISITION, RUN_TWIN, CALIBRATION)
 
 #: Test hook: when a list, every ``(seed, purpose, index, derived)`` is appended to it.
 _RECORD: list | None = None
