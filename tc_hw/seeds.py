@@ -51,6 +51,7 @@ DEMO                 (which,)                      demo: 0 output extent, 1 boar
 ACQUISITION          acquisition                   ``tc-hw run``: one acquisition on the twin
 RUN_TWIN             ()                            ``tc-hw run``: the task's twin score of the program
 CALIBRATION          (which,)                      calibration: designed input batches
+BENCHMARK            (which,)                      ``benchmarks/``: a script's side measurements
 ===================  ============================  ==============================================
 
 An index is any number of non-negative integers; ``derive(s, P, 7)`` and ``derive(s, P, 7, 0)``
@@ -68,7 +69,7 @@ __all__ = ["derive", "derive32", "rng", "purpose_word", "PURPOSES", "REFINE_BATC
            "COS_CHECK", "COS_CANDIDATE", "DIRECT_NOISE", "DIRECT_DATA", "DIRECT_INIT", "DIRECT_VALIDATE",
            "DIRECT_FINAL", "OM_CHUNK", "OM_EVAL", "GEN_INIT", "GEN_NOISING", "GEN_REVERSE", "GEN_GROUP",
            "GEN_TRAIN", "GEN_EPOCH", "GEN_SAMPLE", "GEN_EVAL", "DEMO", "ACQUISITION", "RUN_TWIN",
-           "CALIBRATION"]
+           "CALIBRATION", "BENCHMARK"]
 
 REFINE_BATCH = "refine.batch"
 REFINE_NOISE = "refine.noise"
@@ -100,12 +101,13 @@ DEMO = "demo"
 ACQUISITION = "run.acquisition"
 RUN_TWIN = "run.twin"
 CALIBRATION = "calibration"
+BENCHMARK = "benchmark"
 
 #: Every purpose above (the table in the module docstring).
 PURPOSES = (REFINE_BATCH, REFINE_NOISE, REFINE_JACOBIAN, REFINE_START, REFINE_FINAL, GA, CMAES, COS_NOISE,
             COS_BATCH, COS_CHECK, COS_CANDIDATE, DIRECT_NOISE, DIRECT_DATA, DIRECT_INIT, DIRECT_VALIDATE,
             DIRECT_FINAL, OM_CHUNK, OM_EVAL, GEN_INIT, GEN_NOISING, GEN_REVERSE, GEN_GROUP, GEN_TRAIN,
-            GEN_EPOCH, GEN_SAMPLE, GEN_EVAL, DEMO, ACQUISITION, RUN_TWIN, CALIBRATION)
+            GEN_EPOCH, GEN_SAMPLE, GEN_EVAL, DEMO, ACQUISITION, RUN_TWIN, CALIBRATION, BENCHMARK)
 
 #: Test hook: when a list, every ``(seed, purpose, index, derived)`` is appended to it.
 _RECORD: list | None = None
