@@ -50,7 +50,7 @@ DEMO                 (which,)                      demo: 0 output extent, 1 boar
                                                    3 heat, 4 nominal vs calibrated loss (paired)
 ACQUISITION          acquisition                   ``tc-hw run``: one acquisition on the twin
 RUN_TWIN             ()                            ``tc-hw run``: the task's twin score of the program
-CALIBRATION          (which,)                      calibration: designed input batches
+CALIBRATION          (which,)                      calibration: 0 the designed input batch
 BENCHMARK            (which,)                      ``benchmarks/``: a script's side measurements
 ===================  ============================  ==============================================
 
