@@ -19,7 +19,7 @@ constant             index                         stream
 ===================  ============================  ==============================================
 REFINE_BATCH         generation                    refine: the generation's input batch
 REFINE_NOISE         generation[, candidate]       refine: acquisition noise of the candidates
-REFINE_JACOBIAN      generation                    refine: twin Jacobian of the readout fit
+REFINE_JACOBIAN      generation                    refine (twin-guided): the generation's twin Jacobian
 REFINE_START         (which,)                      refine: start measurements (0 final-size, 1 design
                                                    inputs, 2 sensitivity Jacobian)
 REFINE_FINAL         (which,)                      refine: final check (0 start, 1 best)
@@ -37,6 +37,7 @@ DIRECT_FINAL         (which,)                      direct training: 0 MNIST test
                                                    cos losses, 4 figure
 OM_CHUNK             chunk                         Onsager-Machlup training: a chunk's idealised paths
 OM_EVAL              (which,)                      Onsager-Machlup training: 0 validation, 1 MNIST test
+GEN_SELECT           ()                            generative: which training images are chosen
 GEN_INIT             (which,)                      generative: 0 random hidden code, 1 its projection
 GEN_NOISING          ()                            generative: noise of forward (noising) paths
 GEN_REVERSE          ()                            generative: sampling in the reverse statistics
@@ -46,6 +47,8 @@ GEN_EPOCH            epoch                         generative: an epoch's noisin
 GEN_SAMPLE           ()                            generative: ``generate``'s start and noise
 GEN_EVAL             (which,)                      generative: 0 fresh-path objective, 1 generated samples,
                                                    2 figure paths
+TEACHER_INIT         ()                            MNIST teacher: initial weights
+TEACHER_DATA         ()                            MNIST teacher: batch order
 DEMO                 (which,)                      demo: 0 output extent, 1 board scores (paired), 2 twin loss,
                                                    3 heat, 4 nominal vs calibrated loss (paired)
 ACQUISITION          acquisition                   ``tc-hw run``: one acquisition on the twin
@@ -67,9 +70,9 @@ import numpy as np
 __all__ = ["derive", "derive32", "rng", "purpose_word", "PURPOSES", "REFINE_BATCH", "REFINE_NOISE",
            "REFINE_JACOBIAN", "REFINE_START", "REFINE_FINAL", "GA", "CMAES", "COS_NOISE", "COS_BATCH",
            "COS_CHECK", "COS_CANDIDATE", "DIRECT_NOISE", "DIRECT_DATA", "DIRECT_INIT", "DIRECT_VALIDATE",
-           "DIRECT_FINAL", "OM_CHUNK", "OM_EVAL", "GEN_INIT", "GEN_NOISING", "GEN_REVERSE", "GEN_GROUP",
-           "GEN_TRAIN", "GEN_EPOCH", "GEN_SAMPLE", "GEN_EVAL", "DEMO", "ACQUISITION", "RUN_TWIN",
-           "CALIBRATION", "BENCHMARK"]
+           "DIRECT_FINAL", "OM_CHUNK", "OM_EVAL", "GEN_SELECT", "GEN_INIT", "GEN_NOISING", "GEN_REVERSE",
+           "GEN_GROUP", "GEN_TRAIN", "GEN_EPOCH", "GEN_SAMPLE", "GEN_EVAL", "TEACHER_INIT", "TEACHER_DATA",
+           "DEMO", "ACQUISITION", "RUN_TWIN", "CALIBRATION", "BENCHMARK"]
 
 REFINE_BATCH = "refine.batch"
 REFINE_NOISE = "refine.noise"
@@ -89,6 +92,7 @@ DIRECT_VALIDATE = "direct.validate"
 DIRECT_FINAL = "direct.final"
 OM_CHUNK = "om.chunk"
 OM_EVAL = "om.eval"
+GEN_SELECT = "generative.select"
 GEN_INIT = "generative.init"
 GEN_NOISING = "generative.noising"
 GEN_REVERSE = "generative.reverse"
@@ -97,6 +101,8 @@ GEN_TRAIN = "generative.train"
 GEN_EPOCH = "generative.epoch"
 GEN_SAMPLE = "generative.sample"
 GEN_EVAL = "generative.eval"
+TEACHER_INIT = "teacher.init"
+TEACHER_DATA = "teacher.data"
 DEMO = "demo"
 ACQUISITION = "run.acquisition"
 RUN_TWIN = "run.twin"
@@ -106,8 +112,9 @@ BENCHMARK = "benchmark"
 #: Every purpose above (the table in the module docstring).
 PURPOSES = (REFINE_BATCH, REFINE_NOISE, REFINE_JACOBIAN, REFINE_START, REFINE_FINAL, GA, CMAES, COS_NOISE,
             COS_BATCH, COS_CHECK, COS_CANDIDATE, DIRECT_NOISE, DIRECT_DATA, DIRECT_INIT, DIRECT_VALIDATE,
-            DIRECT_FINAL, OM_CHUNK, OM_EVAL, GEN_INIT, GEN_NOISING, GEN_REVERSE, GEN_GROUP, GEN_TRAIN,
-            GEN_EPOCH, GEN_SAMPLE, GEN_EVAL, DEMO, ACQUISITION, RUN_TWIN, CALIBRATION, BENCHMARK)
+            DIRECT_FINAL, OM_CHUNK, OM_EVAL, GEN_SELECT, GEN_INIT, GEN_NOISING, GEN_REVERSE, GEN_GROUP,
+            GEN_TRAIN, GEN_EPOCH, GEN_SAMPLE, GEN_EVAL, TEACHER_INIT, TEACHER_DATA, DEMO, ACQUISITION,
+            RUN_TWIN, CALIBRATION, BENCHMARK)
 
 #: Test hook: when a list, every ``(seed, purpose, index, derived)`` is appended to it.
 _RECORD: list | None = None

@@ -1266,7 +1266,7 @@ def train_generative(digits=(0, 1, 2), out=None, seed: int = 0, progress: bool =
     tch = _load_teacher(teacher, progress)
     teacher_seconds = time.perf_counter() - t_start
 
-    images, labels = select_images(ds, cfg.per_class, seed, cfg.selection)
+    images, labels = select_images(ds, cfg.per_class, seeds.derive(seed, seeds.GEN_SELECT), cfg.selection)
     xv = enc.encode(images)
     xh = hidden_targets(xv, cfg.hidden, seed, cfg.hidden_scale, cfg.hidden_code)
     targets = np.hstack([xv, xh])
