@@ -50,8 +50,8 @@ from there the defaults reach loss ~0.4 at 100 generations and ~0.02 at 300 (res
 stream ``(seed_g, p, m)`` for every candidate), so that loss differences within a generation come
 from the parameters only.  ``batch="grid"`` (default) uses the same ``points`` evenly spaced
 inputs every generation; ``batch="random"`` draws ``points`` of the paper's 250 inputs anew each
-generation.  The noise seed ``seed_g`` changes every generation, and the elites are re-measured
-with it (see :mod:`tc_hw.train.ga`).  In reset mode the training losses use antithetic noise
+generation.  The noise seed ``seed_g`` (``tc_hw.seeds.derive(seed, COS_NOISE, g)``) changes every
+generation, and the elites are re-measured with it (see :mod:`tc_hw.train.ga`).  In reset mode the training losses use antithetic noise
 pairs (``antithetic=True``), which lowers their sampling noise several-fold while the response is
 weak; the final, reported loss uses independent runs.
 """
@@ -125,13 +125,13 @@ def start_vector(base: Params, start: str = "aligned", coupling: float = -0.5, c
     return p.vector()
 
 
-def _sample(cands, z, mode, samples, dt, t_f, t_obs, seeds, antithetic=False):
+def _sample(cands, z, mode, samples, dt, t_f, t_obs, noise, antithetic=False):
     from sim_backend import population as pp
 
     if mode == "reset":
-        x = pp.population_reset(cands, z, t_f, samples, dt=dt, seed=seeds, antithetic=antithetic)
+        x = pp.population_reset(cands, z, t_f, samples, dt=dt, seed=noise, antithetic=antithetic)
     else:
-        x = pp.population_serial(cands, z, t_obs, samples, dt=dt, seed=seeds)
+        x = pp.population_serial(cands, z, t_obs, samples, dt=dt, seed=noise)
     return x[:, :, :, -1, :]  # (C, P, M, n_out)
 
 
