@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tc_hw.train import generative as G
+from tc_hw.model import seeds
 
 
 def run(params=None, digits=(0, 1, 2), bits=(2, 3, 4, 5, 6, 8, 10, 12), samples: int = 200, seed: int = 0,
@@ -40,11 +41,11 @@ def run(params=None, digits=(0, 1, 2), bits=(2, 3, 4, 5, 6, 8, 10, 12), samples:
         t_f = float(prov.get("t_f", G.GenerativeConfig.t_f))
     images, _ = G.select_images(digits, 1, seed)
     reference = enc.encode(images).mean(0)
-    x0 = G.uncoupled_equilibrium(params, samples, np.random.default_rng([seed, 11]))
+    x0 = G.uncoupled_equilibrium(params, samples, seeds.rng(seed, seeds.BENCHMARK, 0))
     rows = []
     for b in [None, *sorted(bits, reverse=True)]:
         p = params if b is None else G.quantise_couplings(params, b)
-        x, heat = G.generate(p, samples, seed + 1, t_f=t_f, x0=x0, progress=progress)
+        x, heat = G.generate(p, samples, seeds.derive(seed, seeds.BENCHMARK, 1), t_f=t_f, x0=x0, progress=progress)
         v = G.classify_samples(tch, x, digits, encoding=enc, reference=reference)
         rows.append({"bits": b, "classified_fraction": v["classified_fraction"],
                      "min_class_fraction": min(v["class_fractions"].values()),

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tc_hw.model import seeds
+
 
 def make_task(n: int = 240, seed: int = 0):
     from tc_hw.model.tasks import Task
@@ -47,7 +49,8 @@ def make_program(task, samples: int = 400, seed: int = 0):
     n = net.n_nodes
     p = Params(net, np.ones(n), np.zeros(n), np.ones(n), rng.normal(0, 0.3, n), rng.normal(0, 0.4, net.n_edges),
                rng.normal(0, 0.6, net.n_crossbar), kT=0.5, readout=np.eye(4))
-    x = population_reset([p], task.inputs, 1.0, samples, dt=1e-2, seed=seed + 1, nodes=net.outputs)
+    x = population_reset([p], task.inputs, 1.0, samples, dt=1e-2, seed=seeds.derive(seed, seeds.BENCHMARK, 0),
+                         nodes=net.outputs)
     xbar = np.asarray(x[0, :, :, -1, :], np.float64).mean(axis=1)
     return p.copy(readout=task.fit_readout(xbar))
 

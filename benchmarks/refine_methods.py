@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tc_hw.model import seeds
+
 METHODS = ("twin-guided", "ga", "cma")
 SCENARIO_NAMES = ("aged", "crosstalk", "tau")
 
@@ -92,9 +94,11 @@ def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path
                 seconds = time.monotonic() - t0
                 # a fresh final measurement (seeds and noise the run never saw)
                 start_volts = _start_volts(program, cal, dev)
-                start = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1], seed=seed + 101,
+                start = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1],
+                                         seed=seeds.derive(seed, seeds.BENCHMARK, 0),
                                          volts=start_volts, readout=_start_readout(r, program))
-                refined = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1], seed=seed + 102,
+                refined = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1],
+                                           seed=seeds.derive(seed, seeds.BENCHMARK, 1),
                                            volts=np.asarray(r["best_volts"]), readout=np.asarray(r["best_readout"]))
                 rows.append({"scenario": name, "method": method, "twin_loss": twin, "start_loss": start,
                              "refined_loss": refined, "gap_closed": gap_closed(twin, start, refined),

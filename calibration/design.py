@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tc_hw.model import seeds
+
 __all__ = ["Config", "Knowledge", "edge_colouring", "plan_zero", "plan_self", "plan_edges", "SELF_LEVELS", "BW_PAIRS",
            "input_batch", "on_dac_grid", "DAC_LSB_V"]
 
@@ -144,7 +146,7 @@ def input_batch(chains: int, n_inputs: int, amplitude: float, seed: int = 0) -> 
     """Input vectors (chains, K): line values +-amplitude, balanced and uncorrelated across lines."""
     if n_inputs == 0:
         return np.zeros((chains, 0))
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, seeds.CALIBRATION, 0)
     signs = np.where(np.arange(chains) % 2 == 0, 1.0, -1.0)
     cols = [signs]
     for _ in range(1, n_inputs):

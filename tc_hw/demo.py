@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .model import seeds
+
 __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
            "embed", "LEARNED_LOSS", "LOSS_READOUT"]
 
@@ -396,8 +398,10 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
                 second = _train_for(plan2, base, nodes, cmap, cal, folder / "cos_rails.h5", seed, progress)
                 # which is better on this board? (smaller elements keep off the rails but compute less)
                 _say(progress, "measuring both programs on the board (250 x 500, least-squares readout)")
-                first_score = _board_score(dev, board_prog.rescaled(lam), cal, plan.input_scale, seed)
-                second_score = _board_score(dev, second[2].rescaled(second[3]), cal, plan2.input_scale, seed)
+                first_score = _board_score(dev, board_prog.rescaled(lam), cal, plan.input_scale,
+                                           seeds.derive(seed, seeds.DEMO, 1))
+                second_score = _board_score(dev, second[2].rescaled(second[3]), cal, plan2.input_scale,
+                                            seeds.derive(seed, seeds.DEMO, 1))
                 trainings = [dict(file="cos.h5", bound=plan.bound, scale=lam, node_extent_v=extent / lam,
                                   board_loss_fitted_readout=first_score),
                              dict(file="cos_rails.h5", bound=plan2.bound, scale=second[3],
@@ -412,9 +416,10 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
             timings["train_s"] = time.monotonic() - t
             layers = [len(layer) for layer in params.network.layers]
             bound, a_in, on_board = plan.bound, plan.input_scale, board_prog
-            twin_loss = twin_cos_loss(params, seed=seed)
+            twin_loss = twin_cos_loss(params, seed=seeds.derive(seed, seeds.DEMO, 2))
             _check_twin_learned(twin_loss, plan, lam, extent, folder, trainings, v_safe)
-            heat = sample_reset(params, cos_task()[0], 1.0, 200, dt=1e-3, seed=seed, energy=True,
+            heat = sample_reset(params, cos_task()[0], 1.0, 200, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 3),
+                                energy=True,
                                 nodes=params.network.outputs).heat_kT
             if on_board is not params:
                 save_params(on_board, folder / "cos_board.h5",
@@ -424,9 +429,10 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
 
             _say(progress, f"uploading (coordinate scale {lam:.3f}) with nominal gains, then through the calibration")
             t = time.monotonic()
-            nominal_loss = _nominal_loss(dev, program, calibration, seed, a_in)
+            nominal_loss = _nominal_loss(dev, program, calibration, seeds.derive(seed, seeds.DEMO, 4), a_in)
             upload = calibration.upload(dev, program, cal)
-            calibrated_loss = measure_cos_loss(dev, program, cal, seed=seed, input_scale=a_in)
+            paired_seed = seeds.derive(seed, seeds.DEMO, 4)  # nominal and calibrated: the same noise
+            calibrated_loss = measure_cos_loss(dev, program, cal, seed=paired_seed, input_scale=a_in)
             timings["upload_s"] = time.monotonic() - t
 
             _say(progress, f"refining on the board (least-squares readout, then at most {generations} generations "
@@ -579,7 +585,7 @@ def _train_for(plan, base, nodes, cmap, cal, out, seed, progress):
     if plan.input_scale != 1.0:  # the input line carries a * z: the same field with weights / a
         on_board = on_board.copy(crossbar=on_board.crossbar / plan.input_scale)
     lam = fitting_scale(on_board, cmap, cal)
-    x = sample_reset(params, cos_task(50)[0], 1.0, 200, dt=1e-3, seed=seed + 5).x
+    x = sample_reset(params, cos_task(50)[0], 1.0, 200, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 0)).x
     return params, trained, on_board, lam, float(np.percentile(np.abs(x), 99.9))
 
 

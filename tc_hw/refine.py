@@ -26,7 +26,7 @@ the board temperature is outside ``temp_band`` the loop pauses, says so, and wai
 
 Resuming (``resume=True``) reopens the log and the checkpoint; a generation that was logged but
 not checkpointed is redone.  With a backend whose noise can be seeded (the twin's ``reseed``),
-every acquisition's seed is derived from ``(seed, generation)`` (``common_noise``: the same noise
+every acquisition's seed is derived from ``(seed, generation)`` (:mod:`tc_hw.model.seeds`; ``common_noise``: the same noise
 for every candidate of a generation, so that their differences come from the parameters only; else
 ``(seed, generation, candidate)``), so a resumed run ends with exactly the parameters and losses
 of an uninterrupted one.  A board's noise cannot be seeded: there every candidate has its own.
@@ -72,6 +72,7 @@ from .model.device import DeviceError, Seedable, armed, reconnect_count
 from .model.params import Params
 from .model.runlog import RunLog
 from .model.tasks import Task, cos_task
+from .model import seeds
 
 __all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss"]
 
@@ -155,10 +156,6 @@ def _as_task(z) -> Task:
         return z
     z = np.asarray(z, float)
     return Task("cos", z, "mse", targets=np.cos(2 * np.pi * z[:, 0]))
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint32)[0])
 
 
 class _Problem:
@@ -347,7 +344,7 @@ def _design(cfg: RefineConfig, task: Task | None = None):
 def _batch(cfg: RefineConfig, g: int, task: Task | None = None):
     """The GA/CMA input batch of generation ``g`` (the same for every candidate): cos, evenly
     spaced, shifted by a seeded offset; a task, ``points`` examples drawn without replacement."""
-    rng = np.random.default_rng(_seed(cfg.seed, g, 1))
+    rng = seeds.rng(cfg.seed, seeds.REFINE_BATCH, g)
     if task is None:
         shift = rng.uniform(0, 1 / cfg.points)
         return (np.arange(cfg.points) / cfg.points + shift)[:, None]
@@ -372,7 +369,7 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
 
     z = _design(cfg, prob.task)
     xbar, _ = _retrying(cfg, "the start measurement at the design inputs", lambda: prob.means(
-        x_start[None, :], z, [_seed(cfg.seed, 7, 3)], cfg.samples))
+        x_start[None, :], z, [seeds.derive(cfg.seed, seeds.REFINE_START, 1)], cfg.samples))
     return TwinGuided(x_start, xbar[0], _as_task(z).fit_targets()[:, 0], prob.lo, prob.hi, trials=cfg.trials,
                       radius=cfg.radius, max_generations=cfg.generations)
 
@@ -390,7 +387,7 @@ def _sensitivity_sigma(cfg: RefineConfig, prob: "_Problem", x_start, sigma) -> n
     model = _twin_model(cfg, prob)
     z = _design(cfg, prob.task)
     step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
-    jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, _seed(cfg.seed, 7, 4))
+    jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, seeds.derive(cfg.seed, seeds.REFINE_START, 2))
     rms = np.sqrt(np.mean(np.einsum("pok,yo->pyk", jac, prob.readout_matrix(x_start[k:])) ** 2, axis=(0, 1)))
     fan = sigma[:k]
     ok = (rms > 0) & (fan > 0)
@@ -430,16 +427,17 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     if cfg.method == "twin-guided":
         z = _design(cfg, prob.task)
         step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
-        jac = model.jacobian(opt.x[: len(prob.trainable)], prob.device_inputs(z), step, _seed(cfg.seed, g, 3))
+        jac = model.jacobian(opt.x[: len(prob.trainable)], prob.device_inputs(z), step,
+                             seeds.derive(cfg.seed, seeds.REFINE_JACOBIAN, g))
         pop = opt.ask(jac)
     else:
         z = _batch(cfg, g, prob.task)
         pop = opt.ask()
     if cfg.common_noise:
-        seeds = [_seed(cfg.seed, g, 2)] * len(pop)
+        noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g)] * len(pop)
     else:
-        seeds = [_seed(cfg.seed, g, 2, c) for c in range(len(pop))]
-    xbar, var = prob.means(pop, z, seeds)
+        noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, c) for c in range(len(pop))]
+    xbar, var = prob.means(pop, z, noise)
     k = len(prob.trainable)
     if cfg.method == "ga" and cfg.readout_fit:  # the exact readout of every candidate, kept by the GA
         pop = pop.copy()
@@ -539,7 +537,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
                 print("refine: measuring the start program and fitting its readout by least squares",
                       file=sys.stderr, flush=True)
             xbar, var = _retrying(cfg, "the start measurement", lambda: prob.means(
-                prob.x0[None, :], z_final, [_seed(cfg.seed, 7, 2)], cfg.final_samples))
+                prob.x0[None, :], z_final, [seeds.derive(cfg.seed, seeds.REFINE_START, 0)], cfg.final_samples))
             fit = prob.fit_readout(xbar[0], z_final)
             if fit is not None:
                 start_fit_loss = {"given_readout": prob.loss_of(xbar[0], prob.readout0, var[0], cfg.final_samples,
@@ -669,7 +667,8 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
     best_v, _ = opt.best
     readings = prob.readings
     xbar, var = _retrying(cfg, "the final measurement", lambda: prob.means(
-        np.stack([prob.x0, best_v]), z_final, [_seed(cfg.seed, 7, 0), _seed(cfg.seed, 7, 1)], cfg.final_samples))
+        np.stack([prob.x0, best_v]), z_final, [seeds.derive(cfg.seed, seeds.REFINE_FINAL, 0),
+                                           seeds.derive(cfg.seed, seeds.REFINE_FINAL, 1)], cfg.final_samples))
     m = cfg.final_samples
     vb, fb = prob.split(best_v)
     v0, f0 = prob.split(prob.x0)

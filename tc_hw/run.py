@@ -54,6 +54,7 @@ import numpy as np
 
 from .model import provenance
 from .model.safeio import open_hdf5_read
+from .model import seeds
 
 __all__ = ["RUN_FORMAT", "RUN_VERSION", "load_inputs", "CosTask", "builtin_task", "run_program", "read_run",
            "RunError"]
@@ -184,10 +185,6 @@ def board_batch(inputs: np.ndarray, params, n_lines: int, input_scale: float) ->
     return out
 
 
-def _seed(seed: int, acquisition: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(acquisition)]).generate_state(1, np.uint32)[0])
-
-
 # ------------------------------------------------------------------------------------ the file
 def _create(path: Path, *, p: int, m: int, nodes, n_features: int, inputs, board_inputs, n_acq: int,
             attrs: dict, instrument: dict, overwrite: bool, known: dict) -> h5py.File:
@@ -299,7 +296,8 @@ def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "
     t = float(time_s) if time_s is not None else float(device.tau_s * params.mobility * params.kT)
     n_features = params.output(np.zeros((1, len(outs)))).shape[-1]
     known = dict(device=device, cal=cal, params=params, resource=resource, seeds={
-        "seed": int(seed), "acquisition_seed": "SeedSequence([seed, acquisition]) on seedable backends (the twin)"})
+        "seed": int(seed),
+        "acquisition_seed": "tc_hw.model.seeds.derive(seed, 'run.acquisition', acquisition) on seedable backends (the twin)"})
     instrument = {"identity": device.identity, "technology": device.technology, "resource": resource,
                   "calibration_entry": str(getattr(cal, "entry", "")), "n_channels": len(device.channel_map)}
     attrs = {"mode": mode, "time_s": t, "samples": m, "batch": b, "task": getattr(task, "name", ""),
@@ -345,7 +343,7 @@ def _measure(f, device, cal, params, lines, nodes, pos, *, mode, time_s, samples
         p0, p1 = a * batch, min(p, (a + 1) * batch)
         device.set_inputs(lines[p0:p1])
         if hasattr(device, "reseed"):
-            device.reseed(_seed(seed, a))
+            device.reseed(seeds.derive(seed, seeds.ACQUISITION, a))
         ta = time.monotonic()
         with armed(device):
             acq = device.acquire(mode, time_s, samples, nodes=nodes)
@@ -366,7 +364,8 @@ def _score(task, params, output_samples, samples: int, seed: int, input_scale: f
     out = dict(task.score(params, output_samples))
     if twin:
         as_run = params if input_scale == 1 else params.copy(crossbar=params.crossbar * input_scale)
-        out.update({f"twin_{k}": v for k, v in task.twin_score(as_run, samples, seed).items()})
+        twin_seed = seeds.derive(seed, seeds.RUN_TWIN)
+        out.update({f"twin_{k}": v for k, v in task.twin_score(as_run, samples, twin_seed).items()})
     return out
 
 

@@ -34,7 +34,8 @@ def test_ga_converges_on_noisy_quadratic():
     assert ga.run(lambda p: toy_losses(p, ga.generation)) == "generations"
     x, loss = ga.best
     assert np.abs(x - TARGET).max() < 0.1
-    assert ga.history["best"][0] > 1.0 and ga.history["best"][-1] < 0.05
+    # the start is far from the optimum (seeds 0-5 start at 0.9-2.0) and the end within the noise of it
+    assert ga.history["best"][0] > 0.5 and ga.history["best"][-1] < 0.05
     # the re-measured elite (row 0) tracks the true loss: not biased low by selection
     assert abs(ga.history["elite"][-1] - ((x - TARGET) ** 2).sum()) < 0.1
 

@@ -136,7 +136,8 @@ def test_tiny_training_lowers_the_action_and_generates(tmp_path):
     teacher = Teacher.init(0)  # untrained: only the pipeline is under test here
     out = tmp_path / "gen.h5"
     params, res = G.train_generative((0, 1), out=out, seed=0, progress=False, teacher=teacher, hidden=6,
-                                     paths=2, samples=3, t_f=0.5, dt=2e-2, gen_dt=1e-2)
+                                     paths=2, samples=3, t_f=0.5, dt=2e-2, gen_dt=2e-3)
+    # gen_dt: two training paths leave stiff couplings; 1e-2 diverges for about half the seeds, 2e-3 for none of 0-4
     assert params.network.n_nodes == 790 and params.kT == 0.1
     assert np.all(params.bias[784:] == 0)  # hidden biases held at 0
     zero = params.copy(bias=np.zeros(790), coupling=np.zeros(params.network.n_edges))
@@ -155,13 +156,13 @@ def test_tiny_training_lowers_the_action_and_generates(tmp_path):
     json.dumps({k: v for k, v in res.items() if k != "history"})  # the CLI prints it with --json
     assert [p.endswith(s) for p, s in zip(res["plots"], ("_grid.png", "_strip.png", "_loss.png"))] == [True] * 3
     assert all((tmp_path / f"gen_{w}.png").stat().st_size > 1000 for w in ("grid", "strip", "loss"))
-    x, heat = G.generate(params, 5, seed=1, t_f=0.5, dt=1e-2)
+    x, heat = G.generate(params, 5, seed=1, t_f=0.5, dt=2e-3)
     assert x.shape == (5, 784) and heat.shape == (5,) and np.isfinite(x).all() and np.isfinite(heat).all()
     # the saved file runs again, with its encoding from the provenance
     loaded, enc2, prov = G.load_generative(out)
     assert enc2 == enc and prov["digits"] == "0,1"
     assert np.array_equal(loaded.coupling, params.coupling)
-    r = G.generate_png(out, 4, tmp_path / "grid.png", seed=2, teacher=teacher, dt=1e-2)
+    r = G.generate_png(out, 4, tmp_path / "grid.png", seed=2, teacher=teacher, dt=2e-3)
     assert (tmp_path / "grid.png").stat().st_size > 1000 and np.isfinite(r["heat_kT"])
 
 

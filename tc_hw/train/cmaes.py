@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from ..model.safeio import open_hdf5_read, replace_atomically
+from ..model import seeds
 
 __all__ = ["CMAES", "CHECKPOINT_FORMAT"]
 
@@ -74,7 +75,7 @@ class CMAES:
         except ImportError:
             raise ValueError("--method cma needs the cma package: pip install 'tc-hw[cma]'") from None
 
-        opts = {"popsize": self.population, "seed": self.seed + 1, "verbose": -9, "CMA_diagonal": True,
+        opts = {"popsize": self.population, "seed": seeds.derive32(self.seed, seeds.CMAES) or 1, "verbose": -9, "CMA_diagonal": True,
                 "tolx": 0, "tolfun": 0, "tolfunhist": 0, "tolstagnation": 10**9}
         saved = np.random.get_state()
         try:

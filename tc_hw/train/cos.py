@@ -50,8 +50,8 @@ from there the defaults reach loss ~0.4 at 100 generations and ~0.02 at 300 (res
 stream ``(seed_g, p, m)`` for every candidate), so that loss differences within a generation come
 from the parameters only.  ``batch="grid"`` (default) uses the same ``points`` evenly spaced
 inputs every generation; ``batch="random"`` draws ``points`` of the paper's 250 inputs anew each
-generation.  The noise seed ``seed_g`` changes every generation, and the elites are re-measured
-with it (see :mod:`tc_hw.train.ga`).  In reset mode the training losses use antithetic noise
+generation.  The noise seed ``seed_g`` (``tc_hw.model.seeds.derive(seed, COS_NOISE, g)``) changes every
+generation, and the elites are re-measured with it (see :mod:`tc_hw.train.ga`).  In reset mode the training losses use antithetic noise
 pairs (``antithetic=True``), which lowers their sampling noise several-fold while the response is
 weak; the final, reported loss uses independent runs.
 """
@@ -71,6 +71,7 @@ from tc_hw.model.params import Params, ParamsError
 from tc_hw.model.tasks import cos_loss, cos_task
 
 from .ga import GeneticAlgorithm, fan_in_sigma
+from ..model import seeds
 
 __all__ = ["train_cos_ga", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
 
@@ -124,19 +125,13 @@ def start_vector(base: Params, start: str = "aligned", coupling: float = -0.5, c
     return p.vector()
 
 
-def _noise_seed(seed: int, generation: int, stream: int = 0) -> int:
-    """Twin seed for generation ``generation`` (stream 0: noise, 1: input batch, 2-3: final checks)."""
-    ss = np.random.SeedSequence([int(seed), 0x636F73, int(generation), int(stream)])
-    return int(ss.generate_state(1, np.uint64)[0])
-
-
-def _sample(cands, z, mode, samples, dt, t_f, t_obs, seeds, antithetic=False):
+def _sample(cands, z, mode, samples, dt, t_f, t_obs, noise, antithetic=False):
     from sim_backend import population as pp
 
     if mode == "reset":
-        x = pp.population_reset(cands, z, t_f, samples, dt=dt, seed=seeds, antithetic=antithetic)
+        x = pp.population_reset(cands, z, t_f, samples, dt=dt, seed=noise, antithetic=antithetic)
     else:
-        x = pp.population_serial(cands, z, t_obs, samples, dt=dt, seed=seeds)
+        x = pp.population_serial(cands, z, t_obs, samples, dt=dt, seed=noise)
     return x[:, :, :, -1, :]  # (C, P, M, n_out)
 
 
@@ -147,7 +142,7 @@ def evaluate_cos(vectors, base: Params, z, targets, *, mode="reset", samples=100
     ``vectors`` (C, n) are laid out as ``base.vector()``; ``z`` (P, 1) inputs, ``targets`` (P,).
     All candidates are sampled in one batch (:mod:`sim_backend.population`); with
     ``common_noise`` they share the noise streams of ``seed``, otherwise candidate ``c`` uses
-    ``seed + c``.
+    ``seeds.derive(seed, seeds.COS_CANDIDATE, c)``.
     """
     vectors = np.atleast_2d(np.asarray(vectors, float))
     loss = np.full(len(vectors), np.inf)
@@ -160,9 +155,9 @@ def evaluate_cos(vectors, base: Params, z, targets, *, mode="reset", samples=100
             pass
     if not cands:
         return loss
-    seeds = int(seed) if common_noise else [int(seed) + r for r in rows]
+    noise = int(seed) if common_noise else [seeds.derive(seed, seeds.COS_CANDIDATE, r) for r in rows]
     with np.errstate(all="ignore"):
-        x = _sample(cands, z, mode, samples, dt, t_f, t_obs, seeds, antithetic)
+        x = _sample(cands, z, mode, samples, dt, t_f, t_obs, noise, antithetic)
     for k, (r, c) in enumerate(zip(rows, cands)):
         loss[r] = cos_loss(c, x[k], targets)
     return loss
@@ -364,7 +359,7 @@ def train_cos_ga(
     def batch_for(g: int):
         if batch == "grid":
             return z_grid, t_grid
-        rng = np.random.default_rng(_noise_seed(seed, g, 1))
+        rng = seeds.rng(seed, seeds.COS_BATCH, g)
         idx = np.sort(rng.choice(PAPER_POINTS, points, replace=False))
         return z_paper[idx], t_paper[idx]
 
@@ -375,7 +370,7 @@ def train_cos_ga(
             g = ga.generation
             z, tgt = batch_for(g)
             losses = evaluate_cos(ga.ask(), base, z, tgt, mode=mode, samples=samples, dt=dt, t_f=t_f,
-                                  t_obs=t_obs, seed=_noise_seed(seed, g), common_noise=common_noise,
+                                  t_obs=t_obs, seed=seeds.derive(seed, seeds.COS_NOISE, g), common_noise=common_noise,
                                   antithetic=settings["antithetic"])
             ga.tell(losses)
             if checkpoint is not None:
@@ -393,13 +388,13 @@ def train_cos_ga(
     kw = dict(mode=mode, dt=dt, t_f=t_f, t_obs=t_obs)
     sel_samples = max(samples, eval_samples // 5)
     elite_eval = evaluate_cos(elite_vectors, base, z_eval, t_eval, samples=sel_samples,
-                              seed=_noise_seed(seed, 0, 2), **kw)
+                              seed=seeds.derive(seed, seeds.COS_CHECK, 0), **kw)
     chosen = int(np.argmin(elite_eval))
     best = base.with_vector(elite_vectors[chosen])
     if best.readout is not None:  # the exact least-squares readout (its own noise seed)
         best = readout_lstsq(best, mode=mode, points=eval_points, samples=sel_samples, dt=dt, t_f=t_f, t_obs=t_obs,
-                             seed=_noise_seed(seed, 0, 4))
-    ev_seed = _noise_seed(seed, 0, 3)
+                             seed=seeds.derive(seed, seeds.COS_CHECK, 2))
+    ev_seed = seeds.derive(seed, seeds.COS_CHECK, 1)
     if mode == "reset":
         run = twin.sample_reset(best, z_eval, t_f, eval_samples, dt=dt, seed=ev_seed, nodes=best.network.outputs,
                                 energy=True)

@@ -37,6 +37,7 @@ import numpy as np
 from sim_backend.langevin import euler_maruyama_paths, polynomial_force
 
 from ..model.params import Params
+from ..model import seeds
 
 __all__ = ["DirectConfig", "forward", "backward", "train_direct", "train_mnist_direct", "trajectory_loss_and_grad", "initial_params"]
 
@@ -226,7 +227,7 @@ def train_direct(params: Params, inputs, labels, cfg: DirectConfig = DirectConfi
         raise ValueError(f"inputs must have shape (P, {params.network.n_inputs}) with one label each")
     if not np.isfinite(x_all).all():
         raise ValueError("inputs contain NaN or infinite values")
-    rng = np.random.default_rng(cfg.seed)
+    rng = seeds.rng(cfg.seed, seeds.DIRECT_DATA)
     order = rng.permutation(len(x_all))
     n_val = min(cfg.validation, len(x_all) // 5)
     val, train = order[:n_val], order[n_val:]
@@ -246,7 +247,7 @@ def train_direct(params: Params, inputs, labels, cfg: DirectConfig = DirectConfi
             losses, correct = [], 0
             for b in range(n_batches):
                 idx = perm[b * cfg.batch : (b + 1) * cfg.batch]
-                noise = normal(cfg.seed * 1_000_003 + it, steps * len(idx) * model.B.size).reshape(
+                noise = normal(seeds.derive(cfg.seed, seeds.DIRECT_NOISE, it), steps * len(idx) * model.B.size).reshape(
                     steps, len(idx), -1
                 )
                 loss, grads, ok = trajectory_loss_and_grad(model, x_all[idx], y_all[idx], noise, cfg.dt, cfg.scale, outputs)
@@ -264,7 +265,8 @@ def train_direct(params: Params, inputs, labels, cfg: DirectConfig = DirectConfi
                 bar.update()
                 if b % 20 == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{correct / ((b + 1) * cfg.batch):.3f}")
-            val_acc = _accuracy(model, x_all[val], y_all[val], cfg, seed=cfg.seed + 17 + epoch) if n_val else float("nan")
+            val_seed = seeds.derive(cfg.seed, seeds.DIRECT_VALIDATE, epoch)
+            val_acc = _accuracy(model, x_all[val], y_all[val], cfg, seed=val_seed) if n_val else float("nan")
             history["loss"].append(float(np.mean(losses)))
             history["train_acc"].append(correct / len(train))
             history["val_acc"].append(val_acc)
@@ -302,7 +304,7 @@ def train_mnist_direct(out=None, init=None, cfg: DirectConfig = DirectConfig(), 
     from ..model.tasks import mnist_inputs
 
     if init is None:
-        params = initial_params(thermo_gd_network(), cfg.seed)
+        params = initial_params(thermo_gd_network(), seeds.derive(cfg.seed, seeds.DIRECT_INIT))
     elif isinstance(init, Params):
         params = init
     else:
@@ -311,7 +313,8 @@ def train_mnist_direct(out=None, init=None, cfg: DirectConfig = DirectConfig(), 
     t0 = time.perf_counter()
     trained, history = train_direct(params, images, labels, cfg, progress)
     seconds = time.perf_counter() - t0
-    metrics = evaluate_mnist(trained, evaluate_samples, cfg.seed, cfg.time_obs, cfg.dt, progress=progress)
+    metrics = evaluate_mnist(trained, evaluate_samples, seeds.derive(cfg.seed, seeds.DIRECT_FINAL, 0), cfg.time_obs,
+                             cfg.dt, progress=progress)
     result = {
         "method": "direct",
         "task": "mnist",
@@ -406,7 +409,7 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
         bounds = [bound.get("crossbar"), bound.get("bias"), bound.get("coupling")]  # the order of _Model.tensors
     else:
         bounds = [bound] * 3
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, seeds.DIRECT_DATA)
     steps = int(round(t_f / dt))
     outputs = np.asarray(base.network.outputs)
 
@@ -428,7 +431,7 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
         f = tensors[-1]
         z = rng.uniform(0, 1, points).astype(np.float32)
         inputs = np.repeat(z, samples)[:, None]
-        noise = normal(seed * 1_000_003 + it, steps * len(inputs) * model.B.size).reshape(steps, len(inputs), -1)
+        noise = normal(seeds.derive(seed, seeds.DIRECT_NOISE, it), steps * len(inputs) * model.B.size).reshape(steps, len(inputs), -1)
         xs = forward(model, inputs, noise, dt)
         xbar = xs[-1][:, outputs].reshape(points, samples, -1).mean(axis=1)  # (points, n_out)
         err = xbar @ f - np.cos(2 * np.pi * z)
@@ -471,11 +474,11 @@ def train_cos_direct(out=None, seed: int = 0, mode: str = "reset", iterations: i
     # twin loss is its best and a board's refitted readout is no gain over the training
     from .cos import readout_lstsq
 
-    trained = readout_lstsq(trained, samples=eval_samples, dt=1e-3, seed=seed + 3)
+    trained = readout_lstsq(trained, samples=eval_samples, dt=1e-3, seed=seeds.derive(seed, seeds.DIRECT_FINAL, 1))
     z_all, y0 = cos_task()
     vec = trained.vector()[None, :]
-    loss_final = float(evaluate_cos(vec, trained, z_all, y0, samples=eval_samples, dt=dt, seed=seed + 1)[0])
-    loss_check = float(evaluate_cos(vec, trained, z_all, y0, samples=eval_samples, dt=1e-3, seed=seed + 2)[0])
+    loss_final = float(evaluate_cos(vec, trained, z_all, y0, samples=eval_samples, dt=dt, seed=seeds.derive(seed, seeds.DIRECT_FINAL, 2))[0])
+    loss_check = float(evaluate_cos(vec, trained, z_all, y0, samples=eval_samples, dt=1e-3, seed=seeds.derive(seed, seeds.DIRECT_FINAL, 3))[0])
     result = {
         "method": "direct",
         "task": "cos",
@@ -506,7 +509,7 @@ def cos_png(out, params: Params, dt: float, seed: int = 0):
     from .plots import png_path
 
     z, y0 = cos_task()
-    x = sample_reset(params, z, 1.0, 1000, dt=dt, seed=seed + 3, nodes=params.network.outputs).x[:, :, 0, :]
+    x = sample_reset(params, z, 1.0, 1000, dt=dt, seed=seeds.derive(seed, seeds.DIRECT_FINAL, 4), nodes=params.network.outputs).x[:, :, 0, :]
     y = x @ params.readout[0]  # (P, M)
     fig, ax = figure()
     ax.plot(z[:, 0], y0, "k--", label="target cos(2 pi z)")

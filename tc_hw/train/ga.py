@@ -44,6 +44,7 @@ import numpy as np
 
 from ..model import provenance
 from ..model.safeio import replace_atomically
+from ..model import seeds
 
 __all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "CHECKPOINT_FORMAT"]
 
@@ -119,7 +120,7 @@ class GeneticAlgorithm:
         n = self.x0.size
         self.sigma = self._per_param(sigma, n, "sigma")
         self.init_sigma = self.sigma.copy() if init_sigma is None else self._per_param(init_sigma, n, "init_sigma")
-        self.rng = np.random.default_rng(self.config.seed)
+        self.rng = seeds.rng(self.config.seed, seeds.GA)
         self.generation = 0
         self.elites = np.zeros((0, n))
         self.elite_losses = np.zeros(0)

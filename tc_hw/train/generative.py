@@ -105,6 +105,7 @@ from sim_backend.langevin import euler_maruyama_paths, polynomial_force
 
 from ..model.network import Network
 from ..model.params import Params
+from ..model import seeds
 
 __all__ = [
     "GenerativeConfig",
@@ -373,10 +374,10 @@ def hidden_targets(x_visible, n_hidden: int, seed: int = 0, scale: float = 1.25,
     if int(n_hidden) < 1:
         raise ValueError(f"n_hidden must be >= 1, got {n_hidden}")
     if code == "random":
-        return scale * np.where(np.random.default_rng([seed, 9]).random((len(x), n_hidden)) < 0.5, -1.0, 1.0)
+        return scale * np.where(seeds.rng(seed, seeds.GEN_INIT, 0).random((len(x), n_hidden)) < 0.5, -1.0, 1.0)
     z = x - x.mean(axis=1, keepdims=True)
     z = z / np.maximum(z.std(axis=1, keepdims=True), 1e-12)
-    proj = np.random.default_rng([seed, 8]).normal(0, 1 / np.sqrt(x.shape[1]), (x.shape[1], n_hidden))
+    proj = seeds.rng(seed, seeds.GEN_INIT, 1).normal(0, 1 / np.sqrt(x.shape[1]), (x.shape[1], n_hidden))
     a = z @ proj
     return scale * (np.where(a < 0, -1.0, 1.0) if code == "sign" else np.tanh(a))
 
@@ -413,7 +414,7 @@ def _noising_steps(targets, n_paths, cfg: GenerativeConfig, seed: int, n_visible
     n_steps = int(round(cfg.t_f / cfg.dt))
     dt = np.float32(cfg.dt)
     amp = np.float32(np.sqrt(2 * cfg.kT * cfg.dt))
-    rng = np.random.default_rng([seed, 1])
+    rng = seeds.rng(seed, seeds.GEN_NOISING)
     zero = np.float32(0)
 
     def force(k, x):  # the local force plus the three ramped parts of the field
@@ -538,7 +539,8 @@ def reverse_stats(targets, n_visible: int, cfg: GenerativeConfig = GenerativeCon
     groups = np.asarray(groups).reshape(-1)
     if len(groups) != len(tgt):
         raise ValueError(f"{len(groups)} group labels for {len(tgt)} targets")
-    return [_reverse_stats(tgt[groups == g], n_visible, cfg, seed * 1009 + i, progress, chunk_rows, mean_field)
+    return [_reverse_stats(tgt[groups == g], n_visible, cfg, seeds.derive(seed, seeds.GEN_GROUP, i), progress,
+                           chunk_rows, mean_field)
             for i, g in enumerate(np.unique(groups))]
 
 
@@ -549,7 +551,7 @@ def _reverse_stats(tgt, n_visible, cfg, seed, progress, chunk_rows, mean_field) 
     n = tgt.shape[1]
     n_steps = int(round(cfg.t_f / cfg.dt))
     acc = _Accumulator(n, n_visible)
-    rng = np.random.default_rng([seed, 2])
+    rng = seeds.rng(seed, seeds.GEN_REVERSE)
     stride = max(1, int(cfg.stride))
     offsets = rng.integers(0, stride, -(-n_steps // stride))
     rows = len(tgt) * cfg.paths
@@ -805,7 +807,7 @@ def reverse_online(targets, n_visible: int, cfg: GenerativeConfig = GenerativeCo
     lr = f32(cfg.online_lr)
     t0 = time.perf_counter()
     step = 0
-    rng = np.random.default_rng([seed, 3])
+    rng = seeds.rng(seed, seeds.GEN_TRAIN)
 
     def update(xp, y):
         nonlocal step
@@ -837,7 +839,8 @@ def reverse_online(targets, n_visible: int, cfg: GenerativeConfig = GenerativeCo
     with threadpool_limits(1, "blas"):
         for epoch in range(cfg.online_epochs):
             buf_x, buf_y = [], []
-            for k, x, xp in _noising_steps(tgt, cfg.paths, cfg, seed * 7919 + epoch + 1, v, mean_field):
+            epoch_seed = seeds.derive(seed, seeds.GEN_EPOCH, epoch)
+            for k, x, xp in _noising_steps(tgt, cfg.paths, cfg, epoch_seed, v, mean_field):
                 if stride > 1 and k % stride != rng.integers(stride):
                     continue
                 buf_x.append(xp.copy())
@@ -947,7 +950,7 @@ def generate(params: Params, n: int, seed: int = 0, *, t_f: float = 2.5, dt: flo
     rec_steps = [] if record is None else [int(round(t / dt)) for t in record]
     if any(k < 0 or k > n_steps for k in rec_steps):
         raise ValueError(f"record times must lie in [0, t_f = {t_f}]")
-    rng = np.random.default_rng([seed, 4])
+    rng = seeds.rng(seed, seeds.GEN_SAMPLE)
     if x0 is None:
         x0 = uncoupled_equilibrium(params, n, rng)
     x0 = np.asarray(x0, np.float64)
@@ -1263,7 +1266,7 @@ def train_generative(digits=(0, 1, 2), out=None, seed: int = 0, progress: bool =
     tch = _load_teacher(teacher, progress)
     teacher_seconds = time.perf_counter() - t_start
 
-    images, labels = select_images(ds, cfg.per_class, seed, cfg.selection)
+    images, labels = select_images(ds, cfg.per_class, seeds.derive(seed, seeds.GEN_SELECT), cfg.selection)
     xv = enc.encode(images)
     xh = hidden_targets(xv, cfg.hidden, seed, cfg.hidden_scale, cfg.hidden_code)
     targets = np.hstack([xv, xh])
@@ -1287,7 +1290,8 @@ def train_generative(digits=(0, 1, 2), out=None, seed: int = 0, progress: bool =
     train_seconds = time.perf_counter() - t0
     params = _from_blocks(net, bias, cvh, chh, cfg.kT)
     if stats is None:  # for comparison: the same objective, and its exact minimum, on fresh paths
-        stats = combine_stats(reverse_stats(targets, v, cfg, seed + 7, False, groups=labels, mean_field=mean_field),
+        fresh_seed = seeds.derive(seed, seeds.GEN_EVAL, 0)
+        stats = combine_stats(reverse_stats(targets, v, cfg, fresh_seed, False, groups=labels, mean_field=mean_field),
                               cfg.class_weights)
         q = _Quadratic(stats, v, cfg.ridge, cfg.visible_bias, cfg.hidden_bias)
         history["online_objective"] = _objective(q, stats, params, cfg)
@@ -1302,7 +1306,8 @@ def train_generative(digits=(0, 1, 2), out=None, seed: int = 0, progress: bool =
     # evaluation: fresh samples from the uncoupled equilibrium, the paper's dt
     t1 = time.perf_counter()
     times = np.linspace(0, cfg.t_f, 6)
-    x, heat, frames = generate(params, cfg.samples, seed + 1, t_f=cfg.t_f, dt=cfg.gen_dt, record=times,
+    gen_seed = seeds.derive(seed, seeds.GEN_EVAL, 1)
+    x, heat, frames = generate(params, cfg.samples, gen_seed, t_f=cfg.t_f, dt=cfg.gen_dt, record=times,
                                progress=progress)
     verdict = classify_samples(tch, x, ds, cfg.threshold, enc, reference=xv.mean(0))
     gen_labels, gen_conf = verdict.pop("labels"), verdict.pop("confidence")
@@ -1350,7 +1355,7 @@ def train_generative(digits=(0, 1, 2), out=None, seed: int = 0, progress: bool =
         grid = _grid_png(png_path(out, "grid"), x[:k], enc, gen_labels[:k], gen_conf[:k], cfg.threshold,
                          title=f"generated digits {','.join(map(str, ds))}: {result['classified_fraction']:.1%} "
                          f"of {len(x)} confidently classified (p >= {cfg.threshold:g})")
-        fwd = noising_trajectories(targets[:1], v, 1, cfg, seed + 2, mean_field)
+        fwd = noising_trajectories(targets[:1], v, 1, cfg, seeds.derive(seed, seeds.GEN_EVAL, 2), mean_field)
         fsteps = [int(round(t / cfg.dt)) for t in times]
         strip = _strip_png(png_path(out, "strip"), fwd[fsteps, 0, :v], frames[:, 0], times, enc,
                            title="noising (top: data -> noise) and generation (bottom: noise -> digit)")

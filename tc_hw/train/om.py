@@ -89,6 +89,7 @@ from sim_backend.langevin import euler_maruyama_paths, polynomial_force
 
 from ..model.network import Network
 from ..model.params import Params
+from ..model import seeds
 
 __all__ = [
     "OMStats",
@@ -368,7 +369,7 @@ def teacher_stats(
             st = _deterministic_stats(images[s : s + chunk], g[s : s + chunk], t_f, dt, quadratic, cubic, quartic)
         else:
             x = ideal_trajectories(g[s : s + chunk], t_f, dt, kT=kT_ideal, n_traj=n_traj,
-                                   seed=int(np.random.SeedSequence([seed, ci]).generate_state(1)[0]),
+                                   seed=seeds.derive(seed, seeds.OM_CHUNK, ci),
                                    quadratic=quadratic, cubic=cubic, quartic=quartic)
             st = trajectory_stats(images[s : s + chunk], x, dt, quadratic=quadratic, cubic=cubic, quartic=quartic)
         stats = st if stats is None else stats + st
@@ -903,14 +904,14 @@ def _train_mnist_om(method, out, seed, teacher_path, progress, c_hidden, c_outpu
         "samples": samples,
     }
     if validation:
-        v = evaluate_twin(params, val_x, val_y, samples, seed + 1, cfg["t_f"], cfg["dt"])
+        v = evaluate_twin(params, val_x, val_y, samples, seeds.derive(seed, seeds.OM_EVAL, 0), cfg["t_f"], cfg["dt"])
         result["val_top1"], result["val_top2"] = v["top1"], v["top2"]
         result["teacher_val_top1"] = teacher.accuracy(val_x, val_y)
     metrics = None
     if evaluate:
         from ..evaluation import evaluate_mnist
 
-        metrics = evaluate_mnist(params, samples, seed, cfg["t_f"], cfg["dt"], progress=progress)
+        metrics = evaluate_mnist(params, samples, seeds.derive(seed, seeds.OM_EVAL, 1), cfg["t_f"], cfg["dt"], progress=progress)
         result.update(top1=metrics["top1"], top2=metrics["top2"], heat_per_inference_kT=metrics["heat_per_inference_kT"])
     result["history"] = history
     if out is not None:

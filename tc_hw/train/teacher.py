@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 
 from ..model import provenance
+from ..model import seeds
 
 __all__ = ["Teacher", "train_teacher", "get_teacher", "TeacherError", "FORMAT", "LAYERS"]
 
@@ -92,7 +93,7 @@ class Teacher:
     @classmethod
     def init(cls, seed: int = 0, input_rms: float = 1.0) -> "Teacher":
         """Random Glorot-style initial weights; ``input_rms`` is the rms of one input pixel."""
-        rng = np.random.default_rng(seed)
+        rng = seeds.rng(seed, seeds.TEACHER_INIT)
         ws, bs = [], []
         for l in range(3):
             fan_in, fan_out = LAYERS[l], LAYERS[l + 1]
@@ -277,7 +278,7 @@ def _train(images, labels, epochs, batch, lr, optimizer, weight_decay, seed, shi
         raise ValueError(f"{len(x)} images for {len(y)} labels")
     if y.min() < 0 or y.max() > 9:
         raise ValueError("labels must be digits 0..9")
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, seeds.TEACHER_DATA)
     net = Teacher.init(seed, input_rms=float(np.sqrt(np.mean(x.astype(np.float64) ** 2))))
     params = net.weights + net.biases  # views: updated in place
     m = [np.zeros_like(p) for p in params]
