@@ -232,14 +232,15 @@ def collect(**values) -> dict:
                command_line=_command_line(v.get("argv")), arguments=_arguments(v.get("args")),
                host=socket.gethostname(), time_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(),
                writer=str(v.get("writer", "")), resource=str(v.get("resource", "")))
-    ins = v.get("instrument") or {}
-    out["board_identity"] = str(ins.get("identity", ""))
-    out["board_technology"] = str(ins.get("technology", ""))
-    out["calibration_entry"] = str(ins.get("calibration_entry", ""))
     dev = v.get("device")
     if dev is not None:
         out["board_identity"] = str(getattr(dev, "identity", ""))
         out["board_technology"] = str(getattr(dev, "technology", ""))
+    ins = v.get("instrument") or {}  # what the writer states about its instrument wins over the noted device
+    for key, field in (("identity", "board_identity"), ("technology", "board_technology"),
+                       ("calibration_entry", "calibration_entry")):
+        if ins.get(key):
+            out[field] = str(ins[key])
     out.update(_cal_fields(v.get("cal")))
     if v.get("params") is not None:
         out["program_sha256"] = program_sha256(v["params"])
