@@ -27,6 +27,7 @@ import numpy as np
 from sim_backend import twin
 from tc_hw import Params, layered, thermo_gd_network
 
+REPEATS = 3  # every timing is the best of this many runs, twin and numpy alike
 PEAK_SGEMM_FLOPS = 190e9  # this machine's float32 sgemm peak on 2 cores (DEVELOPERS.md)
 
 
@@ -57,10 +58,11 @@ def scenario(name, params, inputs, n_samples, n_steps, baseline_steps, dt=1e-3):
         twin.sample_reset(params, inputs, dt * steps, n_samples, dt=dt, nodes=params.network.outputs)
         return time.perf_counter() - t0
 
-    one_step = run(1)
-    seconds = run(n_steps)
+    one_step = min(run(1) for _ in range(REPEATS))
+    seconds = min(run(n_steps) for _ in range(REPEATS))
     setup = min(max((n_steps * one_step - seconds) / (n_steps - 1), 0.0), seconds)  # t(k) = setup + k * step
-    base_setup, base_loop = numpy_baseline(params, inputs, n_samples, baseline_steps, dt)
+    base_setup, base_loop = min((numpy_baseline(params, inputs, n_samples, baseline_steps, dt) for _ in range(REPEATS)),
+                                key=lambda t: t[0] + t[1])
     base_seconds = base_setup + base_loop * n_steps / baseline_steps
     base_rate = updates / base_seconds
     base_kernel_rate = len(inputs) * n_samples * n * baseline_steps / base_loop
