@@ -47,7 +47,9 @@ def report(log_path, folder=None) -> dict:
     ax.plot(gens, np.nanmedian(losses, axis=1), label="median of population", alpha=0.7)
     if n > 1:
         ax.plot(gens[1:], losses[1:, 0], ".", label="previous best, re-measured", ms=4)
-    ax.set_yscale("log")
+    positive = np.concatenate([np.ravel(r["best_loss"]), np.ravel(losses)])
+    if np.any(positive[np.isfinite(positive)] > 0) and np.all(positive[np.isfinite(positive)] > 0):
+        ax.set_yscale("log")  # debiased losses of a program near the noise floor can be <= 0: stay linear then
     ax.set_xlabel("generation")
     ax.set_ylabel("loss measured on the device")
     ax.legend()
