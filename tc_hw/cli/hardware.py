@@ -140,21 +140,10 @@ def cmd_upload(args) -> int:
 
 
 def _refine_config(args):
-    """The run's settings from the command line, validated before anything is opened or created
-    (ValueError naming the option: exit code 2)."""
-    import math
-
+    """The run's settings from the command line, validated (by ``RefineConfig``) before anything
+    is opened or created; a refusal names the option (ValueError: exit code 2)."""
     from ..refine import RefineConfig
 
-    for opt in ("generations", "population", "points", "samples", "final_samples"):
-        v = getattr(args, opt, None)
-        least = 0 if opt == "generations" else 2
-        if v is not None and v < least:
-            raise ValueError(f"--{opt.replace('_', '-')} must be >= {least}, got {v}")
-    if args.temp_band:
-        lo, hi = args.temp_band
-        if not (math.isfinite(lo) and math.isfinite(hi)) or not 0 < lo < hi <= 1000:
-            raise ValueError(f"--temp-band must be LOW_K < HIGH_K, finite, within 0..1000 K; got {lo} {hi}")
     sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples")
              if getattr(args, k) is not None}
     if args.method == "twin-guided":
@@ -162,8 +151,12 @@ def _refine_config(args):
         sizes.setdefault("samples", 200)
     if sizes.get("population", 20) <= 5:  # the default 5 elites need a population of at least 6
         sizes["elites"] = max(1, sizes["population"] // 2)
-    return RefineConfig(generations=args.generations, seed=args.seed, method=args.method, **sizes,
-                        temp_band=tuple(args.temp_band) if args.temp_band else None)
+    try:
+        return RefineConfig(generations=args.generations, seed=args.seed, method=args.method, **sizes,
+                            temp_band=tuple(args.temp_band) if args.temp_band else None)
+    except ValueError as e:  # RefineConfig names its field; the operator typed the option
+        field = str(e).split(" ", 1)[0]
+        raise ValueError(f"--{field.replace('_', '-')}: {e}") from None
 
 
 def cmd_refine(args) -> int:
