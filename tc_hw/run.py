@@ -55,6 +55,9 @@ import numpy as np
 from .model import provenance
 from .model.safeio import open_hdf5_read
 from .model import seeds
+from .model.device import Seedable, armed
+from calibration.elements import RAIL_GUARD_V
+from sim_backend.twin import sample_reset
 
 __all__ = ["RUN_FORMAT", "RUN_VERSION", "load_inputs", "CosTask", "builtin_task", "run_program", "read_run",
            "RunError"]
@@ -171,6 +174,38 @@ def check_run(*, samples: int, time_s: float | None, mode: str, batch: int | Non
     return out
 
 
+def safe_node_volts(device) -> float:
+    """Node volts a program should stay within on ``device``: the calibration's rail guard, or 80 %
+    of the ADC range where that is smaller (the rails are hidden; the manual says "a few volts")."""
+    adc = getattr(device, "adc_range_v", None)
+    return float(min(RAIL_GUARD_V, 0.8 * adc)) if adc else float(RAIL_GUARD_V)
+
+
+def node_extent_v(params, inputs, *, time: float = 1.0, samples: int = 100, max_inputs: int = 50,
+                  seed: int = 0) -> float:
+    """The 99.9th percentile of |x| over all nodes (node units: volts at the board's nodes) of
+    ``params`` on the twin, at up to ``max_inputs`` of ``inputs`` (P, k) spread over the batch,
+    ``samples`` reset readings each at program time ``time``."""
+    pick = np.unique(np.linspace(0, len(inputs) - 1, min(len(inputs), max_inputs)).round().astype(int))
+    x = sample_reset(params, np.asarray(inputs, np.float64)[pick], float(time), int(samples), dt=1e-3,
+                     seed=seeds.derive(seed, seeds.RUN_TWIN, 1)).x
+    return float(np.percentile(np.abs(x), 99.9))
+
+
+def check_rails(params, inputs, device, *, input_scale: float = 1.0, time: float = 1.0, seed: int = 0) -> dict:
+    """Refuse (:class:`RunError`, nothing sent) a program whose nodes would reach the board's rails:
+    the twin's node extent of the program as the board runs it against :func:`safe_node_volts`.
+    Returns ``{"node_extent_v", "safe_v"}``."""
+    as_run = params if input_scale == 1 else params.copy(crossbar=params.crossbar * input_scale)
+    extent, safe = node_extent_v(as_run, inputs, time=time, seed=seed), safe_node_volts(device)
+    if extent > safe:
+        raise RunError(f"the program's nodes would reach {extent:.2f} V on the board (99.9th percentile of |x| "
+                       f"on the twin; safe: {safe:.2f} V): railed nodes compute something else. Run it at a "
+                       f"coordinate scale that fits (--scale auto, or a larger --scale), use a program trained "
+                       f"with smaller elements, or pass --allow-rails to run it anyway")
+    return {"node_extent_v": extent, "safe_v": safe}
+
+
 def board_batch(inputs: np.ndarray, params, n_lines: int, input_scale: float) -> np.ndarray:
     """The board's input batch (P, n_lines): ``input_scale x inputs`` on the program's lines, 0 after.
 
@@ -272,13 +307,15 @@ def _readout_stats(params, x) -> tuple[np.ndarray, np.ndarray]:
 
 def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "reset", time_s: float | None = None,
                 batch: int | None = None, seed: int = 0, task=None, input_scale: float = 1.0, scale: float = 1.0,
-                overwrite: bool = False, all_nodes: bool = False, twin: bool = True, resource: str = "") -> dict:
+                overwrite: bool = False, all_nodes: bool = False, twin: bool = True, resource: str = "",
+                allow_rails: bool = False) -> dict:
     """Upload ``params`` through ``cal``, run it on ``inputs`` (P, k) and write run file ``out``.
 
     ``time_s`` defaults to one unit of program time on the device (``tau_s x mobility x kT``);
     ``batch`` inputs per acquisition (default: all in one); ``all_nodes`` digitises every node
     (default: the program's output nodes).  With ``task`` the figures of :meth:`score` (and
-    :meth:`twin_score` with ``twin``) are returned and written.  Returns a JSON-ready summary
+    :meth:`twin_score` with ``twin``) are returned and written.  A program whose nodes would reach
+    the rails (:func:`check_rails`) is refused before anything is sent, unless ``allow_rails``.  Returns a JSON-ready summary
     with ``loss``, ``twin_loss``, ``inputs``, ``samples``, ``seconds``.
     """
     import calibration
@@ -287,13 +324,16 @@ def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "
     inputs = _as_batch(inputs, "inputs")
     lines = board_batch(inputs, params, int(getattr(device, "n_inputs", 1) or 1), input_scale)
     calibration.map_params(params, cal, device.channel_map)  # refuses a program that does not fit: nothing sent
+    unit_s = float(device.tau_s * np.mean(params.mobility) * params.kT)  # one unit of program time on the device
+    rails = None if allow_rails else check_rails(params, inputs, device, input_scale=input_scale,
+                                                  time=1.0 if time_s is None else float(time_s) / unit_s, seed=seed)
     p, m = len(inputs), int(samples)
     b = p if batch is None else min(int(batch), p)
     n_acq = -(-p // b)
     nodes = np.arange(device.n_nodes) if all_nodes else np.asarray(params.network.outputs, np.int64)
     outs = np.asarray(params.network.outputs)
     pos = np.array([int(np.flatnonzero(nodes == o)[0]) for o in outs])
-    t = float(time_s) if time_s is not None else float(device.tau_s * params.mobility * params.kT)
+    t = float(time_s) if time_s is not None else unit_s
     n_features = params.output(np.zeros((1, len(outs)))).shape[-1]
     known = dict(device=device, cal=cal, params=params, resource=resource, seeds={
         "seed": int(seed),
@@ -317,7 +357,7 @@ def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "
     result = {"out": str(out), "identity": device.identity, "inputs": p, "samples": m, "mode": mode, "time_s": t,
               "acquisitions": n_acq, "temperature_k": [float(v) for v in temps],
               "readback_max_error_v": rep["readback_max_error_v"], "warnings": rep.get("warnings", []),
-              "loss": None, "twin_loss": None}
+              "loss": None, "twin_loss": None, **(rails or {})}
     if task is not None:
         result.update(_score(task, params, x[:, :, pos], m, seed, input_scale, twin))
     result["output_mean_first"] = [float(v) for v in np.ravel(means)[:8]]
@@ -331,8 +371,6 @@ def _measure(f, device, cal, params, lines, nodes, pos, *, mode, time_s, samples
     """Acquire ``batch`` inputs at a time and write each acquisition's rows as it comes.
 
     Returns node-unit samples (P, M, n), the outputs (P, F) and the temperature per acquisition (A,)."""
-    from .model.device import armed
-
     p = len(lines)
     n_acq = -(-p // batch)
     ins = f["entry/instrument"]
@@ -342,7 +380,7 @@ def _measure(f, device, cal, params, lines, nodes, pos, *, mode, time_s, samples
     for a in range(n_acq):
         p0, p1 = a * batch, min(p, (a + 1) * batch)
         device.set_inputs(lines[p0:p1])
-        if hasattr(device, "reseed"):
+        if isinstance(device, Seedable):
             device.reseed(seeds.derive(seed, seeds.ACQUISITION, a))
         ta = time.monotonic()
         with armed(device):

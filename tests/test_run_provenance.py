@@ -330,3 +330,24 @@ def test_run_loss_agrees_with_the_refinement_measurement(tmp_path):
     sigma = np.sqrt(np.sum(4 * resid**2 * run["mean_errors"] ** 2)) / len(resid)
     assert abs(r["loss"] - ref) < 5 * np.sqrt(2) * sigma, (r["loss"], ref, sigma)
     assert sigma < 0.01  # the check has teeth: the loss is about 0.5
+
+
+def test_a_program_that_would_rail_is_refused_before_anything_is_sent(tmp_path):
+    """Rescaled by 0.2 the program's nodes reach about 3.6 V (five times 0.72 V) against the 2.7 V
+    guard: refused naming both figures, no file, no volts written; --allow-rails runs it anyway."""
+    import calibration
+    from tc_hw.run import RunError, CosTask, run_program
+
+    dev, task = TwinDevice(), CosTask(20)
+    cal = calibration.nominal(dev.channel_map)
+    before = np.asarray(dev.get_channels(0, len(dev.channel_map)))
+    railing = _program().rescaled(0.2)
+    with pytest.raises(RunError, match=r"reach 3\.\d+ V .*safe: 2\.70 V"):
+        run_program(dev, railing, cal, task.inputs, tmp_path / "r.h5", samples=5, task=task)
+    assert not (tmp_path / "r.h5").exists()
+    assert np.array_equal(np.asarray(dev.get_channels(0, len(dev.channel_map))), before)
+    ok = run_program(dev, _program(), cal, task.inputs, tmp_path / "ok.h5", samples=5, task=task, twin=False)
+    assert 0.5 < ok["node_extent_v"] < 1.0 and ok["safe_v"] == 2.7
+    forced = run_program(dev, railing, cal, task.inputs, tmp_path / "f.h5", samples=5, task=task, twin=False,
+                         allow_rails=True)
+    assert "node_extent_v" not in forced and read_run(tmp_path / "f.h5")["complete"]

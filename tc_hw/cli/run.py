@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
         r = run_program(dev, params, cal, inputs, args.out, samples=args.samples, mode=args.mode, time_s=args.time,
                         batch=args.batch, seed=args.seed, task=task, input_scale=args.input_scale, scale=lam,
                         overwrite=args.overwrite, all_nodes=args.all_nodes, twin=not args.no_twin,
-                        resource=args.resource)
+                        resource=args.resource, allow_rails=args.allow_rails)
     finally:
         dev.close()
     r["scale"] = lam
@@ -157,6 +157,9 @@ def add_parsers(sub) -> None:
                         "by it; default: 1)")
     p.add_argument("--scale", help="node-coordinate scale lambda for a program too strong for the board, or 'auto' "
                    "(as tc-hw upload)")
+    p.add_argument("--allow-rails", action="store_true",
+                   help="run a program whose nodes would reach the board's rails (by default it is refused before "
+                        "anything is sent: the twin's 99.9th percentile of |x| must stay within the safe node volts)")
     p.add_argument("--all-nodes", action="store_true", help="digitise every node (default: the output nodes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the twin's noise and of twin_loss (default: 0)")
     p.add_argument("--no-twin", action="store_true", help="skip twin_loss (the task on the twin)")
