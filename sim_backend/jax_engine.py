@@ -122,12 +122,12 @@ def gauss_pairs(states, n_pairs: int) -> np.ndarray:
     The exact sequence of :func:`sim_backend.rng.normal` (pair after pair), for tests."""
 
     def one(st):
-        s = (st[0], st[1], st[2], st[3])
-        out = []
-        for _ in range(n_pairs):
+        def pair(s, _):
             z1, z2, s = gauss_pair(s)
-            out += [z1, z2]
-        return jnp.stack(out)
+            return s, jnp.stack([z1, z2])
+
+        _, z = lax.scan(pair, (st[0], st[1], st[2], st[3]), None, length=n_pairs)
+        return z.reshape(-1)
 
     return np.asarray(jax.jit(jax.vmap(one, out_axes=1))(jnp.asarray(states, jnp.uint32)))
 
