@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,16 @@ _U32 = jnp.uint32
 _LOG_COEF = tuple(np.float32(c) for c in (2.0, 2.0 / 3.0, 0.4, 2.0 / 7.0, 2.0 / 9.0))
 _SIN_COEF = tuple(np.float32(c) for c in (1.0, -1 / 6, 1 / 120, -1 / 5040, 1 / 362880))
 _COS_COEF = tuple(np.float32(c) for c in (1.0, -0.5, 1 / 24, -1 / 720, 1 / 40320, -1 / 3628800))
+
+
+def _x64():
+    """Context manager that switches JAX's 64-bit mode on (``jax.enable_x64``; older JAX:
+    ``jax.experimental.enable_x64``)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # JAX < 0.6
+
+    return enable_x64()
 
 
 def devices() -> list:
@@ -208,7 +219,7 @@ def _trajectory(h, st, x0, a1, a2, a3, coupling, rail, scal, *, cfg):
     kick0, kick1, half_dt, decay, kick_noise = (scal[2 + k] for k in range(5))
     s = (st[0], st[1], st[2], st[3])
     x = [x0[i] for i in range(n_pad)]
-    aux = [jnp.zeros((), dtype)] * n_pad  # LM: previous noise; BAOAB: velocity (start at rest)
+    aux = [jnp.zeros((), dtype)] * n_pad if scheme == 2 else []  # BAOAB: velocity (start at rest); LM: last noise
     if scheme == 1:
         aux, s = _noise(s, n_pad, dtype)
 
@@ -276,7 +287,11 @@ def _segments(obs_steps, n_steps: int) -> tuple:
 
 
 def default_unroll() -> int:
-    """Steps per loop iteration: 1 on CPU (compile time), 4 on accelerators (fewer kernel launches)."""
+    """Steps per loop iteration: ``TC_HW_JAX_UNROLL`` if set, else 1 on CPU (compile time) and 4
+    on accelerators (several steps fuse into one kernel: fewer launches and state round trips)."""
+    env = os.environ.get("TC_HW_JAX_UNROLL")
+    if env:
+        return max(1, int(env))
     return 1 if jax.default_backend() == "cpu" else 4
 
 
@@ -288,7 +303,7 @@ def run_block_kernel(dense, indptr, indices, values, field, lane_input, states, 
     :func:`default_unroll`)."""
     dtype = np.dtype(field.dtype)
     if dtype == np.float64 and not jax.config.jax_enable_x64:
-        with jax.enable_x64(True):
+        with _x64():
             return run_block_kernel(dense, indptr, indices, values, field, lane_input, states, a1, a2, a3, x0, mu_dt,
                                     noise_scale, n_steps, obs_steps, obs_nodes, scheme, rail, out, final, baoab,
                                     unroll=unroll)
