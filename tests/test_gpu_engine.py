@@ -165,3 +165,18 @@ def test_several_devices_shard_trajectories_without_changing_them(tmp_path):
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_a_trajectory_does_not_depend_on_batch_or_chunking(monkeypatch):
+    """The seeds-to-trajectories contract within the engine: bitwise the same numbers whatever the
+    batch (fewer inputs, a sample offset) and the device-call chunking."""
+    net = layered(2, 2, 1)
+    p = _random_params(net, 4)
+    inputs = np.array([[0.2], [0.9], [-1.0]])
+    run = lambda x, m, **kw: twin.sample_reset(p, x, 0.1, m, dt=1e-2, seed=8, engine="gpu", **kw).x  # noqa: E731
+    full = run(inputs, 7)
+    np.testing.assert_array_equal(run(inputs[:2], 7), full[:2])  # input p keeps its index
+    np.testing.assert_array_equal(run(inputs, 3, sample_offset=4), full[:, 4:])
+    monkeypatch.setattr(jax_engine, "CHUNK", 8)  # 21 trajectories in chunks of 8, 8 and 5 (padded)
+    np.testing.assert_array_equal(run(inputs, 7), full)
+    assert not np.array_equal(twin.sample_reset(p, inputs, 0.1, 7, dt=1e-2, seed=9, engine="gpu").x, full)
