@@ -5,7 +5,7 @@
 #   3. the engine's physics and CPU-agreement tests, run on that device.
 # Usage (repository root): bash benchmarks/gpu_check.sh [OUT_DIR]   -- about 2-4 minutes on an H100.
 # Needs python with numpy, scipy, numba, h5py, jax (with CUDA) and pytest; TC_HW_JAX_UNROLL tunes
-# the steps fused per loop iteration (default 4 on a GPU).
+# the steps fused per loop iteration (default 1).
 set -u
 out="${1:-${OUT:-/tmp}}"
 mkdir -p "$out"

@@ -18,7 +18,7 @@ Layout for throughput: one trajectory is a scalar program (every node a scalar, 
 uint32 scalars) that is ``vmap``-ed over trajectories, so on a device each trajectory is one thread
 and a whole step — generator, force, update — fuses into one elementwise kernel over the
 trajectory axis (no gathers between nodes; couplings of a sparse graph are unrolled at trace time).
-Steps run in a ``lax.fori_loop`` (``unroll`` steps per loop iteration), observations in a
+Steps run in a ``lax.fori_loop`` (``unroll`` steps per loop iteration, default 1), observations in a
 ``lax.scan``; there is no host synchronisation per step.  Dense graphs use one batched matrix
 product per step (``precision=HIGHEST``: no TF32).  With several devices the trajectory axis is
 sharded over all of them.
@@ -287,12 +287,13 @@ def _segments(obs_steps, n_steps: int) -> tuple:
 
 
 def default_unroll() -> int:
-    """Steps per loop iteration: ``TC_HW_JAX_UNROLL`` if set, else 1 on CPU (compile time) and 4
-    on accelerators (several steps fuse into one kernel: fewer launches and state round trips)."""
+    """Steps per loop iteration: ``TC_HW_JAX_UNROLL`` if set, else 1.
+
+    Unrolling lets several steps fuse into one device kernel (fewer launches and state round trips)
+    but multiplies the size of the compiled program, and compile time grows faster than that.
+    Tune it on an accelerator with the throughput benchmark."""
     env = os.environ.get("TC_HW_JAX_UNROLL")
-    if env:
-        return max(1, int(env))
-    return 1 if jax.default_backend() == "cpu" else 4
+    return max(1, int(env)) if env else 1
 
 
 def run_block_kernel(dense, indptr, indices, values, field, lane_input, states, a1, a2, a3, x0, mu_dt,
