@@ -73,9 +73,13 @@ def test_serial_per_node_mobility_and_rails_equal_the_cpu_twin():
     np.testing.assert_array_equal(gpu.nodes, [5, 0, 2])
 
 
-def test_bad_engine_is_refused():
+def test_bad_engine_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="engine must be one of"):
         twin.sample_reset(one_node(1, 0, 1, 1.0), [[0.0]], 0.01, 1, engine="tpu")
+    monkeypatch.setitem(sys.modules, "sim_backend.jax_engine", None)  # as if JAX were not installed
+    monkeypatch.delattr(sys.modules["sim_backend"], "jax_engine")
+    with pytest.raises(ValueError, match=r"needs JAX \(pip install 'tc-hw\[gpu\]'\)"):
+        twin.sample_reset(one_node(1, 0, 1, 1.0), [[0.0]], 0.01, 1, engine="gpu")
 
 
 @pytest.mark.parametrize("J", [(1, 0, 1), (-1, 0, 1)])
