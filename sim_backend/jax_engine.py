@@ -14,13 +14,15 @@ trajectory ``(seed, p, m)`` draws the same Gaussians on every engine.  Trajector
 with the CPU twin up to floating-point rounding (operation order and fused multiply-adds differ
 between compilers); bitwise equality across engines is not promised.
 
-Layout for throughput: one trajectory is a scalar program (every node a scalar, the generator four
-uint32 scalars) that is ``vmap``-ed over trajectories, so on a device each trajectory is one thread
-and a whole step — generator, force, update — fuses into one elementwise kernel over the
-trajectory axis (no gathers between nodes; couplings of a sparse graph are unrolled at trace time).
+Layout for throughput: one trajectory is a scalar program (on sparse graphs every node a scalar,
+the generator four uint32 scalars) that is ``vmap``-ed over trajectories, so on a device each
+trajectory is one thread and a whole step — generator, force, update — can fuse into one
+elementwise kernel over the trajectory axis (no gathers between nodes; couplings of a sparse graph
+are unrolled at trace time).  On dense graphs the state is a vector per trajectory and the
+couplings one batched matrix product per step.
 Steps run in a ``lax.fori_loop`` (``unroll`` steps per loop iteration, default 1), observations in a
-``lax.scan``; there is no host synchronisation per step.  Dense graphs use one batched matrix
-product per step (``precision=HIGHEST``: no TF32).  With several devices the trajectory axis is
+``lax.scan``; there is no host synchronisation per step.  The dense product uses
+``precision=HIGHEST`` (no TF32).  With several devices the trajectory axis is
 sharded over all of them.
 
 float64 needs JAX's x64 mode; it is switched on for the duration of a float64 call.
@@ -106,10 +108,9 @@ def _log_unit(u):
     return e * np.float32(0.6931471805599453) + s * _horner(s * s, _LOG_COEF)
 
 
-def gauss_pair(s):
-    """Two standard normals (float32) and the next state: :func:`sim_backend.rng.gauss_pair`."""
-    r1, s = _next_u32(s)
-    r2, s = _next_u32(s)
+def _box_muller(r1, r2):
+    """Two standard normals (float32) from two uint32 generator outputs, elementwise: the
+    transform of :func:`sim_backend.rng.gauss_pair`."""
     u = ((r1 >> _U32(8)).astype(jnp.float32) + np.float32(0.5)) * np.float32(1.0 / 16777216.0)
     rad = jnp.sqrt(np.float32(-2.0) * _log_unit(u))
     q = r2 >> _U32(30)
@@ -124,7 +125,15 @@ def gauss_pair(s):
     d0 = jnp.where(swap, cs, sn)
     c = jnp.where((q == _U32(1)) | (q == _U32(2)), -c0, c0)
     d = jnp.where(q >= _U32(2), -d0, d0)
-    return rad * c, rad * d, s
+    return rad * c, rad * d
+
+
+def gauss_pair(s):
+    """Two standard normals (float32) and the next state: :func:`sim_backend.rng.gauss_pair`."""
+    r1, s = _next_u32(s)
+    r2, s = _next_u32(s)
+    z1, z2 = _box_muller(r1, r2)
+    return z1, z2, s
 
 
 def gauss_pairs(states, n_pairs: int) -> np.ndarray:
@@ -146,29 +155,46 @@ def gauss_pairs(states, n_pairs: int) -> np.ndarray:
 # --- one trajectory ------------------------------------------------------------------------------------------
 
 
-def _noise(s, n_pad: int, dtype):
-    """``n_pad`` standard normals (as ``dtype``) drawn pair by pair, and the next state."""
+def _noise(s, n_pad: int, dtype, vector: bool):
+    """``n_pad`` standard normals (as ``dtype``) drawn pair by pair, and the next state.
+
+    The generator's outputs are sequential; the transform is applied per pair of scalars (a list,
+    sparse path) or once to the vectors of all pairs (shape (n_pad,), dense path)."""
+    r = []
+    for _ in range(n_pad):
+        r_k, s = _next_u32(s)
+        r.append(r_k)
+    if vector:
+        z1, z2 = _box_muller(jnp.stack(r[0::2]), jnp.stack(r[1::2]))
+        return jnp.stack([z1, z2], axis=1).reshape(-1).astype(dtype), s
     z = []
-    for _ in range(0, n_pad, 2):
-        z1, z2, s = gauss_pair(s)
+    for i in range(0, n_pad, 2):
+        z1, z2 = _box_muller(r[i], r[i + 1])
         z += [z1.astype(dtype), z2.astype(dtype)]
     return z, s
 
 
-def _force(x, h, a, couple):
-    """Force on every node (tuple of scalars): the core's on-site force plus the couplings.
+def _each(fn, *args):
+    """``fn`` over the nodes: node by node when the state is a list of scalars (sparse path), once
+    on the vectors (dense path).  The update formulas are written once, elementwise."""
+    if isinstance(args[0], list):
+        return [fn(*a) for a in zip(*args)]
+    return fn(*args)
 
-    ``couple`` is ``("dense", C)`` with ``C`` (n_pad, n_pad), or ``("sparse", pattern, values)``
-    with ``pattern`` the static CSR ``(indptr, indices)`` and ``values`` (nnz,)."""
+
+def _force(x, h, a, couple):
+    """Force on every node: the core's on-site force plus the couplings.
+
+    ``couple`` is ``("dense", C)`` with ``C`` (n_pad, n_pad) and ``x``, ``h``, ``a`` vectors, or
+    ``("sparse", pattern, values)`` with ``pattern`` the static CSR ``(indptr, indices)``, ``values``
+    (nnz,) and ``x``, ``h``, ``a`` lists of scalars (couplings subtracted in CSR order, as the CPU)."""
     a1, a2, a3 = a
-    n = len(x)
     if couple[0] == "dense":
-        cx = jnp.dot(couple[1], jnp.stack(x), precision=lax.Precision.HIGHEST)
-        return [polynomial_force(x[i], h[i] - cx[i], a1[i], a2[i], a3[i]) for i in range(n)]
+        return polynomial_force(x, h - jnp.dot(couple[1], x, precision=lax.Precision.HIGHEST), a1, a2, a3)
     indptr, indices = couple[1]
     values = couple[2]
     f = []
-    for i in range(n):
+    for i in range(len(x)):
         fi = polynomial_force(x[i], h[i], a1[i], a2[i], a3[i])
         for k in range(indptr[i], indptr[i + 1]):
             fi = fi - values[k] * x[indices[k]]
@@ -182,27 +208,30 @@ def _clip(v, r):
 
 def _overdamped_step(x, xi, s, f, rail, mu_dt, noise_scale, lm: bool, dtype):
     """Euler-Maruyama or Leimkuhler-Matthews (``lm``) step, as :func:`sim_backend.langevin.overdamped_step`."""
-    z, s = _noise(s, len(x), dtype)
+    z, s = _noise(s, len(x), dtype, not isinstance(x, list))
     if lm:
-        noise = [a + b for a, b in zip(xi, z)]
+        noise = _each(lambda a, b: a + b, xi, z)
         xi = z
     else:
         noise = z
-    x = [_clip(x[i] + mu_dt * f[i] + noise_scale * noise[i], rail[i]) for i in range(len(x))]
+    x = _each(lambda xv, fv, nv, rv: _clip(xv + mu_dt * fv + noise_scale * nv, rv), x, f, noise, rail)
     return x, xi, s
 
 
 def _baoab_step(x, v, s, f, rail, kick, half_dt, decay, kick_noise, dtype):
     """One BAOAB step, as :func:`sim_backend.langevin.baoab_step`."""
-    z, s = _noise(s, len(x), dtype)
-    x_new, v_new = [], []
-    for i in range(len(x)):
-        vi = v[i] + kick * f[i]
-        yi = x[i] + half_dt * vi
-        vi = decay * vi + kick_noise * z[i]
-        v_new.append(vi)
-        x_new.append(_clip(yi + half_dt * vi, rail[i]))
-    return x_new, v_new, s
+    z, s = _noise(s, len(x), dtype, not isinstance(x, list))
+
+    def one(xv, vv, fv, zv, rv):
+        vv = vv + kick * fv
+        yv = xv + half_dt * vv
+        vv = decay * vv + kick_noise * zv
+        return _clip(yv + half_dt * vv, rv), vv
+
+    res = _each(one, x, v, f, z, rail)
+    if isinstance(x, list):
+        return [r[0] for r in res], [r[1] for r in res], s
+    return res[0], res[1], s
 
 
 def _trajectory(h, st, x0, a1, a2, a3, coupling, rail, scal, *, cfg):
@@ -211,17 +240,20 @@ def _trajectory(h, st, x0, a1, a2, a3, coupling, rail, scal, *, cfg):
     ``h`` (n_pad,) its field, ``st`` (4,) uint32 its stream state; ``scal`` = ``[mu_dt,
     noise_scale, baoab coefficients (5)]``; ``cfg`` the static configuration (see :func:`_compiled`)."""
     n_pad, pattern, scheme, segments, obs_nodes, unroll, dtype = cfg
-    hs = [h[i] for i in range(n_pad)]
-    rails = [rail[i] for i in range(n_pad)]
-    a = ([a1[i] for i in range(n_pad)], [a2[i] for i in range(n_pad)], [a3[i] for i in range(n_pad)])
-    couple = ("dense", coupling) if pattern is None else ("sparse", pattern, [coupling[k] for k in range(len(pattern[1]))])
+    vector = pattern is None  # dense: the state is a vector; sparse: a list of per-node scalars
+
+    def nodes(v):
+        return v if vector else [v[i] for i in range(n_pad)]
+
+    hs, rails, x = nodes(h), nodes(rail), nodes(x0)
+    a = (nodes(a1), nodes(a2), nodes(a3))
+    couple = ("dense", coupling) if vector else ("sparse", pattern, [coupling[k] for k in range(len(pattern[1]))])
     mu_dt, noise_scale = scal[0], scal[1]
     kick0, kick1, half_dt, decay, kick_noise = (scal[2 + k] for k in range(5))
     s = (st[0], st[1], st[2], st[3])
-    x = [x0[i] for i in range(n_pad)]
-    aux = [jnp.zeros((), dtype)] * n_pad if scheme == 2 else []  # BAOAB: velocity (start at rest); LM: last noise
+    aux = nodes(jnp.zeros(n_pad, dtype)) if scheme == 2 else []  # BAOAB: velocity (start at rest); LM: last noise
     if scheme == 1:
-        aux, s = _noise(s, n_pad, dtype)
+        aux, s = _noise(s, n_pad, dtype, vector)
 
     def step(k, carry):
         x, aux, s = carry
@@ -256,7 +288,7 @@ def _trajectory(h, st, x0, a1, a2, a3, coupling, rail, scal, *, cfg):
             done += length
             obs.append(observed(carry))
         out = jnp.stack(obs)
-    return out, jnp.stack(carry[0])
+    return out, carry[0] if vector else jnp.stack(carry[0])
 
 
 @functools.lru_cache(maxsize=32)
