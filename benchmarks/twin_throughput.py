@@ -13,7 +13,8 @@ scaled to all the steps.  ``ratio`` compares whole jobs (the twin's time is one 
 ``sample_reset`` call, set-up included); ``kernel_ratio`` compares the step loops alone (the twin's
 set-up is timed with a one-step call and subtracted).
 
-Usage: ``python benchmarks/twin_throughput.py [--json] [--quick]``
+Usage: ``python benchmarks/twin_throughput.py [--json] [--quick] [--engine {cpu,gpu}]`` (``gpu``: the JAX engine,
+see benchmarks/engine_gpu.py and docs/engines.md)
 """
 
 from __future__ import annotations
@@ -168,12 +169,12 @@ def gpu_main(args, params_a, inputs_a, params_b, inputs_b) -> int:
     """``--engine gpu``: scenarios A and B (``--quick``: 1,000 x 200 and 250 x 20 x 200) on the JAX engine."""
     import engine_gpu  # benchmarks/engine_gpu.py; needs jax (tc-hw[gpu])
 
-    q = args.quick
+    a_in = inputs_a[:1000] if args.quick else inputs_a
+    b_samples, b_steps = (20, 200) if args.quick else (1000, 1000)
     results = [
-        engine_gpu.scenario("A: 784-input 64/10 all-to-all, 10,000 x 200 steps", params_a,
-                            inputs_a[:1000] if q else inputs_a, 1, 200),
-        engine_gpu.scenario("B: layered 8x4, 250 inputs x 1,000 samples x 1,000 steps", params_b, inputs_b,
-                            20 if q else 1000, 200 if q else 1000),
+        engine_gpu.scenario(f"A: 784-input 64/10 all-to-all, {len(a_in):,} x 200 steps", params_a, a_in, 1, 200),
+        engine_gpu.scenario(f"B: layered 8x4, 250 inputs x {b_samples:,} samples x {b_steps:,} steps", params_b,
+                            inputs_b, b_samples, b_steps),
     ]
     for r in results:
         frac = r["fraction_of_fp32_peak"]
