@@ -297,18 +297,21 @@ def _compiled(cfg, n_devices: int):
     traj = functools.partial(_trajectory, cfg=cfg)
 
     def run(field, lane_input, states, x0, a1, a2, a3, coupling, rail, scal):
-        h = field[lane_input]
-        return jax.vmap(traj, in_axes=(0, 0) + (None,) * 7)(h, states, x0, a1, a2, a3, coupling, rail, scal)
+        # node-major (n_pad, T) and (4, T): each node's value over the trajectories is contiguous
+        h = field.T[:, lane_input]
+        return jax.vmap(traj, in_axes=(1, 1) + (None,) * 7)(h, states, x0, a1, a2, a3, coupling, rail, scal)
 
     return jax.jit(run)
 
 
 def _sharding(n_devices: int):
-    """Trajectory-axis sharding over all devices (None for one device)."""
+    """Shardings of the trajectory axis over all devices, for ``(T,)`` and ``(4, T)`` arrays (None
+    for one device)."""
     if n_devices < 2:
         return None
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("traj",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("traj"))
+    spec = jax.sharding.PartitionSpec
+    return jax.sharding.NamedSharding(mesh, spec("traj")), jax.sharding.NamedSharding(mesh, spec(None, "traj"))
 
 
 def _segments(obs_steps, n_steps: int) -> tuple:
@@ -360,9 +363,9 @@ def run_block_kernel(dense, indptr, indices, values, field, lane_input, states, 
         stop = min(start + CHUNK, t_count)
         width = -(-(stop - start) // n_dev) * n_dev  # equal shards; padding lanes repeat the last trajectory
         idx = np.minimum(np.arange(start, start + width), stop - 1)
-        lanes = [np.asarray(lane_input[idx], np.int32), np.asarray(states[idx], np.uint32)]
+        lanes = [np.asarray(lane_input[idx], np.int32), np.ascontiguousarray(states[idx].T, np.uint32)]  # (T,), (4, T)
         if sharding is not None:
-            lanes = [jax.device_put(v, sharding) for v in lanes]
+            lanes = [jax.device_put(v, sh) for v, sh in zip(lanes, sharding)]
         field_, x0_, a1_, a2_, a3_, c_, rail_, scal_ = shared
         obs, fin = fn(field_, lanes[0], lanes[1], x0_, a1_, a2_, a3_, c_, rail_, scal_)
         n = stop - start
