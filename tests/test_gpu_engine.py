@@ -36,7 +36,8 @@ def test_gaussians_are_the_cpu_generators_stream_for_stream():
 
 def _random_params(net, seed, kT=0.3, **kw):
     rng = np.random.default_rng(seed)
-    return Params.uniform(net, 1, 0.2, 1, bias=rng.normal(0, 0.5, net.n_nodes), coupling=rng.normal(0, 0.3, net.n_edges),
+    return Params.uniform(net, 1, 0.2, 1, bias=rng.normal(0, 0.5, net.n_nodes),
+                          coupling=rng.normal(0, 0.3, net.n_edges),
                           crossbar=rng.normal(0, 1, net.n_crossbar), kT=kT, **kw)
 
 
@@ -90,7 +91,8 @@ def test_one_node_equilibrium_matches_quadrature(J):
     p = one_node(*J, kT=0.1, bias=bias)
     mean_ref, var_ref = boltzmann_moments(p)
     m = 20000
-    x = twin.sample_reset(p, [[0.0]], 8.0, m, dt=2e-3, seed=11, dtype=np.float64, scheme="lm", engine="gpu").x[0, :, 0, 0]
+    run = twin.sample_reset(p, [[0.0]], 8.0, m, dt=2e-3, seed=11, dtype=np.float64, scheme="lm", engine="gpu")
+    x = run.x[0, :, 0, 0]
     kurt = np.mean((x - x.mean()) ** 4) / x.var() ** 2
     assert abs(x.mean() - mean_ref) < 3 * np.sqrt(var_ref / m), (x.mean(), mean_ref)
     assert abs(x.var(ddof=1) - var_ref) < 3 * var_ref * np.sqrt((kurt - 1) / m), (x.var(), var_ref)
