@@ -13,7 +13,8 @@ scaled to all the steps.  ``ratio`` compares whole jobs (the twin's time is one 
 ``sample_reset`` call, set-up included); ``kernel_ratio`` compares the step loops alone (the twin's
 set-up is timed with a one-step call and subtracted).
 
-Usage: ``python benchmarks/twin_throughput.py [--json] [--quick]``
+Usage: ``python benchmarks/twin_throughput.py [--json] [--quick] [--engine {cpu,gpu}]`` (``gpu``: the JAX engine,
+see benchmarks/engine_gpu.py and docs/engines.md)
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="one JSON object per scenario")
     ap.add_argument("--quick", action="store_true", help="smaller B (for smoke tests)")
+    ap.add_argument("--engine", choices=("cpu", "gpu"), default="cpu",
+                    help="cpu: the numba kernel against numpy (default); gpu: the JAX engine on the device JAX "
+                         "finds (jax.devices()), with the fraction of its float32 peak (benchmarks/engine_gpu.py)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
 
@@ -136,6 +140,8 @@ def main(argv=None) -> int:
         net_b, 10, 0, 10, coupling=rng.normal(0, 1, net_b.n_edges), crossbar=rng.normal(0, 3, net_b.n_crossbar)
     )
     inputs_b = np.linspace(0, 1, 250)[:, None]
+    if args.engine == "gpu":
+        return gpu_main(args, params_a, inputs_a, params_b, inputs_b)
     results = [
         scenario("A: 784-input 64/10 all-to-all, 10,000 x 200 steps", params_a, inputs_a, 1, 200, 50),
         scenario(
@@ -156,6 +162,26 @@ def main(argv=None) -> int:
                 f"{r['numpy']['neuron_updates_per_s']:.3g}/s, ratio {r['ratio']:.1f}, "
                 f"{r['kernel_gflops']:.1f} GFLOP/s ({100 * r['fraction_of_sgemm_peak']:.0f} % of sgemm peak)"
             )
+    return 0
+
+
+def gpu_main(args, params_a, inputs_a, params_b, inputs_b) -> int:
+    """``--engine gpu``: scenarios A and B (``--quick``: 1,000 x 200 and 250 x 20 x 200) on the JAX engine."""
+    import engine_gpu  # benchmarks/engine_gpu.py; needs jax (tc-hw[gpu])
+
+    a_in = inputs_a[:1000] if args.quick else inputs_a
+    b_samples, b_steps = (20, 200) if args.quick else (1000, 1000)
+    results = [
+        engine_gpu.scenario(f"A: 784-input 64/10 all-to-all, {len(a_in):,} x 200 steps", params_a, a_in, 1, 200),
+        engine_gpu.scenario(f"B: layered 8x4, 250 inputs x {b_samples:,} samples x {b_steps:,} steps", params_b,
+                            inputs_b, b_samples, b_steps),
+    ]
+    for r in results:
+        frac = r["fraction_of_fp32_peak"]
+        print(json.dumps(r) if args.json else
+              f"{r['scenario']} on {r['device_kind']} x{r['device_count']}: {r['neuron_updates_per_s']:.3g} updates/s "
+              f"({r['device_neuron_updates_per_s']:.3g} in the device loop), compile {r['compile_s']:.1f} s"
+              + ("" if frac is None else f", {100 * frac:.2g} % of fp32 peak"))
     return 0
 
 

@@ -38,7 +38,7 @@ from .rng import stream_states
 from .simd import field_kernel, tile_shape
 
 __all__ = ["sample_reset", "sample_serial", "reset_moments", "Run", "steps_for", "unit_mobility", "rail_array",
-           "baoab_arguments"]
+           "baoab_arguments", "kernel_for", "ENGINES"]
 
 
 @dataclass
@@ -191,7 +191,9 @@ def _simulate(
     sample_offset: int = 0,
     mass: float = 1.0,
     friction: float | None = None,
+    engine: str = "cpu",
 ):
+    run_kernel = kernel_for(engine)
     dtype = langevin.check_run(dtype, scheme, dt, n_samples)
     inputs = params.check_inputs(inputs)
     baoab = baoab_arguments(params, dt, scheme, mass, friction, dtype)
@@ -211,7 +213,7 @@ def _simulate(
     final = np.empty((t_count if want_final else 0, n_pad), dtype)
     rails = rail_array(rail, len(a1), n, dtype, scale)
     mu_dt, noise_scale = langevin.overdamped_scales(params.mobility, params.kT, dt, scheme, dtype)
-    kernel.run_block_kernel(
+    run_kernel(
         dense,
         indptr,
         indices,
@@ -247,6 +249,23 @@ def _simulate(
     return out, nodes, heat, fin
 
 
+ENGINES = ("cpu", "gpu")
+
+
+def kernel_for(engine: str):
+    """The step-loop kernel of ``engine`` (both have :func:`sim_backend.kernel.run_block_kernel`'s
+    signature).  ``"gpu"`` imports JAX on first use (an optional extra); refused when it is absent."""
+    if engine == "cpu":
+        return kernel.run_block_kernel
+    if engine != "gpu":
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    try:
+        from . import jax_engine  # optional dependency: imported only when asked for
+    except ImportError as exc:
+        raise ValueError(f"engine 'gpu' needs JAX (pip install 'tc-hw[gpu]'): {exc}") from exc
+    return jax_engine.run_block_kernel
+
+
 def baoab_arguments(params: Params, dt: float, scheme: str, mass: float, friction, dtype) -> np.ndarray:
     """The kernel's BAOAB coefficients (shape (5,)); zeros for the overdamped schemes.
 
@@ -278,6 +297,7 @@ def sample_reset(
     sample_offset: int = 0,
     mass: float = 1.0,
     friction: float | None = None,
+    engine: str = "cpu",
 ) -> Run:
     """Reset sampling: ``n_samples`` independent runs per input vector, observed at ``times``.
 
@@ -316,6 +336,10 @@ def sample_reset(
     friction : float, optional
         (``"baoab"`` only) Friction ``gamma`` (default ``1 / mobility``: the overdamped limit
         ``m -> 0`` then has the params' mobility).
+    engine : {"cpu", "gpu"}
+        ``"cpu"`` (default): the numba kernel.  ``"gpu"``: the JAX engine
+        (:mod:`sim_backend.jax_engine`, on whatever device JAX finds; needs ``tc-hw[gpu]``): the
+        same model, seeds and Gaussians, trajectories equal to the CPU's up to float rounding.
 
     Returns
     -------
@@ -328,7 +352,7 @@ def sample_reset(
         raise ValueError(f"observation times must be strictly increasing, got {t.tolist()}")
     out, nodes, heat, fin = _simulate(
         params, inputs, n_samples, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, sample_offset,
-        mass, friction,
+        mass, friction, engine,
     )
     return Run(out, steps * dt, nodes, heat, fin)
 
@@ -349,6 +373,7 @@ def sample_serial(
     energy: bool = False,
     mass: float = 1.0,
     friction: float | None = None,
+    engine: str = "cpu",
 ) -> Run:
     """Serial sampling: one run per input vector, read every ``interval`` (first at ``interval``).
 
@@ -359,7 +384,7 @@ def sample_serial(
     k = steps_for(interval, dt)
     steps = k * np.arange(1, n_samples + 1, dtype=np.int64)
     out, nodes, heat, fin = _simulate(
-        params, inputs, 1, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, 0, mass, friction
+        params, inputs, 1, steps[-1], steps, nodes, dt, seed, dtype, scheme, x0, rail, energy, 0, mass, friction, engine
     )
     return Run(out.transpose(0, 2, 1, 3), steps * dt, nodes, heat, fin)
 
