@@ -1,0 +1,117 @@
+"""Population evaluation on a local Ray cluster (tc_hw.cluster): bitwise the single-process losses
+whatever the number of workers, and a worker killed mid-call costs a logged retry, not a result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tc_hw import cluster
+from tc_hw.model.tasks import cos_task
+from tc_hw.train.cos import cos_network, evaluate_cos, start_vector, train_cos_ga
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A two-CPU local cluster for the module (one thread per task), shut down at the end."""
+    info = cluster.connect("local", num_cpus=2)
+    try:
+        yield info
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def population():
+    """Ten candidates around the aligned start (different enough that every loss differs)."""
+    base = cos_network()
+    rng = np.random.default_rng(17)
+    return base, start_vector(base) + 0.05 * rng.standard_normal((10, base.vector().size))
+
+
+def test_split_rows_covers_every_row_once():
+    for n in (0, 1, 7, 50):
+        for k in (1, 2, 3, 8, 60):
+            spans = cluster.split_rows(n, k)
+            rows = [r for a, b in spans for r in range(a, b)]
+            assert rows == list(range(n)), (n, k, spans)
+            assert len(spans) == max(1, min(k, n)) and all(b > a for a, b in spans if n)
+    with pytest.raises(ValueError):
+        cluster.split_rows(5, 0)
+
+
+@pytest.mark.parametrize("common_noise", [True, False])
+def test_any_number_of_workers_gives_the_single_process_losses(local_cluster, population, common_noise):
+    base, vectors = population
+    z, tgt = cos_task(6)
+    kw = dict(samples=6, dt=0.02, seed=5, common_noise=common_noise)
+    ref = evaluate_cos(vectors, base, z, tgt, **kw)
+    assert np.all(np.isfinite(ref)) and len(np.unique(ref)) == len(ref)
+    for workers in (1, 2, 3):
+        ev = cluster.ClusterEvaluator(workers)
+        got = ev(vectors, base, z, tgt, **kw)
+        assert np.array_equal(got, ref), (workers, got - ref)
+        assert ev.batches == workers and ev.events == []
+    # the rows' own seeds matter: a batch evaluated as if it were the population's start differs
+    if not common_noise:
+        assert not np.array_equal(evaluate_cos(vectors[5:], base, z, tgt, **kw), ref[5:])
+
+
+def test_a_worker_killed_mid_call_is_retried_and_logged(local_cluster, population):
+    base, vectors = population
+    z, tgt = cos_task(25)
+    kw = dict(samples=200, dt=0.01, seed=2)  # about a second per batch: the kill lands mid-batch
+    ref = evaluate_cos(vectors, base, z, tgt, **kw)
+    ev = cluster.ClusterEvaluator(2)
+    ev(vectors[:2], base, z[:2], tgt[:2], samples=2, dt=0.01)  # workers up and compiled
+    killed = []
+
+    def kill_one_busy_worker():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            pids = cluster.worker_pids()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.005)
+
+    t = threading.Thread(target=kill_one_busy_worker, daemon=True)
+    t.start()
+    got = ev(vectors, base, z, tgt, **kw)
+    t.join()
+    assert killed, "no worker was seen busy"
+    assert np.array_equal(got, ref)
+    assert len(ev.events) == 1 and ev.events[0]["error"] == "WorkerCrashedError" and ev.events[0]["call"] == 1
+    assert ev.summary()["retries"] == 1
+
+
+def test_an_error_of_the_evaluation_is_not_retried(local_cluster, population):
+    base, vectors = population
+    z, tgt = cos_task(4)
+    ev = cluster.ClusterEvaluator(2)
+    with pytest.raises(ValueError, match="antithetic"):
+        ev(vectors, base, z, tgt, samples=3, antithetic=True)  # odd M: refused by the sampler
+    assert ev.events == []
+
+
+def test_train_cos_ga_on_the_cluster_is_bitwise_the_plain_run(local_cluster):
+    kw = dict(generations=3, population=8, points=4, samples=4, seed=3, progress=False, elites=2,
+              eval_points=5, eval_samples=10, check_dt=None, plots=False)
+    p_ref, m_ref = train_cos_ga(**kw)
+    ev = cluster.ClusterEvaluator(2)
+    with cluster.cos_on_cluster(ev):
+        p, m = train_cos_ga(**kw)
+    assert ev.calls == 4  # three generations and the elites' final re-measurement
+    import tc_hw.train.cos as cos
+
+    assert cos.evaluate_cos is evaluate_cos  # restored
+    assert np.array_equal(p.vector(), p_ref.vector())
+    assert m["best_loss_history"] == m_ref["best_loss_history"]
+    assert m["elite_loss_history"] == m_ref["elite_loss_history"] and m["loss"] == m_ref["loss"]
