@@ -42,6 +42,7 @@ __all__ = [
     "board_actor",
     "station_calibrate",
     "station_refine",
+    "station_log",
     "worker_pids",
 ]
 
@@ -76,12 +77,14 @@ def connect(address: str, *, num_cpus: int | None = None, boards: int = 0) -> di
 
     ``num_cpus`` (local only; default ``os.cpu_count()``): how many one-thread twin tasks run at
     once.  ``boards`` (local only): the amount of the custom resource ``board`` this machine
-    offers, one per board actor.  A local cluster listens on 127.0.0.1 only and starts no
-    dashboard.  Returns ``{"address", "cpus", "boards"}`` of the cluster joined (idempotent: a
-    cluster already joined by this process is kept).
+    offers, one per board actor.  A local cluster is started on 127.0.0.1 with no dashboard.
+    Returns ``{"address", "cpus", "boards", "started"}`` of the cluster joined; ``started`` is
+    False when this process had already joined one (which is kept: call :func:`shutdown` only if
+    ``started``).
     """
     ray = _ray()
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         if address == "local":
             ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1), resources={"board": float(boards)} if boards else None,
                      include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
@@ -90,7 +93,7 @@ def connect(address: str, *, num_cpus: int | None = None, boards: int = 0) -> di
         else:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     res = ray.cluster_resources()
-    return {"address": address, "cpus": int(res.get("CPU", 0)), "boards": int(res.get("board", 0))}
+    return {"address": address, "cpus": int(res.get("CPU", 0)), "boards": int(res.get("board", 0)), "started": started}
 
 
 def shutdown() -> None:
@@ -289,7 +292,8 @@ def worker_pids(name: str = "_task") -> list[int]:
 
 
 class _Board:
-    """A board of the station: opens its connection once and owns it (Ray actor body)."""
+    """A board of the station: opens its connection once and owns it (Ray actor body, or a plain
+    object when the station is worked through one board after another)."""
 
     def __init__(self, name: str, entry: dict):
         from tc_hw.backends import open_device
@@ -300,26 +304,30 @@ class _Board:
     def identity(self) -> dict:
         return {"name": self.name, "resource": self.entry["resource"], "pid": os.getpid()}
 
-    def calibrate(self, out: str, options: dict) -> dict:
+    def calibrate(self, out: str, options: dict, argv=()) -> dict:
         """Append a calibration record of this board to ``out``; the JSON-ready summary."""
         import calibration
         from tc_hw.model import provenance
 
+        provenance.begin(argv=list(argv))
         provenance.note(device=self.device, resource=self.entry["resource"], writer="tc-hw calibrate --station")
         _, summary = calibration.calibrate(self.device, out, progress=False, **options)
         self.entry["calibration"] = str(out)
-        return {"board": self.name, "out": str(out), **summary}
+        return {"board": self.name, "resource": self.entry["resource"], "out": str(out), "worker_pid": os.getpid(),
+                **summary}
 
     def refine(self, params_path: str, cal_path: str | None, log: str, cfg, task="cos", resume: bool = False,
-               scale=None) -> dict:
-        """Refine ``params_path`` on this board into run log ``log`` (:func:`tc_hw.refine.refine`)."""
+               scale=None, argv=()) -> dict:
+        """Refine ``params_path`` on this board into run log ``log`` (:func:`tc_hw.refine.refine`)
+        through ``cal_path`` (default: the station's calibration of the board, else nominal)."""
         import calibration
+        from tc_hw.model import provenance
         from tc_hw.model.files import load_params
         from tc_hw.refine import refine
 
         cal_path = cal_path or self.entry.get("calibration")
-        cal = calibration.nominal(self.device.channel_map) if cal_path in (None, "nominal") else calibration.load(
-            cal_path)
+        cal = (calibration.nominal(self.device.channel_map) if cal_path in (None, "nominal")
+               else calibration.load(cal_path))
         params = load_params(params_path)
         lam = 1.0
         if scale not in (None, "1", "none"):
@@ -327,8 +335,12 @@ class _Board:
 
             lam = fitting_scale(params, self.device.channel_map, cal) if scale == "auto" else float(scale)
             params = params.rescaled(lam)
+        provenance.begin(argv=list(argv))
+        provenance.note(device=self.device, cal=cal, params=params, program_path=params_path,
+                        resource=self.entry["resource"], seeds={"seed": cfg.seed}, writer="tc-hw refine --station")
         result = refine(self.device, params, cal, log, cfg, resume=resume, progress=False, task=task)
-        return {"board": self.name, "calibration": cal_path, "scale": lam, **result}
+        return {"board": self.name, "resource": self.entry["resource"], "calibration": cal_path or "nominal",
+                "scale": lam, "worker_pid": os.getpid(), **result}
 
     def close(self) -> None:
         self.device.close()
@@ -338,15 +350,42 @@ def board_actor(name: str, entry: dict, *, max_restarts: int = 1):
     """A Ray actor for board ``name`` (station entry ``entry``), holding one ``board`` resource.
 
     It runs on a node that offers ``{"board": 1}`` and keeps the connection open until
-    :meth:`close` or its end; Ray restarts it (reconnecting) up to ``max_restarts`` times.
+    ``close`` or its end; Ray restarts it (reconnecting) up to ``max_restarts`` times.
     """
     ray = _ray()
     cls = ray.remote(num_cpus=1, resources={"board": 1}, max_restarts=max_restarts, max_task_retries=0)(_Board)
     return cls.remote(name, entry)
 
 
-def _on_boards(station: dict, method: str, per_board: dict) -> dict:
-    """Call ``method`` with ``per_board[name]`` (args tuple) on one actor per board, all at once."""
+def _failure(e: BaseException) -> str:
+    cause = getattr(e, "cause", None)  # a RayTaskError carries the board's own exception
+    e = cause if isinstance(cause, BaseException) else e
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _one_by_one(station: dict, method: str, per_board: dict) -> dict:
+    """Call ``method`` on each board in turn, in this process."""
+    out, errors = {}, {}
+    for name, args in per_board.items():
+        board = None
+        try:
+            board = _Board(name, station[name])
+            out[name] = getattr(board, method)(*args)
+        except Exception as e:  # noqa: BLE001 - one board's failure is reported, the others go on
+            errors[name] = _failure(e)
+        finally:
+            if board is not None:
+                board.close()
+    return {"boards": out, "errors": errors}
+
+
+def _on_boards(station: dict, method: str, per_board: dict, parallel: bool = True) -> dict:
+    """Call ``method`` with ``per_board[name]`` (args tuple) on every board: on one actor per board
+    at once (``parallel``, a cluster joined), else one after another here.  Returns
+    ``{"boards": {name: result}, "errors": {name: message}}``: a failing board does not stop the
+    others."""
+    if not parallel:
+        return _one_by_one(station, method, per_board)
     ray = _ray()
     actors = {name: board_actor(name, station[name]) for name in per_board}
     try:
@@ -355,10 +394,8 @@ def _on_boards(station: dict, method: str, per_board: dict) -> dict:
         for name, ref in refs.items():
             try:
                 out[name] = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:  # the board's own failure: report it, keep the others
-                errors[name] = f"{type(e.cause).__name__}: {e.cause}" if getattr(e, "cause", None) else str(e)
-            except _retryable() as e:
-                errors[name] = f"board actor died ({type(e).__name__})"
+            except (ray.exceptions.RayTaskError, *_retryable()) as e:
+                errors[name] = _failure(e)
         return {"boards": out, "errors": errors}
     finally:
         for a in actors.values():
@@ -369,31 +406,53 @@ def _on_boards(station: dict, method: str, per_board: dict) -> dict:
             ray.kill(a)
 
 
-def station_calibrate(station: dict, folder, options: dict | None = None) -> dict:
-    """Calibrate every board of ``station`` (``{name: entry}``) at once, one record per board.
+def station_calibrate(station: dict, folder, options: dict | None = None, *, parallel: bool = True,
+                      argv=()) -> dict:
+    """Calibrate every board of ``station`` (``{name: entry}``), one record per board.
 
     Board ``name`` goes to ``entry["calibration"]`` if the station names one, else
-    ``folder/<name>.h5``.  ``options`` as for :func:`calibration.calibrate`.  Returns
-    ``{"boards": {name: summary}, "errors": {name: message}}``.
+    ``folder/<name>.h5``.  ``options`` as for :func:`calibration.calibrate` (unknown ones are
+    refused here, ValueError).  ``parallel``: one Ray actor per board, all at once (needs
+    :func:`connect` and one ``board`` resource per board); else one board after another.
+    Returns ``{"boards": {name: summary}, "errors": {name: message}}``.
     """
     from pathlib import Path
 
+    import calibration
+
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(calibration.DEFAULTS))
+    if unknown:
+        raise ValueError(f"calibration options {unknown} are unknown; known: {sorted(calibration.DEFAULTS)}")
+    if not station:
+        raise ValueError("the station file names no boards ([board.NAME] with resource = ...)")
     folder = Path(folder)
     args = {}
     for name, entry in station.items():
         out = Path(entry.get("calibration") or folder / f"{name}.h5").resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
-        args[name] = (str(out), dict(options or {}))
-    return _on_boards(station, "calibrate", args)
+        args[name] = (str(out), options, tuple(argv))
+    return _on_boards(station, "calibrate", args, parallel)
 
 
-def station_refine(station: dict, params_path, log, cfg, *, cal=None, task="cos", resume=False, scale=None) -> dict:
-    """Refine ``params_path`` on every board of ``station`` at once; board ``name`` logs to
-    ``<log stem>_<name>.h5`` and uses ``cal`` or its station calibration.  Returns as
-    :func:`station_calibrate`."""
+def station_refine(station: dict, params_path, log, cfg, *, cal=None, task="cos", resume=False, scale=None,
+                   parallel: bool = True, argv=()) -> dict:
+    """Refine ``params_path`` on every board of ``station``; board ``name`` logs to
+    ``<log stem>_<name>.h5`` and uses ``cal`` or its station calibration (else nominal gains).
+    ``parallel`` as for :func:`station_calibrate`; returns the same shape of dict."""
     from pathlib import Path
 
+    if not station:
+        raise ValueError("the station file names no boards ([board.NAME] with resource = ...)")
     log = Path(log).resolve()
-    args = {name: (str(Path(params_path).resolve()), cal, str(log.with_name(f"{log.stem}_{name}{log.suffix or '.h5'}")),
-                   cfg, task, resume, scale) for name in station}
-    return _on_boards(station, "refine", args)
+    args = {name: (str(Path(params_path).resolve()), cal, str(station_log(log, name)), cfg, task, resume, scale,
+                   tuple(argv)) for name in station}
+    return _on_boards(station, "refine", args, parallel)
+
+
+def station_log(log, name: str):
+    """Run log of board ``name`` for ``--log log``: ``<stem>_<name><suffix>`` beside it."""
+    from pathlib import Path
+
+    log = Path(log)
+    return log.with_name(f"{log.stem}_{name}{log.suffix or '.h5'}")
