@@ -3,6 +3,7 @@ whatever the number of workers, and a worker killed mid-call costs a logged retr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -115,3 +116,30 @@ def test_train_cos_ga_on_the_cluster_is_bitwise_the_plain_run(local_cluster):
     assert np.array_equal(p.vector(), p_ref.vector())
     assert m["best_loss_history"] == m_ref["best_loss_history"]
     assert m["elite_loss_history"] == m_ref["elite_loss_history"] and m["loss"] == m_ref["loss"]
+
+
+def test_cli_train_cos_with_cluster_records_the_workers_and_matches_the_plain_run(local_cluster, tmp_path, capsys,
+                                                                                   monkeypatch):
+    import functools
+
+    import h5py
+
+    import tc_hw.train.cos as cos
+    from tc_hw.cli import main
+
+    # the final measurement at the paper's sizes is not what is tested here: keep it small
+    monkeypatch.setattr(cos, "train_cos_ga", functools.partial(cos.train_cos_ga, eval_points=5, eval_samples=10,
+                                                                check_dt=None, plots=False))
+    argv = ["train", "--task", "cos", "--method", "ga", "--generations", "1", "--population", "6", "--points", "3",
+            "--samples", "2", "--json"]
+    assert main([*argv, "--out", str(tmp_path / "plain.h5")]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--out", str(tmp_path / "ray.h5"), "--cluster", "local"]) == 0  # joins the running cluster
+    r = json.loads(capsys.readouterr().out)
+    assert ray.is_initialized()  # a cluster the command did not start is left running
+    assert r["cluster"]["workers"] == local_cluster["cpus"] and r["cluster"]["retries"] == 0
+    assert r["cluster"]["calls"] >= 2 and r["cluster"]["batches"] >= 2 * local_cluster["cpus"]
+    for k in ("loss", "best_loss_history", "elite_loss_history", "elite_eval_losses"):
+        assert r[k] == plain[k], k
+    with h5py.File(tmp_path / "ray.h5", "r") as f:
+        assert json.loads(f.attrs["cluster"])["workers"] == local_cluster["cpus"]
