@@ -46,7 +46,7 @@ __all__ = [
     "worker_pids",
 ]
 
-#: Environment of every worker of a local cluster: one thread per task (a task reserves one CPU).
+#: Environment of every twin task: one thread per task (a task reserves one CPU).
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -88,8 +88,7 @@ def connect(address: str, *, num_cpus: int | None = None, boards: int = 0) -> di
         if address == "local":
             ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1), resources={"board": float(boards)} if boards else None,
                      include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                     object_store_memory=200 * 2**20, runtime_env={"env_vars": dict(WORKER_ENV)},
-                     configure_logging=False)
+                     object_store_memory=200 * 2**20, configure_logging=False)
         else:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     res = ray.cluster_resources()
@@ -168,7 +167,8 @@ _REMOTE = {}
 
 def _remote_task():
     if "cos" not in _REMOTE:
-        _REMOTE["cos"] = _ray().remote(num_cpus=1, max_retries=0)(_task)  # retries are ours: see ClusterEvaluator
+        # one CPU, one thread (on any cluster); retries are ours: see ClusterEvaluator
+        _REMOTE["cos"] = _ray().remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": dict(WORKER_ENV)})(_task)
     return _REMOTE["cos"]
 
 
