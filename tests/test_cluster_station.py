@@ -62,6 +62,8 @@ def test_calibrate_station_refuses_unknown_options_and_empty_stations(tmp_path, 
     assert main(["calibrate", "--station", str(st), "--cluster", "local"]) == 2
     assert "names no boards" in capsys.readouterr().err
     assert main(["calibrate", "--station", str(st), "--resource", "twin", "--out", str(tmp_path / "c.h5")]) == 2
+    assert main(["calibrate", "--resource", "twin", "--out", str(tmp_path / "c.h5"), "--cluster", "local"]) == 2
+    assert "--station" in capsys.readouterr().err and not (tmp_path / "c.h5").exists()
 
 
 def test_calibrate_two_boards_at_once_one_record_each(two_boards, tmp_path, capsys):

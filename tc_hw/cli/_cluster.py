@@ -29,9 +29,13 @@ def add_station_option(p) -> None:
 
 
 def board_or_station(args, *, out_required: bool = False) -> None:
-    """Refuse (ValueError, exit 2) anything but exactly one of --resource and --station."""
+    """Refuse (ValueError, exit 2) anything but exactly one of --resource and --station, and
+    --cluster with one --resource."""
     if bool(getattr(args, "resource", None)) == bool(getattr(args, "station", None)):
         raise ValueError("give either --resource (one board) or --station (every board of a station file)")
+    if args.resource and getattr(args, "cluster", None):
+        raise ValueError("--cluster spreads the boards of a --station over a cluster; with one --resource there "
+                         "is nothing to spread (leave --cluster out)")
     if out_required and args.resource and not args.out:
         raise ValueError("--out: the calibration record to write is required with --resource")
 
