@@ -91,8 +91,27 @@ def connect(address: str, *, num_cpus: int | None = None, boards: int = 0) -> di
                      object_store_memory=200 * 2**20, configure_logging=False)
         else:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    _notices_to_stderr()
     res = ray.cluster_resources()
     return {"address": address, "cpus": int(res.get("CPU", 0)), "boards": int(res.get("board", 0)), "started": started}
+
+
+def _notices_to_stderr() -> None:
+    """Send Ray's notices about dead workers to stderr (Ray prints them on stdout), so that a
+    command's ``--json`` output stays one JSON line.  Leaves Ray alone if its internals differ."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_tc_hw", False):
+        return
+
+    def to_stderr(data, *args, **kwargs):
+        return original({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr._tc_hw = True
+    worker.print_to_stdstream = to_stderr
 
 
 def shutdown() -> None:
@@ -379,24 +398,41 @@ def _one_by_one(station: dict, method: str, per_board: dict) -> dict:
     return {"boards": out, "errors": errors}
 
 
-def _on_boards(station: dict, method: str, per_board: dict, parallel: bool = True) -> dict:
+def _on_boards(station: dict, method: str, per_board: dict, parallel: bool = True, again=None) -> dict:
     """Call ``method`` with ``per_board[name]`` (args tuple) on every board: on one actor per board
-    at once (``parallel``, a cluster joined), else one after another here.  Returns
-    ``{"boards": {name: result}, "errors": {name: message}}``: a failing board does not stop the
-    others."""
+    at once (``parallel``, a cluster joined), else one after another here.
+
+    An actor that dies (process or node lost) is restarted by Ray (reconnecting to its board) and
+    the call is made once more with ``again(args)`` (refine: resume from the run log, so finished
+    generations are kept and the one in progress is redone; calibrate: from the start); each such
+    restart is listed under ``restarts``.  Returns ``{"boards": {name: result}, "errors": {name:
+    message}, "restarts": [...]}``: a failing board does not stop the others.
+    """
     if not parallel:
-        return _one_by_one(station, method, per_board)
+        return {**_one_by_one(station, method, per_board), "restarts": []}
     ray = _ray()
     actors = {name: board_actor(name, station[name]) for name in per_board}
     try:
         refs = {name: getattr(actors[name], method).remote(*per_board[name]) for name in per_board}
-        out, errors = {}, {}
-        for name, ref in refs.items():
-            try:
-                out[name] = ray.get(ref)
-            except (ray.exceptions.RayTaskError, *_retryable()) as e:
-                errors[name] = _failure(e)
-        return {"boards": out, "errors": errors}
+        out, errors, restarts = {}, {}, []
+        for name in per_board:
+            args = per_board[name]
+            for attempt in range(2):
+                try:
+                    out[name] = ray.get(refs[name])
+                    break
+                except ray.exceptions.RayTaskError as e:  # the board's own failure (not retried)
+                    errors[name] = _failure(e)
+                    break
+                except _retryable() as e:
+                    if attempt:
+                        errors[name] = f"board actor died twice ({_failure(e)})"
+                        break
+                    args = again(args) if again else args
+                    restarts.append({"board": name, "error": type(e).__name__, "action": f"{method} again"
+                                     + (" (resumed from its run log)" if method == "refine" else "")})
+                    refs[name] = getattr(actors[name], method).remote(*args)
+        return {"boards": out, "errors": errors, "restarts": restarts}
     finally:
         for a in actors.values():
             try:
@@ -447,7 +483,14 @@ def station_refine(station: dict, params_path, log, cfg, *, cal=None, task="cos"
     log = Path(log).resolve()
     args = {name: (str(Path(params_path).resolve()), cal, str(station_log(log, name)), cfg, task, resume, scale,
                    tuple(argv)) for name in station}
-    return _on_boards(station, "refine", args, parallel)
+    return _on_boards(station, "refine", args, parallel, again=_resumed)
+
+
+def _resumed(args: tuple) -> tuple:
+    """``_Board.refine`` arguments with ``resume=True`` once its run log exists (else afresh)."""
+    from pathlib import Path
+
+    return (*args[:5], args[5] or Path(args[2]).exists(), *args[6:])
 
 
 def station_log(log, name: str):

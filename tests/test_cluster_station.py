@@ -85,20 +85,13 @@ def test_calibrate_two_boards_at_once_one_record_each(two_boards, tmp_path, caps
 
 
 def test_refine_on_both_boards_of_a_station(two_boards, tmp_path, capsys):
-    from calibration.scale import fitting_scale
-    from sim_backend.device import TwinDevice
     from tc_hw.cli import main
-    from tc_hw.model.files import save_params
     from tc_hw.model.runlog import read_log
-    from tc_hw.train.cos import cos_network, start_vector
 
-    base = cos_network()
-    p = base.with_vector(start_vector(base)).copy(readout=np.full((1, 8), 0.1))
-    p = p.rescaled(fitting_scale(p, TwinDevice().channel_map))
-    save_params(p, tmp_path / "p.h5", {"task": "cos"})
+    prog = _program(tmp_path)
     st = station_file(tmp_path / "station.toml", two_boards, cluster="local")  # the station names the cluster
     log = tmp_path / "run.h5"
-    rc = main(["refine", "--station", st, "--params", str(tmp_path / "p.h5"), "--generations", "1",
+    rc = main(["refine", "--station", st, "--params", prog, "--generations", "1",
                "--population", "4", "--points", "3", "--samples", "4", "--final-samples", "4", "--log", str(log),
                "--json"])
     r = json.loads(capsys.readouterr().out)
@@ -109,3 +102,62 @@ def test_refine_on_both_boards_of_a_station(two_boards, tmp_path, capsys):
         assert res["log"] == str(board_log.resolve()) or os.path.samefile(res["log"], board_log)
         assert read_log(board_log)["completed_generations"] == 1
         assert np.isfinite(res["refined_loss"]) and res["resource"] == two_boards[name].tcp
+
+
+def test_a_board_actor_killed_mid_refine_is_restarted_and_resumes_its_log(two_boards, tmp_path, capsys):
+    import signal
+    import threading
+    import time
+
+    from tc_hw import cluster
+    from tc_hw.cli import main
+    from tc_hw.model.runlog import read_log
+
+    prog = _program(tmp_path)
+    st = station_file(tmp_path / "station.toml", two_boards)
+    log = tmp_path / "run.h5"
+    killed = []
+
+    def kill_when_a_generation_is_logged():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for name in two_boards:
+                try:
+                    done = read_log(tmp_path / f"run_{name}.h5")["completed_generations"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                pids = cluster.worker_pids("_Board.refine")
+                if done >= 1 and pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                    return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_when_a_generation_is_logged, daemon=True)
+    t.start()
+    rc = main(["refine", "--station", st, "--cluster", "local", "--params", prog, "--generations", "3",
+               "--population", "4", "--points", "3", "--samples", "4", "--final-samples", "4", "--log", str(log),
+               "--json"])
+    t.join()
+    r = json.loads(capsys.readouterr().out)
+    assert killed, "no board actor was caught refining"
+    assert rc == 0, r["errors"]
+    assert len(r["restarts"]) == 1 and r["restarts"][0]["error"] in ("ActorDiedError", "ActorUnavailableError", "RayActorError")
+    assert "resumed" in r["restarts"][0]["action"]
+    for name in two_boards:
+        assert read_log(tmp_path / f"run_{name}.h5")["completed_generations"] == 3
+        assert np.isfinite(r["boards"][name]["refined_loss"])
+
+
+def _program(tmp_path) -> str:
+    """A cos program (aligned start, small readout) scaled to fit the default board; its path."""
+    from calibration.scale import fitting_scale
+    from sim_backend.device import TwinDevice
+    from tc_hw.model.files import save_params
+    from tc_hw.train.cos import cos_network, start_vector
+
+    base = cos_network()
+    p = base.with_vector(start_vector(base)).copy(readout=np.full((1, 8), 0.1))
+    p = p.rescaled(fitting_scale(p, TwinDevice().channel_map))
+    save_params(p, tmp_path / "p.h5", {"task": "cos"})
+    return str(tmp_path / "p.h5")
