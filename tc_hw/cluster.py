@@ -177,8 +177,11 @@ def _independent_rows(vectors, first, base, z, targets, *, mode="reset", samples
 
 
 def _task(first, vectors, base, z, targets, kw):
-    """Body of the remote twin task: ``(first, losses, pid)``."""
-    return first, evaluate_cos_rows(vectors, first, base, z, targets, **kw), os.getpid()
+    """Body of the remote twin task: ``(first, losses, pid, cpu_s)``, ``cpu_s`` the CPU seconds
+    the worker process spent on it."""
+    cpu0 = time.process_time()
+    losses = evaluate_cos_rows(vectors, first, base, z, targets, **kw)
+    return first, losses, os.getpid(), time.process_time() - cpu0
 
 
 _REMOTE = {}
@@ -212,6 +215,8 @@ class ClusterEvaluator:
         began.
     calls, batches : int
         Calls made and batches finished.
+    cpu_s : float
+        CPU seconds the workers spent on the finished batches.
     """
 
     def __init__(self, workers: int, *, max_retries: int = 3):
@@ -220,6 +225,7 @@ class ClusterEvaluator:
         self.workers, self.max_retries = int(workers), int(max_retries)
         self.events: list[dict] = []
         self.calls = self.batches = 0
+        self.cpu_s = 0.0
         self.pids: set[int] = set()
 
     def __call__(self, vectors, base, z, targets, **kw) -> np.ndarray:
@@ -250,7 +256,7 @@ class ClusterEvaluator:
             ready, _ = ray.wait(list(pending), num_returns=1)
             k = pending.pop(ready[0])
             try:
-                _, losses, pid = ray.get(ready[0])
+                _, losses, pid, cpu_s = ray.get(ready[0])
             except retryable as e:
                 attempts[k] += 1
                 self.events.append({"call": self.calls, "rows": list(spans[k]), "attempt": attempts[k],
@@ -263,6 +269,7 @@ class ClusterEvaluator:
             results[k] = losses
             self.pids.add(pid)
             self.batches += 1
+            self.cpu_s += cpu_s
         return results
 
     def summary(self) -> dict:
