@@ -18,7 +18,7 @@ Board actors (:func:`board_actor`)
     the boards of a station are calibrated or refined in parallel, each on the host that provides
     the ``board`` resource (start that host's Ray node with ``--resources '{"board": 1}'``).
 
-``connect("local")`` starts a one-machine cluster on 127.0.0.1 (no dashboard); any other address
+``connect("local")`` starts a one-machine cluster (node 127.0.0.1, no dashboard); any other address
 joins an existing cluster (``ray.init(address=...)``).  Without a cluster nothing here is used and
 every result is the single-process one.
 """
@@ -77,7 +77,8 @@ def connect(address: str, *, num_cpus: int | None = None, boards: int = 0) -> di
 
     ``num_cpus`` (local only; default ``os.cpu_count()``): how many one-thread twin tasks run at
     once.  ``boards`` (local only): the amount of the custom resource ``board`` this machine
-    offers, one per board actor.  A local cluster is started on 127.0.0.1 with no dashboard.
+    offers, one per board actor.  A local cluster's node is 127.0.0.1 and it starts no dashboard
+    (Ray's own servers still listen on all interfaces: see docs/cluster.md).
     Returns ``{"address", "cpus", "boards", "started"}`` of the cluster joined; ``started`` is
     False when this process had already joined one (which is kept: call :func:`shutdown` only if
     ``started``).

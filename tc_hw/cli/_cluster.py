@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ._common import EXIT_DEVICE, EXIT_OK, emit
 
-CLUSTER_HELP = ("run on a Ray cluster: 'local' starts one on this machine (127.0.0.1, one worker per core), "
+CLUSTER_HELP = ("run on a Ray cluster: 'local' starts one on this machine (one worker per core), "
                 "HOST:PORT (or 'auto') joins a running one; default: the station file's [cluster] address, else "
                 "no cluster. Results are bitwise those without it; needs pip install 'tc-hw[cluster]' "
                 "(docs/cluster.md)")
