@@ -38,6 +38,7 @@ __all__ = [
     "split_rows",
     "ClusterEvaluator",
     "evaluate_cos_rows",
+    "evaluate_mnist_on_cluster",
     "cos_on_cluster",
     "board_actor",
     "station_calibrate",
@@ -177,22 +178,26 @@ def _independent_rows(vectors, first, base, z, targets, *, mode="reset", samples
     return loss
 
 
-def _task(first, vectors, base, z, targets, kw):
-    """Body of the remote twin task: ``(first, losses, pid, cpu_s)``, ``cpu_s`` the CPU seconds
+def _cos_batch(first, vectors, base, z, targets, kw) -> np.ndarray:
+    return evaluate_cos_rows(vectors, first, base, z, targets, **kw)
+
+
+def _task(fn, *args):
+    """Body of every remote twin task: ``(fn(*args), pid, cpu_s)``, ``cpu_s`` the CPU seconds
     the worker process spent on it."""
     cpu0 = time.process_time()
-    losses = evaluate_cos_rows(vectors, first, base, z, targets, **kw)
-    return first, losses, os.getpid(), time.process_time() - cpu0
+    out = fn(*args)
+    return out, os.getpid(), time.process_time() - cpu0
 
 
 _REMOTE = {}
 
 
 def _remote_task():
-    if "cos" not in _REMOTE:
+    if "task" not in _REMOTE:
         # one CPU, one thread (on any cluster); retries are ours: see ClusterEvaluator
-        _REMOTE["cos"] = _ray().remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": dict(WORKER_ENV)})(_task)
-    return _REMOTE["cos"]
+        _REMOTE["task"] = _ray().remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": dict(WORKER_ENV)})(_task)
+    return _REMOTE["task"]
 
 
 class ClusterEvaluator:
@@ -235,15 +240,19 @@ class ClusterEvaluator:
         vectors = np.atleast_2d(np.asarray(vectors, float))
         spans = split_rows(len(vectors), self.workers)
         base_ref, z_ref, t_ref = ray.put(base), ray.put(np.asarray(z)), ray.put(np.asarray(targets))
-        task = _remote_task()
-
-        def submit(k):
-            a, b = spans[k]
-            return task.remote(a, vectors[a:b], base_ref, z_ref, t_ref, kw)
-
-        out = self._gather(submit, spans)
-        self.calls += 1
+        out = self.map_batches(_cos_batch, spans, lambda a, b: (a, vectors[a:b], base_ref, z_ref, t_ref, kw))
         return np.concatenate(out) if out else np.zeros(0)
+
+    def map_batches(self, fn, spans, args_of) -> list:
+        """``[fn(*args_of(a, b)) for (a, b) in spans]``, each a Ray task (one CPU, one thread).
+
+        ``fn`` must be a module-level function.  A batch whose worker died is submitted again
+        (see the class); the results come back in the order of ``spans``.  Counts as one call.
+        """
+        task = _remote_task()
+        out = self._gather(lambda k: task.remote(fn, *args_of(*spans[k])), spans)
+        self.calls += 1
+        return out
 
     def _gather(self, submit, spans) -> list:
         """Results of every batch, in order; a batch whose worker died is submitted again."""
@@ -257,7 +266,7 @@ class ClusterEvaluator:
             ready, _ = ray.wait(list(pending), num_returns=1)
             k = pending.pop(ready[0])
             try:
-                _, losses, pid, cpu_s = ray.get(ready[0])
+                value, pid, cpu_s = ray.get(ready[0])
             except retryable as e:
                 attempts[k] += 1
                 self.events.append({"call": self.calls, "rows": list(spans[k]), "attempt": attempts[k],
@@ -267,7 +276,7 @@ class ClusterEvaluator:
                                        f"({type(e).__name__}); giving up") from e
                 pending[submit(k)] = k
                 continue
-            results[k] = losses
+            results[k] = value
             self.pids.add(pid)
             self.batches += 1
             self.cpu_s += cpu_s
@@ -277,6 +286,48 @@ class ClusterEvaluator:
         """JSON-ready record for a run log: workers, calls, batches, retries and their events."""
         return {"workers": self.workers, "calls": self.calls, "batches": self.batches, "retries": len(self.events),
                 "retry_events": list(self.events)}
+
+
+def _mnist_samples(params, inputs, time_obs, dt, seed, m0, m1):
+    """Samples ``m0 .. m1 - 1`` of every input exactly as :func:`tc_hw.evaluation.evaluate_mnist`
+    draws them (``sample_offset=m``): output nodes (P, m1 - m0, n_out) and heat (P, m1 - m0)."""
+    from sim_backend.twin import sample_reset
+
+    outs, heat = [], []
+    for m in range(m0, m1):
+        run = sample_reset(params, inputs, time_obs, 1, dt=dt, seed=seed, nodes=params.network.outputs, energy=True,
+                           sample_offset=m)
+        outs.append(run.x[:, :, 0, :])
+        heat.append(run.heat_kT)
+    return np.concatenate(outs, axis=1), np.concatenate(heat, axis=1)
+
+
+def evaluate_mnist_on_cluster(params, samples: int, seed: int, time_obs: float, dt: float,
+                              evaluator: ClusterEvaluator, *, split: str = "test") -> dict:
+    """:func:`tc_hw.evaluation.evaluate_mnist` with the ``samples`` runs per digit spread over
+    ``evaluator``'s workers (contiguous ranges of the sample index ``m``).
+
+    Trajectory ``(digit p, sample m)`` uses the twin's stream ``(seed, p, m)`` wherever it runs,
+    so the scores, confusion matrix and heat are bitwise those of ``evaluate_mnist``;
+    ``seconds`` is the wall time here, and ``cluster`` the evaluator's :meth:`summary`.  With
+    ``samples = 1`` there is one batch (the digits are not split: a digit's stream is fixed by
+    its row in the whole test set).
+    """
+    from .model.tasks import mnist_inputs, score_classification
+
+    ray = _ray()
+    inputs, labels = mnist_inputs(split)
+    refs = ray.put(params), ray.put(inputs)
+    t0 = time.perf_counter()
+    parts = evaluator.map_batches(_mnist_samples, split_rows(samples, evaluator.workers),
+                                  lambda a, b: (*refs, time_obs, dt, seed, a, b))
+    seconds = time.perf_counter() - t0
+    outs = np.concatenate([o for o, _ in parts], axis=1)
+    heat = np.concatenate([h for _, h in parts], axis=1)
+    score = score_classification(params, outs, labels)
+    return {"task": "mnist", **score.as_dict(), "samples": samples, "seed": seed, "time": time_obs, "dt": dt,
+            "heat_per_inference_kT": float(heat.mean()), "seconds": seconds, "confusion": score.confusion.tolist(),
+            "cluster": evaluator.summary()}
 
 
 @contextmanager

@@ -145,3 +145,40 @@ def test_cli_train_cos_with_cluster_records_the_workers_and_matches_the_plain_ru
         assert r[k] == plain[k], k
     with h5py.File(tmp_path / "ray.h5", "r") as f:
         assert json.loads(f.attrs["cluster"])["workers"] == local_cluster["cpus"]
+
+
+def test_mnist_evaluation_on_the_cluster_is_bitwise_the_plain_one(local_cluster, monkeypatch):
+    import tc_hw.model.tasks as tasks
+    from tc_hw.evaluation import evaluate_mnist
+    from tc_hw.model.data.thermo_gd import load_published
+
+    full = tasks.mnist_inputs
+    monkeypatch.setattr(tasks, "mnist_inputs", lambda split: tuple(a[:500] for a in full(split)))  # 500 digits
+    params = load_published()
+    ref = evaluate_mnist(params, samples=3, seed=4, time_obs=0.05, dt=1e-3, progress=False)
+    ev = cluster.ClusterEvaluator(2)
+    got = cluster.evaluate_mnist_on_cluster(params, 3, 4, 0.05, 1e-3, ev)
+    assert ev.batches == 2 and got["cluster"]["retries"] == 0
+    for k, v in ref.items():
+        if k != "seconds":
+            assert got[k] == v, k
+    other = cluster.evaluate_mnist_on_cluster(params, 3, 5, 0.05, 1e-3, ev)  # the seed reaches the workers
+    assert other["heat_per_inference_kT"] != ref["heat_per_inference_kT"]
+
+
+def test_cli_evaluate_mnist_with_cluster(local_cluster, monkeypatch, capsys):
+    import tc_hw.model.tasks as tasks
+    from tc_hw.cli import main
+    from tc_hw.model.data.paths import shared_dir
+
+    full = tasks.mnist_inputs
+    monkeypatch.setattr(tasks, "mnist_inputs", lambda split: tuple(a[:300] for a in full(split)))
+    argv = ["evaluate", "--params", str(shared_dir() / "data" / "thermo_gd" / "parameters.dat"), "--format",
+            "thermo_gd", "--samples", "2", "--time", "0.02", "--seed", "7", "--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--cluster", "local"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["cluster"]["workers"] == 2 and r["cluster"]["address"] == "local"
+    assert {k: v for k, v in r.items() if k not in ("seconds", "cluster")} == \
+        {k: v for k, v in plain.items() if k != "seconds"}

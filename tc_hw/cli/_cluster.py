@@ -85,6 +85,17 @@ def train_cos_on_cluster(args, train):
     return params, result
 
 
+def evaluate_mnist_on_cluster(args, params, time_obs: float, dt: float) -> dict:
+    """``tc-hw evaluate --cluster``: the ``--samples`` runs per digit spread over the workers."""
+    from .. import cluster
+
+    with joined(args.cluster) as info:
+        ev = cluster.ClusterEvaluator(max(1, min(info["cpus"], args.samples)))
+        result = cluster.evaluate_mnist_on_cluster(params, args.samples, args.seed, time_obs, dt, ev)
+    result["cluster"]["address"] = args.cluster
+    return result
+
+
 # ---------------------------------------------------------------------------------- calibrate
 
 
