@@ -435,6 +435,21 @@ def board_actor(name: str, entry: dict, *, max_restarts: int = 1):
     return cls.remote(name, entry)
 
 
+def _wait_alive(actor, timeout_s: float = 60.0) -> bool:
+    """Wait until a restarting actor answers again (True), or ``timeout_s`` passed (False: dead for
+    good; Ray reports a restart in progress and a final death with the same exceptions)."""
+    ray = _ray()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.identity.remote(), timeout=10)
+            return True
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+
+
 def _failure(e: BaseException) -> str:
     cause = getattr(e, "cause", None)  # a RayTaskError carries the board's own exception
     e = cause if isinstance(cause, BaseException) else e
@@ -486,6 +501,9 @@ def _on_boards(station: dict, method: str, per_board: dict, parallel: bool = Tru
                 except _retryable() as e:
                     if attempt:
                         errors[name] = f"board actor died twice ({_failure(e)})"
+                        break
+                    if not _wait_alive(actors[name]):
+                        errors[name] = f"board actor died and did not come back ({_failure(e)})"
                         break
                     args = again(args) if again else args
                     restarts.append({"board": name, "error": type(e).__name__, "action": f"{method} again"
