@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ._cluster import add_cluster_option, add_station_option
 from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
 
 
@@ -80,7 +81,11 @@ def cmd_calibrate(args) -> int:
 
     from ..model import provenance
     from ..backends import open_device
+    from ._cluster import board_or_station, calibrate_station
 
+    board_or_station(args, out_required=True)
+    if args.station:
+        return calibrate_station(args)
     _check_output_file(args.out, "--out")
     dev = open_device(args.resource)
     try:
@@ -166,8 +171,13 @@ def cmd_refine(args) -> int:
     from ..model.tasks import load_task
     from ..train.cos import twin_cos_loss
 
+    from ._cluster import board_or_station, refine_station
+
+    board_or_station(args)
     cfg = _refine_config(args)  # bad sizes and ranges are refused before the board or the log is touched
     task = "cos" if args.task == "cos" else load_task(args.task)
+    if args.station:
+        return refine_station(args, cfg, task)
     dev = open_device(args.resource)
     try:
         cal = _load_cal(args.cal, dev, args.resource)
@@ -221,10 +231,15 @@ def add_parsers(sub) -> None:
             "constants and temperatures. Fits with a poor quality figure are reported and never used. "
             "The record (HDF5) is append-only; plots are written next to it."
         ),
-        epilog="example: tc-hw calibrate --resource TCPIP0::127.0.0.1::5025::SOCKET --out cal.h5 --json",
+        epilog=("examples: tc-hw calibrate --resource TCPIP0::127.0.0.1::5025::SOCKET --out cal.h5 --json; "
+                "every board of a station at once, one record each: "
+                "tc-hw calibrate --station station.toml --cluster local --json"),
     )
-    p.add_argument("--resource", required=True, help=RESOURCE_HELP)
-    p.add_argument("--out", required=True, help="calibration record to create or append to (.h5)")
+    p.add_argument("--resource", help=RESOURCE_HELP)
+    p.add_argument("--out", help="calibration record to create or append to (.h5); with --station, the folder for "
+                   "boards whose entry names no calibration (default: the station file's folder; <name>.h5)")
+    add_station_option(p)
+    add_cluster_option(p)
     add_json(p)
     p.set_defaults(func=cmd_calibrate)
 
@@ -269,12 +284,16 @@ def add_parsers(sub) -> None:
         epilog=("example: tc-hw refine --resource TCPIP0::127.0.0.1::5025::SOCKET --params cos.h5 --cal cal.h5 "
                 "--task cos --method twin-guided --generations 8 --log run.h5 --json"),
     )
-    p.add_argument("--resource", required=True, help=RESOURCE_HELP)
+    p.add_argument("--resource", help=RESOURCE_HELP)
+    add_station_option(p)
+    add_cluster_option(p)
     p.add_argument("--params", required=True, help="program trained on the twin (.h5)")
-    p.add_argument("--cal", help="calibration record (default: nominal gains)")
+    p.add_argument("--cal", help="calibration record (default: nominal gains; with --station, each board's "
+                   "calibration in the station file)")
     p.add_argument("--task", default="cos", help="task scored on the board: cos (built in) or a task file (HDF5: "
                    "inputs, targets or labels, loss mse / cross-entropy / accuracy; docs/task-file.md) (default: cos)")
-    p.add_argument("--log", required=True, help="run log to write (.h5); with --resume, the one to continue")
+    p.add_argument("--log", required=True, help="run log to write (.h5); with --resume, the one to continue; with "
+                   "--station, board NAME logs to <stem>_NAME.h5")
     p.add_argument("--resume", action="store_true", help="continue the run in --log after its last generation")
     p.add_argument("--method", default="ga", choices=["ga", "cma", "twin-guided"],
                    help="ga: the papers' genetic algorithm (elites re-measured, common inputs per generation); "

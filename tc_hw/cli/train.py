@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._cluster import add_cluster_option
 from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, emit, positive_int
 
 #: task -> methods, the first being the default
@@ -26,8 +27,16 @@ def _train_cos(args):
         from ..train.cos import train_cos_ga
 
         sizes = {k: getattr(args, k) for k in ("population", "points", "samples") if getattr(args, k)}
-        return train_cos_ga(args.generations, mode=args.mode, seed=args.seed, out=args.out,
-                            progress=not args.json, **sizes)
+
+        def train():
+            return train_cos_ga(args.generations, mode=args.mode, seed=args.seed, out=args.out,
+                                progress=not args.json, **sizes)
+
+        if getattr(args, "cluster", None):
+            from ._cluster import train_cos_on_cluster
+
+            return train_cos_on_cluster(args, train)
+        return train()
     from ..train.direct import train_cos_direct
 
     return train_cos_direct(out=args.out, seed=args.seed, mode=args.mode, progress=not args.json,
@@ -69,6 +78,9 @@ def cmd_train(args) -> int:
         print(f"tc-hw train: task {args.task!r} has methods {', '.join(METHODS[args.task])}, not {method!r}")
         return EXIT_BAD_INPUT
     args.method = method
+    if getattr(args, "cluster", None) and (args.task, method) != ("cos", "ga"):
+        raise ValueError(f"--cluster: only --task cos --method ga evaluates populations on a cluster, not "
+                         f"{args.task}/{method}")
     from ..model.files import check_params_target
     from .hardware import _check_input_file, _check_output_file
 
@@ -124,6 +136,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--samples", type=positive_int, help="ga: samples per input")
     p.add_argument("--mode", choices=["reset", "serial"], default="reset", help="cos: sampling mode (default: reset)")
     p.add_argument("--digits", default="0,1,2", help="generate: MNIST digits to learn (default: 0,1,2)")
+    add_cluster_option(p)
     add_json(p)
     p.set_defaults(func=cmd_train)
 

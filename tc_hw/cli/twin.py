@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist
+from ._cluster import add_cluster_option
 from ._common import EXIT_OK, add_json, emit, positive_float, positive_int
 
 #: most integration steps (time / dt) one evaluation may ask for
@@ -21,7 +22,12 @@ def cmd_evaluate(args) -> int:
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"--time {time_:.9g} / --dt {dt:.9g} = {steps:.6g} steps; it must be 1..{MAX_STEPS:g}")
     params = load_params(args.params, format=args.format)
-    result = evaluate_mnist(params, args.samples, args.seed, time_, dt, progress=not args.json)
+    if getattr(args, "cluster", None):
+        from ._cluster import evaluate_mnist_on_cluster
+
+        result = evaluate_mnist_on_cluster(args, params, time_, dt)
+    else:
+        result = evaluate_mnist(params, args.samples, args.seed, time_, dt, progress=not args.json)
     emit(
         args,
         result,
@@ -54,5 +60,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--time", type=positive_float, help="observation time in units of 1/mobility, > 0 "
                    "(default: 0.2 for mnist)")
     p.add_argument("--dt", type=positive_float, help="time step, > 0 and at most --time (default: 1e-3)")
+    add_cluster_option(p)
     add_json(p)
     p.set_defaults(func=cmd_evaluate)
