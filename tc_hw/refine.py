@@ -306,15 +306,21 @@ def _wait_for_band(device, band, cfg: RefineConfig, bar) -> tuple[float, float]:
     return temp, time.monotonic() - t0
 
 
-def _retrying(cfg: RefineConfig, what: str, measure):
-    """``measure()``, redone whole (up to ``cfg.retries`` times) after a fault the driver could not recover."""
+def _attempts(cfg: RefineConfig, what: str, measure):
+    """``measure()``, redone whole (up to ``cfg.retries`` times) after a fault the driver could not
+    recover; returns ``(its value, failed attempts)``.  The one retry loop of refinement."""
     for attempt in range(cfg.retries + 1):
         try:
-            return measure()
+            return measure(), attempt
         except DeviceError as e:
             if attempt == cfg.retries:
                 raise
             print(f"refine: {what}, attempt {attempt + 1} failed ({e}); redoing it", file=sys.stderr)
+
+
+def _retrying(cfg: RefineConfig, what: str, measure):
+    """``measure()`` through :func:`_attempts`; returns its value."""
+    return _attempts(cfg, what, measure)[0]
 
 
 def _stored_config(stored: dict, cfg: RefineConfig) -> RefineConfig:
@@ -495,123 +501,186 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         ``readout_fit_loss`` (= ``start_loss`` with ``readout_fit``), ``start_fit_loss``,
         ``method``, ``generations``, ``stop``, ``seconds``, ``paused_s``, ``retries``, ``log``.
     """
-    from tqdm import tqdm
-
-    task_obj = None if isinstance(task, str) and task == "cos" else task
-    if task_obj is not None and not isinstance(task_obj, Task):
-        raise ValueError(f"task must be 'cos' or a tc_hw.model.tasks.Task, not {task!r}")
-    if task_obj is not None:
-        if params.readout is None or params.readout.shape[0] != task_obj.n_outputs:
-            raise ValueError(f"the task {task_obj.name!r} needs a readout with {task_obj.n_outputs} rows; the program "
-                             f"has {None if params.readout is None else params.readout.shape[0]}")
-        if cfg.method == "twin-guided" and (task_obj.loss != "mse" or task_obj.n_outputs != 1):
-            raise ValueError("twin-guided refinement needs a task with one output and the mse loss; "
-                             "use --method ga or cma")
+    task_obj = _check_task(params, task, cfg)
     log_path = Path(log_path)
     ckpt = log_path.with_name(log_path.name + ".ga.h5")
-    if resume:
-        log = RunLog.reopen(log_path)
-        stored_all = log.config
-        cfg = _stored_config(stored_all["refine"], cfg)
-        opt = _load_optimizer(cfg, ckpt) if ckpt.exists() else None
-    else:
-        if log_path.exists():
-            raise FileExistsError(f"{log_path} exists: use --resume to continue that run, or another --log")
-        log, opt, stored_all = None, None, {}
-    prob = _Problem(device, params, cal, cfg, trainable=stored_all.get("trainable_channels"))
-    prob.task = task_obj
-    if resume:
-        prob.readings = int(stored_all.get("start_readings", 0)) + log.completed * cfg.points * cfg.samples * (
-            cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population)
     t_start = time.monotonic()
-    z_final = cos_task(cfg.final_points)[0] if task_obj is None else task_obj
-    # the start measurement and the least-squares readout (once per run; stored in the log's config)
-    fit, start_fit_loss = None, None
-    if cfg.readout_fit:
-        if log is not None:  # resuming: the fit of the first session
-            if stored_all.get("readout_fit") is not None:
-                fit = np.asarray(stored_all["readout_fit"], float)
-            start_fit_loss = stored_all.get("start_fit_loss")
-        else:
-            if progress:
-                print("refine: measuring the start program and fitting its readout by least squares",
-                      file=sys.stderr, flush=True)
-            xbar, var = _retrying(cfg, "the start measurement", lambda: prob.means(
-                prob.x0[None, :], z_final, [seeds.derive(cfg.seed, seeds.REFINE_START, 0)], cfg.final_samples))
-            fit = prob.fit_readout(xbar[0], z_final)
-            if fit is not None:
-                start_fit_loss = {"given_readout": prob.loss_of(xbar[0], prob.readout0, var[0], cfg.final_samples,
-                                                                z_final),
-                                  "fitted_readout_in_sample": prob.loss_of(xbar[0], fit, var[0], cfg.final_samples,
-                                                                           z_final)}
+    log, opt, stored, cfg = _resume(log_path, ckpt, cfg) if resume else _fresh(log_path, cfg)
+    try:
+        prob = _Problem(device, params, cal, cfg, trainable=stored.get("trainable_channels"))
+        prob.task = task_obj
+        if log is not None:
+            prob.readings = _readings_so_far(cfg, stored, log.completed)
+        fit, start_fit_loss = _start_fit(cfg, prob, stored, resumed=log is not None, progress=progress)
+        if opt is None:
+            opt = _start_optimizer(cfg, prob, fit)
+        opt.with_config(max_generations=cfg.generations)
+        band = _temperature_band(cfg, cal)
+        if log is None:
+            log = _create_log(log_path, cfg, prob, opt, device, cal, band, task, fit, start_fit_loss)
+        if log.completed > opt.generation:  # logged but not checkpointed: redo that generation
+            log.truncate(opt.generation)
+        stop, paused_s, retries = _loop(cfg, prob, opt, log, ckpt, band, progress)
+        result = _final(cfg, prob, opt, fit)
+        result["drift"] = _drift(cal, start_fit_loss, result, _temperatures_of(log))
+        result.update({"start_fit_loss": start_fit_loss, "generations": int(opt.generation), "stop": stop,
+                       "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_s, 1),
+                       "retries": int(retries), "log": str(log_path)})
+        _write_final(log, result, cfg)  # while the run log's lock is held
+    finally:
+        if log is not None:
+            log.close()
+    return result
+
+
+def _check_task(params: Params, task, cfg: RefineConfig) -> Task | None:
+    """The task object (None for the cos task); refuses a task the program or the method cannot serve."""
+    task_obj = None if isinstance(task, str) and task == "cos" else task
+    if task_obj is None:
+        return None
+    if not isinstance(task_obj, Task):
+        raise ValueError(f"task must be 'cos' or a tc_hw.model.tasks.Task, not {task!r}")
+    if params.readout is None or params.readout.shape[0] != task_obj.n_outputs:
+        raise ValueError(f"the task {task_obj.name!r} needs a readout with {task_obj.n_outputs} rows; the program "
+                         f"has {None if params.readout is None else params.readout.shape[0]}")
+    if cfg.method == "twin-guided" and (task_obj.loss != "mse" or task_obj.n_outputs != 1):
+        raise ValueError("twin-guided refinement needs a task with one output and the mse loss; "
+                         "use --method ga or cma")
+    return task_obj
+
+
+def _fresh(log_path: Path, cfg: RefineConfig):
+    """A new run: (no log yet, no optimiser yet, no stored config, ``cfg``); refuses an existing log."""
+    if log_path.exists():
+        raise FileExistsError(f"{log_path} exists: use --resume to continue that run, or another --log")
+    return None, None, {}, cfg
+
+
+def _resume(log_path: Path, ckpt: Path, cfg: RefineConfig):
+    """The logged run: (its log, reopened and locked; its optimiser from the checkpoint or None;
+    its stored config; its configuration)."""
+    log = RunLog.reopen(log_path)
+    try:
+        stored = log.config
+        cfg = _stored_config(stored["refine"], cfg)
+        opt = _load_optimizer(cfg, ckpt) if ckpt.exists() else None
+    except BaseException:
+        log.close()
+        raise
+    return log, opt, stored, cfg
+
+
+def _population_size(cfg: RefineConfig) -> int:
+    return cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
+
+
+def _readings_so_far(cfg: RefineConfig, stored: dict, completed: int) -> int:
+    """Board readings of a resumed run's first sessions: its start measurements and ``completed`` generations."""
+    return int(stored.get("start_readings", 0)) + completed * cfg.points * cfg.samples * _population_size(cfg)
+
+
+def _final_inputs(cfg: RefineConfig, prob: "_Problem"):
+    """The start and final measurement's inputs: the cos task's ``final_points`` or the whole task."""
+    return cos_task(cfg.final_points)[0] if prob.task is None else prob.task
+
+
+def _start_fit(cfg: RefineConfig, prob: "_Problem", stored: dict, *, resumed: bool, progress: bool):
+    """The least-squares readout fitted to one start measurement (``final_points x final_samples``)
+    and the start's losses with its own and the fitted readout; a resumed run's from its log.
+    Returns ``(fit or None, {"given_readout", "fitted_readout_in_sample"} or None)``."""
+    if not cfg.readout_fit:
+        return None, None
+    if resumed:
+        fit = stored.get("readout_fit")
+        return (None if fit is None else np.asarray(fit, float)), stored.get("start_fit_loss")
+    if progress:
+        print("refine: measuring the start program and fitting its readout", file=sys.stderr, flush=True)
+    z = _final_inputs(cfg, prob)
+    xbar, var = _retrying(cfg, "the start measurement", lambda: prob.means(
+        prob.x0[None, :], z, [seeds.derive(cfg.seed, seeds.REFINE_START, 0)], cfg.final_samples))
+    fit = prob.fit_readout(xbar[0], z)
+    if fit is None:
+        return None, None
+    m = cfg.final_samples
+    return fit, {"given_readout": prob.loss_of(xbar[0], prob.readout0, var[0], m, z),
+                 "fitted_readout_in_sample": prob.loss_of(xbar[0], fit, var[0], m, z)}
+
+
+def _start_optimizer(cfg: RefineConfig, prob: "_Problem", fit):
+    """The method's optimiser at the calibrated upload (with the fitted readout, which is then
+    frozen for the GA and CMA-ES: the search is in the analog elements)."""
     x_start = prob.x0 if fit is None else np.concatenate([prob.volts0[prob.trainable], fit])
     sigma = prob.sigma.copy()
-    if fit is not None:  # the fitted readout is at its measured optimum: the search is in the analog elements
+    if fit is not None:
         sigma[len(prob.trainable):] = 0.0
-    if opt is None:
-        opt = _new_optimizer(cfg, prob, x_start, sigma, fit is not None)
-    opt.with_config(max_generations=cfg.generations)
-    model = _twin_model(cfg, prob) if cfg.method == "twin-guided" else None
+    return _new_optimizer(cfg, prob, x_start, sigma, fit is not None)
+
+
+def _temperature_band(cfg: RefineConfig, cal) -> tuple:
+    """Kelvin band the board must be in to measure: ``cfg.temp_band`` or the calibration's +- 5 K
+    (no band when the calibration has no temperature)."""
     band = cfg.temp_band or (cal.temperature_k - 5.0, cal.temperature_k + 5.0)
-    if not np.all(np.isfinite(band)):
-        band = (-np.inf, np.inf)
-    population = cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
-    elites = 1 if cfg.method == "twin-guided" else cfg.elites
-    if log is None:
-        config = {"task": task if task_obj is None else task_obj.name, "refine": asdict(cfg),
-                  "n_trainable_channels": int(len(prob.trainable)),
-                  "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
-                  "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss,
-                  "start_readings": int(prob.readings)}
-        instrument = {"identity": device.identity, "technology": device.technology,
-                      "calibration_entry": str(getattr(cal, "entry", "")),
-                      "calibration_hash": str(getattr(cal, "hash", "")), "temp_band_k": list(band)}
-        log = RunLog.create(log_path, config, population=population, n_params=opt.n_params,
-                            elites=elites, instrument=instrument)
-    if log.completed > opt.generation:  # logged but not checkpointed: redo that generation
-        log.truncate(opt.generation)
-    paused_total, retries_total = 0.0, 0
-    g_start = opt.generation
-    t_gen = time.monotonic()
+    return band if np.all(np.isfinite(band)) else (-np.inf, np.inf)
+
+
+def _create_log(log_path, cfg, prob, opt, device, cal, band, task, fit, start_fit_loss) -> RunLog:
+    """The new run log (locked), with the run's configuration and start figures."""
+    config = {"task": task if prob.task is None else prob.task.name, "refine": asdict(cfg),
+              "n_trainable_channels": int(len(prob.trainable)),
+              "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
+              "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss,
+              "start_readings": int(prob.readings)}
+    instrument = {"identity": device.identity, "technology": device.technology,
+                  "calibration_entry": str(getattr(cal, "entry", "")),
+                  "calibration_hash": str(getattr(cal, "hash", "")), "temp_band_k": list(band)}
+    return RunLog.create(log_path, config, population=_population_size(cfg), n_params=opt.n_params,
+                         elites=1 if cfg.method == "twin-guided" else cfg.elites, instrument=instrument)
+
+
+def _loop(cfg: RefineConfig, prob: "_Problem", opt, log: RunLog, ckpt: Path, band, progress: bool):
+    """Generations until the optimiser stops: wait for the band, measure (retrying), log, checkpoint.
+    Returns ``(stop reason, seconds paused, retries)``."""
+    from tqdm import tqdm
+
+    model = _twin_model(cfg, prob) if cfg.method == "twin-guided" else None
+    paused_total, retries_total, g_start, t_gen = 0.0, 0, opt.generation, time.monotonic()
     bar = tqdm(total=cfg.generations, initial=opt.generation, desc=f"refine ({cfg.method})", unit="gen",
                disable=not progress, file=sys.stderr)
     try:
         while (stop := opt.stop_reason()) is None:
             g = opt.generation
-            temp0, paused = _wait_for_band(device, band, cfg, bar if progress else None)
-            paused_total += paused
+            temp0, paused = _wait_for_band(prob.device, band, cfg, bar if progress else None)
             bar.set_description_str(f"refine ({cfg.method})")
-            t0 = time.monotonic()
-            r0 = reconnect_count(device)
-            for attempt in range(cfg.retries + 1):
-                try:
-                    pop, losses = _generation(cfg, prob, opt, model, g)
-                    break
-                except DeviceError as e:
-                    if attempt == cfg.retries:
-                        raise
-                    print(f"refine: generation {g} attempt {attempt + 1} failed ({e}); redoing it", file=sys.stderr)
-            retries = reconnect_count(device) - r0 + attempt
-            retries_total += retries
-            best = int(np.argmin(losses))
-            log.append(g, {"population": pop, "losses": losses, "elite_losses": _elite_row(cfg, opt, losses),
-                           "best_loss": losses[best], "best": pop[best],
-                           "temperature_k": [temp0, float(device.temperature())],
-                           "wall_s": time.monotonic() - t0, "retries": retries, "paused_s": paused})
+            t0, r0 = time.monotonic(), reconnect_count(prob.device)
+            (pop, losses), failed = _attempts(cfg, f"generation {g}", lambda: _generation(cfg, prob, opt, model, g))
+            retries = reconnect_count(prob.device) - r0 + failed
+            _log_generation(log, cfg, opt, g, pop, losses, [temp0, float(prob.device.temperature())],
+                            time.monotonic() - t0, retries, paused)
             opt.save(ckpt)
+            paused_total, retries_total = paused_total + paused, retries_total + retries
             bar.update()
             rate = (opt.generation - g_start) / max(time.monotonic() - t_gen, 1e-9)
             bar.set_postfix(best=f"{opt.best[1]:.3g}", gen_per_min=f"{60 * rate:.1f}")
     finally:
         bar.close()
-        log.close()
-    result = _final(cfg, prob, opt, fit)
-    result["drift"] = _drift(cal, start_fit_loss, result, read_temperatures(log_path))
-    result.update({"start_fit_loss": start_fit_loss, "generations": int(opt.generation), "stop": stop,
-                   "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
-                   "retries": int(retries_total), "log": str(log_path)})
-    _write_final(log_path, result, cfg)
-    return result
+    return stop, paused_total, retries_total
+
+
+def _log_generation(log: RunLog, cfg, opt, g: int, pop, losses, temps_k, wall_s: float, retries: int,
+                    paused_s: float) -> None:
+    """Generation ``g``'s row of the run log."""
+    best = int(np.argmin(losses))
+    log.append(g, {"population": pop, "losses": losses, "elite_losses": _elite_row(cfg, opt, losses),
+                   "best_loss": losses[best], "best": pop[best], "temperature_k": temps_k,
+                   "wall_s": wall_s, "retries": retries, "paused_s": paused_s})
+
+
+def _temperatures_of(log: RunLog) -> np.ndarray:
+    """Board temperatures (kelvin) logged before and after every completed generation, (G, 2)."""
+    n = log.completed
+    if n == 0 or "temperature_k" not in log.g:
+        return np.zeros((0, 2))
+    return np.asarray(log.g["temperature_k"][:n], float).reshape(-1, 2)
 
 
 #: Temperature distance from the calibration (kelvin) beyond which a recalibration is advised.
@@ -723,25 +792,20 @@ def gap_closed(twin_loss, start_loss, refined_loss) -> float | None:
     return None if not gap > 0 else (float(start_loss) - float(refined_loss)) / gap
 
 
-def _write_final(log_path: Path, result: dict, cfg: RefineConfig) -> None:
-    """The end figures into ``/entry/final`` of the (closed) run log; a failure only warns."""
+def _write_final(log: RunLog, result: dict, cfg: RefineConfig) -> None:
+    """The end figures into ``/entry/final`` of the run log, written while its lock is held
+    (:meth:`RunLog.write_group`); a failure only warns."""
+    attrs = {k: np.nan if result[k] is None else result[k] for k in (
+        "uploaded_loss", "start_loss", "readout_fit_loss", "ga_best_loss", "method_best_loss", "refined_loss")}
+    attrs.update({"kept": result["kept"], "generations": result["generations"], "method": result["method"],
+                  "recalibrate": bool(result.get("drift", {}).get("recalibrate", False)),
+                  "advice": str(result.get("drift", {}).get("advice", "")), "readings": result["readings"],
+                  "points": cfg.final_points, "samples": cfg.final_samples})
+    arrays = {"volts": np.asarray(result["best_volts"], float), "readout": np.asarray(result["best_readout"], float)}
     try:
-        with h5py.File(log_path, "r+", libver="latest") as f:
-            if "entry/final" in f:
-                del f["entry/final"]
-            g = f["entry"].create_group("final")
-            for k in ("uploaded_loss", "start_loss", "readout_fit_loss", "ga_best_loss", "method_best_loss",
-                      "refined_loss"):
-                g.attrs[k] = np.nan if result[k] is None else result[k]
-            g.attrs.update({"kept": result["kept"], "generations": result["generations"], "method": result["method"],
-                            "recalibrate": bool(result.get("drift", {}).get("recalibrate", False)),
-                            "advice": str(result.get("drift", {}).get("advice", "")),
-                            "readings": result["readings"],
-                            "points": cfg.final_points, "samples": cfg.final_samples})
-            g["volts"] = np.asarray(result["best_volts"], float)
-            g["readout"] = np.asarray(result["best_readout"], float)
+        log.write_group("final", attrs, arrays)
     except OSError as e:
-        print(f"refine: could not write the final figures into {log_path} ({e})", file=sys.stderr)
+        print(f"refine: could not write the final figures into {log.path} ({e})", file=sys.stderr)
 
 
 def read_final(log_path) -> dict | None:
