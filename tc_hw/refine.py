@@ -109,6 +109,8 @@ class RefineConfig:
     twin_dt: float = 1e-2  #: twin-guided: twin time step (program units)
     jacobian_step: float = 0.01  #: twin-guided: finite-difference step, fraction of each channel's half span
     sensitivity_sigma: bool = True  #: ga/cma: mutation scale per parameter set by its effect on the twin
+    subspace: int = 12  #: ga/cma: search along the twin's r most visible output directions (0: every channel)
+    subspace_step: float = 0.3  #: ga/cma: rms output change of one mutation, fraction of sqrt(start loss)
 
     def __post_init__(self):
         _validate(self)
@@ -125,13 +127,14 @@ def _validate(cfg: "RefineConfig") -> None:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     for name, least in (("generations", 0), ("population", 2), ("elites", 1), ("points", 2), ("samples", 2),
                         ("final_points", 2), ("final_samples", 2), ("trials", 1), ("twin_samples", 1),
-                        ("retries", 0)):
+                        ("retries", 0), ("subspace", 0)):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
     if cfg.elites >= cfg.population:
         raise ValueError(f"elites ({cfg.elites}) must be smaller than population ({cfg.population})")
-    for name in ("mutation", "radius", "twin_dt", "jacobian_step", "input_scale", "pause_poll_s", "max_pause_s"):
+    for name in ("mutation", "radius", "twin_dt", "jacobian_step", "input_scale", "pause_poll_s", "max_pause_s",
+                 "subspace_step"):
         v = getattr(cfg, name)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
@@ -146,7 +149,8 @@ def _validate(cfg: "RefineConfig") -> None:
 
 
 #: Settings a run log written before they existed was made with (used when resuming such a run).
-_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False}
+_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False,
+                 "subspace": 0}
 
 
 def _as_task(z) -> Task:
@@ -357,20 +361,26 @@ def _batch(cfg: RefineConfig, g: int, task: Task | None = None):
     return _subset(task, np.sort(rng.choice(task.n_examples, min(cfg.points, task.n_examples), replace=False)))
 
 
-def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_known: bool):
+def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_known: bool, loss0: float | None = None):
     """The method's optimiser at the start (GA, CMA-ES or twin-guided)."""
-    if cfg.sensitivity_sigma and cfg.method in ("ga", "cma"):
-        sigma = _sensitivity_sigma(cfg, prob, x_start, sigma)
+    basis = None
+    if cfg.method in ("ga", "cma") and (cfg.sensitivity_sigma or cfg.subspace):
+        jac = _output_jacobian(cfg, prob, x_start)
+        if cfg.sensitivity_sigma:
+            sigma = _sensitivity_sigma(jac, sigma)
+        if cfg.subspace:
+            basis = _subspace_basis(jac, cfg.subspace, _step_rms(cfg, prob, loss0), x_start.size)
     if cfg.method == "ga":
         from .train.ga import GeneticAlgorithm
 
         return GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population, elites=cfg.elites,
                                 seed=cfg.seed, max_generations=cfg.generations, max_seconds=cfg.max_seconds,
-                                start_with_x0=True)
+                                start_with_x0=True, mutation_basis=basis)
     if cfg.method == "cma":
         from .train.cmaes import CMAES
 
-        return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations)
+        return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations,
+                     basis=basis)
     from .refine_twin import TwinGuided
 
     z = _design(cfg, prob.task)
@@ -380,21 +390,29 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
                       radius=cfg.radius, max_generations=cfg.generations)
 
 
-def _sensitivity_sigma(cfg: RefineConfig, prob: "_Problem", x_start, sigma) -> np.ndarray:
-    """Mutation scales of the analog parameters set by their effect (the twin knows it).
-
-    ``rms_k``: the root-mean-square change of the read-out output per volt of channel ``k`` at
-    the design inputs (twin Jacobian through the calibration, common random numbers).  Every
-    parameter gets ``sigma_k = s / rms_k`` with ``s`` the geometric mean of ``sigma_fan_k *
-    rms_k`` over the parameters (so the typical step stays the fan-in rule's), clipped to 0.2-5
-    times the fan-in scale ``sigma_fan_k`` (a parameter the twin sees no effect of is not frozen).
-    """
+def _output_jacobian(cfg: RefineConfig, prob: "_Problem", x_start) -> np.ndarray:
+    """The twin's Jacobian of the read-out outputs at the design inputs with respect to the
+    trainable channels' volts, at ``x_start`` (through the calibration, common random numbers),
+    shape (P * n_y, K), output units per volt."""
     k = len(prob.trainable)
     model = _twin_model(cfg, prob)
     z = _design(cfg, prob.task)
     step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
     jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, seeds.derive(cfg.seed, seeds.REFINE_START, 2))
-    rms = np.sqrt(np.mean(np.einsum("pok,yo->pyk", jac, prob.readout_matrix(x_start[k:])) ** 2, axis=(0, 1)))
+    return np.einsum("pok,yo->pyk", jac, prob.readout_matrix(x_start[k:])).reshape(-1, k)
+
+
+def _sensitivity_sigma(jac, sigma) -> np.ndarray:
+    """Mutation scales of the analog parameters set by their effect (the twin knows it).
+
+    ``rms_k``: the root-mean-square change of the read-out output per volt of channel ``k`` at
+    the design inputs (``jac``, (P * n_y, K), :func:`_output_jacobian`).  Every parameter gets
+    ``sigma_k = s / rms_k`` with ``s`` the geometric mean of ``sigma_fan_k * rms_k`` over the
+    parameters (so the typical step stays the fan-in rule's), clipped to 0.2-5 times the fan-in
+    scale ``sigma_fan_k`` (a parameter the twin sees no effect of is not frozen).
+    """
+    k = jac.shape[1]
+    rms = np.sqrt(np.mean(jac**2, axis=0))
     fan = sigma[:k]
     ok = (rms > 0) & (fan > 0)
     out = sigma.copy()
@@ -405,6 +423,31 @@ def _sensitivity_sigma(cfg: RefineConfig, prob: "_Problem", x_start, sigma) -> n
         scaled = np.where(rms > 0, target / np.where(rms > 0, rms, 1.0), np.inf)
     out[:k] = np.where(fan > 0, np.clip(scaled, 0.2 * fan, 5.0 * fan), 0.0)
     return out
+
+
+def _step_rms(cfg: RefineConfig, prob: "_Problem", loss0: float | None) -> float:
+    """The rms output change of one subspace mutation: ``subspace_step * sqrt(loss0)`` (the start's
+    loss, so steps shrink on a program that is already close), or of the targets' rms without one."""
+    if loss0 is not None and np.isfinite(loss0) and loss0 > 0:
+        return cfg.subspace_step * float(np.sqrt(loss0))
+    y = _as_task(_design(cfg, prob.task)).fit_targets()
+    return cfg.subspace_step * 0.1 * float(np.sqrt(np.mean(np.square(y))))
+
+
+def _subspace_basis(jac, r_max: int, step_rms: float, n_params: int) -> np.ndarray:
+    """Mutation basis (n_params, r): the r <= ``r_max`` right singular vectors of the twin's output
+    Jacobian ``jac`` (P * n_y, K) with singular values above 1e-3 of the largest, column ``i``
+    scaled to ``step_rms sqrt(rows / r) / s_i`` volts, so that a mutation ``basis @ N(0, I_r)``
+    changes the read-out outputs by about ``step_rms`` rms, equally along every direction.  The
+    readout rows are zero (it is refitted exactly per candidate)."""
+    rows, k = jac.shape
+    _, s, vt = np.linalg.svd(jac, full_matrices=False)
+    r = int(min(r_max, np.sum(s > 1e-3 * s[0]))) if s.size and s[0] > 0 else 0
+    basis = np.zeros((n_params, max(r, 1)))
+    if r == 0:
+        return basis
+    basis[:k, :r] = vt[:r].T * (step_rms * np.sqrt(rows / r) / s[:r])
+    return basis
 
 
 def _load_optimizer(cfg: RefineConfig, ckpt: Path):
@@ -513,7 +556,8 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
             prob.readings = _readings_so_far(cfg, stored, log.completed)
         fit, start_fit_loss = _start_fit(cfg, prob, stored, resumed=log is not None, progress=progress)
         if opt is None:
-            opt = _start_optimizer(cfg, prob, fit)
+            opt = _start_optimizer(cfg, prob, fit, None if not start_fit_loss else
+                                   start_fit_loss["fitted_readout_in_sample"])
         opt.with_config(max_generations=cfg.generations)
         band = _temperature_band(cfg, cal)
         if log is None:
@@ -606,14 +650,14 @@ def _start_fit(cfg: RefineConfig, prob: "_Problem", stored: dict, *, resumed: bo
                  "fitted_readout_in_sample": prob.loss_of(xbar[0], fit, var[0], m, z)}
 
 
-def _start_optimizer(cfg: RefineConfig, prob: "_Problem", fit):
+def _start_optimizer(cfg: RefineConfig, prob: "_Problem", fit, loss0: float | None = None):
     """The method's optimiser at the calibrated upload (with the fitted readout, which is then
     frozen for the GA and CMA-ES: the search is in the analog elements)."""
     x_start = prob.x0 if fit is None else np.concatenate([prob.volts0[prob.trainable], fit])
     sigma = prob.sigma.copy()
     if fit is not None:
         sigma[len(prob.trainable):] = 0.0
-    return _new_optimizer(cfg, prob, x_start, sigma, fit is not None)
+    return _new_optimizer(cfg, prob, x_start, sigma, fit is not None, loss0)
 
 
 def _temperature_band(cfg: RefineConfig, cal) -> tuple:

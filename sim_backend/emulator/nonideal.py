@@ -115,6 +115,8 @@ class NonIdeal:
     crosstalk : fraction of each neighbouring DAC channel's volts added to a channel's own
     crosstalk_min : smallest crosstalk magnitude (fraction); each coupling is then
         ``sign(u) (crosstalk_min + (crosstalk - crosstalk_min) |u|)``, i.e. 1-3 % with 0.01 and 0.03
+    crosstalk_same_sign : 1 for leakage that always adds (capacitive coupling of neighbouring DAC
+        lines: ``|u|`` instead of ``u``), 0 for random signs
     drift_per_hour : relative element drift per hour since start (per channel, uniform sign)
 
     Curve families other than the polynomial (0 = off; see :func:`element_curve`):
@@ -139,6 +141,7 @@ class NonIdeal:
     adc_noise_spread: float = 0.25
     crosstalk: float = 0.0
     crosstalk_min: float = 0.0
+    crosstalk_same_sign: float = 0.0
     drift_per_hour: float = 0.0
     saturating: float = 0.0
     exponential: float = 0.0
@@ -188,6 +191,8 @@ def _crosstalk(ni: NonIdeal, u) -> np.ndarray:
     """Crosstalk fractions from uniform draws ``u`` in (-1, 1): ``crosstalk * u`` when
     ``crosstalk_min`` is 0, else magnitudes spread over ``crosstalk_min``..``crosstalk``, sign of ``u``."""
     u = np.asarray(u, np.float64)
+    if ni.crosstalk_same_sign:
+        u = np.abs(u)
     if ni.crosstalk_min <= 0.0:
         return ni.crosstalk * u
     return np.sign(u) * (ni.crosstalk_min + (ni.crosstalk - ni.crosstalk_min) * np.abs(u))
