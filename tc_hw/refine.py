@@ -74,7 +74,8 @@ from .model.runlog import RunLog
 from .model.tasks import Task, cos_task
 from .model import seeds
 
-__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss"]
+__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss",
+           "fit_task_readout"]
 
 TRAINABLE_KINDS = ("B", "C", "W")
 
@@ -274,8 +275,61 @@ class _Problem:
 
     def fit_readout(self, xbar, z) -> np.ndarray | None:
         """Least-squares readout (as a vector) for mean readings ``xbar`` (P, n_out), or None if it fails."""
-        f = _as_task(z).fit_readout(xbar)
+        f = fit_task_readout(_as_task(z), xbar)
         return None if f is None or f.shape[0] != self.n_y else f.ravel()
+
+
+#: Ridge of the multinomial logistic readout, per example (keeps separable classes finite).
+LOGISTIC_RIDGE = 1e-4
+
+
+def fit_task_readout(task: Task, xbar, *, newton_steps: int = 20) -> np.ndarray | None:
+    """The exact readout (n_y, n_out) of output-node means ``xbar`` (P, n_out) for ``task``'s loss.
+
+    ``mse``: least squares to the targets.  ``cross-entropy`` (and ``accuracy``): multinomial
+    logistic regression, ``min_F mean_p -log softmax(F x_p)[label_p] + ridge |F|^2 / 2``, by
+    Newton steps with a backtracking line search from the least-squares fit to the one-hot labels
+    (whose logits are poorly scaled: a probe fitted to 0/1 targets is not a log-probability).
+    The problem is convex, so the steps converge to its one optimum.  None if the fit fails.
+    """
+    f = task.fit_readout(xbar)
+    if f is None or task.loss == "mse":
+        return f
+    x = np.asarray(xbar, np.float64)
+    y = np.eye(task.n_outputs)[task.labels]
+    lam = LOGISTIC_RIDGE
+
+    def objective(w):
+        return task.score(x @ w.T) + 0.5 * lam * float(np.sum(w * w))
+
+    w, obj = np.asarray(f, float), objective(np.asarray(f, float))
+    n_y, n_out = w.shape
+    for _ in range(newton_steps):
+        p = _softmax(x @ w.T)  # (P, n_y)
+        grad = ((p - y).T @ x) / len(x) + lam * w  # (n_y, n_out)
+        # Hessian of the mean cross-entropy: mean_p (diag(p) - p p^T) kron x x^T, plus the ridge
+        a = np.einsum("pi,ij->pij", p, np.eye(n_y)) - np.einsum("pi,pj->pij", p, p)
+        h = np.einsum("pij,pk,pl->ikjl", a, x, x).reshape(n_y * n_out, n_y * n_out) / len(x)
+        h += lam * np.eye(n_y * n_out)
+        step = np.linalg.lstsq(h, grad.ravel(), rcond=None)[0].reshape(n_y, n_out)
+        t = 1.0
+        while t > 1e-6 and not objective(w - t * step) < obj:
+            t *= 0.5
+        if t <= 1e-6:
+            break
+        w = w - t * step
+        new = objective(w)
+        if obj - new < 1e-12 * max(1.0, abs(obj)):
+            obj = new
+            break
+        obj = new
+    return w if np.all(np.isfinite(w)) else np.asarray(f, float)
+
+
+def _softmax(z) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,

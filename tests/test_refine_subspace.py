@@ -153,3 +153,32 @@ def test_final_group_is_written_while_the_log_lock_is_held(tmp_path):
     assert proc.returncode == 0
     assert read_log(path)["completed_generations"] == 1
     RunLog.reopen(path).close()  # released at close
+
+
+def test_logistic_readout_is_the_cross_entropy_optimum():
+    from scipy.optimize import minimize
+
+    from tc_hw.model.tasks import Task
+    from tc_hw.refine import LOGISTIC_RIDGE, fit_task_readout
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 4))
+    w_true = 2.0 * rng.normal(size=(3, 4))
+    p = np.exp(x @ w_true.T)
+    p /= p.sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(3, p=q) for q in p])
+    task = Task("t", x, "cross-entropy", labels=labels)
+    f = fit_task_readout(task, x)
+    lsq = task.fit_readout(x)
+
+    def obj(w):
+        w = w.reshape(3, 4)
+        return task.score(x @ w.T) + 0.5 * LOGISTIC_RIDGE * np.sum(w * w)
+
+    ref = minimize(obj, lsq.ravel(), method="BFGS", options={"gtol": 1e-9, "maxiter": 5000})
+    assert obj(f.ravel()) <= ref.fun + 1e-7  # an independent optimiser finds nothing better
+    np.testing.assert_allclose(f.ravel(), ref.x, atol=2e-3)
+    assert task.score(x @ f.T) < 0.8 * task.score(x @ lsq.T)  # the least-squares probe's logits are poorly scaled
+    # mse tasks keep the exact least squares
+    mse = Task("m", x, "mse", targets=x @ w_true[:1].T)
+    np.testing.assert_array_equal(fit_task_readout(mse, x), mse.fit_readout(x))
