@@ -13,15 +13,19 @@ what it does not:
     and the tempco (up to 0.5 %/K) moved each value.  The calibration's tempco is unknown (NaN),
     as after a calibration at one temperature, so the upload is not corrected for the step.
 ``crosstalk``
-    Each DAC line leaks up to 3 % of its neighbours' volts into its element (unmodelled).
+    Each DAC line leaks 1-3 % of each neighbouring line's volts into its element, always adding
+    (capacitive coupling of adjacent lines: ``crosstalk_same_sign``; magnitudes uniform over
+    ``crosstalk_min``..``crosstalk`` = 1..3 %).  Unmodelled: every element value is shifted by an
+    amount set by the *neighbours'* volts (the board-fitted readout absorbs much of it).
 ``tau``
     Per-node time constants 6-10 % longer than nominal (``tau_node_factors``; aged capacitors);
     the twin and the calibration use the nominal one.
 ``classify``
     A 12-node board with 8 input lines for the classification task (mildly aged as above).
 
-The scenario boards are the default 32-node layered board (seed 20250101) with these
-non-idealities added; all are reproducible (board seed, fixed factors).
+The scenario boards are the emulator's default board (:data:`sim_backend.emulator.board.DEFAULT_BOARD_TOML`,
+32-node layered, seed 20250101) with its name and serial, a quieter temperature swing (0.2 K)
+and these non-idealities set; all are reproducible (board seed, fixed factors).
 """
 
 from __future__ import annotations
