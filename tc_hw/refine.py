@@ -452,7 +452,8 @@ def _output_jacobian(cfg: RefineConfig, prob: "_Problem", x_start) -> np.ndarray
     model = _twin_model(cfg, prob)
     z = _design(cfg, prob.task)
     step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
-    jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, seeds.derive(cfg.seed, seeds.REFINE_START, 2))
+    jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, seeds.derive(cfg.seed, seeds.REFINE_START, 2),
+                         hi=prob.hi)
     return np.einsum("pok,yo->pyk", jac, prob.readout_matrix(x_start[k:])).reshape(-1, k)
 
 
@@ -531,7 +532,7 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
         z = _design(cfg, prob.task)
         step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
         jac = model.jacobian(opt.x[: len(prob.trainable)], prob.device_inputs(z), step,
-                             seeds.derive(cfg.seed, seeds.REFINE_JACOBIAN, g))
+                             seeds.derive(cfg.seed, seeds.REFINE_JACOBIAN, g), hi=prob.hi)
         pop = opt.ask(jac)
     else:
         z = _batch(cfg, g, prob.task)

@@ -182,3 +182,35 @@ def test_logistic_readout_is_the_cross_entropy_optimum():
     # mse tasks keep the exact least squares
     mse = Task("m", x, "mse", targets=x @ w_true[:1].T)
     np.testing.assert_array_equal(fit_task_readout(mse, x), mse.fit_readout(x))
+
+
+def test_twin_jacobian_steps_backwards_at_the_top_of_a_span():
+    import calibration
+    from calibration import map_params
+    from calibration.curves import CurveError
+    from sim_backend.device import TwinDevice
+    from tc_hw.model.network import Network, layered
+    from tc_hw.model.params import Params
+    from tc_hw.refine_twin import TwinModel
+
+    net = layered(8, 4, 1)
+    net = Network(net.n_nodes, net.edges, net.n_inputs, net.crossbar, net.outputs[:3], layers=net.layers)
+    params = Params.uniform(net, 1.0, 0.0, 1.0, kT=0.1, readout=np.ones((1, 3)))
+    cmap = TwinDevice().channel_map
+    cal = calibration.nominal(cmap)
+    volts = map_params(params, cal, cmap)
+    trainable = np.array([c.index for c in cmap if c.kind == "B" and c.a in set(net.outputs.tolist())])
+    hi = np.array([cmap[i].vmax for i in trainable])
+    model = TwinModel(params, cal, cmap, trainable, volts, samples=8)
+    theta = volts[trainable].copy()
+    theta[0] = hi[0]  # a candidate clipped to the top of its span
+    z = np.linspace(0, 1, 4)[:, None]
+    step = np.full(len(trainable), 0.05)
+    with pytest.raises(CurveError):
+        model.jacobian(theta, z, step, seed=1)  # a forward step would leave the calibrated span
+    jac = model.jacobian(theta, z, step, seed=1, hi=hi)
+    theta_b = theta.copy()
+    theta_b[0] -= 0.05
+    m = model.means(np.stack([theta_b, theta]), z, seed=1)
+    np.testing.assert_allclose(jac[:, :, 0], (m[1] - m[0]) / 0.05, rtol=1e-10, atol=1e-12)  # the backward difference
+    assert np.abs(jac[:, :, 0]).max() > 0
