@@ -4,8 +4,13 @@ Methods (``RefineConfig.method``): ``ga`` (default, described below), ``cma`` (C
 :mod:`tc_hw.train.cmaes`, the same ask/tell loop) and ``twin-guided`` (Levenberg-Marquardt
 steps from the board's measured output means and the twin's Jacobian through the calibration,
 :mod:`tc_hw.refine_twin`).  With the GA every candidate's readout is refitted exactly (least
-squares on its own measurement) and kept by the GA, and mutations are scaled per parameter by
-the twin's sensitivities (``sensitivity_sigma``).  Any task: ``task`` is ``"cos"`` or a
+squares on its own measurement; multinomial logistic regression for cross-entropy tasks,
+:func:`fit_task_readout`) and kept by the GA.  GA and CMA-ES search along the ``subspace``
+directions the twin sees the outputs move along (right singular vectors of the twin's output
+Jacobian at the start, each scaled to move the outputs by the same rms, ``subspace_step`` times
+the start's root loss): the gap lies there, and a search in every channel spends its readings on
+directions that change nothing measurable.  Without a subspace (``subspace=0``) mutations are
+scaled per parameter by the twin's sensitivities (``sensitivity_sigma``).  Any task: ``task`` is ``"cos"`` or a
 :class:`tc_hw.model.tasks.Task` (data and a loss).  The result also says what the run saw of drift
 and whether a recalibration would serve better (``drift``).
 
