@@ -132,7 +132,14 @@ def main(argv=None) -> int:
     ap.add_argument("--program", help="cos program (.h5) to use instead of training one")
     ap.add_argument("--work", help="folder for boards, logs and the program (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generations", type=int, help="generations of ga and cma (default: 150 and 80; quick 8)")
     args = ap.parse_args(argv)
+    if args.generations is not None:
+        if args.generations < 1:
+            print("refine_methods: --generations must be >= 1", file=sys.stderr)
+            return 2
+        for m in ("ga", "cma"):
+            SIZES[m][int(args.quick)]["generations"] = args.generations
     methods = [m for m in args.methods.split(",") if m]
     scenarios = [s for s in args.scenarios.split(",") if s]
     bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if s not in SCENARIO_NAMES + ("classify",)]
