@@ -4,8 +4,9 @@ The task (a task file, docs/task-file.md): 4 classes of 8-dimensional inputs (Ga
 seeded), loss cross-entropy, accuracy reported.  The program: the 12-node all-to-all computer of
 the ``classify`` scenario board (8 hidden + 4 output nodes, every input line feeding every node),
 random couplings and crossbar (a reservoir), its readout (4 x 4) fitted on the twin exactly
-(multinomial logistic regression, :func:`tc_hw.refine.fit_task_readout`).  The board: the ``classify`` scenario (calibrated 4 h ago,
-1 K cooler, elements drifting up to 1.5 %/h), run as its own emulator process; the calibration
+(multinomial logistic regression, :func:`tc_hw.refine.fit_task_readout`: logits scaled for the
+cross-entropy, not a least-squares probe).  The board: the ``classify`` scenario (calibrated 4 h
+ago, 1 K cooler, elements drifting up to 1.5 %/h), run as its own emulator process; the calibration
 is the one a perfect routine made then (:func:`tc_hw.scenarios.truth_calibration`).
 
 The task goes through its file (``save_task``, ``load_task``: what ``tc-hw refine --task
