@@ -3,9 +3,10 @@
 The task (a task file, docs/task-file.md): 4 classes of 8-dimensional inputs (Gaussian clusters,
 seeded), loss cross-entropy, accuracy reported.  The program: the 12-node all-to-all computer of
 the ``classify`` scenario board (8 hidden + 4 output nodes, every input line feeding every node),
-random couplings and crossbar (a reservoir), its readout (4 x 4) fitted on the twin by exact
-least squares to the one-hot labels.  The board: the ``classify`` scenario (calibrated 4 h ago,
-1 K cooler, elements drifting up to 1.5 %/h), run as its own emulator process; the calibration
+random couplings and crossbar (a reservoir), its readout (4 x 4) fitted on the twin exactly
+(multinomial logistic regression, :func:`tc_hw.refine.fit_task_readout`: logits scaled for the
+cross-entropy, not a least-squares probe).  The board: the ``classify`` scenario (calibrated 4 h
+ago, 1 K cooler, elements drifting up to 1.5 %/h), run as its own emulator process; the calibration
 is the one a perfect routine made then (:func:`tc_hw.scenarios.truth_calibration`).
 
 The task goes through its file (``save_task``, ``load_task``: what ``tc-hw refine --task
@@ -43,6 +44,7 @@ def make_program(task, samples: int = 400, seed: int = 0):
     from sim_backend.population import population_reset
     from tc_hw.model.network import all_to_all
     from tc_hw.model.params import Params
+    from tc_hw.refine import fit_task_readout
 
     net = all_to_all(8, 4, 8)
     rng = np.random.default_rng(seed)
@@ -52,7 +54,7 @@ def make_program(task, samples: int = 400, seed: int = 0):
     x = population_reset([p], task.inputs, 1.0, samples, dt=1e-2, seed=seeds.derive(seed, seeds.BENCHMARK, 0),
                          nodes=net.outputs)
     xbar = np.asarray(x[0, :, :, -1, :], np.float64).mean(axis=1)
-    return p.copy(readout=task.fit_readout(xbar))
+    return p.copy(readout=fit_task_readout(task, xbar))
 
 
 def main(argv=None) -> int:

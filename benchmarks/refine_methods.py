@@ -42,9 +42,9 @@ SCENARIO_NAMES = ("aged", "crosstalk", "tau")
 #: Run sizes per method (full, quick).  GA and CMA get at most ~20x the readings of twin-guided.
 SIZES = {
     "twin-guided": ({"generations": 8, "points": 50, "samples": 200}, {"generations": 4, "points": 40, "samples": 200}),
-    "ga": ({"generations": 200, "population": 20, "elites": 5, "points": 25, "samples": 100},
+    "ga": ({"generations": 150, "population": 20, "elites": 5, "points": 25, "samples": 100},
            {"generations": 8, "population": 12, "elites": 3, "points": 25, "samples": 100}),
-    "cma": ({"generations": 100, "population": 20, "points": 25, "samples": 100},
+    "cma": ({"generations": 80, "population": 20, "points": 25, "samples": 100},
             {"generations": 8, "population": 12, "points": 25, "samples": 100}),
 }
 
@@ -63,7 +63,8 @@ def train_program(out: Path, quick: bool) -> Path:
     return out
 
 
-def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path, seed: int = 0) -> list[dict]:
+def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path, seed: int = 0):
+    """Yield one row per method (as each finishes) for scenario ``name``."""
     from calibration.scale import fitting_scale
     from sim_backend.emulator.process import running_emulator
     from sim_backend.emulator.truth import load_truth
@@ -77,7 +78,6 @@ def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path
     final = (250, 200) if quick else (250, 1000)
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
-    rows = []
     with running_emulator(board=write_board(name, folder), workdir=folder) as emu:
         dev = open_device(emu.ready["tcp"])
         try:
@@ -100,14 +100,13 @@ def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path
                 refined = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1],
                                            seed=seeds.derive(seed, seeds.BENCHMARK, 1),
                                            volts=np.asarray(r["best_volts"]), readout=np.asarray(r["best_readout"]))
-                rows.append({"scenario": name, "method": method, "twin_loss": twin, "start_loss": start,
-                             "refined_loss": refined, "gap_closed": gap_closed(twin, start, refined),
-                             "readings": r["readings"], "seconds": round(seconds, 1), "kept": r["kept"],
-                             "generations": r["generations"], "run_start_loss": r["start_loss"],
-                             "run_refined_loss": r["refined_loss"], "description": sc.description})
+                yield {"scenario": name, "method": method, "twin_loss": twin, "start_loss": start,
+                       "refined_loss": refined, "gap_closed": gap_closed(twin, start, refined),
+                       "readings": r["readings"], "seconds": round(seconds, 1), "kept": r["kept"],
+                       "generations": r["generations"], "run_start_loss": r["start_loss"],
+                       "run_refined_loss": r["refined_loss"], "description": sc.description}
         finally:
             dev.close()
-    return rows
 
 
 def _start_volts(program, cal, dev) -> np.ndarray:
@@ -133,7 +132,14 @@ def main(argv=None) -> int:
     ap.add_argument("--program", help="cos program (.h5) to use instead of training one")
     ap.add_argument("--work", help="folder for boards, logs and the program (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generations", type=int, help="generations of ga and cma (default: 150 and 80; quick 8)")
     args = ap.parse_args(argv)
+    if args.generations is not None:
+        if args.generations < 1:
+            print("refine_methods: --generations must be >= 1", file=sys.stderr)
+            return 2
+        for m in ("ga", "cma"):
+            SIZES[m][int(args.quick)]["generations"] = args.generations
     methods = [m for m in args.methods.split(",") if m]
     scenarios = [s for s in args.scenarios.split(",") if s]
     bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if s not in SCENARIO_NAMES + ("classify",)]

@@ -4,8 +4,13 @@ Methods (``RefineConfig.method``): ``ga`` (default, described below), ``cma`` (C
 :mod:`tc_hw.train.cmaes`, the same ask/tell loop) and ``twin-guided`` (Levenberg-Marquardt
 steps from the board's measured output means and the twin's Jacobian through the calibration,
 :mod:`tc_hw.refine_twin`).  With the GA every candidate's readout is refitted exactly (least
-squares on its own measurement) and kept by the GA, and mutations are scaled per parameter by
-the twin's sensitivities (``sensitivity_sigma``).  Any task: ``task`` is ``"cos"`` or a
+squares on its own measurement; multinomial logistic regression for cross-entropy tasks,
+:func:`fit_task_readout`) and kept by the GA.  GA and CMA-ES search along the ``subspace``
+directions the twin sees the outputs move along (right singular vectors of the twin's output
+Jacobian at the start, each scaled to move the outputs by the same rms, ``subspace_step`` times
+the start's root loss): the gap lies there, and a search in every channel spends its readings on
+directions that change nothing measurable.  Without a subspace (``subspace=0``) mutations are
+scaled per parameter by the twin's sensitivities (``sensitivity_sigma``).  Any task: ``task`` is ``"cos"`` or a
 :class:`tc_hw.model.tasks.Task` (data and a loss).  The result also says what the run saw of drift
 and whether a recalibration would serve better (``drift``).
 
@@ -74,7 +79,8 @@ from .model.runlog import RunLog
 from .model.tasks import Task, cos_task
 from .model import seeds
 
-__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss"]
+__all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss",
+           "fit_task_readout"]
 
 TRAINABLE_KINDS = ("B", "C", "W")
 
@@ -109,6 +115,8 @@ class RefineConfig:
     twin_dt: float = 1e-2  #: twin-guided: twin time step (program units)
     jacobian_step: float = 0.01  #: twin-guided: finite-difference step, fraction of each channel's half span
     sensitivity_sigma: bool = True  #: ga/cma: mutation scale per parameter set by its effect on the twin
+    subspace: int = 12  #: ga/cma: search along the twin's r most visible output directions (0: every channel)
+    subspace_step: float = 0.3  #: ga/cma: rms output change of one mutation, fraction of sqrt(start loss)
 
     def __post_init__(self):
         _validate(self)
@@ -125,13 +133,14 @@ def _validate(cfg: "RefineConfig") -> None:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     for name, least in (("generations", 0), ("population", 2), ("elites", 1), ("points", 2), ("samples", 2),
                         ("final_points", 2), ("final_samples", 2), ("trials", 1), ("twin_samples", 1),
-                        ("retries", 0)):
+                        ("retries", 0), ("subspace", 0)):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
     if cfg.elites >= cfg.population:
         raise ValueError(f"elites ({cfg.elites}) must be smaller than population ({cfg.population})")
-    for name in ("mutation", "radius", "twin_dt", "jacobian_step", "input_scale", "pause_poll_s", "max_pause_s"):
+    for name in ("mutation", "radius", "twin_dt", "jacobian_step", "input_scale", "pause_poll_s", "max_pause_s",
+                 "subspace_step"):
         v = getattr(cfg, name)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
@@ -146,7 +155,8 @@ def _validate(cfg: "RefineConfig") -> None:
 
 
 #: Settings a run log written before they existed was made with (used when resuming such a run).
-_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False}
+_OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False,
+                 "subspace": 0}
 
 
 def _as_task(z) -> Task:
@@ -270,8 +280,61 @@ class _Problem:
 
     def fit_readout(self, xbar, z) -> np.ndarray | None:
         """Least-squares readout (as a vector) for mean readings ``xbar`` (P, n_out), or None if it fails."""
-        f = _as_task(z).fit_readout(xbar)
+        f = fit_task_readout(_as_task(z), xbar)
         return None if f is None or f.shape[0] != self.n_y else f.ravel()
+
+
+#: Ridge of the multinomial logistic readout, per example (keeps separable classes finite).
+LOGISTIC_RIDGE = 1e-4
+
+
+def fit_task_readout(task: Task, xbar, *, newton_steps: int = 20) -> np.ndarray | None:
+    """The exact readout (n_y, n_out) of output-node means ``xbar`` (P, n_out) for ``task``'s loss.
+
+    ``mse``: least squares to the targets.  ``cross-entropy`` (and ``accuracy``): multinomial
+    logistic regression, ``min_F mean_p -log softmax(F x_p)[label_p] + ridge |F|^2 / 2``, by
+    Newton steps with a backtracking line search from the least-squares fit to the one-hot labels
+    (whose logits are poorly scaled: a probe fitted to 0/1 targets is not a log-probability).
+    The problem is convex, so the steps converge to its one optimum.  None if the fit fails.
+    """
+    f = task.fit_readout(xbar)
+    if f is None or task.loss == "mse":
+        return f
+    x = np.asarray(xbar, np.float64)
+    y = np.eye(task.n_outputs)[task.labels]
+    lam = LOGISTIC_RIDGE
+
+    def objective(w):
+        return task.score(x @ w.T) + 0.5 * lam * float(np.sum(w * w))
+
+    w, obj = np.asarray(f, float), objective(np.asarray(f, float))
+    n_y, n_out = w.shape
+    for _ in range(newton_steps):
+        p = _softmax(x @ w.T)  # (P, n_y)
+        grad = ((p - y).T @ x) / len(x) + lam * w  # (n_y, n_out)
+        # Hessian of the mean cross-entropy: mean_p (diag(p) - p p^T) kron x x^T, plus the ridge
+        a = np.einsum("pi,ij->pij", p, np.eye(n_y)) - np.einsum("pi,pj->pij", p, p)
+        h = np.einsum("pij,pk,pl->ikjl", a, x, x).reshape(n_y * n_out, n_y * n_out) / len(x)
+        h += lam * np.eye(n_y * n_out)
+        step = np.linalg.lstsq(h, grad.ravel(), rcond=None)[0].reshape(n_y, n_out)
+        t = 1.0
+        while t > 1e-6 and not objective(w - t * step) < obj:
+            t *= 0.5
+        if t <= 1e-6:
+            break
+        w = w - t * step
+        new = objective(w)
+        if obj - new < 1e-12 * max(1.0, abs(obj)):
+            obj = new
+            break
+        obj = new
+    return w if np.all(np.isfinite(w)) else np.asarray(f, float)
+
+
+def _softmax(z) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
@@ -306,15 +369,21 @@ def _wait_for_band(device, band, cfg: RefineConfig, bar) -> tuple[float, float]:
     return temp, time.monotonic() - t0
 
 
-def _retrying(cfg: RefineConfig, what: str, measure):
-    """``measure()``, redone whole (up to ``cfg.retries`` times) after a fault the driver could not recover."""
+def _attempts(cfg: RefineConfig, what: str, measure):
+    """``measure()``, redone whole (up to ``cfg.retries`` times) after a fault the driver could not
+    recover; returns ``(its value, failed attempts)``.  The one retry loop of refinement."""
     for attempt in range(cfg.retries + 1):
         try:
-            return measure()
+            return measure(), attempt
         except DeviceError as e:
             if attempt == cfg.retries:
                 raise
             print(f"refine: {what}, attempt {attempt + 1} failed ({e}); redoing it", file=sys.stderr)
+
+
+def _retrying(cfg: RefineConfig, what: str, measure):
+    """``measure()`` through :func:`_attempts`; returns its value."""
+    return _attempts(cfg, what, measure)[0]
 
 
 def _stored_config(stored: dict, cfg: RefineConfig) -> RefineConfig:
@@ -351,20 +420,26 @@ def _batch(cfg: RefineConfig, g: int, task: Task | None = None):
     return _subset(task, np.sort(rng.choice(task.n_examples, min(cfg.points, task.n_examples), replace=False)))
 
 
-def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_known: bool):
+def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_known: bool, loss0: float | None = None):
     """The method's optimiser at the start (GA, CMA-ES or twin-guided)."""
-    if cfg.sensitivity_sigma and cfg.method in ("ga", "cma"):
-        sigma = _sensitivity_sigma(cfg, prob, x_start, sigma)
+    basis = None
+    if cfg.method in ("ga", "cma") and (cfg.sensitivity_sigma or cfg.subspace):
+        jac = _output_jacobian(cfg, prob, x_start)
+        if cfg.sensitivity_sigma:
+            sigma = _sensitivity_sigma(jac, sigma)
+        if cfg.subspace:
+            basis = _subspace_basis(jac, cfg.subspace, _step_rms(cfg, prob, loss0), x_start.size)
     if cfg.method == "ga":
         from .train.ga import GeneticAlgorithm
 
         return GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population, elites=cfg.elites,
                                 seed=cfg.seed, max_generations=cfg.generations, max_seconds=cfg.max_seconds,
-                                start_with_x0=True)
+                                start_with_x0=True, mutation_basis=basis)
     if cfg.method == "cma":
         from .train.cmaes import CMAES
 
-        return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations)
+        return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations,
+                     basis=basis)
     from .refine_twin import TwinGuided
 
     z = _design(cfg, prob.task)
@@ -374,21 +449,30 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
                       radius=cfg.radius, max_generations=cfg.generations)
 
 
-def _sensitivity_sigma(cfg: RefineConfig, prob: "_Problem", x_start, sigma) -> np.ndarray:
-    """Mutation scales of the analog parameters set by their effect (the twin knows it).
-
-    ``rms_k``: the root-mean-square change of the read-out output per volt of channel ``k`` at
-    the design inputs (twin Jacobian through the calibration, common random numbers).  Every
-    parameter gets ``sigma_k = s / rms_k`` with ``s`` the geometric mean of ``sigma_fan_k *
-    rms_k`` over the parameters (so the typical step stays the fan-in rule's), clipped to 0.2-5
-    times the fan-in scale ``sigma_fan_k`` (a parameter the twin sees no effect of is not frozen).
-    """
+def _output_jacobian(cfg: RefineConfig, prob: "_Problem", x_start) -> np.ndarray:
+    """The twin's Jacobian of the read-out outputs at the design inputs with respect to the
+    trainable channels' volts, at ``x_start`` (through the calibration, common random numbers),
+    shape (P * n_y, K), output units per volt."""
     k = len(prob.trainable)
     model = _twin_model(cfg, prob)
     z = _design(cfg, prob.task)
     step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
-    jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, seeds.derive(cfg.seed, seeds.REFINE_START, 2))
-    rms = np.sqrt(np.mean(np.einsum("pok,yo->pyk", jac, prob.readout_matrix(x_start[k:])) ** 2, axis=(0, 1)))
+    jac = model.jacobian(x_start[:k], prob.device_inputs(z), step, seeds.derive(cfg.seed, seeds.REFINE_START, 2),
+                         hi=prob.hi)
+    return np.einsum("pok,yo->pyk", jac, prob.readout_matrix(x_start[k:])).reshape(-1, k)
+
+
+def _sensitivity_sigma(jac, sigma) -> np.ndarray:
+    """Mutation scales of the analog parameters set by their effect (the twin knows it).
+
+    ``rms_k``: the root-mean-square change of the read-out output per volt of channel ``k`` at
+    the design inputs (``jac``, (P * n_y, K), :func:`_output_jacobian`).  Every parameter gets
+    ``sigma_k = s / rms_k`` with ``s`` the geometric mean of ``sigma_fan_k * rms_k`` over the
+    parameters (so the typical step stays the fan-in rule's), clipped to 0.2-5 times the fan-in
+    scale ``sigma_fan_k`` (a parameter the twin sees no effect of is not frozen).
+    """
+    k = jac.shape[1]
+    rms = np.sqrt(np.mean(jac**2, axis=0))
     fan = sigma[:k]
     ok = (rms > 0) & (fan > 0)
     out = sigma.copy()
@@ -399,6 +483,31 @@ def _sensitivity_sigma(cfg: RefineConfig, prob: "_Problem", x_start, sigma) -> n
         scaled = np.where(rms > 0, target / np.where(rms > 0, rms, 1.0), np.inf)
     out[:k] = np.where(fan > 0, np.clip(scaled, 0.2 * fan, 5.0 * fan), 0.0)
     return out
+
+
+def _step_rms(cfg: RefineConfig, prob: "_Problem", loss0: float | None) -> float:
+    """The rms output change of one subspace mutation: ``subspace_step * sqrt(loss0)`` (the start's
+    loss, so steps shrink on a program that is already close), or of the targets' rms without one."""
+    if loss0 is not None and np.isfinite(loss0) and loss0 > 0:
+        return cfg.subspace_step * float(np.sqrt(loss0))
+    y = _as_task(_design(cfg, prob.task)).fit_targets()
+    return cfg.subspace_step * 0.1 * float(np.sqrt(np.mean(np.square(y))))
+
+
+def _subspace_basis(jac, r_max: int, step_rms: float, n_params: int) -> np.ndarray:
+    """Mutation basis (n_params, r): the r <= ``r_max`` right singular vectors of the twin's output
+    Jacobian ``jac`` (P * n_y, K) with singular values above 1e-3 of the largest, column ``i``
+    scaled to ``step_rms sqrt(rows / r) / s_i`` volts, so that a mutation ``basis @ N(0, I_r)``
+    changes the read-out outputs by about ``step_rms`` rms, equally along every direction.  The
+    readout rows are zero (it is refitted exactly per candidate)."""
+    rows, k = jac.shape
+    _, s, vt = np.linalg.svd(jac, full_matrices=False)
+    r = int(min(r_max, np.sum(s > 1e-3 * s[0]))) if s.size and s[0] > 0 else 0
+    basis = np.zeros((n_params, max(r, 1)))
+    if r == 0:
+        return basis
+    basis[:k, :r] = vt[:r].T * (step_rms * np.sqrt(rows / r) / s[:r])
+    return basis
 
 
 def _load_optimizer(cfg: RefineConfig, ckpt: Path):
@@ -428,7 +537,7 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
         z = _design(cfg, prob.task)
         step = cfg.jacobian_step * 0.5 * (prob.hi - prob.lo)
         jac = model.jacobian(opt.x[: len(prob.trainable)], prob.device_inputs(z), step,
-                             seeds.derive(cfg.seed, seeds.REFINE_JACOBIAN, g))
+                             seeds.derive(cfg.seed, seeds.REFINE_JACOBIAN, g), hi=prob.hi)
         pop = opt.ask(jac)
     else:
         z = _batch(cfg, g, prob.task)
@@ -495,123 +604,187 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         ``readout_fit_loss`` (= ``start_loss`` with ``readout_fit``), ``start_fit_loss``,
         ``method``, ``generations``, ``stop``, ``seconds``, ``paused_s``, ``retries``, ``log``.
     """
-    from tqdm import tqdm
-
-    task_obj = None if isinstance(task, str) and task == "cos" else task
-    if task_obj is not None and not isinstance(task_obj, Task):
-        raise ValueError(f"task must be 'cos' or a tc_hw.model.tasks.Task, not {task!r}")
-    if task_obj is not None:
-        if params.readout is None or params.readout.shape[0] != task_obj.n_outputs:
-            raise ValueError(f"the task {task_obj.name!r} needs a readout with {task_obj.n_outputs} rows; the program "
-                             f"has {None if params.readout is None else params.readout.shape[0]}")
-        if cfg.method == "twin-guided" and (task_obj.loss != "mse" or task_obj.n_outputs != 1):
-            raise ValueError("twin-guided refinement needs a task with one output and the mse loss; "
-                             "use --method ga or cma")
+    task_obj = _check_task(params, task, cfg)
     log_path = Path(log_path)
     ckpt = log_path.with_name(log_path.name + ".ga.h5")
-    if resume:
-        log = RunLog.reopen(log_path)
-        stored_all = log.config
-        cfg = _stored_config(stored_all["refine"], cfg)
-        opt = _load_optimizer(cfg, ckpt) if ckpt.exists() else None
-    else:
-        if log_path.exists():
-            raise FileExistsError(f"{log_path} exists: use --resume to continue that run, or another --log")
-        log, opt, stored_all = None, None, {}
-    prob = _Problem(device, params, cal, cfg, trainable=stored_all.get("trainable_channels"))
-    prob.task = task_obj
-    if resume:
-        prob.readings = int(stored_all.get("start_readings", 0)) + log.completed * cfg.points * cfg.samples * (
-            cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population)
     t_start = time.monotonic()
-    z_final = cos_task(cfg.final_points)[0] if task_obj is None else task_obj
-    # the start measurement and the least-squares readout (once per run; stored in the log's config)
-    fit, start_fit_loss = None, None
-    if cfg.readout_fit:
-        if log is not None:  # resuming: the fit of the first session
-            if stored_all.get("readout_fit") is not None:
-                fit = np.asarray(stored_all["readout_fit"], float)
-            start_fit_loss = stored_all.get("start_fit_loss")
-        else:
-            if progress:
-                print("refine: measuring the start program and fitting its readout by least squares",
-                      file=sys.stderr, flush=True)
-            xbar, var = _retrying(cfg, "the start measurement", lambda: prob.means(
-                prob.x0[None, :], z_final, [seeds.derive(cfg.seed, seeds.REFINE_START, 0)], cfg.final_samples))
-            fit = prob.fit_readout(xbar[0], z_final)
-            if fit is not None:
-                start_fit_loss = {"given_readout": prob.loss_of(xbar[0], prob.readout0, var[0], cfg.final_samples,
-                                                                z_final),
-                                  "fitted_readout_in_sample": prob.loss_of(xbar[0], fit, var[0], cfg.final_samples,
-                                                                           z_final)}
+    log, opt, stored, cfg = _resume(log_path, ckpt, cfg) if resume else _fresh(log_path, cfg)
+    try:
+        prob = _Problem(device, params, cal, cfg, trainable=stored.get("trainable_channels"))
+        prob.task = task_obj
+        if log is not None:
+            prob.readings = _readings_so_far(cfg, stored, log.completed)
+        fit, start_fit_loss = _start_fit(cfg, prob, stored, resumed=log is not None, progress=progress)
+        if opt is None:
+            opt = _start_optimizer(cfg, prob, fit, None if not start_fit_loss else
+                                   start_fit_loss["fitted_readout_in_sample"])
+        opt.with_config(max_generations=cfg.generations)
+        band = _temperature_band(cfg, cal)
+        if log is None:
+            log = _create_log(log_path, cfg, prob, opt, device, cal, band, task, fit, start_fit_loss)
+        if log.completed > opt.generation:  # logged but not checkpointed: redo that generation
+            log.truncate(opt.generation)
+        stop, paused_s, retries = _loop(cfg, prob, opt, log, ckpt, band, progress)
+        result = _final(cfg, prob, opt, fit)
+        result["drift"] = _drift(cal, start_fit_loss, result, _temperatures_of(log))
+        result.update({"start_fit_loss": start_fit_loss, "generations": int(opt.generation), "stop": stop,
+                       "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_s, 1),
+                       "retries": int(retries), "log": str(log_path)})
+        _write_final(log, result, cfg)  # while the run log's lock is held
+    finally:
+        if log is not None:
+            log.close()
+    return result
+
+
+def _check_task(params: Params, task, cfg: RefineConfig) -> Task | None:
+    """The task object (None for the cos task); refuses a task the program or the method cannot serve."""
+    task_obj = None if isinstance(task, str) and task == "cos" else task
+    if task_obj is None:
+        return None
+    if not isinstance(task_obj, Task):
+        raise ValueError(f"task must be 'cos' or a tc_hw.model.tasks.Task, not {task!r}")
+    if params.readout is None or params.readout.shape[0] != task_obj.n_outputs:
+        raise ValueError(f"the task {task_obj.name!r} needs a readout with {task_obj.n_outputs} rows; the program "
+                         f"has {None if params.readout is None else params.readout.shape[0]}")
+    if cfg.method == "twin-guided" and (task_obj.loss != "mse" or task_obj.n_outputs != 1):
+        raise ValueError("twin-guided refinement needs a task with one output and the mse loss; "
+                         "use --method ga or cma")
+    return task_obj
+
+
+def _fresh(log_path: Path, cfg: RefineConfig):
+    """A new run: (no log yet, no optimiser yet, no stored config, ``cfg``); refuses an existing log."""
+    if log_path.exists():
+        raise FileExistsError(f"{log_path} exists: use --resume to continue that run, or another --log")
+    return None, None, {}, cfg
+
+
+def _resume(log_path: Path, ckpt: Path, cfg: RefineConfig):
+    """The logged run: (its log, reopened and locked; its optimiser from the checkpoint or None;
+    its stored config; its configuration)."""
+    log = RunLog.reopen(log_path)
+    try:
+        stored = log.config
+        cfg = _stored_config(stored["refine"], cfg)
+        opt = _load_optimizer(cfg, ckpt) if ckpt.exists() else None
+    except BaseException:
+        log.close()
+        raise
+    return log, opt, stored, cfg
+
+
+def _population_size(cfg: RefineConfig) -> int:
+    return cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
+
+
+def _readings_so_far(cfg: RefineConfig, stored: dict, completed: int) -> int:
+    """Board readings of a resumed run's first sessions: its start measurements and ``completed`` generations."""
+    return int(stored.get("start_readings", 0)) + completed * cfg.points * cfg.samples * _population_size(cfg)
+
+
+def _final_inputs(cfg: RefineConfig, prob: "_Problem"):
+    """The start and final measurement's inputs: the cos task's ``final_points`` or the whole task."""
+    return cos_task(cfg.final_points)[0] if prob.task is None else prob.task
+
+
+def _start_fit(cfg: RefineConfig, prob: "_Problem", stored: dict, *, resumed: bool, progress: bool):
+    """The least-squares readout fitted to one start measurement (``final_points x final_samples``)
+    and the start's losses with its own and the fitted readout; a resumed run's from its log.
+    Returns ``(fit or None, {"given_readout", "fitted_readout_in_sample"} or None)``."""
+    if not cfg.readout_fit:
+        return None, None
+    if resumed:
+        fit = stored.get("readout_fit")
+        return (None if fit is None else np.asarray(fit, float)), stored.get("start_fit_loss")
+    if progress:
+        print("refine: measuring the start program and fitting its readout", file=sys.stderr, flush=True)
+    z = _final_inputs(cfg, prob)
+    xbar, var = _retrying(cfg, "the start measurement", lambda: prob.means(
+        prob.x0[None, :], z, [seeds.derive(cfg.seed, seeds.REFINE_START, 0)], cfg.final_samples))
+    fit = prob.fit_readout(xbar[0], z)
+    if fit is None:
+        return None, None
+    m = cfg.final_samples
+    return fit, {"given_readout": prob.loss_of(xbar[0], prob.readout0, var[0], m, z),
+                 "fitted_readout_in_sample": prob.loss_of(xbar[0], fit, var[0], m, z)}
+
+
+def _start_optimizer(cfg: RefineConfig, prob: "_Problem", fit, loss0: float | None = None):
+    """The method's optimiser at the calibrated upload (with the fitted readout, which is then
+    frozen for the GA and CMA-ES: the search is in the analog elements)."""
     x_start = prob.x0 if fit is None else np.concatenate([prob.volts0[prob.trainable], fit])
     sigma = prob.sigma.copy()
-    if fit is not None:  # the fitted readout is at its measured optimum: the search is in the analog elements
+    if fit is not None:
         sigma[len(prob.trainable):] = 0.0
-    if opt is None:
-        opt = _new_optimizer(cfg, prob, x_start, sigma, fit is not None)
-    opt.with_config(max_generations=cfg.generations)
-    model = _twin_model(cfg, prob) if cfg.method == "twin-guided" else None
+    return _new_optimizer(cfg, prob, x_start, sigma, fit is not None, loss0)
+
+
+def _temperature_band(cfg: RefineConfig, cal) -> tuple:
+    """Kelvin band the board must be in to measure: ``cfg.temp_band`` or the calibration's +- 5 K
+    (no band when the calibration has no temperature)."""
     band = cfg.temp_band or (cal.temperature_k - 5.0, cal.temperature_k + 5.0)
-    if not np.all(np.isfinite(band)):
-        band = (-np.inf, np.inf)
-    population = cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
-    elites = 1 if cfg.method == "twin-guided" else cfg.elites
-    if log is None:
-        config = {"task": task if task_obj is None else task_obj.name, "refine": asdict(cfg),
-                  "n_trainable_channels": int(len(prob.trainable)),
-                  "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
-                  "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss,
-                  "start_readings": int(prob.readings)}
-        instrument = {"identity": device.identity, "technology": device.technology,
-                      "calibration_entry": str(getattr(cal, "entry", "")),
-                      "calibration_hash": str(getattr(cal, "hash", "")), "temp_band_k": list(band)}
-        log = RunLog.create(log_path, config, population=population, n_params=opt.n_params,
-                            elites=elites, instrument=instrument)
-    if log.completed > opt.generation:  # logged but not checkpointed: redo that generation
-        log.truncate(opt.generation)
-    paused_total, retries_total = 0.0, 0
-    g_start = opt.generation
-    t_gen = time.monotonic()
+    return band if np.all(np.isfinite(band)) else (-np.inf, np.inf)
+
+
+def _create_log(log_path, cfg, prob, opt, device, cal, band, task, fit, start_fit_loss) -> RunLog:
+    """The new run log (locked), with the run's configuration and start figures."""
+    config = {"task": task if prob.task is None else prob.task.name, "refine": asdict(cfg),
+              "n_trainable_channels": int(len(prob.trainable)),
+              "trainable_channels": prob.trainable.tolist(), "time_s": prob.time_s,
+              "readout_fit": None if fit is None else fit.tolist(), "start_fit_loss": start_fit_loss,
+              "start_readings": int(prob.readings)}
+    instrument = {"identity": device.identity, "technology": device.technology,
+                  "calibration_entry": str(getattr(cal, "entry", "")),
+                  "calibration_hash": str(getattr(cal, "hash", "")), "temp_band_k": list(band)}
+    return RunLog.create(log_path, config, population=_population_size(cfg), n_params=opt.n_params,
+                         elites=1 if cfg.method == "twin-guided" else cfg.elites, instrument=instrument)
+
+
+def _loop(cfg: RefineConfig, prob: "_Problem", opt, log: RunLog, ckpt: Path, band, progress: bool):
+    """Generations until the optimiser stops: wait for the band, measure (retrying), log, checkpoint.
+    Returns ``(stop reason, seconds paused, retries)``."""
+    from tqdm import tqdm
+
+    model = _twin_model(cfg, prob) if cfg.method == "twin-guided" else None
+    paused_total, retries_total, g_start, t_gen = 0.0, 0, opt.generation, time.monotonic()
     bar = tqdm(total=cfg.generations, initial=opt.generation, desc=f"refine ({cfg.method})", unit="gen",
                disable=not progress, file=sys.stderr)
     try:
         while (stop := opt.stop_reason()) is None:
             g = opt.generation
-            temp0, paused = _wait_for_band(device, band, cfg, bar if progress else None)
-            paused_total += paused
+            temp0, paused = _wait_for_band(prob.device, band, cfg, bar if progress else None)
             bar.set_description_str(f"refine ({cfg.method})")
-            t0 = time.monotonic()
-            r0 = reconnect_count(device)
-            for attempt in range(cfg.retries + 1):
-                try:
-                    pop, losses = _generation(cfg, prob, opt, model, g)
-                    break
-                except DeviceError as e:
-                    if attempt == cfg.retries:
-                        raise
-                    print(f"refine: generation {g} attempt {attempt + 1} failed ({e}); redoing it", file=sys.stderr)
-            retries = reconnect_count(device) - r0 + attempt
-            retries_total += retries
-            best = int(np.argmin(losses))
-            log.append(g, {"population": pop, "losses": losses, "elite_losses": _elite_row(cfg, opt, losses),
-                           "best_loss": losses[best], "best": pop[best],
-                           "temperature_k": [temp0, float(device.temperature())],
-                           "wall_s": time.monotonic() - t0, "retries": retries, "paused_s": paused})
+            t0, r0 = time.monotonic(), reconnect_count(prob.device)
+            (pop, losses), failed = _attempts(cfg, f"generation {g}", lambda: _generation(cfg, prob, opt, model, g))
+            retries = reconnect_count(prob.device) - r0 + failed
+            _log_generation(log, cfg, opt, g, pop, losses, [temp0, float(prob.device.temperature())],
+                            time.monotonic() - t0, retries, paused)
             opt.save(ckpt)
+            paused_total, retries_total = paused_total + paused, retries_total + retries
             bar.update()
             rate = (opt.generation - g_start) / max(time.monotonic() - t_gen, 1e-9)
             bar.set_postfix(best=f"{opt.best[1]:.3g}", gen_per_min=f"{60 * rate:.1f}")
     finally:
         bar.close()
-        log.close()
-    result = _final(cfg, prob, opt, fit)
-    result["drift"] = _drift(cal, start_fit_loss, result, read_temperatures(log_path))
-    result.update({"start_fit_loss": start_fit_loss, "generations": int(opt.generation), "stop": stop,
-                   "seconds": round(time.monotonic() - t_start, 1), "paused_s": round(paused_total, 1),
-                   "retries": int(retries_total), "log": str(log_path)})
-    _write_final(log_path, result, cfg)
-    return result
+    return stop, paused_total, retries_total
+
+
+def _log_generation(log: RunLog, cfg, opt, g: int, pop, losses, temps_k, wall_s: float, retries: int,
+                    paused_s: float) -> None:
+    """Generation ``g``'s row of the run log."""
+    best = int(np.argmin(losses))
+    log.append(g, {"population": pop, "losses": losses, "elite_losses": _elite_row(cfg, opt, losses),
+                   "best_loss": losses[best], "best": pop[best], "temperature_k": temps_k,
+                   "wall_s": wall_s, "retries": retries, "paused_s": paused_s})
+
+
+def _temperatures_of(log: RunLog) -> np.ndarray:
+    """Board temperatures (kelvin) logged before and after every completed generation, (G, 2)."""
+    n = log.completed
+    if n == 0 or "temperature_k" not in log.g:
+        return np.zeros((0, 2))
+    return np.asarray(log.g["temperature_k"][:n], float).reshape(-1, 2)
 
 
 #: Temperature distance from the calibration (kelvin) beyond which a recalibration is advised.
@@ -723,25 +896,20 @@ def gap_closed(twin_loss, start_loss, refined_loss) -> float | None:
     return None if not gap > 0 else (float(start_loss) - float(refined_loss)) / gap
 
 
-def _write_final(log_path: Path, result: dict, cfg: RefineConfig) -> None:
-    """The end figures into ``/entry/final`` of the (closed) run log; a failure only warns."""
+def _write_final(log: RunLog, result: dict, cfg: RefineConfig) -> None:
+    """The end figures into ``/entry/final`` of the run log, written while its lock is held
+    (:meth:`RunLog.write_group`); a failure only warns."""
+    attrs = {k: np.nan if result[k] is None else result[k] for k in (
+        "uploaded_loss", "start_loss", "readout_fit_loss", "ga_best_loss", "method_best_loss", "refined_loss")}
+    attrs.update({"kept": result["kept"], "generations": result["generations"], "method": result["method"],
+                  "recalibrate": bool(result.get("drift", {}).get("recalibrate", False)),
+                  "advice": str(result.get("drift", {}).get("advice", "")), "readings": result["readings"],
+                  "points": cfg.final_points, "samples": cfg.final_samples})
+    arrays = {"volts": np.asarray(result["best_volts"], float), "readout": np.asarray(result["best_readout"], float)}
     try:
-        with h5py.File(log_path, "r+", libver="latest") as f:
-            if "entry/final" in f:
-                del f["entry/final"]
-            g = f["entry"].create_group("final")
-            for k in ("uploaded_loss", "start_loss", "readout_fit_loss", "ga_best_loss", "method_best_loss",
-                      "refined_loss"):
-                g.attrs[k] = np.nan if result[k] is None else result[k]
-            g.attrs.update({"kept": result["kept"], "generations": result["generations"], "method": result["method"],
-                            "recalibrate": bool(result.get("drift", {}).get("recalibrate", False)),
-                            "advice": str(result.get("drift", {}).get("advice", "")),
-                            "readings": result["readings"],
-                            "points": cfg.final_points, "samples": cfg.final_samples})
-            g["volts"] = np.asarray(result["best_volts"], float)
-            g["readout"] = np.asarray(result["best_readout"], float)
+        log.write_group("final", attrs, arrays)
     except OSError as e:
-        print(f"refine: could not write the final figures into {log_path} ({e})", file=sys.stderr)
+        print(f"refine: could not write the final figures into {log.path} ({e})", file=sys.stderr)
 
 
 def read_final(log_path) -> dict | None:

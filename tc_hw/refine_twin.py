@@ -86,12 +86,17 @@ class TwinModel:
                              nodes=net.outputs)
         return np.asarray(x[:, :, :, -1, :], np.float64).mean(axis=2)
 
-    def jacobian(self, theta, inputs, step_v, seed: int) -> np.ndarray:
-        """``d xbar / d theta`` (P, n_out, K) by forward differences of ``step_v`` (K,) volts."""
+    def jacobian(self, theta, inputs, step_v, seed: int, hi=None) -> np.ndarray:
+        """``d xbar / d theta`` (P, n_out, K) by one-sided differences of ``step_v`` (K,) volts:
+        forward, or backward for a channel whose forward step would pass ``hi`` (K,) (the top of
+        its calibrated span, where the curve is not known)."""
         theta = np.asarray(theta, float)
-        rows = [theta] + [theta + np.eye(len(theta))[k] * step_v[k] for k in range(len(theta))]
+        step = np.asarray(step_v, float)
+        if hi is not None:
+            step = np.where(theta + step > np.asarray(hi, float), -step, step)
+        rows = [theta] + [theta + np.eye(len(theta))[k] * step[k] for k in range(len(theta))]
         m = self.means(np.stack(rows), inputs, seed)
-        return np.moveaxis((m[1:] - m[0]) / np.asarray(step_v)[:, None, None], 0, -1)
+        return np.moveaxis((m[1:] - m[0]) / step[:, None, None], 0, -1)
 
 
 class TwinGuided:

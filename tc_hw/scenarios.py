@@ -13,62 +13,58 @@ what it does not:
     and the tempco (up to 0.5 %/K) moved each value.  The calibration's tempco is unknown (NaN),
     as after a calibration at one temperature, so the upload is not corrected for the step.
 ``crosstalk``
-    Each DAC line leaks up to 3 % of its neighbours' volts into its element (unmodelled).
+    Each DAC line leaks 1-3 % of each neighbouring line's volts into its element, always adding
+    (capacitive coupling of adjacent lines: ``crosstalk_same_sign``; magnitudes uniform over
+    ``crosstalk_min``..``crosstalk`` = 1..3 %).  Unmodelled: every element value is shifted by an
+    amount set by the *neighbours'* volts (the board-fitted readout absorbs much of it).
 ``tau``
     Per-node time constants 6-10 % longer than nominal (``tau_node_factors``; aged capacitors);
     the twin and the calibration use the nominal one.
 ``classify``
     A 12-node board with 8 input lines for the classification task (mildly aged as above).
 
-The scenario boards are the default 32-node layered board (seed 20250101) with these
-non-idealities added; all are reproducible (board seed, fixed factors).
+The scenario boards are the emulator's default board (:data:`sim_backend.emulator.board.DEFAULT_BOARD_TOML`,
+32-node layered, seed 20250101) with its name and serial, a quieter temperature swing (0.2 K)
+and these non-idealities set; all are reproducible (board seed, fixed factors).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["Scenario", "SCENARIOS", "board_toml", "write_board", "truth_calibration"]
 
-_BASE = """\
-name = "{name}"
-model = "TC-RLC32-EMU"
-serial = "EMU-{name}"
-technology = "RLC"
-seed = 20250101
-tau_s = 1e-6
-rail_v = 3.0
-adc_range_v = 4.0
-temperature_k = 300.0
-{extra}
-[topology]
-{topology}
-
-[nonideal]
-gain_spread = 0.20
-offset = 0.05
-nonlinearity = 0.03
-tempco_per_k = 0.005
-temp_drift_k = 0.2
-temp_period_s = 900.0
-adc_gain_spread = 0.03
-adc_offset_v = 0.020
-adc_noise_v = 0.001
-adc_noise_spread = 0.25
-{nonideal}
-"""
+#: What every scenario changes in the emulator's default board file (DEFAULT_BOARD_TOML): a
+#: quieter temperature (0.2 K swing instead of 0.5 K), so that the gap is the scenario's own.
+_COMMON_NONIDEAL = {"temp_drift_k": "0.2"}
 
 _LAYERED = "layered = { width = 8, depth = 4, inputs = 1 }"
+
+
+def _set_keys(text: str, section: str, keys: dict) -> str:
+    """TOML ``text`` with ``key = value`` lines of table ``section`` ("" = top level) replaced, or
+    added at the table's start where absent (``keys``: name -> TOML value text)."""
+    lines = text.splitlines()
+    start = 0 if not section else lines.index(f"[{section}]") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+    todo = dict(keys)
+    for i in range(start, end):
+        name = lines[i].split("=", 1)[0].strip()
+        if "=" in lines[i] and name in todo:
+            lines[i] = f"{name} = {todo.pop(name)}"
+    insert = [f"{k} = {v}" for k, v in todo.items()]
+    at = start if section else end
+    return "\n".join(lines[:at] + insert + lines[at:]) + "\n"
 
 
 def _tau_factors(n: int = 32, low: float = 0.06, high: float = 0.10, seed: int = 14) -> str:
     """Every node slower by ``low``..``high`` (uniform; the board's capacitors aged the same way)."""
     f = 1.0 + np.random.default_rng(seed).uniform(low, high, n)
-    return "tau_node_factors = [" + ", ".join(f"{v:.4f}" for v in f) + "]"
+    return "[" + ", ".join(f"{v:.4f}" for v in f) + "]"
 
 
 @dataclass(frozen=True)
@@ -77,23 +73,23 @@ class Scenario:
 
     name: str
     description: str
-    extra: str = ""  #: top-level board-file keys
-    nonideal: str = ""  #: extra ``[nonideal]`` keys
-    topology: str = _LAYERED
+    extra: dict = field(default_factory=dict)  #: top-level board-file keys (name -> TOML value text)
+    nonideal: dict = field(default_factory=dict)  #: ``[nonideal]`` keys set (name -> TOML value text)
+    topology: str = _LAYERED  #: the ``[topology]`` line
     age_h: float = 0.0  #: hours between the calibration and the emulator's start
     temp_step_k: float = 0.0  #: board temperature minus calibration temperature, kelvin
 
 
 SCENARIOS = {
     "aged": Scenario("aged", "calibrated 8 h ago, 3 K cooler; elements drift up to 2 %/h",
-                     nonideal="drift_per_hour = 0.02", age_h=8.0, temp_step_k=3.0),
+                     nonideal={"drift_per_hour": "0.02"}, age_h=8.0, temp_step_k=3.0),
     "crosstalk": Scenario("crosstalk", "unmodelled DAC crosstalk of up to 3 % of each neighbour's volts",
-                          nonideal="crosstalk = 0.03"),
+                          nonideal={"crosstalk": "0.03", "crosstalk_min": "0.01", "crosstalk_same_sign": "1"}),
     "tau": Scenario("tau", "per-node time constants 6-10 % longer than the twin's and the calibration's",
-                    extra=_tau_factors()),
+                    extra={"tau_node_factors": _tau_factors()}),
     "classify": Scenario("classify", "12 nodes, 8 input lines, all-to-all; calibrated 4 h ago",
                          topology="all_to_all = { hidden = 8, outputs = 4, inputs = 8 }",
-                         nonideal="drift_per_hour = 0.015", age_h=4.0, temp_step_k=1.0),
+                         nonideal={"drift_per_hour": "0.015"}, age_h=4.0, temp_step_k=1.0),
 }
 
 
@@ -102,7 +98,14 @@ def board_toml(name: str) -> str:
     if name not in SCENARIOS:
         raise ValueError(f"no scenario {name!r}; scenarios: {', '.join(SCENARIOS)}")
     s = SCENARIOS[name]
-    return _BASE.format(name=name, extra=s.extra, topology=s.topology, nonideal=s.nonideal)
+    from sim_backend.emulator.board import DEFAULT_BOARD_TOML
+
+    text = "\n".join(line for line in DEFAULT_BOARD_TOML.splitlines() if not line.startswith("#"))
+    if _LAYERED not in text:
+        raise RuntimeError("the emulator's default board is no longer the 8 x 4 layered one the scenarios assume")
+    text = text.replace(_LAYERED, s.topology)
+    text = _set_keys(text, "", {"name": f'"{name}"', "serial": f'"EMU-{name}"', **s.extra})
+    return _set_keys(text, "nonideal", {**_COMMON_NONIDEAL, **s.nonideal})
 
 
 def write_board(name: str, folder) -> Path:

@@ -113,6 +113,10 @@ class NonIdeal:
     Beyond the static curve (0 = off):
 
     crosstalk : fraction of each neighbouring DAC channel's volts added to a channel's own
+    crosstalk_min : smallest crosstalk magnitude (fraction); each coupling is then
+        ``sign(u) (crosstalk_min + (crosstalk - crosstalk_min) |u|)``, i.e. 1-3 % with 0.01 and 0.03
+    crosstalk_same_sign : 1 for leakage that always adds (capacitive coupling of neighbouring DAC
+        lines: ``|u|`` instead of ``u``), 0 for random signs
     drift_per_hour : relative element drift per hour since start (per channel, uniform sign)
 
     Curve families other than the polynomial (0 = off; see :func:`element_curve`):
@@ -136,6 +140,8 @@ class NonIdeal:
     adc_noise_v: float = 0.001
     adc_noise_spread: float = 0.25
     crosstalk: float = 0.0
+    crosstalk_min: float = 0.0
+    crosstalk_same_sign: float = 0.0
     drift_per_hour: float = 0.0
     saturating: float = 0.0
     exponential: float = 0.0
@@ -179,6 +185,17 @@ class NonIdeal:
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _crosstalk(ni: NonIdeal, u) -> np.ndarray:
+    """Crosstalk fractions from uniform draws ``u`` in (-1, 1): ``crosstalk * u`` when
+    ``crosstalk_min`` is 0, else magnitudes spread over ``crosstalk_min``..``crosstalk``, sign of ``u``."""
+    u = np.asarray(u, np.float64)
+    if ni.crosstalk_same_sign:
+        u = np.abs(u)
+    if ni.crosstalk_min <= 0.0:
+        return ni.crosstalk * u
+    return np.sign(u) * (ni.crosstalk_min + (ni.crosstalk - ni.crosstalk_min) * np.abs(u))
 
 
 def draw_truth(layout, nonideal: NonIdeal, *, seed: int, t0_k: float, technology: str) -> dict:
@@ -236,8 +253,8 @@ def draw_truth(layout, nonideal: NonIdeal, *, seed: int, t0_k: float, technology
         "offset_v": ni.offset * span * u_off,
         "nonlin": ni.nonlinearity * u_nl,
         "tempco_per_k": ni.tempco_per_k * u_tc,
-        "xtalk_prev": ni.crosstalk * u_xprev * (np.arange(n_ch) > 0),
-        "xtalk_next": ni.crosstalk * u_xnext * (np.arange(n_ch) < n_ch - 1),
+        "xtalk_prev": _crosstalk(ni, u_xprev) * (np.arange(n_ch) > 0),
+        "xtalk_next": _crosstalk(ni, u_xnext) * (np.arange(n_ch) < n_ch - 1),
         "drift_per_s": ni.drift_per_hour / 3600.0 * u_drift,
         "dac_inl_v": ni.dac_inl_v * u_dac_inl,
         **shapes,

@@ -80,6 +80,7 @@ class RunLog:
 
     def __init__(self, f: h5py.File, lock=None):
         self.f = f
+        self.path = Path(f.filename)
         self.lock = lock  # the writer's lock (released by close, or by the process ending)
         self.g = f["entry/generations"]
         self.done = f["entry/completed_generations"]
@@ -178,6 +179,26 @@ class RunLog:
         self.done[0] = completed
         self.done.flush()
         self.f.flush()
+
+    def write_group(self, name: str, attrs: dict, arrays: dict) -> None:
+        """Write ``entry/<name>`` (replacing one there) with ``attrs`` as attributes and ``arrays``
+        as datasets, while this writer's lock is still held.
+
+        SWMR mode cannot create groups, so the file is closed and reopened without SWMR for this
+        write; the lock is not released in between, so no other writer (a resume) can come in.
+        Call it last: the log accepts no more generations after it (:meth:`close` still works).
+        """
+        path = self.path
+        if self.f.id.valid:
+            self.f.flush()
+            self.f.close()
+        with h5py.File(path, "r+", libver="latest") as f:
+            if f"entry/{name}" in f:
+                del f[f"entry/{name}"]
+            g = f["entry"].create_group(name)
+            g.attrs.update(attrs)
+            for key, value in arrays.items():
+                g[key] = value
 
     def close(self) -> None:
         try:

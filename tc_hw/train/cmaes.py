@@ -54,15 +54,19 @@ class CMAES:
     population : int
     seed : int
     max_generations : int
+    basis : array, shape (n_params, r), optional
+        Search ``x = x0 + basis @ y`` over ``y`` in R^r (initial step 1, full covariance), instead
+        of the per-parameter scaled coordinates (``sigma`` then unused).
     """
 
-    def __init__(self, x0, sigma, *, population: int = 20, seed: int = 0, max_generations: int = 30):
+    def __init__(self, x0, sigma, *, population: int = 20, seed: int = 0, max_generations: int = 30, basis=None):
         self.x0 = np.asarray(x0, float).copy()
         self.sigma = np.asarray(np.broadcast_to(sigma, self.x0.shape), float).copy()
-        if not np.any(self.sigma > 0):
+        self.basis = None if basis is None else np.asarray(basis, float).reshape(self.x0.size, -1).copy()
+        if self.basis is None and not np.any(self.sigma > 0):
             raise ValueError("CMA-ES needs at least one parameter with sigma > 0")
         self.population, self.seed, self.max_generations = int(population), int(seed), int(max_generations)
-        self.free = np.flatnonzero(self.sigma > 0)
+        self.free = np.flatnonzero(self.sigma > 0) if self.basis is None else np.arange(self.basis.shape[1])
         self._es, self._rng_state = self._strategy()
         self.asked: list[np.ndarray] = []
         self.told: list[np.ndarray] = []
@@ -75,7 +79,7 @@ class CMAES:
         except ImportError:
             raise ValueError("--method cma needs the cma package: pip install 'tc-hw[cma]'") from None
 
-        opts = {"popsize": self.population, "seed": seeds.derive32(self.seed, seeds.CMAES) or 1, "verbose": -9, "CMA_diagonal": True,
+        opts = {"popsize": self.population, "seed": seeds.derive32(self.seed, seeds.CMAES) or 1, "verbose": -9, "CMA_diagonal": self.basis is None,
                 "tolx": 0, "tolfun": 0, "tolfunhist": 0, "tolstagnation": 10**9}
         saved = np.random.get_state()
         try:
@@ -94,6 +98,8 @@ class CMAES:
         return len(self.told)
 
     def _x(self, y) -> np.ndarray:
+        if self.basis is not None:
+            return self.x0 + np.asarray(y) @ self.basis.T
         x = np.tile(self.x0, (len(y), 1))
         x[:, self.free] += np.asarray(y) * self.sigma[self.free]
         return x
@@ -150,6 +156,8 @@ class CMAES:
             f.attrs["config"] = json.dumps({"population": self.population, "seed": self.seed,
                                             "max_generations": self.max_generations})
             f["x0"], f["sigma"] = self.x0, self.sigma
+            if self.basis is not None:
+                f["basis"] = self.basis
             f["asked"] = np.array(self.asked).reshape(-1, self.population, len(self.free))
             f["told"] = np.array(self.told).reshape(-1, self.population)
 
@@ -163,10 +171,11 @@ class CMAES:
                 raise ValueError(f"{path}: checkpoint version {f.attrs['format_version']} is newer than this code")
             cfg = json.loads(f.attrs["config"])
             x0, sigma = f["x0"][()], f["sigma"][()]
+            basis = f["basis"][()] if "basis" in f else None
             asked, told = f["asked"][()], f["told"][()]
-        es = cls(x0, sigma, **cfg)
+        es = cls(x0, sigma, basis=basis, **cfg)
         for y, loss in zip(asked, told):
-            if not np.array_equal(es.ask()[:, es.free], es._x(y)[:, es.free]):
+            if not np.array_equal(es.ask(), es._x(y)):
                 raise ValueError(f"{path}: replaying generation {es.generation} asked another population")
             es.tell(loss)
         return es

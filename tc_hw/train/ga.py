@@ -99,6 +99,11 @@ class GeneticAlgorithm:
         See :class:`GAConfig`.
     start_with_x0 : bool
         Row 0 of the first population is ``x0`` itself, unmutated (used by refinement).
+    mutation_basis : array_like, shape (n_params, r), optional
+        Mutations (and the first population's spread) are ``mutation_basis @ N(0, I_r)``: steps
+        in the r directions it spans, each column one standard deviation (``sigma`` and
+        ``init_sigma`` are then unused).  Refinement passes the directions the twin sees the
+        outputs move along, scaled to a set change of the outputs.
 
     Attributes
     ----------
@@ -113,7 +118,7 @@ class GeneticAlgorithm:
     def __init__(self, x0, sigma, *, init_sigma=None, population: int = 50, elites: int = 5,
                  keep_elites: bool = True, seed: int = 0, max_generations: int | None = None,
                  target_loss: float | None = None, patience: int | None = None, min_delta: float = 0.0,
-                 max_seconds: float | None = None, start_with_x0: bool = False):
+                 max_seconds: float | None = None, start_with_x0: bool = False, mutation_basis=None):
         self.config = GAConfig(population, elites, keep_elites, int(seed), max_generations, target_loss,
                                patience, float(min_delta), max_seconds)
         self.x0 = self._vector(x0, "x0")
@@ -130,7 +135,8 @@ class GeneticAlgorithm:
         self._elapsed_before = 0.0
         self._t0 = time.perf_counter()
         self.meta: dict = {}  # the caller's dict stored by save(), read back by load()
-        self._population = self.x0 + self.init_sigma * self.rng.standard_normal((population, n))
+        self.mutation_basis = None if mutation_basis is None else self._basis(mutation_basis, n)
+        self._population = self.x0 + self._mutations(population)
         if start_with_x0:  # refinement: the program itself competes, so the GA cannot end worse than it began
             self._population[0] = self.x0
 
@@ -150,6 +156,21 @@ class GeneticAlgorithm:
         if not np.isfinite(a).all() or (a < 0).any():
             raise ValueError(f"{name} must be finite and >= 0")
         return a
+
+    @staticmethod
+    def _basis(b, n) -> np.ndarray:
+        a = np.array(b, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != n or a.shape[1] == 0 or not np.isfinite(a).all():
+            raise ValueError(f"mutation_basis must be finite with shape ({n}, r), r >= 1, got {a.shape}")
+        return a
+
+    def _mutations(self, rows: int, first: bool = True) -> np.ndarray:
+        """Mutation steps (rows, n_params): ``sigma * N(0, 1)`` per parameter (``init_sigma`` for
+        the first population), or ``basis @ N(0, I_r)`` with a ``mutation_basis`` (n_params, r)."""
+        if self.mutation_basis is not None:
+            return self.rng.standard_normal((rows, self.mutation_basis.shape[1])) @ self.mutation_basis.T
+        scale = self.init_sigma if first else self.sigma
+        return scale * self.rng.standard_normal((rows, self.x0.size))
 
     @property
     def n_params(self) -> int:
@@ -212,7 +233,7 @@ class GeneticAlgorithm:
         e = cfg.elites
         n_keep = e if cfg.keep_elites else 0
         parents = self.elites[np.arange(cfg.population - n_keep) % e]
-        children = parents + self.sigma * self.rng.standard_normal(parents.shape)
+        children = parents + self._mutations(len(parents), first=False)
         return np.concatenate([self.elites[:n_keep], children]) if n_keep else children
 
     # ------------------------------------------------------------------ results
@@ -278,6 +299,8 @@ class GeneticAlgorithm:
             for name in ("x0", "sigma", "init_sigma", "elites", "elite_losses"):
                 f[name] = getattr(self, name)
             f["population"] = self._population
+            if self.mutation_basis is not None:
+                f["mutation_basis"] = self.mutation_basis
             for k, v in self.history.items():
                 f[f"history/{k}"] = v
             provenance.write_entry(f, writer="ga-checkpoint")
@@ -298,6 +321,7 @@ class GeneticAlgorithm:
             for name in ("x0", "sigma", "init_sigma", "elites", "elite_losses"):
                 setattr(ga, name, np.array(f[name][()], dtype=np.float64))
             ga._population = np.array(f["population"][()], dtype=np.float64)
+            ga.mutation_basis = np.array(f["mutation_basis"][()], np.float64) if "mutation_basis" in f else None
             ga.history = {k: np.array(f[f"history/{k}"][()], dtype=np.float64) for k in f["history"]}
             state = json.loads(f.attrs["rng_state"])
             ga.rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
