@@ -73,6 +73,9 @@ DEFAULT_SHAPES = ("poly3", "periodic2")
 CV_N_SE = 2.0
 CV_RATIO = 1.25
 CV_SLACK = 0.25
+#: A fit whose mean slope (steepest, periodic) is outside [1/GAIN_FACTOR, GAIN_FACTOR] x the
+#: nominal gain is refused (wrong sign included).
+GAIN_FACTOR = 3.0
 
 
 class CurveError(ValueError):
@@ -491,7 +494,7 @@ def fit_curve(
     harmonics: int = 2,
     chi2_max: float = 5.0,
     min_points: int | None = None,
-    gain_tolerance: float = 0.5,
+    gain_factor: float = GAIN_FACTOR,
     tempco_max_sd: float = 1.5e-3,
     shape: str = "learned",
 ) -> CurveFit:
@@ -516,8 +519,11 @@ def fit_curve(
         ``shape="poly"``: harmonics of the periodic model.
     chi2_max : float
         Largest acceptable reduced chi-square.
-    gain_tolerance : float
-        Refuse when the mean slope differs from the nominal gain by more than this fraction.
+    gain_factor : float
+        Refuse when the mean slope is more than this factor above or below the nominal gain
+        (:data:`GAIN_FACTOR`: a sanity check against a wrong channel, not a shape prior; a
+        tighter check made a shape that misses the curvature win over the right one whose mean
+        slope is, correctly, 1.6 x the nominal).
 
     Returns
     -------
@@ -552,7 +558,7 @@ def fit_curve(
     first = None
     for cand in cands:
         fit = _fit_one(channel, v, y, w, dt, fit_tc, cand, dict(base, span=span), tempco_max_sd)
-        _judge(fit, channel, v, chi2_max, gain_tolerance, channel.period > 0)
+        _judge(fit, channel, v, chi2_max, gain_factor, channel.period > 0)
         first = fit if first is None else first
         if fit.ok:
             return fit
@@ -610,7 +616,7 @@ def _fit_one(channel, v, y, w, dt, fit_tc, cand, base, tempco_max_sd=math.inf) -
     return fit
 
 
-def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> None:
+def _judge(fit: CurveFit, channel, v, chi2_max, gain_factor, periodic) -> None:
     """Set branch (the monotonic part of the calibrated span: all of it, or for a periodic element
     or a fit that turns near an end, its longest monotonic run), ok and reason."""
     sign = 1.0 if channel.gain >= 0 else -1.0
@@ -653,7 +659,8 @@ def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> Non
         else:
             slope = (fit.raw_value(np.array([hi]))[0] - fit.raw_value(np.array([lo]))[0]) / (hi - lo)
             what = "mean slope"
-        if ref != 0 and abs(slope / ref - 1.0) > gain_tolerance:
+        ratio = slope / ref if ref != 0 else math.nan
+        if ref != 0 and not (1.0 / gain_factor <= ratio <= gain_factor):
             reasons.append(f"{what} {slope:.4g}/V is {slope / ref:.2f} x the nominal {ref:.4g}/V")
         fit.extra["slope_ratio"] = float(slope / ref) if ref else math.nan
     if not math.isfinite(fit.chi2_red):
