@@ -122,6 +122,9 @@ def upload_check(dev, cal, truth, seed=1) -> dict:
 
 # ----------------------------------------------------------------------------- zoo mode
 KINDS = ("Q", "R", "B", "C", "W")
+#: Seconds an emulator may take to report ready (its kernel compiles first; on a shared, loaded
+#: machine that took over a minute, and the default 60 s lost a board).
+START_TIMEOUT_S = 300.0
 #: A kept span shorter than the safe range by more than this fraction of it makes a channel partial.
 PARTIAL_TOL = 0.005
 
@@ -267,7 +270,7 @@ def run_zoo(seeds, out: Path, overrides: dict | None = None, **cal_options) -> d
             launch = dict(board=str(board_file))
         else:
             launch = dict(extra_args=["--zoo", str(seed)])
-        with running_emulator(truth=True, workdir=work, **launch) as emu:
+        with running_emulator(truth=True, workdir=work, timeout=START_TIMEOUT_S, **launch) as emu:
             truth = load_truth(emu.truth_file)
             dev = open_device(emu.tcp)
             try:
