@@ -249,12 +249,14 @@ def fresh_seeds(n: int) -> list[int]:
     return [int.from_bytes(os.urandom(4), "little") for _ in range(n)]
 
 
-def run_zoo(seeds, out: Path, overrides: dict | None = None, **cal_options) -> dict:
+def run_zoo(seeds, out: Path, overrides: dict | None = None, ports: tuple | None = None, **cal_options) -> dict:
     """Calibrate the zoo board of every seed (each its own emulator process) against its truth.
 
     ``overrides`` replaces some of the drawn non-ideality sizes (e.g. ``{"adc_inl": 0.0}``) to
     find out which part of a board carries the error; the default run has none.
-    ``cal_options`` go to :func:`calibration.calibrate` (none: its defaults, as ``tc-hw calibrate``)."""
+    ``ports`` (lo, hi): board ``k`` listens on 127.0.0.1 port ``lo + k mod (hi - lo + 1)`` instead of
+    one the system picks.  ``cal_options`` go to :func:`calibration.calibrate` (none: its defaults,
+    as ``tc-hw calibrate``)."""
     records, nodes, per_board = [], [], []
     t_all = time.monotonic()
     real_err = sys.stderr
@@ -270,6 +272,8 @@ def run_zoo(seeds, out: Path, overrides: dict | None = None, **cal_options) -> d
             launch = dict(board=str(board_file))
         else:
             launch = dict(extra_args=["--zoo", str(seed)])
+        if ports:
+            launch["extra_args"] = list(launch.get("extra_args", [])) + ["--port", str(ports[0] + k % (ports[1] - ports[0] + 1))]
         with running_emulator(truth=True, workdir=work, timeout=START_TIMEOUT_S, **launch) as emu:
             truth = load_truth(emu.truth_file)
             dev = open_device(emu.tcp)
@@ -329,6 +333,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", help="with --zoo: comma-separated zoo seeds instead of fresh ones")
     ap.add_argument("--zoo-sizes", metavar="K=V,...",
                     help="with --zoo (diagnostics): replace drawn non-ideality sizes, e.g. adc_inl=0,dac_inl_v=0")
+    ap.add_argument("--ports", metavar="LO-HI", help="with --zoo: listen on 127.0.0.1 ports from this range "
+                    "(default: a free port the system picks)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout (always the case)")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tc-cal-"))
@@ -340,7 +346,16 @@ def main(argv=None) -> int:
         print(f"zoo seeds: {','.join(map(str, seeds))}  (records in {out})", file=sys.stderr, flush=True)
         opts = {"max_matchings": 2} if args.quick else {}  # --quick: a smoke run, not the default settings
         overrides = _sizes(args.zoo_sizes) if args.zoo_sizes else {}
-        result = run_zoo(seeds, out, overrides, **opts)
+        ports = None
+        if args.ports:
+            try:
+                lo, hi = (int(x) for x in args.ports.split("-"))
+            except ValueError:
+                ap.error(f"--ports takes LO-HI, got {args.ports!r}")
+            if not 0 < lo <= hi < 65536:
+                ap.error(f"--ports takes LO-HI with 0 < LO <= HI < 65536, got {args.ports!r}")
+            ports = (lo, hi)
+        result = run_zoo(seeds, out, overrides, ports, **opts)
         result["calibration_options"] = opts or "defaults"
         if overrides:
             result["size_overrides"] = overrides
