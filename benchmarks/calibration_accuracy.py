@@ -333,12 +333,21 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", help="with --zoo: comma-separated zoo seeds instead of fresh ones")
     ap.add_argument("--zoo-sizes", metavar="K=V,...",
                     help="with --zoo (diagnostics): replace drawn non-ideality sizes, e.g. adc_inl=0,dac_inl_v=0")
-    ap.add_argument("--ports", metavar="LO-HI", help="with --zoo: listen on 127.0.0.1 ports from this range "
+    ap.add_argument("--ports", metavar="LO-HI", help="listen on 127.0.0.1 ports from this range "
                     "(default: a free port the system picks)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout (always the case)")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tc-cal-"))
     out.mkdir(parents=True, exist_ok=True)
+    ports = None
+    if args.ports:
+        try:
+            lo, hi = (int(x) for x in args.ports.split("-"))
+        except ValueError:
+            ap.error(f"--ports takes LO-HI, got {args.ports!r}")
+        if not 0 < lo <= hi < 65536:
+            ap.error(f"--ports takes LO-HI with 0 < LO <= HI < 65536, got {args.ports!r}")
+        ports = (lo, hi)
     if args.zoo is not None or args.seeds:
         seeds = _seed_list(args.seeds) if args.seeds else fresh_seeds(args.zoo)
         if args.zoo is not None and args.zoo < 1:
@@ -346,15 +355,6 @@ def main(argv=None) -> int:
         print(f"zoo seeds: {','.join(map(str, seeds))}  (records in {out})", file=sys.stderr, flush=True)
         opts = {"max_matchings": 2} if args.quick else {}  # --quick: a smoke run, not the default settings
         overrides = _sizes(args.zoo_sizes) if args.zoo_sizes else {}
-        ports = None
-        if args.ports:
-            try:
-                lo, hi = (int(x) for x in args.ports.split("-"))
-            except ValueError:
-                ap.error(f"--ports takes LO-HI, got {args.ports!r}")
-            if not 0 < lo <= hi < 65536:
-                ap.error(f"--ports takes LO-HI with 0 < LO <= HI < 65536, got {args.ports!r}")
-            ports = (lo, hi)
         result = run_zoo(seeds, out, overrides, ports, **opts)
         result["calibration_options"] = opts or "defaults"
         if overrides:
@@ -362,10 +362,12 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     extra = ["--seed", str(args.seed)] if args.seed is not None else []
+    if ports:
+        extra += ["--port", str(ports[0])]
     opts = {"integrator_dt_tau": 0.0 if args.no_integrator_correction else 1e-3}
     if args.quick:
         opts.update(max_matchings=2)
-    with running_emulator(board=args.board, truth=True, extra_args=extra, workdir=out) as emu:
+    with running_emulator(board=args.board, truth=True, extra_args=extra, workdir=out, timeout=START_TIMEOUT_S) as emu:
         truth = load_truth(emu.truth_file)
         dev = open_device(emu.tcp)
         try:
