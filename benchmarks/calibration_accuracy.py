@@ -293,6 +293,7 @@ def run_zoo(seeds, out: Path, overrides: dict | None = None, ports: tuple | None
             "gain_Q_per_v": float(np.median(np.asarray(truth["channels"]["gain_nominal"])[
                 np.asarray(truth["channels"]["kind"]) == "Q"])),
             "seconds": round(time.monotonic() - t0, 1), "acquisitions": summary.get("acquisitions"),
+            "second_pass": len(summary.get("second_pass", [])),
             "lost": sum(r["lost"] for r in recs), "partial": sum(r["partial"] for r in kept),
             "median": {kd: _stats(r["err"] for r in kept if r["kind"] == kd)["median"] for kd in KINDS},
         })

@@ -579,7 +579,9 @@ def _report(analysis, material: dict, out_path, entry: str, opts: dict, seconds:
         from .plots import plot_all
 
         plots = plot_all(analysis, material["channel_map"], Path(out_path), entry)
-    return summarise(analysis, material["channel_map"], material["meta"], seconds, entry, out_path, plots)
+    summary = summarise(analysis, material["channel_map"], material["meta"], seconds, entry, out_path, plots)
+    summary["second_pass"] = sorted(d.name for d in material["configs"] if d.name.startswith("extra-"))
+    return summary
 
 
 def _update(out_path, writer, analysis, summary, progress):
