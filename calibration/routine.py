@@ -327,7 +327,10 @@ def calibrate(device, out_path, progress: bool = True, **options):
     (one matching at a time, :mod:`calibration.design`).  Each setting is one or more serial
     acquisitions of ``chains`` chains x ``samples`` readings every ``interval_tau`` tau; every
     acquisition estimates every element (:mod:`calibration.stein`).  On the default emulated
-    board (d = 16, 6 levels, 13 self levels) that is 137 acquisitions.
+    board (d = 16, 6 levels, 13 self levels) that is 137 acquisitions.  Then a residual-driven
+    second pass (:mod:`calibration.second_pass`): channels whose cross-validated curve misses a
+    held-out voltage get midpoint levels, at most ``extra_levels_max`` acquisitions (listed in
+    ``summary["second_pass"]``).
 
     ``integrator_dt_tau``: simulated boards sample the Euler-Maruyama chain of step ``dt``, whose
     stationary law differs from the Gibbs one by ``O(dt V'')``; the first-order correction is
