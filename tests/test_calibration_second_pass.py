@@ -96,3 +96,31 @@ def test_self_at_matches_the_planned_sweep():
     assert np.array_equal(design.self_at(cm, g, know, "BW", (fb / 12, fw / 12)).volts, plan[26 + 5].volts)
     with pytest.raises(ValueError, match="sweep"):
         design.self_at(cm, g, know, "C", 0.5)
+
+
+def test_second_pass_settings_put_the_flagged_kind_at_the_fraction():
+    """The routine's second-pass settings (calibration.routine._Session._extra_config): a self-term
+    request moves that kind of every node to the fraction; a B request pairs it with W half a range
+    away (and the reverse for W); an edge request moves that matching's couplings only."""
+    from calibration import routine, stein
+    from calibration.design import level_volts
+    from sim_backend.device import TwinDevice
+
+    d = TwinDevice()
+    cm = d.channel_map
+    g = stein.Graph.from_map(cm, d.n_nodes, d.n_inputs)
+    opts = routine._options({})
+    s = routine._Session(d, None, opts, False, g, None, None, design.Knowledge(cm))
+    for kind, chans in (("Q", g.q), ("R", g.r), ("B", g.b), ("W", g.w_ch)):
+        cfg = s._extra_config((kind,), 0.375, [])
+        assert cfg.name == f"extra-{kind}@0.375"
+        assert all(np.isclose(cfg.volts[c], level_volts(cm[int(c)], 0.375)) for c in chans)
+    cfg = s._extra_config(("B",), 0.375, [])
+    assert all(np.isclose(cfg.volts[c], level_volts(cm[int(c)], 0.875)) for c in g.w_ch)
+    matchings = design.edge_colouring(g.edges, g.n_nodes)
+    cfg = s._extra_config(("edge", 1), 0.3, matchings)
+    moved = {int(g.edge_ch[e]) for e in matchings[1]}
+    assert all(np.isclose(cfg.volts[c], level_volts(cm[c], 0.3)) for c in moved)
+    others = [int(c) for c in g.edge_ch if int(c) not in moved]
+    assert not any(np.isclose(cfg.volts[c], level_volts(cm[c], 0.3)) for c in others)
+    assert all(cm[c].vmin <= cfg.volts[c] <= cm[c].vmax for c in range(len(cm)))
