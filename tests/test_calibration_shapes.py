@@ -430,3 +430,32 @@ def test_a_slope_far_from_nominal_is_still_refused():
     y, s = _data(lambda x: 2.0 * x, v, 0.01, seed=3)
     fit = fit_curve(ch, v, y, s)
     assert not fit.ok and "x the nominal" in fit.reason
+
+
+def test_a_straight_line_is_not_excused_by_many_points_at_one_voltage():
+    """Stored points of two zoo-board channels (tests/data/zoo_points_816906886.json: a saturating
+    coupling, 6 levels plus ~95 points at its zero; a kinked R element, 13 levels plus helpers)
+    with the board's true curve.  A simpler shape's *reduced* chi-square excess is diluted over
+    the points at one voltage; its total excess is not.  The likelihood-ratio rule must not keep
+    the line / quadratic the old rule kept (channel 98: line 1.34 % of full scale; channel 20:
+    quadratic 1.41 %)."""
+    import json
+    from pathlib import Path
+
+    from calibration.curves import Candidate, _chi2_adequate
+
+    data = json.loads((Path(__file__).parent / "data" / "zoo_points_816906886.json").read_text())["channels"]
+    for key, limit in (("98", 0.005), ("20", 0.011)):
+        d = data[key]
+        ch = Channel(int(key), d["kind"], d["a"], d["b"], d["vmin"], d["vmax"], d["gain"], 0.0)
+        fit = fit_curve(ch, d["volts"], d["value"], d["sigma"])
+        grid = np.linspace(ch.vmin, ch.vmax, 201)
+        true = np.array(d["true_grid"])
+        err = np.median(np.abs(fit.raw_value(grid) - true)) / np.abs(true).max()
+        assert fit.ok and fit.extra["shape"] not in ("poly1", "poly2") and err < limit, (key, fit.extra["shape"], err)
+    # the rule itself: a line 36 above the best of 5 coefficients is out; one 3 above is in
+    a, b = Candidate("poly", 2), Candidate("poly", 5)
+    a.chi2, b.chi2 = (141 + 36) / 104, 141 / 101
+    assert _chi2_adequate([a, b], 106) == [False, True]
+    a.chi2 = (141 + 3) / 104
+    assert _chi2_adequate([a, b], 106) == [True, True]
