@@ -16,6 +16,7 @@ Prints one JSON object.  Usage::
     python benchmarks/calibration_accuracy.py [--board default] [--seed N] [--quick]
         [--no-integrator-correction] [--out DIR]
     python benchmarks/calibration_accuracy.py --zoo N [--seeds S1,S2,...] [--json] [--out DIR]
+        [--ports LO-HI]
 
 Zoo mode (``--zoo N``) draws N zoo boards (:mod:`sim_backend.emulator.zoo`) from fresh seeds
 (``os.urandom``, 32 bits each; ``--seeds`` gives them instead; they are printed on stderr first
@@ -34,7 +35,10 @@ the error per curve family, the error left after removing each channel's best si
 factor -- what remains is curve shape, what goes is a scale such as an ADC gain or kT -- and the
 error in units of the calibration's own one-sigma curve uncertainty: a median near 0.67, the
 median of |N(0, 1)|, says the error is statistical, i.e. more data would shrink it).
-A progress bar is drawn on stderr.
+``per_board`` also gives each board's seconds, acquisitions and ``second_pass`` (the
+acquisitions of the calibration's residual-driven second pass).  Boards run one after the other:
+the emulator integrates its chains on every core already, so two boards at once would not
+shorten the wall time on a two-core machine.  A progress bar is drawn on stderr.
 
 ``--quick`` calibrates a reduced set (two matchings) for a smoke run.  By default the
 calibration corrects for the emulator's Euler-Maruyama step (``dt = 1e-3 tau``, see
