@@ -277,7 +277,8 @@ def run_zoo(seeds, out: Path, overrides: dict | None = None, ports: tuple | None
         else:
             launch = dict(extra_args=["--zoo", str(seed)])
         if ports:
-            launch["extra_args"] = list(launch.get("extra_args", [])) + ["--port", str(ports[0] + k % (ports[1] - ports[0] + 1))]
+            port = ports[0] + k % (ports[1] - ports[0] + 1)
+            launch["extra_args"] = list(launch.get("extra_args", [])) + ["--port", str(port)]
         with running_emulator(truth=True, workdir=work, timeout=START_TIMEOUT_S, **launch) as emu:
             truth = load_truth(emu.truth_file)
             dev = open_device(emu.tcp)

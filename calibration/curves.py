@@ -479,10 +479,10 @@ def select_model(cands: list, channel, v, y, w, n_se: float | None = None) -> li
     difference) of the best candidate's, or within :data:`CV_RATIO` x best + :data:`CV_SLACK`;
     and its chi-square on all points is consistent with the best-fitting candidate's
     (:func:`_chi2_adequate`, a likelihood-ratio test; a shape that misses a kink has one huge fold
-    score, whose spread would otherwise excuse it; the full-data chi-square does not).  Adequate candidates come first: the
-    channel's default shape (:data:`DEFAULT_SHAPES`: the cubic, or two harmonics for a periodic
-    channel) first, then the simplest
-    (fewest coefficients); then the rest by mean score.  Each candidate gets ``cv`` (mean score),
+    score, whose spread would otherwise excuse it; the full-data chi-square does not).  Adequate
+    candidates come first: the channel's default shape (:data:`DEFAULT_SHAPES`: the cubic, or two
+    harmonics for a periodic channel) first, then the simplest (fewest coefficients); then the
+    rest by mean score.  Each candidate gets ``cv`` (mean score),
     ``cv_rms`` (rms held-out residual, value units) and ``chi2`` attributes."""
     n_se = CV_N_SE if n_se is None else n_se
     scores = []

@@ -32,7 +32,8 @@ import numpy as np
 
 from tc_hw.model import seeds
 
-__all__ = ["Config", "Knowledge", "edge_colouring", "plan_zero", "plan_self", "self_config", "self_at", "plan_edges", "edge_config", "SELF_LEVELS", "BW_PAIRS",
+__all__ = ["Config", "Knowledge", "edge_colouring", "plan_zero", "plan_self", "self_config", "self_at", "plan_edges",
+           "edge_config", "SELF_LEVELS", "BW_PAIRS",
            "input_batch", "on_dac_grid", "DAC_LSB_V"]
 
 #: Self-term sweeps, as fractions (sixths) of the safe range: Q alone, R alone, then B with W.

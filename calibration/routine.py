@@ -491,7 +491,8 @@ class _Session:
         o = self.opts
         cfg = self._confining("tau-zero")
         cfg.volts = design.on_dac_grid(self.cmap, cfg.volts)
-        tau_data = acquire_tau(self.device, cfg.volts, self.adc_fit, interval_s=o["tau_interval_tau"] * float(self.device.tau_s),
+        interval_s = o["tau_interval_tau"] * float(self.device.tau_s)
+        tau_data = acquire_tau(self.device, cfg.volts, self.adc_fit, interval_s=interval_s,
                                samples=o["tau_samples"], groups=o["groups"], repeats=o["tau_repeats"])
         self.writer.add_tau(tau_data)
         self.run(cfg, 1)
@@ -551,7 +552,8 @@ class _Session:
         plan = second_pass.plan_requests(wanted, budget)
         _log(self.progress, f"second pass: {sum(len(v) for v in wanted.values())} requests, {len(plan)} acquisitions")
         for key, f in plan:
-            self.run(self._extra_config(key, f, matchings), o["repeats_edge"] if key[0] == "edge" else o["repeats_self"])
+            repeats = o["repeats_edge"] if key[0] == "edge" else o["repeats_self"]
+            self.run(self._extra_config(key, f, matchings), repeats)
 
     def _selected(self, chans) -> list:
         chans = [int(c) for c in np.asarray(chans).ravel()]
