@@ -16,6 +16,7 @@ Prints one JSON object.  Usage::
     python benchmarks/calibration_accuracy.py [--board default] [--seed N] [--quick]
         [--no-integrator-correction] [--out DIR]
     python benchmarks/calibration_accuracy.py --zoo N [--seeds S1,S2,...] [--json] [--out DIR]
+        [--ports LO-HI]
 
 Zoo mode (``--zoo N``) draws N zoo boards (:mod:`sim_backend.emulator.zoo`) from fresh seeds
 (``os.urandom``, 32 bits each; ``--seeds`` gives them instead; they are printed on stderr first
@@ -34,7 +35,10 @@ the error per curve family, the error left after removing each channel's best si
 factor -- what remains is curve shape, what goes is a scale such as an ADC gain or kT -- and the
 error in units of the calibration's own one-sigma curve uncertainty: a median near 0.67, the
 median of |N(0, 1)|, says the error is statistical, i.e. more data would shrink it).
-A progress bar is drawn on stderr.
+``per_board`` also gives each board's seconds, acquisitions and ``second_pass`` (the
+acquisitions of the calibration's residual-driven second pass).  Boards run one after the other:
+the emulator integrates its chains on every core already, so two boards at once would not
+shorten the wall time on a two-core machine.  A progress bar is drawn on stderr.
 
 ``--quick`` calibrates a reduced set (two matchings) for a smoke run.  By default the
 calibration corrects for the emulator's Euler-Maruyama step (``dt = 1e-3 tau``, see
@@ -122,6 +126,9 @@ def upload_check(dev, cal, truth, seed=1) -> dict:
 
 # ----------------------------------------------------------------------------- zoo mode
 KINDS = ("Q", "R", "B", "C", "W")
+#: Seconds an emulator may take to report ready (its kernel compiles first; on a shared, loaded
+#: machine that took over a minute, and the default 60 s lost a board).
+START_TIMEOUT_S = 300.0
 #: A kept span shorter than the safe range by more than this fraction of it makes a channel partial.
 PARTIAL_TOL = 0.005
 
@@ -246,12 +253,14 @@ def fresh_seeds(n: int) -> list[int]:
     return [int.from_bytes(os.urandom(4), "little") for _ in range(n)]
 
 
-def run_zoo(seeds, out: Path, overrides: dict | None = None, **cal_options) -> dict:
+def run_zoo(seeds, out: Path, overrides: dict | None = None, ports: tuple | None = None, **cal_options) -> dict:
     """Calibrate the zoo board of every seed (each its own emulator process) against its truth.
 
     ``overrides`` replaces some of the drawn non-ideality sizes (e.g. ``{"adc_inl": 0.0}``) to
     find out which part of a board carries the error; the default run has none.
-    ``cal_options`` go to :func:`calibration.calibrate` (none: its defaults, as ``tc-hw calibrate``)."""
+    ``ports`` (lo, hi): board ``k`` listens on 127.0.0.1 port ``lo + k mod (hi - lo + 1)`` instead of
+    one the system picks.  ``cal_options`` go to :func:`calibration.calibrate` (none: its defaults,
+    as ``tc-hw calibrate``)."""
     records, nodes, per_board = [], [], []
     t_all = time.monotonic()
     real_err = sys.stderr
@@ -267,7 +276,10 @@ def run_zoo(seeds, out: Path, overrides: dict | None = None, **cal_options) -> d
             launch = dict(board=str(board_file))
         else:
             launch = dict(extra_args=["--zoo", str(seed)])
-        with running_emulator(truth=True, workdir=work, **launch) as emu:
+        if ports:
+            port = ports[0] + k % (ports[1] - ports[0] + 1)
+            launch["extra_args"] = list(launch.get("extra_args", [])) + ["--port", str(port)]
+        with running_emulator(truth=True, workdir=work, timeout=START_TIMEOUT_S, **launch) as emu:
             truth = load_truth(emu.truth_file)
             dev = open_device(emu.tcp)
             try:
@@ -286,6 +298,7 @@ def run_zoo(seeds, out: Path, overrides: dict | None = None, **cal_options) -> d
             "gain_Q_per_v": float(np.median(np.asarray(truth["channels"]["gain_nominal"])[
                 np.asarray(truth["channels"]["kind"]) == "Q"])),
             "seconds": round(time.monotonic() - t0, 1), "acquisitions": summary.get("acquisitions"),
+            "second_pass": len(summary.get("second_pass", [])),
             "lost": sum(r["lost"] for r in recs), "partial": sum(r["partial"] for r in kept),
             "median": {kd: _stats(r["err"] for r in kept if r["kind"] == kd)["median"] for kd in KINDS},
         })
@@ -326,10 +339,21 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", help="with --zoo: comma-separated zoo seeds instead of fresh ones")
     ap.add_argument("--zoo-sizes", metavar="K=V,...",
                     help="with --zoo (diagnostics): replace drawn non-ideality sizes, e.g. adc_inl=0,dac_inl_v=0")
+    ap.add_argument("--ports", metavar="LO-HI", help="listen on 127.0.0.1 ports from this range "
+                    "(default: a free port the system picks)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout (always the case)")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tc-cal-"))
     out.mkdir(parents=True, exist_ok=True)
+    ports = None
+    if args.ports:
+        try:
+            lo, hi = (int(x) for x in args.ports.split("-"))
+        except ValueError:
+            ap.error(f"--ports takes LO-HI, got {args.ports!r}")
+        if not 0 < lo <= hi < 65536:
+            ap.error(f"--ports takes LO-HI with 0 < LO <= HI < 65536, got {args.ports!r}")
+        ports = (lo, hi)
     if args.zoo is not None or args.seeds:
         seeds = _seed_list(args.seeds) if args.seeds else fresh_seeds(args.zoo)
         if args.zoo is not None and args.zoo < 1:
@@ -337,17 +361,19 @@ def main(argv=None) -> int:
         print(f"zoo seeds: {','.join(map(str, seeds))}  (records in {out})", file=sys.stderr, flush=True)
         opts = {"max_matchings": 2} if args.quick else {}  # --quick: a smoke run, not the default settings
         overrides = _sizes(args.zoo_sizes) if args.zoo_sizes else {}
-        result = run_zoo(seeds, out, overrides, **opts)
+        result = run_zoo(seeds, out, overrides, ports, **opts)
         result["calibration_options"] = opts or "defaults"
         if overrides:
             result["size_overrides"] = overrides
         print(json.dumps(result))
         return 0
     extra = ["--seed", str(args.seed)] if args.seed is not None else []
+    if ports:
+        extra += ["--port", str(ports[0])]
     opts = {"integrator_dt_tau": 0.0 if args.no_integrator_correction else 1e-3}
     if args.quick:
         opts.update(max_matchings=2)
-    with running_emulator(board=args.board, truth=True, extra_args=extra, workdir=out) as emu:
+    with running_emulator(board=args.board, truth=True, extra_args=extra, workdir=out, timeout=START_TIMEOUT_S) as emu:
         truth = load_truth(emu.truth_file)
         dev = open_device(emu.tcp)
         try:

@@ -73,6 +73,12 @@ DEFAULT_SHAPES = ("poly3", "periodic2")
 CV_N_SE = 2.0
 CV_RATIO = 1.25
 CV_SLACK = 0.25
+#: A fit whose mean slope (steepest, periodic) is outside [1/GAIN_FACTOR, GAIN_FACTOR] x the
+#: nominal gain is refused (wrong sign included).
+GAIN_FACTOR = 3.0
+#: Level of the likelihood-ratio test that a simpler shape's chi-square excess over the best-fitting
+#: shape is noise (:func:`select_model`).
+CHI2_LEVEL = 0.99
 
 
 class CurveError(ValueError):
@@ -442,18 +448,41 @@ def _chi2_red(cand: Candidate, channel, v, y, w) -> float:
     return float((w * r * r).sum() / dof) if dof > 0 else math.inf
 
 
+def _chi2_adequate(cands: list, n_points: int) -> list:
+    """Per candidate: is its full-data chi-square consistent with the best-fitting candidate's?
+
+    A likelihood-ratio test: the chi-square excess over the candidate with the smallest total
+    chi-square, in units of that candidate's reduced chi-square when above 1 (errors that are
+    somewhat underestimated), must stay below the :data:`CHI2_LEVEL` quantile of a chi-square
+    with the difference in coefficients as degrees of freedom (at least 1).  The old rule, a
+    reduced chi-square within 1.25 x the smallest + 0.5, let a straight line through a
+    saturating curve pass when most points sat at one helper voltage (its excess, 36 for 3
+    coefficients, diluted over 100 points)."""
+    from scipy.stats import chi2 as chi2_dist
+
+    tot = [c.chi2 * max(n_points - c.n_coef, 1) if math.isfinite(c.chi2) else math.inf for c in cands]
+    k = int(np.argmin(tot))
+    ref = cands[k]
+    scale = max(1.0, ref.chi2) if math.isfinite(ref.chi2) else 1.0
+    out = []
+    for c, t in zip(cands, tot):
+        df = max(ref.n_coef - c.n_coef, 1)
+        out.append(math.isfinite(t) and (t - tot[k]) / scale <= float(chi2_dist.ppf(CHI2_LEVEL, df)))
+    return out
+
+
 def select_model(cands: list, channel, v, y, w, n_se: float | None = None) -> list:
     """``cands`` in the order they are tried.
 
     A candidate is *adequate* when its mean cross-validation score (:func:`cv_scores`, a
     held-out reduced chi-square) is within ``n_se`` standard errors (of the fold-by-fold
     difference) of the best candidate's, or within :data:`CV_RATIO` x best + :data:`CV_SLACK`;
-    and its reduced chi-square on all points is at most :data:`CV_RATIO` x the smallest one +
-    :data:`CV_SLACK` x 2 (a shape that misses a kink has one huge fold score, whose spread would
-    otherwise excuse it; the full-data chi-square does not).  Adequate candidates come first: the
-    channel's default shape (:data:`DEFAULT_SHAPES`: the cubic, or two harmonics for a periodic
-    channel) first, then the simplest
-    (fewest coefficients); then the rest by mean score.  Each candidate gets ``cv`` (mean score),
+    and its chi-square on all points is consistent with the best-fitting candidate's
+    (:func:`_chi2_adequate`, a likelihood-ratio test; a shape that misses a kink has one huge fold
+    score, whose spread would otherwise excuse it; the full-data chi-square does not).  Adequate
+    candidates come first: the channel's default shape (:data:`DEFAULT_SHAPES`: the cubic, or two
+    harmonics for a periodic channel) first, then the simplest (fewest coefficients); then the
+    rest by mean score.  Each candidate gets ``cv`` (mean score),
     ``cv_rms`` (rms held-out residual, value units) and ``chi2`` attributes."""
     n_se = CV_N_SE if n_se is None else n_se
     scores = []
@@ -467,13 +496,13 @@ def select_model(cands: list, channel, v, y, w, n_se: float | None = None) -> li
     if len(cands) <= 1 or not finite:
         return sorted(cands, key=lambda c: c.n_coef)
     best = int(np.nanargmin([c.cv if math.isfinite(c.cv) else np.nan for c in cands]))
-    chi2_limit = CV_RATIO * min(c.chi2 for c in cands) + 2 * CV_SLACK
+    chi2_ok = _chi2_adequate(cands, len(v))
     near, rest = [], []
-    for c, sc in zip(cands, scores):
+    for c, sc, ok in zip(cands, scores, chi2_ok):
         d = sc - scores[best]
         se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
         by_cv = math.isfinite(c.cv) and (float(np.mean(d)) <= n_se * se or c.cv <= CV_RATIO * cands[best].cv + CV_SLACK)
-        (near if by_cv and c.chi2 <= chi2_limit else rest).append(c)
+        (near if by_cv and ok else rest).append(c)
     default = "periodic2" if channel.period > 0 else "poly3"
     near.sort(key=lambda c: (c.label != default, c.n_coef, c.cv))
     rest.sort(key=lambda c: c.cv if math.isfinite(c.cv) else math.inf)
@@ -491,7 +520,7 @@ def fit_curve(
     harmonics: int = 2,
     chi2_max: float = 5.0,
     min_points: int | None = None,
-    gain_tolerance: float = 0.5,
+    gain_factor: float = GAIN_FACTOR,
     tempco_max_sd: float = 1.5e-3,
     shape: str = "learned",
 ) -> CurveFit:
@@ -516,8 +545,11 @@ def fit_curve(
         ``shape="poly"``: harmonics of the periodic model.
     chi2_max : float
         Largest acceptable reduced chi-square.
-    gain_tolerance : float
-        Refuse when the mean slope differs from the nominal gain by more than this fraction.
+    gain_factor : float
+        Refuse when the mean slope is more than this factor above or below the nominal gain
+        (:data:`GAIN_FACTOR`: a sanity check against a wrong channel, not a shape prior; a
+        tighter check made a shape that misses the curvature win over the right one whose mean
+        slope is, correctly, 1.6 x the nominal).
 
     Returns
     -------
@@ -552,7 +584,7 @@ def fit_curve(
     first = None
     for cand in cands:
         fit = _fit_one(channel, v, y, w, dt, fit_tc, cand, dict(base, span=span), tempco_max_sd)
-        _judge(fit, channel, v, chi2_max, gain_tolerance, channel.period > 0)
+        _judge(fit, channel, v, chi2_max, gain_factor, channel.period > 0)
         first = fit if first is None else first
         if fit.ok:
             return fit
@@ -610,7 +642,7 @@ def _fit_one(channel, v, y, w, dt, fit_tc, cand, base, tempco_max_sd=math.inf) -
     return fit
 
 
-def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> None:
+def _judge(fit: CurveFit, channel, v, chi2_max, gain_factor, periodic) -> None:
     """Set branch (the monotonic part of the calibrated span: all of it, or for a periodic element
     or a fit that turns near an end, its longest monotonic run), ok and reason."""
     sign = 1.0 if channel.gain >= 0 else -1.0
@@ -653,7 +685,8 @@ def _judge(fit: CurveFit, channel, v, chi2_max, gain_tolerance, periodic) -> Non
         else:
             slope = (fit.raw_value(np.array([hi]))[0] - fit.raw_value(np.array([lo]))[0]) / (hi - lo)
             what = "mean slope"
-        if ref != 0 and abs(slope / ref - 1.0) > gain_tolerance:
+        ratio = slope / ref if ref != 0 else math.nan
+        if ref != 0 and not (1.0 / gain_factor <= ratio <= gain_factor):
             reasons.append(f"{what} {slope:.4g}/V is {slope / ref:.2f} x the nominal {ref:.4g}/V")
         fit.extra["slope_ratio"] = float(slope / ref) if ref else math.nan
     if not math.isfinite(fit.chi2_red):

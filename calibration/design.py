@@ -32,7 +32,8 @@ import numpy as np
 
 from tc_hw.model import seeds
 
-__all__ = ["Config", "Knowledge", "edge_colouring", "plan_zero", "plan_self", "plan_edges", "SELF_LEVELS", "BW_PAIRS",
+__all__ = ["Config", "Knowledge", "edge_colouring", "plan_zero", "plan_self", "self_config", "self_at", "plan_edges",
+           "edge_config", "SELF_LEVELS", "BW_PAIRS",
            "input_batch", "on_dac_grid", "DAC_LSB_V"]
 
 #: Self-term sweeps, as fractions (sixths) of the safe range: Q alone, R alone, then B with W.
@@ -78,6 +79,14 @@ class Knowledge:
         for c, v, y, s in zip(np.asarray(channels), np.asarray(volts), np.asarray(values), np.asarray(sigmas)):
             if np.isfinite(y) and np.isfinite(s) and s > 0:
                 self._pts[int(c)].append((float(v), float(y), float(s)))
+
+    def points(self, ch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Channel ``ch``'s points so far: volts, values, sigmas (arrays of shape (n,))."""
+        pts = self._pts[int(ch)]
+        if not pts:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        v, y, s = (np.array(t, np.float64) for t in zip(*pts))
+        return v, y, s
 
     def line(self, ch: int) -> tuple[float, float]:
         """(slope, intercept) of the current straight-line model of channel ``ch``."""
@@ -233,58 +242,86 @@ def plan_self(cmap, graph, know: Knowledge, q_confine: float = 3.0, r_confine: f
     * B and W together (pairs :func:`bw_pairs`) with Q = 5, R = 1.
     Each sweep steps through ``levels`` equally spaced fractions of the safe range (more levels
     resolve curve shapes with kinks or strong curvature; cost: 3 acquisitions per level).
-    Couplings (and B, W outside their sweep) sit at their estimated zero.
+    Couplings (and B, W outside their sweep) sit at their estimated zero.  Entry ``i`` alone:
+    :func:`self_config` (the same settings, planned from what ``know`` holds when it is called).
     """
-    out = []
-    base = _base(cmap, graph, know, q_confine, r_confine)
-    n = graph.n_nodes
+    return [self_config(cmap, graph, know, i, q_confine, r_confine, levels) for i in range(3 * levels)]
+
+
+def self_config(cmap, graph, know: Knowledge, index: int, q_confine: float = 3.0, r_confine: float = 1.5,
+                levels: int = SELF_LEVELS) -> Config:
+    """Entry ``index`` (0 .. 3 ``levels`` - 1) of :func:`plan_self`: sweep ``index // levels`` (Q, R,
+    then B with W) at level ``index % levels``."""
+    if not 0 <= index < 3 * levels:
+        raise IndexError(f"self-term setting {index} of {3 * levels}")
+    sweep, k = divmod(int(index), int(levels))
     top = levels - 1
-    for k in range(levels):
-        v = base.copy()
-        for i in range(n):
-            qv = level_volts(cmap[graph.q[i]], k / top)
+    if sweep == 2:
+        fb, fw = bw_pairs(levels)[k]
+        return self_at(cmap, graph, know, "BW", (fb / top, fw / top), q_confine, r_confine, name=f"self-BW{k}")
+    return self_at(cmap, graph, know, "QR"[sweep], k / top, q_confine, r_confine, name=f"self-{'QR'[sweep]}{k}")
+
+
+def self_at(cmap, graph, know: Knowledge, sweep: str, fraction, q_confine: float = 3.0, r_confine: float = 1.5,
+            name: str | None = None) -> Config:
+    """One self-term setting: every node's ``sweep`` channel (``"Q"``, ``"R"``; ``"BW"``: B and W,
+    ``fraction`` a pair) at ``fraction`` of its safe range, helpers as :func:`plan_self`.  Also
+    serves the extra levels of a residual-driven second pass (any fraction, not only the grid)."""
+    v = _base(cmap, graph, know, q_confine, r_confine)
+    if sweep == "Q":
+        f = float(fraction)
+        for i in range(graph.n_nodes):
+            qv = level_volts(cmap[graph.q[i]], f)
             v[graph.q[i]] = qv
             q = know.value_at(graph.q[i], qv)
             r = -q / (2 * 0.64) if q < 0 else r_confine
             v[graph.r[i]] = know.volts_for(graph.r[i], max(r, r_confine))
-        out.append(Config(f"self-Q{k}", "self", v, {"sweep": "Q", "fraction": k / top}))
-    for k in range(levels):
-        v = base.copy()
-        for i in range(n):
-            rv = level_volts(cmap[graph.r[i]], k / top)
+        meta = {"sweep": "Q", "fraction": f}
+    elif sweep == "R":
+        f = float(fraction)
+        for i in range(graph.n_nodes):
+            rv = level_volts(cmap[graph.r[i]], f)
             v[graph.r[i]] = rv
             r = know.value_at(graph.r[i], rv)
-            q = 10.0 if k == 0 or r < 0.5 else (q_confine if r < 4.0 else -r / 4)
+            q = 10.0 if f <= 0 or r < 0.5 else (q_confine if r < 4.0 else -r / 4)
             v[graph.q[i]] = know.volts_for(graph.q[i], q)
-        out.append(Config(f"self-R{k}", "self", v, {"sweep": "R", "fraction": k / top}))
-    for k, (fb, fw) in enumerate(bw_pairs(levels)):
-        v = base.copy()
-        for i in range(n):
+        meta = {"sweep": "R", "fraction": f}
+    elif sweep == "BW":
+        fb, fw = (float(x) for x in fraction)
+        for i in range(graph.n_nodes):
             v[graph.q[i]] = know.volts_for(graph.q[i], 5.0)
             v[graph.r[i]] = know.volts_for(graph.r[i], 1.0)
-            v[graph.b[i]] = level_volts(cmap[graph.b[i]], fb / top)
+            v[graph.b[i]] = level_volts(cmap[graph.b[i]], fb)
         for ch in graph.w_ch:
-            v[ch] = level_volts(cmap[int(ch)], fw / top)
-        out.append(Config(f"self-BW{k}", "self", v, {"sweep": "BW", "fractions": (fb / top, fw / top)}))
-    return out
+            v[ch] = level_volts(cmap[int(ch)], fw)
+        meta = {"sweep": "BW", "fractions": (fb, fw)}
+    else:
+        raise ValueError(f"unknown self-term sweep {sweep!r} (Q, R or BW)")
+    return Config(name or f"self-{sweep}@{meta.get('fraction', meta.get('fractions'))}", "self", v, meta)
 
 
 def plan_edges(cmap, graph, know: Knowledge, matchings, levels: int, q_min: float, r_conf: float) -> list[Config]:
-    out = []
+    """Every matching at ``levels`` equally spaced fractions of the safe range (:func:`edge_config`)."""
     fractions = np.linspace(0.0, 1.0, levels)
-    for m, match in enumerate(matchings):
-        for li, f in enumerate(fractions):
-            v = _base(cmap, graph, know, q_min, r_conf)
-            load = np.zeros(graph.n_nodes)
-            for e in match:
-                ch = int(graph.edge_ch[e])
-                v[ch] = level_volts(cmap[ch], f)
-                est = abs(know.value_at(ch, v[ch]))
-                a, b = graph.edges[e]
-                load[a] += est
-                load[b] += est
-            for i in np.flatnonzero(load > 0):
-                v[graph.q[i]] = know.volts_for(graph.q[i], max(q_min, 0.5 * load[i]))
-            out.append(Config(f"edge-{m}-{li}", "edge", v, {"matching": m, "fraction": float(f),
-                                                              "edges": np.asarray(match).tolist()}))
-    return out
+    return [edge_config(cmap, graph, know, match, f, q_min, r_conf, name=f"edge-{m}-{li}", matching=m)
+            for m, match in enumerate(matchings) for li, f in enumerate(fractions)]
+
+
+def edge_config(cmap, graph, know: Knowledge, match, fraction: float, q_min: float, r_conf: float, *,
+                name: str = "edge", matching: int = 0) -> Config:
+    """The couplings of one matching at ``fraction`` of their safe ranges; each matched node gets
+    ``Q = max(q_min, |C| / 2)`` (summed over its matched couplings), the rest as :func:`plan_zero`
+    with couplings at their estimated zero."""
+    v = _base(cmap, graph, know, q_min, r_conf)
+    load = np.zeros(graph.n_nodes)
+    for e in match:
+        ch = int(graph.edge_ch[e])
+        v[ch] = level_volts(cmap[ch], fraction)
+        est = abs(know.value_at(ch, v[ch]))
+        a, b = graph.edges[e]
+        load[a] += est
+        load[b] += est
+    for i in np.flatnonzero(load > 0):
+        v[graph.q[i]] = know.volts_for(graph.q[i], max(q_min, 0.5 * load[i]))
+    return Config(name, "edge", v, {"matching": int(matching), "fraction": float(fraction),
+                                    "edges": np.asarray(match).tolist()})

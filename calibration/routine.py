@@ -21,7 +21,7 @@ import numpy as np
 from tc_hw.model.device import armed
 
 from . import adc as adc_mod
-from . import design, stein
+from . import design, second_pass, stein
 from .curves import CurveFit, fit_curve
 from .elements import acquire_config, acquire_tau, estimate_config, tau_from
 from .record import Calibration, RecordWriter, _jsonable, load, read_material
@@ -56,6 +56,8 @@ DEFAULTS = dict(
     curve_shape="learned",  # "learned": shape chosen by cross-validation (calibration.curves); "poly": fixed degree
     keep_raw_chains=2,
     plots=True,
+    extra_levels_max=20,  # residual-driven second pass: most extra acquisitions (0: none; calibration.second_pass)
+    flag_score=second_pass.FLAG_SCORE,  # held-out score that flags a channel for extra levels
 )
 
 
@@ -325,7 +327,10 @@ def calibrate(device, out_path, progress: bool = True, **options):
     (one matching at a time, :mod:`calibration.design`).  Each setting is one or more serial
     acquisitions of ``chains`` chains x ``samples`` readings every ``interval_tau`` tau; every
     acquisition estimates every element (:mod:`calibration.stein`).  On the default emulated
-    board (d = 16, 6 levels, 13 self levels) that is 137 acquisitions.
+    board (d = 16, 6 levels, 13 self levels) that is 137 acquisitions.  Then a residual-driven
+    second pass (:mod:`calibration.second_pass`): channels whose cross-validated curve misses a
+    held-out voltage get midpoint levels, at most ``extra_levels_max`` acquisitions (listed in
+    ``summary["second_pass"]``).
 
     ``integrator_dt_tau``: simulated boards sample the Euler-Maruyama chain of step ``dt``, whose
     stationary law differs from the Gibbs one by ``O(dt V'')``; the first-order correction is
@@ -338,119 +343,256 @@ def calibrate(device, out_path, progress: bool = True, **options):
         fail their quality checks are in the record with ``ok = False`` and a reason; they are
         listed under ``summary["failed"]`` and never used by :func:`calibration.map_params`.
     """
-    opts = _options(options)
-    opts["integrator_dt_tau"] = _integrator_dt(device, opts["integrator_dt_tau"])
     t0 = time.monotonic()
-    cmap = device.channel_map
-    n, k_in = device.n_nodes, device.n_inputs
-    graph = stein.Graph.from_map(cmap, n, k_in)
-    tau = float(device.tau_s)
-    edge_levels = opts["edge_levels"] or (8 if any(c.period > 0 for c in cmap) else 6)
-    w_nom = max([abs(c.gain) * max(abs(c.vmin), abs(c.vmax)) for c in cmap.of_kind("W")] or [1.0])
-    amp = opts["input_amplitude"] or 15.0 / w_nom
-    opts["input_amplitude"] = amp
-    opts["edge_levels"] = edge_levels
-    writer = RecordWriter.begin(out_path, identity=device.identity, technology=device.technology, n_nodes=n,
-                                n_inputs=k_in, channel_map=cmap, tau_nominal_s=tau, options=opts)
-    _log(progress, f"{device.identity}: {n} nodes, {len(cmap)} channels -> {out_path} entry {writer.name}")
-    saved = np.asarray(device.get_channels(0, len(cmap)), np.float64)
+    opts = _resolve(device, _options(options))
+    writer = _begin(device, out_path, opts, progress)
+    session = _Session.open(device, writer, opts, progress)
+    session.acquire_all()
+    material = read_material(out_path, writer.name, allow_incomplete=True)
+    analysis = analyse(material, opts, progress=progress)
+    summary = _report(analysis, material, out_path, writer.name, opts, time.monotonic() - t0)
+    return _update(out_path, writer, analysis, summary, progress)
 
-    # ADC first: everything else is read through it.
+
+# ------------------------------------------------------------------ calibrate, one job per function
+def _resolve(device, opts: dict) -> dict:
+    """Options with the board-dependent defaults filled in: integrator step, edge levels, input
+    amplitude (``15 / largest nominal |W|`` so that ``W I`` stays moderate)."""
+    cmap = device.channel_map
+    opts["integrator_dt_tau"] = _integrator_dt(device, opts["integrator_dt_tau"])
+    opts["edge_levels"] = opts["edge_levels"] or (8 if any(c.period > 0 for c in cmap) else 6)
+    w_nom = max([abs(c.gain) * max(abs(c.vmin), abs(c.vmax)) for c in cmap.of_kind("W")] or [1.0])
+    opts["input_amplitude"] = opts["input_amplitude"] or 15.0 / w_nom
+    burn = int(math.ceil(opts["burn_tau"] / opts["interval_tau"]))
+    if burn >= opts["samples"]:
+        raise ValueError(f"burn-in of {burn} samples leaves nothing of samples={opts['samples']}")
+    return opts
+
+
+def _begin(device, out_path, opts: dict, progress) -> RecordWriter:
+    """A new (incomplete) record entry for this board and these options."""
+    cmap = device.channel_map
+    writer = RecordWriter.begin(out_path, identity=device.identity, technology=device.technology,
+                                n_nodes=device.n_nodes, n_inputs=device.n_inputs, channel_map=cmap,
+                                tau_nominal_s=float(device.tau_s), options=opts)
+    _log(progress, f"{device.identity}: {device.n_nodes} nodes, {len(cmap)} channels -> {out_path} entry {writer.name}")
+    return writer
+
+
+def _measure_adc(device, writer, opts: dict, progress):
+    """Acquisition of the ADC (CAL:REF), stored; returns the fit to read everything else through
+    (nodes whose ADC fit failed read as ideal; their channels are not used)."""
+    n = device.n_nodes
     adc_data = adc_mod.measure(device, opts["adc_levels"], samples=opts["adc_samples"], chains=opts["chains"])
     adc_fit = adc_mod.fit(adc_data) if adc_data is not None else adc_mod.ideal(n)
     writer.add_adc(adc_data, adc_fit)
     _log(progress, f"ADC: gain {np.nanmin(adc_fit.gain):.4f}..{np.nanmax(adc_fit.gain):.4f}, offset "
                    f"{1e3 * np.nanmin(adc_fit.offset):+.1f}..{1e3 * np.nanmax(adc_fit.offset):+.1f} mV"
                    if adc_data is not None else "ADC: backend has no CAL:REF, readout taken as ideal")
-    use_fit = adc_fit
-    if not adc_fit.ok.all():
-        inv = None if adc_fit.inverse is None else np.where(adc_fit.ok[:, None], adc_fit.inverse, [[0.0, 1.0, 0.0, 0.0]])
-        use_fit = adc_mod.AdcFit(np.where(adc_fit.ok, adc_fit.gain, 1.0), np.where(adc_fit.ok, adc_fit.offset, 0.0),
-                                 adc_fit.gain_sd, adc_fit.offset_sd, adc_fit.chi2_red, adc_fit.ok, inverse=inv)
+    if adc_fit.ok.all():
+        return adc_fit
+    inv = None if adc_fit.inverse is None else np.where(adc_fit.ok[:, None], adc_fit.inverse, [[0.0, 1.0, 0.0, 0.0]])
+    return adc_mod.AdcFit(np.where(adc_fit.ok, adc_fit.gain, 1.0), np.where(adc_fit.ok, adc_fit.offset, 0.0),
+                          adc_fit.gain_sd, adc_fit.offset_sd, adc_fit.chi2_red, adc_fit.ok, inverse=inv)
 
-    inputs = design.input_batch(opts["chains"], k_in, amp)
-    device.set_inputs(inputs)
-    writer.add_inputs(inputs)
-    know = design.Knowledge(cmap)
-    interval = opts["interval_tau"] * tau
-    burn = int(math.ceil(opts["burn_tau"] / opts["interval_tau"]))
-    if burn >= opts["samples"]:
-        raise ValueError(f"burn-in of {burn} samples leaves nothing of samples={opts['samples']}")
-    dt = float(opts["integrator_dt_tau"] or 0.0)
-    common = dict(interval_s=interval, samples=opts["samples"], burn=burn, groups=opts["groups"],
-                  integrator_dt_tau=dt, keep_raw_chains=opts["keep_raw_chains"])
-    selected = None if opts["channels"] is None else set(opts["channels"])
-    count = [0]
 
-    def run(cfg, repeats):
-        data = acquire_config(device, cfg, graph, use_fit, inputs, repeats=repeats, **common)
-        writer.add_config(data)
-        est = estimate_config(data, graph, use_fit, len(cmap), dt)
+@dataclass
+class _Session:
+    """The acquisition stage of :func:`calibrate`: the board, the record being written, what is
+    known so far (:class:`design.Knowledge`, fed by every acquisition) and the common settings.
+    Each stage method plans its settings from what is known when it runs, acquires, stores."""
+
+    device: object
+    writer: RecordWriter
+    opts: dict
+    progress: bool
+    graph: stein.Graph
+    adc_fit: object
+    inputs: np.ndarray
+    know: design.Knowledge
+    count: int = 0
+
+    @classmethod
+    def open(cls, device, writer, opts, progress) -> "_Session":
+        """Measure the ADC, then load the calibration's input batch (stored with the entry)."""
+        graph = stein.Graph.from_map(device.channel_map, device.n_nodes, device.n_inputs)
+        adc_fit = _measure_adc(device, writer, opts, progress)
+        inputs = design.input_batch(opts["chains"], device.n_inputs, opts["input_amplitude"])
+        device.set_inputs(inputs)
+        writer.add_inputs(inputs)
+        return cls(device, writer, opts, progress, graph, adc_fit, inputs, design.Knowledge(device.channel_map))
+
+    @property
+    def cmap(self):
+        return self.device.channel_map
+
+    def common(self) -> dict:
+        o = self.opts
+        return dict(interval_s=o["interval_tau"] * float(self.device.tau_s), samples=o["samples"],
+                    burn=int(math.ceil(o["burn_tau"] / o["interval_tau"])), groups=o["groups"],
+                    integrator_dt_tau=float(o["integrator_dt_tau"] or 0.0), keep_raw_chains=o["keep_raw_chains"])
+
+    def acquire_all(self) -> None:
+        """Every stage in order, armed; the board's channel settings are restored afterwards
+        (when they were a safe state)."""
+        saved = np.asarray(self.device.get_channels(0, len(self.cmap)), np.float64)
+        try:
+            with armed(self.device):
+                self.zero_stage()
+                self.self_stage()
+                self.tau_stage()
+                self.edge_stage()
+                self.extra_levels()
+        finally:
+            try:
+                self.cmap.check(saved)
+                self.device.set_channels(saved, 0)
+            except ValueError:
+                pass  # the previous state was not a safe one to restore; leave the last calibration setting
+
+    def run(self, cfg, repeats: int):
+        """Acquire one setting, store it, and feed its estimates (nodes off the rails) to ``know``."""
+        dt = float(self.opts["integrator_dt_tau"] or 0.0)
+        data = acquire_config(self.device, cfg, self.graph, self.adc_fit, self.inputs, repeats=repeats, **self.common())
+        self.writer.add_config(data)
+        est = estimate_config(data, self.graph, self.adc_fit, len(self.cmap), dt)
         ok = np.isfinite(est.value) & np.isfinite(est.sigma)
-        bad = set(_channels_touching(graph, data.bad_nodes).tolist())
+        bad = set(_channels_touching(self.graph, data.bad_nodes).tolist())
         ch = np.array([c for c in np.flatnonzero(ok) if c not in bad], np.int64)
-        know.add(ch, data.applied[ch], est.value[ch], est.sigma[ch])
-        count[0] += 1
-        _log(progress, f"{count[0]:4d} {cfg.name:<14s} {data.wall_s:5.1f} s  T={data.temperature_k:.3f} K"
-                       + (f"  rails/clip at nodes {data.bad_nodes.tolist()}" if data.bad_nodes.size else ""))
+        self.know.add(ch, data.applied[ch], est.value[ch], est.sigma[ch])
+        self.count += 1
+        _log(self.progress, f"{self.count:4d} {cfg.name:<14s} {data.wall_s:5.1f} s  T={data.temperature_k:.3f} K"
+                            + (f"  rails/clip at nodes {data.bad_nodes.tolist()}" if data.bad_nodes.size else ""))
         return data
 
-    tau_data = None
-    try:
-        with armed(device):
-            zero = design.plan_zero(cmap, graph, know, opts["q_confine"], opts["r_confine"])
-            run(zero, opts["repeats_zero"])
-            # planned one acquisition at a time, so that each one's helper settings use everything
-            # measured before it (a node whose zero-stage equations were lost to the rails, e.g. with
-            # a large quartic offset, would otherwise keep nominal helpers through the whole sweep)
-            lv = int(opts["self_levels"])
-            n_self = len(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"], lv))
-            for i in range(n_self):
-                run(design.plan_self(cmap, graph, know, opts["q_confine"], opts["r_confine"], lv)[i],
-                    opts["repeats_self"])
-            # node time constants at the confining setting planned from the measured self terms (the
-            # first, nominal zero setting can leave nodes at the rails on a board whose Q or R is
-            # offset); that setting is also acquired for its stiffness (integrator correction)
-            tau_cfg = design.plan_zero(cmap, graph, know, opts["q_confine"], opts["r_confine"])
-            tau_cfg.name, tau_cfg.stage = "tau-zero", "zero"
-            tau_cfg.volts = design.on_dac_grid(cmap, tau_cfg.volts)
-            tau_data = acquire_tau(device, tau_cfg.volts, use_fit, interval_s=opts["tau_interval_tau"] * tau,
-                                   samples=opts["tau_samples"], groups=opts["groups"], repeats=opts["tau_repeats"])
-            writer.add_tau(tau_data)
-            run(tau_cfg, 1)
-            matchings = design.edge_colouring(graph.edges, n) if len(graph.edges) else []
-            if selected is not None:
-                want = set(int(e) for e in np.flatnonzero(np.isin(graph.edge_ch, list(selected))))
-                matchings = [m for m in matchings if want & set(m.tolist())]
-            if opts["max_matchings"] is not None:
-                matchings = matchings[: int(opts["max_matchings"])]
-            _log(progress, f"edge stage: {len(matchings)} matchings x {edge_levels} levels")
-            fractions = np.linspace(0.0, 1.0, edge_levels)
-            for m, match in enumerate(matchings):
-                for li in range(edge_levels):
-                    cfg = design.plan_edges(cmap, graph, know, [match], edge_levels, opts["q_confine"],
-                                            opts["r_confine"])[li]
-                    cfg.name = f"edge-{m}-{li}"
-                    cfg.meta["fraction"] = float(fractions[li])
-                    run(cfg, opts["repeats_edge"])
-    finally:
-        try:
-            cmap.check(saved)
-            device.set_channels(saved, 0)
-        except ValueError:
-            pass  # the previous state was not a safe one to restore; leave the last calibration setting
+    def _confining(self, name="zero"):
+        o = self.opts
+        cfg = design.plan_zero(self.cmap, self.graph, self.know, o["q_confine"], o["r_confine"])
+        cfg.name = name
+        return cfg
 
-    material = read_material(out_path, writer.name, allow_incomplete=True)
-    analysis = analyse(material, opts, progress=progress)
-    seconds = time.monotonic() - t0
+    def zero_stage(self) -> None:
+        self.run(self._confining(), self.opts["repeats_zero"])
+
+    def self_stage(self) -> None:
+        """Q, R, B/W sweeps, each setting planned just before it is acquired, so that its helper
+        settings use everything measured so far (a node whose zero-stage equations were lost to
+        the rails, e.g. with a large quartic offset, would otherwise keep nominal helpers)."""
+        o = self.opts
+        levels = int(o["self_levels"])
+        for i in range(3 * levels):
+            cfg = design.self_config(self.cmap, self.graph, self.know, i, o["q_confine"], o["r_confine"], levels)
+            self.run(cfg, o["repeats_self"])
+
+    def tau_stage(self) -> None:
+        """Node time constants at the confining setting planned from the measured self terms (the
+        first, nominal zero setting can leave nodes at the rails on a board whose Q or R is
+        offset); that setting is also acquired for its stiffness (integrator correction)."""
+        o = self.opts
+        cfg = self._confining("tau-zero")
+        cfg.volts = design.on_dac_grid(self.cmap, cfg.volts)
+        interval_s = o["tau_interval_tau"] * float(self.device.tau_s)
+        tau_data = acquire_tau(self.device, cfg.volts, self.adc_fit, interval_s=interval_s,
+                               samples=o["tau_samples"], groups=o["groups"], repeats=o["tau_repeats"])
+        self.writer.add_tau(tau_data)
+        self.run(cfg, 1)
+
+    def matchings(self) -> list:
+        """The edge colouring, limited to matchings that hold a requested channel and to ``max_matchings``."""
+        graph, o = self.graph, self.opts
+        out = design.edge_colouring(graph.edges, graph.n_nodes) if len(graph.edges) else []
+        if o["channels"] is not None:
+            want = set(int(e) for e in np.flatnonzero(np.isin(graph.edge_ch, list(o["channels"]))))
+            out = [m for m in out if want & set(m.tolist())]
+        if o["max_matchings"] is not None:
+            out = out[: int(o["max_matchings"])]
+        return out
+
+    def edge_stage(self) -> None:
+        o = self.opts
+        levels = int(o["edge_levels"])
+        matchings = self.matchings()
+        _log(self.progress, f"edge stage: {len(matchings)} matchings x {levels} levels")
+        for m, match in enumerate(matchings):
+            for li, f in enumerate(np.linspace(0.0, 1.0, levels)):
+                cfg = design.edge_config(self.cmap, self.graph, self.know, match, float(f), o["q_confine"],
+                                         o["r_confine"], name=f"edge-{m}-{li}", matching=m)
+                self.run(cfg, o["repeats_edge"])
+
+
+    def _flags(self, channels, step: float) -> list:
+        """Flags (:func:`second_pass.flag_channel`) of ``channels`` from the points so far."""
+        out = []
+        for ch in channels:
+            v, y, s = self.know.points(int(ch))
+            if len(v) >= 4:
+                flag = second_pass.flag_channel(self.cmap[int(ch)], v, y, s, step, float(self.opts["flag_score"]))
+                if flag is not None:
+                    out.append(flag)
+        return out
+
+    def extra_levels(self) -> None:
+        """The residual-driven second pass (:mod:`calibration.second_pass`): midpoints around the
+        worst held-out voltage of every flagged channel, pooled per self-term sweep and per
+        matching, at most ``extra_levels_max`` acquisitions, the most-wanted first."""
+        o, graph = self.opts, self.graph
+        budget = int(o["extra_levels_max"] or 0)
+        if budget <= 0:
+            return
+        wanted: dict = {}
+        self_step = 1.0 / max(int(o["self_levels"]) - 1, 1)
+        for kind, chans in (("Q", graph.q), ("R", graph.r), ("B", graph.b), ("W", graph.w_ch)):
+            for flag in self._flags(self._selected(chans), self_step):
+                wanted.setdefault((kind,), []).extend(flag.fractions)
+        edge_step = 1.0 / max(int(o["edge_levels"]) - 1, 1)
+        matchings = self.matchings()
+        for m, match in enumerate(matchings):
+            for flag in self._flags(self._selected(graph.edge_ch[np.asarray(match, np.int64)]), edge_step):
+                wanted.setdefault(("edge", m), []).extend(flag.fractions)
+        plan = second_pass.plan_requests(wanted, budget)
+        _log(self.progress, f"second pass: {sum(len(v) for v in wanted.values())} requests, {len(plan)} acquisitions")
+        for key, f in plan:
+            repeats = o["repeats_edge"] if key[0] == "edge" else o["repeats_self"]
+            self.run(self._extra_config(key, f, matchings), repeats)
+
+    def _selected(self, chans) -> list:
+        chans = [int(c) for c in np.asarray(chans).ravel()]
+        sel = self.opts["channels"]
+        return chans if sel is None else [c for c in chans if c in set(sel)]
+
+    def _extra_config(self, key, fraction: float, matchings):
+        """The setting of one second-pass request (``key`` from :meth:`extra_levels`)."""
+        o = self.opts
+        if key[0] == "edge":
+            m = int(key[1])
+            return design.edge_config(self.cmap, self.graph, self.know, matchings[m], fraction, o["q_confine"],
+                                      o["r_confine"], name=f"extra-edge-{m}@{fraction:.3f}", matching=m)
+        kind = key[0]
+        if kind in ("B", "W"):  # a large bias with a small crossbar weight and the reverse, as the BW sweep
+            other = (fraction + 0.5) % 1.0
+            pair = (fraction, other) if kind == "B" else (other, fraction)
+            return design.self_at(self.cmap, self.graph, self.know, "BW", pair, o["q_confine"], o["r_confine"],
+                                  name=f"extra-{kind}@{fraction:.3f}")
+        return design.self_at(self.cmap, self.graph, self.know, kind, fraction, o["q_confine"], o["r_confine"],
+                              name=f"extra-{kind}@{fraction:.3f}")
+
+
+def _report(analysis, material: dict, out_path, entry: str, opts: dict, seconds: float) -> dict:
+    """Plots (when asked) and the JSON summary."""
     plots = []
     if opts["plots"]:
         from .plots import plot_all
 
-        plots = plot_all(analysis, cmap, Path(out_path), writer.name)
-    summary = summarise(analysis, cmap, material["meta"], seconds, writer.name, out_path, plots)
-    writer.finish(analysis, summary, seconds)
-    _log(progress, f"done in {seconds:.0f} s: {summary['channels_ok']}/{summary['channels']} channels ok")
+        plots = plot_all(analysis, material["channel_map"], Path(out_path), entry)
+    summary = summarise(analysis, material["channel_map"], material["meta"], seconds, entry, out_path, plots)
+    summary["second_pass"] = sorted(d.name for d in material["configs"] if d.name.startswith("extra-"))
+    return summary
+
+
+def _update(out_path, writer, analysis, summary, progress):
+    """Complete the record entry; the loaded entry and the summary."""
+    writer.finish(analysis, summary, summary["seconds"])
+    _log(progress, f"done in {summary['seconds']:.0f} s: {summary['channels_ok']}/{summary['channels']} channels ok")
     return load(out_path, writer.name), summary
 
 

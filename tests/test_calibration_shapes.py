@@ -384,7 +384,7 @@ def test_a_fit_that_turns_at_a_flat_end_keeps_its_monotonic_run():
     coef = np.array([0.0, 10.0, 0.0, -10.0 / (3 * 0.81)])  # f = 10 u - a u^3 turns at |u| = 0.9
     fit = CurveFit(ch.index, ch.kind, "poly", coef, np.zeros((4, 4)), ch.vmin, ch.vmax, ch.gain, chi2_red=1.0)
     v = np.linspace(-5, 5, 11)
-    _judge(fit, ch, v, 5.0, 0.5, False)
+    _judge(fit, ch, v, 5.0, 3.0, False)
     d = fit.derivative(np.linspace(-5, 5, 1001))
     assert (d <= 0).any()  # the fit does turn
     assert fit.ok, fit.reason
@@ -394,5 +394,68 @@ def test_a_fit_that_turns_at_a_flat_end_keeps_its_monotonic_run():
     assert np.allclose(fit.value(fit.inverse(y)), y, atol=1e-8)
     steep = CurveFit(ch.index, ch.kind, "poly", np.array([0.0, 10.0, 0.0, -12.0]), np.zeros((4, 4)), ch.vmin,
                      ch.vmax, ch.gain, chi2_red=1.0)  # turns at |u| > 0.53: monotonic on half the span
-    _judge(steep, ch, v, 5.0, 0.5, False)
+    _judge(steep, ch, v, 5.0, 3.0, False)
     assert not steep.ok and "not monotonic" in steep.reason
+
+
+def test_a_curve_steeper_than_nominal_keeps_its_curvature():
+    """An exponential R element whose true mean slope is 1.6 x the nominal gain (a zoo board with a
+    strong curvature): the curved shape must win, not a straight line that passes a too-tight
+    slope check.  The old +-50 % check refused every curved shape here and kept the line, whose
+    error is several times the curved fit's (measured on zoo board 3305277407: R p95 1.46 % of
+    full scale -> 0.39 %)."""
+    ch = Channel(27, "R", 3, 3, 0.0, 5.2, 0.48, 0.0)
+
+    def steep(v):  # mean slope 0.79/V = 1.65 x nominal; slope 0.5/V at 0 V .. 1.3/V at 5.2 V
+        return 0.085 + 0.55 * (np.exp(v / 2.8) - 1.0) + 0.16 * v
+
+    v = _design_volts(ch, levels=13, helpers=(1.46, 2.2), reps=3)
+    y, s = _data(steep, v, 0.004, seed=7)
+    fit = fit_curve(ch, v, y, s)
+    assert fit.ok, fit.reason
+    assert fit.extra["shape"] != "poly1"
+    grid = np.linspace(ch.vmin, ch.vmax, 201)
+    full = np.abs(steep(grid)).max()
+    err = np.median(np.abs(fit.raw_value(grid) - steep(grid))) / full
+    line = np.polyval(np.polyfit(v, y, 1), grid)
+    err_line = np.median(np.abs(line - steep(grid))) / full
+    assert err < 0.003 and err < err_line / 3, (err, err_line)
+    assert 1.5 < fit.extra["slope_ratio"] < 1.8
+
+
+def test_a_slope_far_from_nominal_is_still_refused():
+    """The sanity check stays: a curve 4 x steeper than the nominal gain (a wrong channel) is refused."""
+    ch = Channel(27, "R", 3, 3, 0.0, 5.0, 0.5, 0.0)
+    v = _design_volts(ch)
+    y, s = _data(lambda x: 2.0 * x, v, 0.01, seed=3)
+    fit = fit_curve(ch, v, y, s)
+    assert not fit.ok and "x the nominal" in fit.reason
+
+
+def test_a_straight_line_is_not_excused_by_many_points_at_one_voltage():
+    """Stored points of two zoo-board channels (tests/data/zoo_points_816906886.json: a saturating
+    coupling, 6 levels plus ~95 points at its zero; a kinked R element, 13 levels plus helpers)
+    with the board's true curve.  A simpler shape's *reduced* chi-square excess is diluted over
+    the points at one voltage; its total excess is not.  The likelihood-ratio rule must not keep
+    the line / quadratic the old rule kept (channel 98: line 1.34 % of full scale; channel 20:
+    quadratic 1.41 %)."""
+    import json
+    from pathlib import Path
+
+    from calibration.curves import Candidate, _chi2_adequate
+
+    data = json.loads((Path(__file__).parent / "data" / "zoo_points_816906886.json").read_text())["channels"]
+    for key, limit in (("98", 0.005), ("20", 0.011)):
+        d = data[key]
+        ch = Channel(int(key), d["kind"], d["a"], d["b"], d["vmin"], d["vmax"], d["gain"], 0.0)
+        fit = fit_curve(ch, d["volts"], d["value"], d["sigma"])
+        grid = np.linspace(ch.vmin, ch.vmax, 201)
+        true = np.array(d["true_grid"])
+        err = np.median(np.abs(fit.raw_value(grid) - true)) / np.abs(true).max()
+        assert fit.ok and fit.extra["shape"] not in ("poly1", "poly2") and err < limit, (key, fit.extra["shape"], err)
+    # the rule itself: a line 36 above the best of 5 coefficients is out; one 3 above is in
+    a, b = Candidate("poly", 2), Candidate("poly", 5)
+    a.chi2, b.chi2 = (141 + 36) / 104, 141 / 101
+    assert _chi2_adequate([a, b], 106) == [False, True]
+    a.chi2 = (141 + 3) / 104
+    assert _chi2_adequate([a, b], 106) == [True, True]
