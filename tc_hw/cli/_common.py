@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse as _argparse
-import json
 import math as _math
+
+from ..model.jsonsafe import dumps
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DEVICE = 0, 1, 2, 3
 
@@ -15,7 +16,7 @@ RESOURCE_HELP = ("board: a name from the station file (tc-hw-station.toml), or a
 def emit(args, result: dict, human: str) -> None:
     """Print ``result`` as one JSON line with ``--json``, else the ``human`` text."""
     if getattr(args, "json", False):
-        print(json.dumps(json_safe(result), allow_nan=False, default=str))
+        print(dumps(result, default=str))  # non-finite floats as null: tc_hw.model.jsonsafe
     else:
         print(human)
 
@@ -66,14 +67,3 @@ def finite_float(text: str) -> float:
     if not _math.isfinite(v):
         raise _argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number")
     return v
-
-
-def json_safe(value):
-    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
-    if isinstance(value, float):
-        return value if _math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
