@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+from calibration.mapping import UploadError
+
+from ..demo import NotLearnedError, run_demo
 from ._common import EXIT_DEVICE, EXIT_OK, RESOURCE_HELP, add_json, emit
 
 
@@ -13,10 +16,6 @@ def _f(v) -> str:
 
 
 def cmd_demo(args) -> int:
-    from calibration.mapping import UploadError
-
-    from ..demo import NotLearnedError, run_demo
-
     try:
         s = run_demo(args.out, args.resource, seed=args.seed, generations=args.generations, progress=not args.json,
                      ga_seconds=args.ga_seconds)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, emit, positive_int
+from ..model.files import check_params_target
+from ..train.cos import train_cos_ga
+from ..train.direct import DirectConfig, train_cos_direct, train_mnist_direct
+from ..train.generative import generate_png, train_generative
+from ..train.om import train_mnist_om
+from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, check_input_file, check_output_file, emit, positive_int
 
 #: task -> methods, the first being the default
 METHODS = {"mnist": ("om", "direct"), "cos": ("ga", "direct"), "generate": ("reverse",)}
@@ -12,10 +17,7 @@ METHODS = {"mnist": ("om", "direct"), "cos": ("ga", "direct"), "generate": ("rev
 
 def _train_mnist(args):
     if args.method == "om":
-        from ..train.om import train_mnist_om
-
         return train_mnist_om(method=args.solver, out=args.out, seed=args.seed, progress=not args.json)
-    from ..train.direct import DirectConfig, train_mnist_direct
 
     cfg = DirectConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
     return train_mnist_direct(out=args.out, init=args.init, cfg=cfg, progress=not args.json)
@@ -23,29 +25,21 @@ def _train_mnist(args):
 
 def _train_cos(args):
     if args.method == "ga":
-        from ..train.cos import train_cos_ga
-
         sizes = {k: getattr(args, k) for k in ("population", "points", "samples") if getattr(args, k)}
         return train_cos_ga(args.generations, mode=args.mode, seed=args.seed, out=args.out,
                             progress=not args.json, **sizes)
-    from ..train.direct import train_cos_direct
 
     return train_cos_direct(out=args.out, seed=args.seed, mode=args.mode, progress=not args.json,
                             **({"iterations": args.epochs} if args.epochs else {}))
 
 
 def _train_generative(args):
-    from ..train.generative import train_generative
-
     return train_generative(digits=args.digits, out=args.out, seed=args.seed, progress=not args.json)
 
 
 def cmd_generate(args) -> int:
-    from ..train.generative import generate_png
-    from .hardware import _check_input_file, _check_output_file
-
-    _check_input_file(args.params, "--params")
-    _check_output_file(args.png, "--png")
+    check_input_file(args.params, "--params")
+    check_output_file(args.png, "--png")
 
     r = generate_png(args.params, args.n, args.png, seed=args.seed, teacher=args.teacher, progress=not args.json)
     emit(args, {k: v for k, v in r.items() if isinstance(v, (int, float, str, list, dict))},
@@ -69,13 +63,11 @@ def cmd_train(args) -> int:
         print(f"tc-hw train: task {args.task!r} has methods {', '.join(METHODS[args.task])}, not {method!r}")
         return EXIT_BAD_INPUT
     args.method = method
-    from ..model.files import check_params_target
-    from .hardware import _check_input_file, _check_output_file
 
-    _check_output_file(args.out, "--out")
+    check_output_file(args.out, "--out")
     check_params_target(args.out)  # never a calibration record or run log; before any training
     if args.init is not None:
-        _check_input_file(args.init, "--init")
+        check_input_file(args.init, "--init")
     if args.task == "generate":
         _parse_digits(args.digits)
     run = {"mnist": _train_mnist, "cos": _train_cos, "generate": _train_generative}[args.task]

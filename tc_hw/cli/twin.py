@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist
+from ..model.files import load_params
 from ._common import EXIT_OK, add_json, emit, positive_float, positive_int
 
 #: most integration steps (time / dt) one evaluation may ask for
@@ -10,8 +11,6 @@ MAX_STEPS = 10**7
 
 
 def cmd_evaluate(args) -> int:
-    from ..model.files import load_params
-
     if args.task != "mnist":
         raise ValueError(f"unknown task {args.task!r}")
     defaults = MNIST_DEFAULTS
