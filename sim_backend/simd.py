@@ -128,6 +128,26 @@ class _Tile:
         self.acc = new
 
 
+@intrinsic
+def fused_sub_product(typingctx, f, c, x):
+    """``f - c * x`` rounded once (``llvm.fma(-c, x, f)``), for float32 or float64 scalars of one type.
+
+    What ``f -= c * x`` compiles to under fastmath on an FMA CPU, written so that LLVM may not
+    reassociate a chain of them: ``fused_sub_product(fused_sub_product(f, c1, x1), c2, x2)`` is
+    always the two updates in that order (the loop vectoriser still widens it)."""
+    if not (isinstance(f, types.Float) and f == c == x):
+        return None
+    sig = f(f, c, x)
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(signature.return_type)
+        name = f"llvm.fma.f{8 * context.get_abi_sizeof(ty)}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+        return builder.call(fma, [builder.fneg(args[1]), args[2], args[0]])
+
+    return sig, codegen
+
+
 def _index(context, builder, value, ty):
     return context.cast(builder, value, ty, types.int64)
 
