@@ -11,6 +11,7 @@ when you lift an import; a new local import needs a reason, not a higher number)
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ def local_project_imports(source: str) -> list[tuple[int, str]]:
     return sorted(set(found))
 
 
+@functools.cache
 def tree_counts() -> dict[str, list[tuple[int, str]]]:
     out = {}
     for pkg in PROJECT:
