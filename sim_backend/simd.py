@@ -4,7 +4,7 @@ LLVM does not vectorise the product ``g[i, b] = sum_j c[i, j] x[j, b]`` well whe
 as scalar numba loops: it either vectorises the ``j`` sum (then every output needs a horizontal
 reduction and the state must be transposed each step) or keeps the accumulators in memory.  The
 intrinsic below writes the textbook GEMM micro-kernel directly in LLVM IR: a tile of ``RB`` rows
-times ``NV`` vectors of lanes stays in registers (8 accumulators), each step of the ``j`` loop
+times ``NV`` vectors of lanes stays in registers (8 or 16 accumulators), each step of the ``j`` loop
 loads ``NV`` lane vectors of ``x[j]``, broadcasts ``RB`` coefficients ``c[i + r, j]`` and issues
 ``RB * NV`` fused multiply-adds.  Two tiles share that loop:
 
@@ -12,6 +12,9 @@ loads ``NV`` lane vectors of ``x[j]``, broadcasts ``RB`` coefficients ``c[i + r,
   so a block's whole deterministic force comes out of one pass (the Langevin kernel);
 * :func:`product_tile`, a plain product (the field ``B - I W`` of many inputs, see
   :func:`field_kernel`).
+
+:func:`fused_sub_product` (``f - c x`` rounded once) is the scalar step of the sparse force's
+chains, written as an intrinsic so that fastmath cannot reassociate them.
 
 Tiles, chosen so that half of the CPU's vector registers accumulate (the rest hold the ``x``
 vectors and the broadcast coefficient), see :func:`tile_shape`:
