@@ -24,8 +24,11 @@ import json
 import time
 
 import numpy as np
+from numba import njit
 
 from sim_backend import twin
+from sim_backend.kernel import LANES
+from sim_backend.simd import dense_force, tile_shape
 from tc_hw import Params, layered, thermo_gd_network
 
 REPEATS = 3  # every timing is the best of this many runs, twin and numpy alike
@@ -95,10 +98,6 @@ def scenario(name, params, inputs, n_samples, n_steps, baseline_steps, dt=1e-3):
 
 def tile_rate(n_pad: int, repeats: int = 2000) -> dict:
     """GFLOP/s of the dense-force tile (sim_backend.simd) on one block, one thread, float32."""
-    from numba import njit
-
-    from sim_backend.kernel import LANES
-    from sim_backend.simd import dense_force
 
     @njit
     def loop(c, x, h, a1, a2, a3, f, k):
@@ -117,7 +116,8 @@ def tile_rate(n_pad: int, repeats: int = 2000) -> dict:
         loop(c, x, h, *a, f, repeats)
         best = min(best, (time.perf_counter() - t0) / repeats)
     gflops = 2 * rows * n_pad * LANES / best / 1e9
-    return {"tile_gflops_one_core": gflops, "tile_fraction_of_core_peak": gflops * 1e9 / (PEAK_SGEMM_FLOPS / 2)}
+    return {"tile_gflops_one_core": gflops, "tile_fraction_of_core_peak": gflops * 1e9 / (PEAK_SGEMM_FLOPS / 2),
+            "tile_rows_lanes": list(tile_shape.py_func(4))}
 
 
 def main(argv=None) -> int:

@@ -60,6 +60,7 @@ import numpy as np
 
 from tc_hw.model import provenance as _provenance
 from tc_hw.model.device import Channel, ChannelMap
+from tc_hw.model.jsonsafe import dumps, json_safe
 
 from .adc import AdcData, AdcFit
 from .curves import CurveError, CurveFit
@@ -83,27 +84,14 @@ def _software_version() -> str:
     return __version__
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating,)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
+# The one JSON policy of the project (non-finite floats -> null); this name stays for
+# calibration.routine, which imports it.
+_jsonable = json_safe
 
 
 def to_json(obj) -> str:
-    return json.dumps(_jsonable(obj))
+    """``obj`` as strict JSON (:func:`tc_hw.model.jsonsafe.dumps`: NaN and infinities as null)."""
+    return dumps(obj)
 
 
 _MAP_DTYPE = np.dtype([("index", "<i8"), ("kind", "S1"), ("a", "<i8"), ("b", "<i8"), ("vmin", "<f8"),

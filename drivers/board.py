@@ -43,6 +43,7 @@ import numpy as np
 from tc_hw.model.device import KINDS, Acquisition, Channel, ChannelMap, DeviceError, UnsafeVoltageError
 
 from .blocks import pack_float32, unpack_float32, unpack_int16
+from .lock import acquire_board_lock
 from .scpi import BoardError, ConnectionLost, ProtocolError, ScpiSession
 from .transport import SerialTransport, Transport, TransportClosed, VisaTransport, classify_resource, open_transport
 
@@ -206,8 +207,6 @@ class TCBoard:
         self.read_only = bool(read_only)
         self._lock = None
         if not self.read_only:
-            from .lock import acquire_board_lock
-
             try:
                 self._lock = acquire_board_lock(transport.resource)
             except BaseException:

@@ -41,6 +41,7 @@ __all__ = [
     "ReplyTimeout",
     "ScpiErrorEntry",
     "parse_error_line",
+    "bounded_reader",
 ]
 
 log = logging.getLogger("tc_hw.drivers")
@@ -120,9 +121,10 @@ def _is_error_line(line: bytes) -> bool:
     return _ERR_RE.match(line) is not None
 
 
-def _bounded(read_exact: Callable[[int], bytes], limit: int, desc: str) -> Callable[[int], bytes]:
-    """``read_exact`` that refuses any single read longer than ``limit`` (the header's at most 9
-    digits and the payload are read in separate calls, so this bounds the payload)."""
+def bounded_reader(read_exact: Callable[[int], bytes], limit: int, desc: str) -> Callable[[int], bytes]:
+    """``read_exact`` (n -> n bytes) that refuses, with :class:`ProtocolError` naming ``desc``, any
+    single read longer than ``limit`` bytes (the header's at most 9 digits and the payload are read
+    in separate calls, so this bounds the payload)."""
 
     def read(n: int) -> bytes:
         if n > max(limit, 16):
@@ -367,7 +369,7 @@ class ScpiSession:
                         if e.code:
                             self._drain(e, desc)
                     raise ProtocolError(f"{desc}: expected a binary block, got {line[:80]!r}")
-                payload = read_block(_bounded(self.transport.read_exact, limit, desc), first=first, terminator=None)
+                payload = read_block(bounded_reader(self.transport.read_exact, limit, desc), first=first, terminator=None)
                 tail = self.transport.read_line()
             if not tail.startswith(b";"):
                 raise ProtocolError(f"{desc}: block of {len(payload)} bytes followed by {tail[:40]!r}, expected ';'")

@@ -36,6 +36,10 @@ import socket
 import time
 from typing import Protocol, runtime_checkable
 
+import pyvisa
+import serial
+from pyvisa import constants, errors
+
 __all__ = [
     "Transport",
     "TransportTimeout",
@@ -126,8 +130,6 @@ def _resource_manager():
     """The shared pyvisa-py resource manager (``ResourceManager('@py')``)."""
     global _RM
     if _RM is None:
-        import pyvisa
-
         _RM = pyvisa.ResourceManager("@py")
     return _RM
 
@@ -159,9 +161,6 @@ class VisaTransport:
 
     # -- lifecycle -----------------------------------------------------------------------
     def _open(self) -> None:
-        import pyvisa
-        from pyvisa import constants
-
         rm = _resource_manager()
         try:
             res = rm.open_resource(self.resource, open_timeout=int(self._open_timeout * 1000))
@@ -206,7 +205,6 @@ class VisaTransport:
                 self._sock = sock
                 self._pyvisa_session = sess
                 # Lines are split here; VISA itself must not stop at 0x0A inside binary data.
-                from pyvisa import constants
 
                 self._res.set_visa_attribute(constants.VI_ATTR_TERMCHAR_EN, constants.VI_FALSE)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -250,8 +248,6 @@ class VisaTransport:
         return self._res
 
     def _visa_errors(self, e: Exception, what: str) -> Exception:
-        from pyvisa import constants, errors
-
         if isinstance(e, errors.VisaIOError) and e.error_code == constants.StatusCode.error_timeout:
             return TransportTimeout(f"{self.resource}: {what} timed out after {self._timeout:.3g} s")
         return TransportClosed(f"{self.resource}: {what} failed: {e}")
@@ -357,8 +353,6 @@ class VisaTransport:
 
 
 def _discard_read_mask():
-    from pyvisa import constants
-
     return constants.BufferOperation.discard_read_buffer
 
 
@@ -384,8 +378,6 @@ class SerialTransport:
         self._open()
 
     def _open(self) -> None:
-        import serial
-
         try:
             self._ser = serial.serial_for_url(
                 self.port,
@@ -440,8 +432,6 @@ class SerialTransport:
         return self._ser
 
     def write(self, data: bytes) -> None:
-        import serial
-
         ser = self._require()
         need = self._timeout + 2.0 * len(data) / self.bytes_per_second  # big blocks on a slow line
         try:
@@ -463,8 +453,6 @@ class SerialTransport:
                 log.debug("reset_input_buffer on %s: %s", self.port, e)
 
     def _fill(self, deadline: float) -> None:
-        import serial
-
         ser = self._require()
         while True:
             try:

@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit
 
 from .rng import gauss_pair
+from .simd import fused_sub_product
 
 LANES = 128
 SCHEMES = ("em", "lm", "baoab")
@@ -52,18 +53,53 @@ def local_force(h, xv, c1, c2, c3):
 @njit(inline="always")
 def sparse_force(indptr, indices, values, x, h, a1, a2, a3, f, n_pad):
     """``f = h - C x - x (a1 + x (a2 + a3 x))`` for every lane; ``C`` in CSR (``values`` (nnz,)),
-    ``a1, a2, a3`` shape (>= n_pad,), ``x, h, f`` shape (>= n_pad, LANES)."""
+    ``a1, a2, a3`` shape (>= n_pad,), ``x, h, f`` shape (>= n_pad, LANES).
+
+    Each lane subtracts the couplings of row ``i`` in CSR order, each product rounded once with
+    its subtraction (:func:`sim_backend.simd.fused_sub_product`); four of them share one pass over
+    the lanes, so ``f`` is loaded and stored once per four."""
     for i in range(n_pad):
         c1 = a1[i]
         c2 = a2[i]
         c3 = a3[i]
-        for b in range(LANES):
-            f[i, b] = local_force(h[i, b], x[i, b], c1, c2, c3)
-        for k in range(indptr[i], indptr[i + 1]):
+        k = indptr[i]
+        end = indptr[i + 1]
+        if k + 3 < end:  # the on-site force and the first four couplings in one pass
+            j1 = indices[k]
+            j2 = indices[k + 1]
+            j3 = indices[k + 2]
+            j4 = indices[k + 3]
+            e1 = values[k]
+            e2 = values[k + 1]
+            e3 = values[k + 2]
+            e4 = values[k + 3]
+            for b in range(LANES):
+                g = local_force(h[i, b], x[i, b], c1, c2, c3)
+                g = fused_sub_product(fused_sub_product(g, e1, x[j1, b]), e2, x[j2, b])
+                f[i, b] = fused_sub_product(fused_sub_product(g, e3, x[j3, b]), e4, x[j4, b])
+            k += 4
+        else:
+            for b in range(LANES):
+                f[i, b] = local_force(h[i, b], x[i, b], c1, c2, c3)
+        while k + 3 < end:
+            j1 = indices[k]
+            j2 = indices[k + 1]
+            j3 = indices[k + 2]
+            j4 = indices[k + 3]
+            e1 = values[k]
+            e2 = values[k + 1]
+            e3 = values[k + 2]
+            e4 = values[k + 3]
+            for b in range(LANES):
+                g = fused_sub_product(fused_sub_product(f[i, b], e1, x[j1, b]), e2, x[j2, b])
+                f[i, b] = fused_sub_product(fused_sub_product(g, e3, x[j3, b]), e4, x[j4, b])
+            k += 4
+        while k < end:
             j = indices[k]
             c = values[k]
             for b in range(LANES):
-                f[i, b] -= c * x[j, b]
+                f[i, b] = fused_sub_product(f[i, b], c, x[j, b])
+            k += 1
 
 
 @njit(inline="always")

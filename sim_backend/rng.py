@@ -118,7 +118,7 @@ def next_u32(s, b):
 def _log_unit(u):
     """Natural log of a float32 in (0, 1]."""
     bits = _f32_as_u32(u)
-    e = np.float32(np.int32(bits >> np.uint32(23)) - np.int32(127))
+    e = np.float32(np.int32(np.int32(bits >> np.uint32(23)) - np.int32(127)))  # int32 -> float32: one conversion
     m = _u32_as_f32((bits & np.uint32(0x007FFFFF)) | np.uint32(0x3F800000))  # [1, 2)
     big = m > np.float32(1.4142135)
     m = m * np.float32(0.5) if big else m
@@ -136,10 +136,10 @@ def gauss_pair(s, b):
     """Two independent standard normals (float32) from lane ``b`` of state ``s``."""
     r1 = next_u32(s, b)
     r2 = next_u32(s, b)
-    u = (np.float32(r1 >> np.uint32(8)) + np.float32(0.5)) * np.float32(1.0 / 16777216.0)
+    u = (np.float32(np.int32(r1 >> np.uint32(8))) + np.float32(0.5)) * np.float32(1.0 / 16777216.0)
     rad = math.sqrt(np.float32(-2.0) * _log_unit(u))
     q = r2 >> np.uint32(30)
-    w = (np.float32(r2 & np.uint32(0x3FFFFFFF)) * np.float32(1.0 / 1073741824.0) - np.float32(0.5)) * np.float32(
+    w = (np.float32(np.int32(r2 & np.uint32(0x3FFFFFFF))) * np.float32(1.0 / 1073741824.0) - np.float32(0.5)) * np.float32(
         math.pi / 2
     )
     w2 = w * w

@@ -4,7 +4,7 @@ LLVM does not vectorise the product ``g[i, b] = sum_j c[i, j] x[j, b]`` well whe
 as scalar numba loops: it either vectorises the ``j`` sum (then every output needs a horizontal
 reduction and the state must be transposed each step) or keeps the accumulators in memory.  The
 intrinsic below writes the textbook GEMM micro-kernel directly in LLVM IR: a tile of ``RB`` rows
-times ``NV`` vectors of lanes stays in registers (8 accumulators), each step of the ``j`` loop
+times ``NV`` vectors of lanes stays in registers (8 or 16 accumulators), each step of the ``j`` loop
 loads ``NV`` lane vectors of ``x[j]``, broadcasts ``RB`` coefficients ``c[i + r, j]`` and issues
 ``RB * NV`` fused multiply-adds.  Two tiles share that loop:
 
@@ -13,10 +13,17 @@ loads ``NV`` lane vectors of ``x[j]``, broadcasts ``RB`` coefficients ``c[i + r,
 * :func:`product_tile`, a plain product (the field ``B - I W`` of many inputs, see
   :func:`field_kernel`).
 
-Tiles, chosen so that 8 of the 16 AVX2 registers accumulate:
+:func:`fused_sub_product` (``f - c x`` rounded once) is the scalar step of the sparse force's
+chains, written as an intrinsic so that fastmath cannot reassociate them.
 
-* float32: 2 rows x 4 vectors of 8 lanes (32 lanes);
-* float64: 4 rows x 2 vectors of 4 lanes (8 lanes).
+Tiles, chosen so that half of the CPU's vector registers accumulate (the rest hold the ``x``
+vectors and the broadcast coefficient), see :func:`tile_shape`:
+
+* AVX2 (16 registers, 8 accumulators): float32 2 rows x 4 vectors of 8 lanes (32 lanes),
+  float64 4 rows x 2 vectors of 4 lanes (8 lanes);
+* AVX-512VL (32 registers usable by 256-bit code, 16 accumulators): float32 4 rows x 4 vectors
+  (32 lanes), float64 4 rows x 4 vectors (16 lanes).  Twice the rows or vectors per tile halves
+  the loads per multiply-add and leaves twice the independent sums to hide the FMA latency.
 
 Each lane's sum runs over ``j`` in order with one multiply-add per term (``llvm.fmuladd``: fused
 where the CPU has FMA), whatever its position in the block, so a trajectory's result does not
@@ -26,6 +33,7 @@ LLVM splits the 256-bit operations.
 
 from __future__ import annotations
 
+from llvmlite import binding as llvm
 from llvmlite import ir
 import numpy as np
 from numba import njit, prange, types
@@ -35,12 +43,26 @@ from numba.extending import intrinsic
 VECTOR_BYTES = 32  # AVX2 register
 
 
+def _has_32_vector_registers() -> bool:
+    """Whether this CPU gives 256-bit code 32 vector registers (AVX-512VL: ymm0-31) instead of 16."""
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx512vl", False))
+    except RuntimeError:  # features unknown on this platform: assume the 16 of AVX2
+        return False
+
+
+WIDE_TILES = _has_32_vector_registers()  # a compile-time constant of every kernel (numba freezes globals)
+
+
 @njit(inline="always")
 def tile_shape(itemsize):
-    """``(rows, lanes)`` covered by one tile for elements of ``itemsize`` bytes (4: 2 x 32, 8: 4 x 8)."""
+    """``(rows, lanes)`` covered by one tile for elements of ``itemsize`` bytes.
+
+    With 32 vector registers, 16 accumulate (float32 4 x 32, float64 4 x 16); with 16, 8 do
+    (float32 2 x 32, float64 4 x 8).  Either way each lane's sum is the same (see the module)."""
     if itemsize == 4:
-        return 2, 32
-    return 4, 8
+        return (4, 32) if WIDE_TILES else (2, 32)
+    return (4, 16) if WIDE_TILES else (4, 8)
 
 
 class _Tile:
@@ -107,6 +129,26 @@ class _Tile:
         bld.cbranch(bld.icmp_signed("<", j_next, n), loop, done)
         bld.position_at_end(done)
         self.acc = new
+
+
+@intrinsic
+def fused_sub_product(typingctx, f, c, x):
+    """``f - c * x`` rounded once (``llvm.fma(-c, x, f)``), for float32 or float64 scalars of one type.
+
+    What ``f -= c * x`` compiles to under fastmath on an FMA CPU, written so that LLVM may not
+    reassociate a chain of them: ``fused_sub_product(fused_sub_product(f, c1, x1), c2, x2)`` is
+    always the two updates in that order (the loop vectoriser still widens it)."""
+    if not (isinstance(f, types.Float) and f == c == x):
+        return None
+    sig = f(f, c, x)
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(signature.return_type)
+        name = f"llvm.fma.f{8 * context.get_abi_sizeof(ty)}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+        return builder.call(fma, [builder.fneg(args[1]), args[2], args[0]])
+
+    return sig, codegen
 
 
 def _index(context, builder, value, ty):
@@ -193,18 +235,26 @@ def field_kernel(inputs, w, bias, out):
     rows, lanes = tile_shape(inputs.itemsize)
     if w.shape[1] % lanes != 0 or w.shape[0] != k_in or k_in < 1:
         raise ValueError("field_kernel: w must be (K, multiple of the tile lanes), K >= 1")
+    n_strips = w.shape[1] // lanes
+    packed = np.empty((n_strips, k_in, lanes), w.dtype)  # each strip of w's columns contiguous: streamed in order
+    for s in range(n_strips):
+        for k in range(k_in):
+            for lane in range(lanes):
+                packed[s, k, lane] = w[k, s * lanes + lane]
     chunk = 16 * rows  # inputs per task; a strip of w's lanes is reused by all of them from cache
     for blk in prange((n_in + chunk - 1) // chunk):
         p0 = blk * chunk
-        g = np.empty((chunk, w.shape[1]), inputs.dtype)
+        g = np.empty((n_strips, chunk, lanes), inputs.dtype)
         if p0 + chunk <= n_in:
             block = inputs[p0 : p0 + chunk]
         else:  # the last, partial chunk: zero-padded copy
             block = np.zeros((chunk, k_in), inputs.dtype)
             block[: n_in - p0] = inputs[p0:]
-        for b in range(0, w.shape[1], lanes):
+        for s in range(n_strips):
+            w_strip = packed[s]
+            g_strip = g[s]
             for i in range(0, chunk, rows):
-                product_tile(block, w, g, i, b)
+                product_tile(block, w_strip, g_strip, i, 0)
         for r in range(min(chunk, n_in - p0)):
             for i in range(n):
-                out[p0 + r, i] = bias[i] - g[r, i]
+                out[p0 + r, i] = bias[i] - g[i // lanes, r, i % lanes]

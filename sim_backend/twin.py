@@ -260,7 +260,7 @@ def kernel_for(engine: str):
     if engine != "gpu":
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     try:
-        from . import jax_engine  # optional dependency: imported only when asked for
+        from . import jax_engine  # local: optional dependency (JAX), imported only when asked for
     except ImportError as exc:
         raise ValueError(f"engine 'gpu' needs JAX (pip install 'tc-hw[gpu]'): {exc}") from exc
     return jax_engine.run_block_kernel

@@ -31,6 +31,19 @@ from contextlib import contextmanager
 
 import numpy as np
 
+import calibration
+from calibration.scale import fitting_scale
+from sim_backend import population as pp
+from sim_backend.twin import sample_reset
+
+from .backends import open_device
+from .model import provenance, seeds
+from .model.files import load_params
+from .model.params import ParamsError
+from .model.tasks import cos_loss, mnist_inputs, score_classification
+from .refine import refine
+from .train import cos
+
 __all__ = [
     "ClusterError",
     "connect",
@@ -142,7 +155,6 @@ def evaluate_cos_rows(vectors, first: int, base, z, targets, **kw) -> np.ndarray
     ``common_noise=False`` row ``r`` uses ``seeds.derive(seed, COS_CANDIDATE, r)``, ``r`` its
     global row.  ``kw`` as for :func:`tc_hw.train.cos.evaluate_cos`.
     """
-    from tc_hw.train import cos
 
     if kw.get("common_noise", True):
         return cos.evaluate_cos(vectors, base, z, targets, **kw)
@@ -152,10 +164,6 @@ def evaluate_cos_rows(vectors, first: int, base, z, targets, **kw) -> np.ndarray
 def _independent_rows(vectors, first, base, z, targets, *, mode="reset", samples=100, dt=1e-2, t_f=1.0, t_obs=0.2,
                       seed=0, common_noise=False, antithetic=False) -> np.ndarray:
     """Independent-noise losses with seeds from global rows (the arithmetic of ``evaluate_cos``)."""
-    from sim_backend import population as pp
-    from tc_hw.model import seeds
-    from tc_hw.model.params import ParamsError
-    from tc_hw.model.tasks import cos_loss
 
     loss = np.full(len(vectors), np.inf)
     cands, rows = [], []
@@ -291,7 +299,6 @@ class ClusterEvaluator:
 def _mnist_samples(params, inputs, time_obs, dt, seed, m0, m1):
     """Samples ``m0 .. m1 - 1`` of every input exactly as :func:`tc_hw.evaluation.evaluate_mnist`
     draws them (``sample_offset=m``): output nodes (P, m1 - m0, n_out) and heat (P, m1 - m0)."""
-    from sim_backend.twin import sample_reset
 
     outs, heat = [], []
     for m in range(m0, m1):
@@ -313,7 +320,6 @@ def evaluate_mnist_on_cluster(params, samples: int, seed: int, time_obs: float, 
     ``samples = 1`` there is one batch (the digits are not split: a digit's stream is fixed by
     its row in the whole test set).
     """
-    from .model.tasks import mnist_inputs, score_classification
 
     ray = _ray()
     inputs, labels = mnist_inputs(split)
@@ -338,7 +344,6 @@ def cos_on_cluster(evaluator: ClusterEvaluator):
     evaluator (the workers run the original) and restores it on exit.  Results are bitwise those
     of the run without the block; ``evaluator.calls`` shows it was used.
     """
-    from tc_hw.train import cos
 
     original = cos.evaluate_cos
     cos.evaluate_cos = evaluator
@@ -374,7 +379,6 @@ class _Board:
     object when the station is worked through one board after another)."""
 
     def __init__(self, name: str, entry: dict):
-        from tc_hw.backends import open_device
 
         self.name, self.entry = name, dict(entry)
         self.device = open_device(self.entry["resource"])
@@ -384,8 +388,6 @@ class _Board:
 
     def calibrate(self, out: str, options: dict, argv=()) -> dict:
         """Append a calibration record of this board to ``out``; the JSON-ready summary."""
-        import calibration
-        from tc_hw.model import provenance
 
         provenance.begin(argv=list(argv))
         provenance.note(device=self.device, resource=self.entry["resource"], writer="tc-hw calibrate --station")
@@ -398,10 +400,6 @@ class _Board:
                scale=None, argv=()) -> dict:
         """Refine ``params_path`` on this board into run log ``log`` (:func:`tc_hw.refine.refine`)
         through ``cal_path`` (default: the station's calibration of the board, else nominal)."""
-        import calibration
-        from tc_hw.model import provenance
-        from tc_hw.model.files import load_params
-        from tc_hw.refine import refine
 
         cal_path = cal_path or self.entry.get("calibration")
         cal = (calibration.nominal(self.device.channel_map) if cal_path in (None, "nominal")
@@ -409,7 +407,6 @@ class _Board:
         params = load_params(params_path)
         lam = 1.0
         if scale not in (None, "1", "none"):
-            from calibration.scale import fitting_scale
 
             lam = fitting_scale(params, self.device.channel_map, cal) if scale == "auto" else float(scale)
             params = params.rescaled(lam)
@@ -531,7 +528,6 @@ def station_calibrate(station: dict, folder, options: dict | None = None, *, par
     """
     from pathlib import Path
 
-    import calibration
 
     options = dict(options or {})
     unknown = sorted(set(options) - set(calibration.DEFAULTS))

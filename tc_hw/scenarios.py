@@ -36,6 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.adc import AdcFit
+from calibration.curves import CurveFit
+from calibration.record import Calibration
+from sim_backend.emulator.board import DEFAULT_BOARD_TOML
+
 __all__ = ["Scenario", "SCENARIOS", "board_toml", "write_board", "truth_calibration"]
 
 #: What every scenario changes in the emulator's default board file (DEFAULT_BOARD_TOML): a
@@ -98,7 +103,6 @@ def board_toml(name: str) -> str:
     if name not in SCENARIOS:
         raise ValueError(f"no scenario {name!r}; scenarios: {', '.join(SCENARIOS)}")
     s = SCENARIOS[name]
-    from sim_backend.emulator.board import DEFAULT_BOARD_TOML
 
     text = "\n".join(line for line in DEFAULT_BOARD_TOML.splitlines() if not line.startswith("#"))
     if _LAYERED not in text:
@@ -133,9 +137,6 @@ def truth_calibration(truth: dict, channel_map, identity: str = "", *, age_h: fl
     channel_map : ChannelMap
         The device's map (the record is checked against it at upload).
     """
-    from calibration.adc import AdcFit
-    from calibration.curves import CurveFit
-    from calibration.record import Calibration
 
     ch = truth["channels"]
     t0 = float(truth["temperature"]["t0_k"])

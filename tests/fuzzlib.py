@@ -309,7 +309,7 @@ def check_scpi_line(line: bytes, tally: Tally) -> None:
 def check_block(stream: bytes, limit: int, tally: Tally) -> None:
     """``read_block`` on any byte stream through a bounded reader: payload (never longer than
     ``limit``), or :class:`BlockFormatError`/:class:`ProtocolError`/``EOFError`` (stream ended)."""
-    from drivers.scpi import _bounded
+    from drivers.scpi import bounded_reader
 
     pos = [0]
 
@@ -322,7 +322,7 @@ def check_block(stream: bytes, limit: int, tally: Tally) -> None:
 
     with _timed(tally, "read_block", 1.0):
         try:
-            payload = read_block(_bounded(read_exact, limit, "fuzz"), terminator=None)
+            payload = read_block(bounded_reader(read_exact, limit, "fuzz"), terminator=None)
             if len(payload) > max(limit, 16):
                 tally.bad("tracebacks", f"block of {len(payload)} bytes passed a bound of {limit}")
         except (BlockFormatError, ProtocolError, EOFError):

@@ -466,7 +466,7 @@ def _tau_node_factors(value, n_nodes: int, source: str):
 
 def _zoo_board(doc: dict, source: str) -> BoardDescription:
     """A board file ``zoo = SEED`` (plus optional name, serial, seed, [faults])."""
-    from .zoo import draw_board
+    from .zoo import draw_board  # local: zoo imports this module (a cycle)
 
     unknown = sorted(set(doc) - _ZOO_KEYS)
     if unknown:

@@ -25,9 +25,18 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
+
+from .acquire import warm_up
+from .board import PRESETS, Board, BoardFileError, board_from_name_or_path
+from .faults import FaultInjector
+from .instrument import Instrument
+from .server import PtyServer, TcpServer, check_loopback
+from .truth import dump_truth
+from .zoo import draw_board, zoo_board_toml
 
 __all__ = ["main", "build_parser"]
 
@@ -63,8 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     """Write ``obj`` as JSON through a unique temporary file beside ``path`` (never a fixed name)."""
-    import tempfile
-
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -120,10 +127,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="emulator: %(levelname)s %(message)s")
 
-    from .board import PRESETS, Board, BoardFileError, board_from_name_or_path
-    from .faults import FaultInjector
-    from .server import PtyServer, TcpServer, check_loopback
-
     if args.zoo is not None and args.board is not None:
         print("emulator: give --board or --zoo, not both", file=sys.stderr)
         return 2
@@ -131,8 +134,6 @@ def main(argv=None) -> int:
         print(f"emulator: --zoo must be a non-negative integer, got {args.zoo}", file=sys.stderr)
         return 2
     if args.print_board and args.zoo is not None:
-        from .zoo import zoo_board_toml
-
         sys.stdout.write(zoo_board_toml(args.zoo))
         return 0
     if args.print_board:
@@ -159,8 +160,6 @@ def main(argv=None) -> int:
             return 2
     try:
         if args.zoo is not None:
-            from .zoo import draw_board
-
             desc = draw_board(args.zoo)
         else:
             desc = board_from_name_or_path(args.board)
@@ -173,10 +172,6 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"emulator: {e}", file=sys.stderr)
         return 2
-
-    from .acquire import warm_up
-    from .instrument import Instrument
-    from .truth import dump_truth
 
     board = Board(desc)
     if args.truth_file:

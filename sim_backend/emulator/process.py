@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sim_backend.emulator.truth import load_truth
+
 __all__ = ["EmulatorProcess", "running_emulator", "start_emulator"]
 
 #: the folder that holds the ``sim_backend`` package (put on the child's PYTHONPATH)
@@ -69,8 +71,6 @@ class EmulatorProcess:
 
     def truth(self) -> dict:
         """The hidden truth (see :mod:`sim_backend.emulator.truth`)."""
-        from sim_backend.emulator.truth import load_truth
-
         if self.truth_file is None:
             raise RuntimeError("this emulator was started without a truth file")
         return load_truth(self.truth_file)

@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from tc_hw.model.jsonsafe import dumps, nan_for_null
 
 from . import nonideal as ni
 
@@ -44,29 +47,26 @@ __all__ = ["dump_truth", "load_truth", "element_value", "adc_volts", "adc_code",
 _STRING_ARRAYS = {"kind"}
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
-
-
 def dump_truth(truth: dict, path) -> None:
-    """Write ``truth`` as JSON (atomically: a temporary file renamed into place)."""
-    import tempfile
+    """Write ``truth`` as JSON (atomically: a temporary file renamed into place).
 
+    Values pass through :func:`tc_hw.model.jsonsafe.json_safe`: a non-finite float is written as
+    ``null`` (JSON has no NaN) and :func:`load_truth` reads it back as ``nan``."""
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)  # unique, exclusive
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(_jsonable(truth), indent=1))
+            f.write(dumps(truth, indent=1))
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _numeric(values: list) -> np.ndarray:
+    """A JSON list as an array; ``null`` entries (non-finite floats when written) become ``nan``."""
+    out = np.asarray(values)
+    return nan_for_null(values) if out.dtype == object else out
 
 
 def load_truth(path) -> dict:
@@ -75,7 +75,7 @@ def load_truth(path) -> dict:
     for section in ("channels", "adc", "nodes", "curves"):
         for k, v in truth.get(section, {}).items():
             if isinstance(v, list):
-                truth[section][k] = np.asarray(v, dtype=str if k in _STRING_ARRAYS else None)
+                truth[section][k] = np.asarray(v, dtype=str) if k in _STRING_ARRAYS else _numeric(v)
     return truth
 
 

@@ -14,6 +14,9 @@ import sys
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist  # noqa: F401  (public re-export)
 from ..model import provenance
+from ..model.device import DeviceError
+from ..model.params import ParamsError
+from ..model.safeio import LockedError
 from . import board, demo, hardware, run, train, twin
 from ._common import EXIT_BAD_INPUT, EXIT_DEVICE, EXIT_ERROR, EXIT_OK  # noqa: F401
 
@@ -63,10 +66,6 @@ def exit_code_of(e: BaseException) -> int | None:
     as a missing file, an existing output, a folder where a file was expected, no permission).
     Everything else (``KeyError``, ``IndexError``, ``TypeError``, ...) is a bug, not bad input.
     """
-    from ..model.device import DeviceError
-    from ..model.params import ParamsError
-    from ..model.safeio import LockedError
-
     if isinstance(e, (DeviceError, ConnectionError, TimeoutError)):
         return EXIT_DEVICE
     if isinstance(e, LockedError):

@@ -10,6 +10,12 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import cluster
+from ..model import provenance
+from ..model.files import load_params
+from ..refine import gap_closed, twin_task_loss
+from ..station import boards, calibrate_options, cluster_address
+from ..train.cos import twin_cos_loss
 from ._common import EXIT_DEVICE, EXIT_OK, emit
 
 CLUSTER_HELP = ("run on a Ray cluster: 'local' starts one on this machine (one worker per core), "
@@ -43,7 +49,6 @@ def board_or_station(args, *, out_required: bool = False) -> None:
 @contextmanager
 def joined(address: str, boards: int = 0):
     """The cluster ``address`` joined (or started: then stopped at the end) for the block."""
-    from .. import cluster
 
     info = cluster.connect(address, boards=boards)
     try:
@@ -54,7 +59,6 @@ def joined(address: str, boards: int = 0):
 
 
 def _argv() -> list:
-    from ..model import provenance
 
     return list(provenance.noted().get("argv") or [])
 
@@ -69,7 +73,6 @@ def train_cos_on_cluster(args, train):
     batches, retries and their events), also stored as the JSON attribute ``cluster`` of an
     HDF5 result file.
     """
-    from .. import cluster
 
     with joined(args.cluster) as info:
         ev = cluster.ClusterEvaluator(max(1, info["cpus"]))
@@ -87,7 +90,6 @@ def train_cos_on_cluster(args, train):
 
 def evaluate_mnist_on_cluster(args, params, time_obs: float, dt: float) -> dict:
     """``tc-hw evaluate --cluster``: the ``--samples`` runs per digit spread over the workers."""
-    from .. import cluster
 
     with joined(args.cluster) as info:
         ev = cluster.ClusterEvaluator(max(1, min(info["cpus"], args.samples)))
@@ -100,7 +102,6 @@ def evaluate_mnist_on_cluster(args, params, time_obs: float, dt: float) -> dict:
 
 
 def _station(args) -> tuple[dict, str | None]:
-    from ..station import boards, cluster_address
 
     st = boards(args.station)
     if not st:
@@ -121,8 +122,6 @@ def _run_on_station(address, n_boards: int, work):
 
 def calibrate_station(args) -> int:
     """``tc-hw calibrate --station``: one calibration record per board (exit 3 if any board failed)."""
-    from .. import cluster
-    from ..station import calibrate_options
 
     st, address = _station(args)
     folder = Path(args.out) if args.out else Path(args.station).resolve().parent
@@ -142,9 +141,6 @@ def calibrate_station(args) -> int:
 
 def refine_station(args, cfg, task) -> int:
     """``tc-hw refine --station``: refine the program on every board, one run log each."""
-    from .. import cluster
-    from ..refine import gap_closed, twin_task_loss
-    from ..train.cos import twin_cos_loss
 
     st, address = _station(args)
     r = _run_on_station(address, len(st), lambda parallel: cluster.station_refine(
@@ -171,6 +167,5 @@ def refine_station(args, cfg, task) -> int:
 
 
 def _params(args):
-    from ..model.files import load_params
 
     return load_params(args.params)

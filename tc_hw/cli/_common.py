@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse as _argparse
-import json
 import math as _math
+from pathlib import Path
+
+from ..model.jsonsafe import dumps
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DEVICE = 0, 1, 2, 3
 
@@ -15,7 +17,7 @@ RESOURCE_HELP = ("board: a name from the station file (tc-hw-station.toml), or a
 def emit(args, result: dict, human: str) -> None:
     """Print ``result`` as one JSON line with ``--json``, else the ``human`` text."""
     if getattr(args, "json", False):
-        print(json.dumps(json_safe(result), allow_nan=False, default=str))
+        print(dumps(result, default=str))  # non-finite floats as null: tc_hw.model.jsonsafe
     else:
         print(human)
 
@@ -44,14 +46,6 @@ def positive_int(text: str) -> int:
     return v
 
 
-def nonnegative_int(text: str) -> int:
-    """A whole number >= 0."""
-    v = _number(text, int)
-    if v < 0:
-        raise _argparse.ArgumentTypeError(f"{v} is not allowed: must be 0 or more")
-    return v
-
-
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     v = _number(text, float)
@@ -60,20 +54,27 @@ def positive_float(text: str) -> float:
     return v
 
 
-def finite_float(text: str) -> float:
-    """Any finite number."""
-    v = _number(text, float)
-    if not _math.isfinite(v):
-        raise _argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a finite number")
-    return v
+# ---------------------------------------------------------------- file options, checked before a device opens
 
 
-def json_safe(value):
-    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
-    if isinstance(value, float):
-        return value if _math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+def check_input_file(path, option: str) -> None:
+    """Refuse (ValueError) a missing input, or a folder, before any device is opened."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{option} {path}: no such file")
+    if not p.is_file():
+        raise ValueError(f"{option} {path}: is a folder or special file, not a file")
+
+
+def check_output_file(path, option: str) -> None:
+    """Refuse (ValueError) an output path that is a symlink, a folder, or lies under a file."""
+    p = Path(path)
+    if p.is_symlink():
+        raise ValueError(f"{option} {path} is a symlink: give the real path")
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{option} {path} is a folder, not a file")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            break

@@ -6,12 +6,16 @@ import argparse
 
 import numpy as np
 
+from sim_backend.emulator import main as emulator_main
+
+from ..backends import backend_for, open_device
+from ..model.device import armed
+from ..run import check_run, save_acquisition
+from ..station import resolve
 from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit, positive_float, positive_int
 
 
 def cmd_emulate(args) -> int:
-    from sim_backend.emulator import main as emulator_main
-
     return emulator_main(args.emulator_args)
 
 
@@ -32,9 +36,6 @@ def _device_summary(dev) -> dict:
 
 
 def cmd_info(args) -> int:
-    from ..backends import backend_for, open_device
-    from ..station import resolve
-
     # info only reads: it does not take the board's lock, so it works beside a running program
     read_only = {} if backend_for(resolve(args.resource)[0]) == "twin" else {"read_only": True}
     dev = open_device(args.resource, **read_only)
@@ -73,15 +74,11 @@ def _parse_sets(items) -> dict:
 
 
 def cmd_acquire(args) -> int:
-    from ..backends import open_device
-    from ..model.device import armed
-
     sets = _parse_sets(args.set)  # checked before the board is opened
     if args.samples > MAX_SAMPLES or args.time > MAX_TIME_S:
         raise ValueError(f"acquire: at most {MAX_SAMPLES} samples and {MAX_TIME_S:g} s per reading "
                          f"(got {args.samples}, {args.time!r} s)")
     if args.out:  # refuse a bad --out before the board is touched
-        from ..run import check_run
 
         check_run(samples=args.samples, time_s=args.time, mode=args.mode, batch=None, out=args.out,
                   overwrite=args.overwrite)
@@ -97,8 +94,6 @@ def cmd_acquire(args) -> int:
         with armed(dev):
             acq = dev.acquire(args.mode, args.time, args.samples)
         if args.out:
-            from ..run import save_acquisition
-
             save_acquisition(args.out, dev, acq, volts, overwrite=args.overwrite, resource=args.resource)
     finally:
         dev.close()
@@ -119,7 +114,6 @@ def cmd_acquire(args) -> int:
     return EXIT_OK
 
 
-
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "emulate",
@@ -130,7 +124,6 @@ def add_parsers(sub) -> None:
     p.add_argument("emulator_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_emulate)
 
-    RESOURCE_HELP = "board resource: TCPIP0::127.0.0.1::5025::SOCKET, ASRL/dev/pts/N::INSTR, /dev/ttyX, or twin"
     p = sub.add_parser("info", help="identity and size of a board", description="Query a board's identity, technology and channel counts.")
     p.add_argument("--resource", required=True, help=RESOURCE_HELP)
     add_json(p)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+from calibration.mapping import UploadError
+
+from .. import demo as demo_app  # run_demo looked up at call time (tests replace it)
 from ._common import EXIT_DEVICE, EXIT_OK, RESOURCE_HELP, add_json, emit
 
 
@@ -13,17 +16,13 @@ def _f(v) -> str:
 
 
 def cmd_demo(args) -> int:
-    from calibration.mapping import UploadError
-
-    from ..demo import NotLearnedError, run_demo
-
     try:
-        s = run_demo(args.out, args.resource, seed=args.seed, generations=args.generations, progress=not args.json,
-                     ga_seconds=args.ga_seconds)
+        s = demo_app.run_demo(args.out, args.resource, seed=args.seed, generations=args.generations, progress=not args.json,
+                               ga_seconds=args.ga_seconds)
     except UploadError as e:  # the board did not apply what was sent
         print(f"tc-hw: device fault: {e}", file=sys.stderr)
         return EXIT_DEVICE
-    except NotLearnedError as e:  # never a result: an error with its figures
+    except demo_app.NotLearnedError as e:  # never a result: an error with its figures
         print(f"tc-hw: error: {e}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": str(e), "exit_code": e.exit_code, **e.figures}, default=str))

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import math
 
-from ._cluster import add_cluster_option, add_station_option
-from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
+import calibration
+from calibration.scale import fitting_scale
+
+from ..backends import open_device
+from ..model import provenance
+from ..model.files import load_params
+from ..model.tasks import load_task
+from ..refine import RefineConfig, gap_closed, measure_cos_loss, refine, twin_task_loss
+from ..station import resolve
+from ..train.cos import twin_cos_loss
+from ._cluster import add_cluster_option, add_station_option, board_or_station, calibrate_station, refine_station
+from ._common import EXIT_OK, RESOURCE_HELP, add_json, check_input_file, check_output_file, emit
+from .run import cmd_report as report_any_file
 
 
 def parse_scale(scale) -> float | str | None:
@@ -23,9 +34,6 @@ def parse_scale(scale) -> float | str | None:
 
 def _load_cal(path, device, resource: str | None = None):
     """The calibration record ``path``; without one, the station file's for the board, else nominal gains."""
-    import calibration
-
-    from ..station import resolve
 
     if path is None and resource is not None:
         path = resolve(resource)[1].get("calibration")
@@ -34,59 +42,22 @@ def _load_cal(path, device, resource: str | None = None):
 
 def _program(args, device, cal=None):
     """The parameter file, rescaled (``--scale``) to fit the board (through ``cal``) if asked."""
-    from ..model.files import load_params
-
     scale = parse_scale(getattr(args, "scale", None))
     params = load_params(args.params)
     if scale in (None, "1", "none"):
         return params, 1.0
     if scale == "auto":
-        from calibration.scale import fitting_scale
-
         lam = fitting_scale(params, device.channel_map, cal)
     else:
         lam = scale
     return params.rescaled(lam), lam
 
 
-def _check_input_file(path, option: str) -> None:
-    """Refuse (ValueError) a missing input, or a folder, before any device is opened."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{option} {path}: no such file")
-    if not p.is_file():
-        raise ValueError(f"{option} {path}: is a folder or special file, not a file")
-
-
-def _check_output_file(path, option: str) -> None:
-    """Refuse (ValueError) an output path that is a symlink, a folder, or lies under a file."""
-    from pathlib import Path
-
-    p = Path(path)
-    if p.is_symlink():
-        raise ValueError(f"{option} {path} is a symlink: give the real path")
-    if p.exists() and not p.is_file():
-        raise ValueError(f"{option} {path} is a folder, not a file")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
-            break
-
-
 def cmd_calibrate(args) -> int:
-    import calibration
-
-    from ..model import provenance
-    from ..backends import open_device
-    from ._cluster import board_or_station, calibrate_station
-
     board_or_station(args, out_required=True)
     if args.station:
         return calibrate_station(args)
-    _check_output_file(args.out, "--out")
+    check_output_file(args.out, "--out")
     dev = open_device(args.resource)
     try:
         provenance.note(args=args, device=dev, resource=args.resource, writer="tc-hw calibrate")
@@ -103,14 +74,10 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_upload(args) -> int:
-    import calibration
-
-    from ..backends import open_device
-
     parse_scale(args.scale)
-    _check_input_file(args.params, "--params")
+    check_input_file(args.params, "--params")
     if args.cal not in (None, "nominal"):
-        _check_input_file(args.cal, "--cal")
+        check_input_file(args.cal, "--cal")
     dev = open_device(args.resource)
     try:
         cal = _load_cal(args.cal, dev, args.resource)
@@ -118,9 +85,6 @@ def cmd_upload(args) -> int:
         rep = calibration.upload(dev, params, cal)
         rep["scale"] = lam
         if args.task == "cos":
-            from ..refine import measure_cos_loss
-            from ..train.cos import twin_cos_loss
-
             rep["twin_loss"] = twin_cos_loss(params, seed=args.seed)
             rep["board_loss"] = measure_cos_loss(dev, params, cal, seed=args.seed)
             if args.cal not in (None, "nominal"):
@@ -147,8 +111,6 @@ def cmd_upload(args) -> int:
 def _refine_config(args):
     """The run's settings from the command line, validated (by ``RefineConfig``) before anything
     is opened or created; a refusal names the option (ValueError: exit code 2)."""
-    from ..refine import RefineConfig
-
     sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples")
              if getattr(args, k) is not None}
     if args.method == "twin-guided":
@@ -165,14 +127,6 @@ def _refine_config(args):
 
 
 def cmd_refine(args) -> int:
-    from ..model import provenance
-    from ..backends import open_device
-    from ..refine import gap_closed, refine, twin_task_loss
-    from ..model.tasks import load_task
-    from ..train.cos import twin_cos_loss
-
-    from ._cluster import board_or_station, refine_station
-
     board_or_station(args)
     cfg = _refine_config(args)  # bad sizes and ranges are refused before the board or the log is touched
     task = "cos" if args.task == "cos" else load_task(args.task)
@@ -214,10 +168,8 @@ def cmd_refine(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .run import cmd_report as report_any_file  # provenance of any tc-hw file; plots of a run log
-
     if args.folder is not None:
-        _check_output_file(f"{args.folder}/x.png", "--folder")
+        check_output_file(f"{args.folder}/x.png", "--folder")
     return report_any_file(args)
 
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
+import calibration
+from calibration.scale import fitting_scale
+
+from ..backends import backend_for, open_device
+from ..model import provenance
+from ..model.files import load_params
+from ..model.runlog import read_log
+from ..report import report
+from ..run import builtin_task, check_run, load_inputs, read_run, run_program
+from ..station import resolve
 from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
 
 
 def _validated(args):
     """Everything that can be checked without the device: settings, the output path, the program,
     the calibration record, the inputs or task.  Returns (params, lam or None, cal or None, task, inputs)."""
-    import calibration
-
-    from ..model.files import load_params
-    from ..run import builtin_task, check_run, load_inputs
 
     check_run(samples=args.samples, time_s=args.time, mode=args.mode, batch=args.batch, out=args.out,
               overwrite=args.overwrite)
@@ -31,13 +39,6 @@ def _validated(args):
 
 
 def cmd_run(args) -> int:
-    import calibration
-
-    from ..model import provenance
-    from ..backends import backend_for, open_device
-    from ..run import run_program
-    from ..station import resolve
-
     resource, station = resolve(args.resource)
     if args.cal is None and station.get("calibration"):
         args.cal = station["calibration"]  # the station file's calibration of this board
@@ -51,8 +52,6 @@ def cmd_run(args) -> int:
         cal = cal or calibration.nominal(dev.channel_map)
         lam = 1.0
         if args.scale not in (None, "1", "none"):
-            from calibration.scale import fitting_scale
-
             lam = fitting_scale(params, dev.channel_map, cal) if args.scale == "auto" else float(args.scale)
             params = params.rescaled(lam)
         r = run_program(dev, params, cal, inputs, args.out, samples=args.samples, mode=args.mode, time_s=args.time,
@@ -77,23 +76,15 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     """Provenance of any tc-hw file; for a run log also the plots (``tc_hw.report``)."""
-    import json
-
-    from ..model import provenance
 
     prov = provenance.read(args.file)
     r = {"file": prov["file"], "kind": prov["kind"], "provenance": prov["blocks"]}
     lines = [f"{args.file}: tc-hw {prov['kind']} file"]
     if prov["kind"] == "run-log":
-        from ..report import report
-        from ..model.runlog import read_log
-
         if read_log(args.file)["completed_generations"] > 0:
             r.update(report(args.file, args.folder))
             lines.append(f"{r['generations']} generations, best loss {r['best_loss']:.4g}\n  " + "\n  ".join(r["plots"]))
     if prov["kind"] == "run":
-        from ..run import read_run
-
         run = read_run(args.file)
         r.update(complete=run["complete"], completed_inputs=run["completed_inputs"],
                  figures={k: provenance._attr(v) for k, v in run["figures"].items()})

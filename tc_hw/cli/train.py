@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ._cluster import add_cluster_option
-from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, emit, positive_int
+from ._cluster import add_cluster_option, train_cos_on_cluster
+from ..model.files import check_params_target
+from ..train.cos import train_cos_ga
+from ..train.direct import DirectConfig, train_cos_direct, train_mnist_direct
+from ..train.generative import generate_png, train_generative
+from ..train.om import train_mnist_om
+from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, check_input_file, check_output_file, emit, positive_int
 
 #: task -> methods, the first being the default
 METHODS = {"mnist": ("om", "direct"), "cos": ("ga", "direct"), "generate": ("reverse",)}
@@ -13,10 +18,7 @@ METHODS = {"mnist": ("om", "direct"), "cos": ("ga", "direct"), "generate": ("rev
 
 def _train_mnist(args):
     if args.method == "om":
-        from ..train.om import train_mnist_om
-
         return train_mnist_om(method=args.solver, out=args.out, seed=args.seed, progress=not args.json)
-    from ..train.direct import DirectConfig, train_mnist_direct
 
     cfg = DirectConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
     return train_mnist_direct(out=args.out, init=args.init, cfg=cfg, progress=not args.json)
@@ -24,8 +26,6 @@ def _train_mnist(args):
 
 def _train_cos(args):
     if args.method == "ga":
-        from ..train.cos import train_cos_ga
-
         sizes = {k: getattr(args, k) for k in ("population", "points", "samples") if getattr(args, k)}
 
         def train():
@@ -33,28 +33,20 @@ def _train_cos(args):
                                 progress=not args.json, **sizes)
 
         if getattr(args, "cluster", None):
-            from ._cluster import train_cos_on_cluster
-
             return train_cos_on_cluster(args, train)
         return train()
-    from ..train.direct import train_cos_direct
 
     return train_cos_direct(out=args.out, seed=args.seed, mode=args.mode, progress=not args.json,
                             **({"iterations": args.epochs} if args.epochs else {}))
 
 
 def _train_generative(args):
-    from ..train.generative import train_generative
-
     return train_generative(digits=args.digits, out=args.out, seed=args.seed, progress=not args.json)
 
 
 def cmd_generate(args) -> int:
-    from ..train.generative import generate_png
-    from .hardware import _check_input_file, _check_output_file
-
-    _check_input_file(args.params, "--params")
-    _check_output_file(args.png, "--png")
+    check_input_file(args.params, "--params")
+    check_output_file(args.png, "--png")
 
     r = generate_png(args.params, args.n, args.png, seed=args.seed, teacher=args.teacher, progress=not args.json)
     emit(args, {k: v for k, v in r.items() if isinstance(v, (int, float, str, list, dict))},
@@ -81,13 +73,11 @@ def cmd_train(args) -> int:
     if getattr(args, "cluster", None) and (args.task, method) != ("cos", "ga"):
         raise ValueError(f"--cluster: only --task cos --method ga evaluates populations on a cluster, not "
                          f"{args.task}/{method}")
-    from ..model.files import check_params_target
-    from .hardware import _check_input_file, _check_output_file
 
-    _check_output_file(args.out, "--out")
+    check_output_file(args.out, "--out")
     check_params_target(args.out)  # never a calibration record or run log; before any training
     if args.init is not None:
-        _check_input_file(args.init, "--init")
+        check_input_file(args.init, "--init")
     if args.task == "generate":
         _parse_digits(args.digits)
     run = {"mnist": _train_mnist, "cos": _train_cos, "generate": _train_generative}[args.task]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist
-from ._cluster import add_cluster_option
+from ._cluster import add_cluster_option, evaluate_mnist_on_cluster
+from ..model.files import load_params
 from ._common import EXIT_OK, add_json, emit, positive_float, positive_int
 
 #: most integration steps (time / dt) one evaluation may ask for
@@ -11,8 +12,6 @@ MAX_STEPS = 10**7
 
 
 def cmd_evaluate(args) -> int:
-    from ..model.files import load_params
-
     if args.task != "mnist":
         raise ValueError(f"unknown task {args.task!r}")
     defaults = MNIST_DEFAULTS
@@ -23,8 +22,6 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"--time {time_:.9g} / --dt {dt:.9g} = {steps:.6g} steps; it must be 1..{MAX_STEPS:g}")
     params = load_params(args.params, format=args.format)
     if getattr(args, "cluster", None):
-        from ._cluster import evaluate_mnist_on_cluster
-
         result = evaluate_mnist_on_cluster(args, params, time_, dt)
     else:
         result = evaluate_mnist(params, args.samples, args.seed, time_, dt, progress=not args.json)

@@ -28,10 +28,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import __version__, provenance as _tc_provenance
+from .data.thermo_gd import load_published
 from .network import Network
 from .params import ELEMENT_KINDS, Params, ParamsError
 from .safeio import open_hdf5_read, refuse_symlink, temporary_beside
-from . import provenance as _tc_provenance
 
 __all__ = ["save_params", "load_params", "FORMAT", "CONVENTION"]
 
@@ -41,8 +42,6 @@ CONVENTION = "V = sum Q x^2 + S x^3 + R x^4 - B x + sum C x x + sum W I x"
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -218,8 +217,6 @@ def load_params(path, format: str | None = None) -> Params:
         raise ParamsError(f"{path} is a folder, not a parameter file")
     fmt = format or {".json": "json", ".dat": "thermo_gd"}.get(path.suffix.lower(), "hdf5")
     if fmt == "thermo_gd":
-        from .data.thermo_gd import load_published
-
         return _guarded(lambda: load_published(path), path)
     if fmt == "json":
         return _guarded(lambda: _load_json(path), path)

@@ -7,7 +7,10 @@ alone (inline figures in a notebook keep working after tc-hw has written a PNG).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from .safeio import refuse_symlink, temporary_beside
 
 __all__ = ["figure", "save"]
 
@@ -16,7 +19,7 @@ def figure(nrows: int = 1, ncols: int = 1, size=(6.4, 4.0)):
     """A new ``(fig, axes)`` pair, a :class:`matplotlib.figure.Figure` with its own Agg canvas.
 
     ``size`` is (width, height) in inches; ``axes`` is one Axes for a 1x1 grid, else an array."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # local: matplotlib takes seconds to import; only when a figure is drawn
 
     fig = Figure(figsize=size, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=nrows * ncols == 1)
@@ -28,9 +31,6 @@ def save(fig, path) -> Path:
     Written to a unique temporary file beside ``path`` and renamed over it: never through a
     symlink at ``path`` (refused, ``ValueError``), never half-written.  A parent that is a file
     raises ``ValueError`` naming it."""
-    import os
-
-    from .safeio import refuse_symlink, temporary_beside
 
     path = refuse_symlink(path, "plot")
     try:

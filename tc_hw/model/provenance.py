@@ -38,8 +38,8 @@ writer then calls :func:`write` on the group it creates, adding what it knows lo
 from __future__ import annotations
 
 import contextvars
-import functools
 import datetime as _dt
+import functools
 import hashlib
 import json
 import shlex
@@ -51,6 +51,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import __version__
+from .params import ELEMENT_KINDS
 from .safeio import open_hdf5_read
 
 __all__ = ["SCHEMA", "begin", "note", "noted", "collect", "write", "read", "find", "program_sha256", "calibration_sha256",
@@ -98,8 +100,6 @@ def program_sha256(params) -> str:
     when absent), ``kT``, ``mobility``; each as name, dtype, shape, bytes.  Layers and file format
     do not enter: the same program read from HDF5 or JSON has the same hash.
     """
-    from .params import ELEMENT_KINDS
-
     h = hashlib.sha256()
     net = params.network
     for name, v in (("n_nodes", net.n_nodes), ("n_inputs", net.n_inputs), ("edges", net.edges),
@@ -222,8 +222,6 @@ def collect(**values) -> dict:
     """The provenance block as a dict of strings (and ``source_dirty`` as bool), from what
     :func:`note` recorded updated with ``values`` (same keys; plus ``instrument``, a dict with
     ``identity``, ``technology``, ``calibration_entry``, ``calibration_hash`` as run logs keep)."""
-    from . import __version__
-
     v = {**_CONTEXT.get(), **{k: x for k, x in values.items() if x is not None}}
     commit, dirty = source_commit()
     out = dict.fromkeys(FIELDS, "")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import h5py
@@ -63,8 +64,6 @@ def _lock(path: Path):
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("tc-hw")
     except PackageNotFoundError:  # running from a source tree

@@ -14,14 +14,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import stat
 import struct
 import tempfile
 import time
 from pathlib import Path
+
+import h5py
 
 __all__ = ["LockedError", "hold_lock", "Lock", "create_exclusive", "temporary_beside", "refuse_symlink",
            "open_hdf5_read", "hdf5_problem", "HDF5_SIGNATURE"]
@@ -224,8 +228,6 @@ def _global_heap_problem(path: Path, head: bytes) -> str | None:
     parse forever: an object that does not advance the parser (size 0 free space), or one that
     runs past its collection.  HDF5 loops on the first without a message.  Scans the file's bytes
     for ``GCOL`` signatures (version 1) and walks their objects as HDF5 does."""
-    import mmap
-
     sb = _superblock(head)
     lsize = head[10] if sb is not None and head[10] in (2, 4, 8) else 8
     fmt = {2: "<H", 4: "<I", 8: "<Q"}[lsize]
@@ -268,8 +270,6 @@ def open_hdf5_read(path, what: str = "file"):
     """Open ``path`` read-only without HDF5 file locking; a file marked open by a (live or
     killed) SWMR writer is opened as a SWMR reader.  Raises ``ValueError`` with the reason for a
     missing, truncated or unreadable file (never hangs on a truncated one)."""
-    import h5py
-
     path = Path(path)
     problem, head, size = _basic_problem(path)
     problem = problem or _truncation(path, head, size, 1.0) or _global_heap_problem(path, head)
@@ -303,8 +303,6 @@ SWMR_READ_ATTEMPTS = 28
 
 def _hdf5_library():
     """The HDF5 C library h5py uses (ctypes), or None if it cannot be found."""
-    import ctypes
-
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "libhdf5" in line and "/" in line}
@@ -326,8 +324,6 @@ def _hdf5_library():
 def _open_swmr_bounded(path: Path):
     """A SWMR read-only h5py.File without file locking and with :data:`SWMR_READ_ATTEMPTS`
     metadata read attempts (falls back to h5py's defaults if the library cannot be reached)."""
-    import h5py
-
     set_attempts = _hdf5_library()
     if set_attempts is None:
         return h5py.File(path, "r", libver="latest", swmr=True, locking=False)

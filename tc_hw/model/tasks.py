@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from .data.mnist import load_mnist
+from .data.thermo_gd import normalise_images
 from .params import Params
 
 __all__ = ["ClassificationScore", "score_classification", "mnist_inputs", "cos_task", "cos_loss", "Task", "LOSSES",
@@ -58,9 +61,6 @@ def score_classification(params: Params, output_samples, labels) -> Classificati
 
 def mnist_inputs(split: str = "test", norm: float | None = 44.483989):
     """MNIST images normalised as for the published parameters, shape (n, 784), and labels."""
-    from .data.mnist import load_mnist
-    from .data.thermo_gd import normalise_images
-
     images, labels = load_mnist(split)
     return normalise_images(images, norm), labels
 
@@ -223,8 +223,6 @@ def cos_task_object(n_points: int = 250) -> Task:
 
 def save_task(task: Task, path) -> None:
     """Write a task file (HDF5, documented in docs/task-file.md)."""
-    import h5py
-
     with h5py.File(path, "w") as f:
         f.attrs["format"] = TASK_FORMAT
         f.attrs["format_version"] = TASK_VERSION
@@ -239,8 +237,6 @@ def save_task(task: Task, path) -> None:
 
 def load_task(path) -> Task:
     """Read a task file; ValueError naming what is wrong (format, version, arrays, loss)."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         if f.attrs.get("format") != TASK_FORMAT:
             raise ValueError(f"{path}: not a task file (format {f.attrs.get('format')!r}, expected {TASK_FORMAT!r})")
