@@ -256,6 +256,21 @@ class BoardPlan:
         return base.copy(quadratic=self.quadratic[m], quartic=self.quartic[m])
 
 
+def _channel_reach(c, cal, margin: float, where: str) -> tuple[float, float]:
+    """Board values (kT = 1 units) channel ``c`` reaches: calibrated (else nominal), ``margin`` inside.
+
+    Raises :class:`DemoError` when the channel's calibration failed (``where`` names it)."""
+    if cal is not None:
+        curve = cal.curve(c.index)
+        if not curve.ok:
+            raise DemoError(f"{where}: its calibration failed ({curve.reason}) and the program needs it; "
+                            "calibrate again (tc-hw calibrate, more samples) or see the operator's guide")
+        lo, hi = (float(t) for t in cal.value_range(c.index))
+    else:
+        lo, hi = sorted((c.gain * c.vmin, c.gain * c.vmax))
+    return (lo / margin if lo > 0 else lo * margin), (hi / margin if hi < 0 else hi * margin)
+
+
 def plan_for_board(base, nodes, channel_map, cal=None, bound: float = BOUND, margin: float = 0.9,
                    min_scale: float = MIN_SCALE, max_input_scale: float = MAX_INPUT_SCALE) -> BoardPlan:
     """Element bounds, coordinate scale and intrinsic terms so that the trained program fits.
@@ -296,15 +311,7 @@ def plan_for_board(base, nodes, channel_map, cal=None, bound: float = BOUND, mar
     for c in channel_map:
         field, idx = src[c.index]
         where = f"{c.kind} channel {c.index} ({field}{'' if idx is None else f'[{idx}]'})"
-        if cal is not None:
-            curve = cal.curve(c.index)
-            if not curve.ok:
-                raise DemoError(f"{where}: its calibration failed ({curve.reason}) and the program needs it; "
-                                "calibrate again (tc-hw calibrate, more samples) or see the operator's guide")
-            lo, hi = (float(t) for t in cal.value_range(c.index))
-        else:
-            lo, hi = sorted((c.gain * c.vmin, c.gain * c.vmax))
-        lo, hi = (lo / margin if lo > 0 else lo * margin), (hi / margin if hi < 0 else hi * margin)
+        lo, hi = _channel_reach(c, cal, margin, where)
         if c.kind in ("Q", "R"):
             j = (quad if c.kind == "Q" else quart)[c.a]
             if j <= 0 or hi <= 0:
@@ -349,12 +356,71 @@ def plan_for_board(base, nodes, channel_map, cal=None, bound: float = BOUND, mar
     return BoardPlan(out, float(lam), quad, quart, sorted(raised), scale_in)
 
 
+#: Quartic term of the weak-board plan in program units (kT 0.1): sets its coordinate scale.
+WEAK_QUARTIC = 1.0
+
+
+def plan_for_weak_board(base, nodes, channel_map, cal=None, margin: float = 0.9,
+                        max_input_scale: float = MAX_INPUT_SCALE, quartic: float = WEAK_QUARTIC) -> BoardPlan:
+    """A plan for a board whose elements are weak relative to kT (:func:`plan_for_board` gives
+    bounds so small there that the mean response stays linear: the loss-1/2 plateau).
+
+    In board units (kT = 1, x in volts) a node ``Q x^2 + R x^4 - h x`` responds nonlinearly to a
+    field ``h`` of order ``R^(1/4)`` only when its quadratic term does not dominate: with ``Q``
+    near its maximum (the default plan's ``J2 = J4``) the fields the weak elements reach keep
+    ``<x>(h)`` linear.  So every node gets ``Q`` as close to 0 as its reach allows (0, or the
+    reach's end nearest 0) and ``R`` at ``SLACK`` of its reach's top: a quartic well, whose mean
+    response saturates like ``h^(1/3)``.  The coordinate scale ``lam`` makes the median quartic
+    term ``quartic`` in program units (``R kT / lam^4``); biases, couplings and crossbar weights
+    get the bounds their reach leaves at ``lam`` (crossbar weights helped by an input amplitude up
+    to ``max_input_scale``, as in :func:`plan_for_board`).  The nodes' board extent is then about
+    ``(kT / quartic)^(1/4) / lam`` volts, inside a few volts.
+
+    Raises :class:`DemoError` when a quartic element cannot be positive, or an element the
+    program needs at 0 cannot be 0.
+    """
+    from calibration.mapping import channel_values
+
+    n = sum(1 for c in channel_map if c.kind == "Q")
+    kt = base.kT
+    full = embed(base, nodes, channel_map, quadratic=np.zeros(n), quartic=np.ones(n))
+    _, src = channel_values(full, channel_map)
+    q_b, r_b = np.zeros(n), np.full(n, np.nan)
+    reach_k = {"B": math.inf, "C": math.inf, "W": math.inf}
+    for c in channel_map:
+        field, idx = src[c.index]
+        where = f"{c.kind} channel {c.index} ({field}{'' if idx is None else f'[{idx}]'})"
+        lo, hi = _channel_reach(c, cal, margin, where)
+        if c.kind == "R":
+            if hi <= 0:
+                raise DemoError(f"{where}: reaches [{lo:.4g}, {hi:.4g}] (board units): the computer needs a "
+                                "positive quartic term there")
+            r_b[c.a] = _SLACK * hi
+        elif c.kind == "Q":
+            q_b[c.a] = 0.0 if lo <= 0 <= hi else (lo / _SLACK if lo > 0 else _SLACK * hi)
+        elif not lo <= 0 <= hi:
+            raise DemoError(f"{where}: the board reaches only [{lo:.4g}, {hi:.4g}] (board units), not 0: "
+                            "a trained element could not be put on it")
+        elif idx is not None:
+            reach_k[c.kind] = min(reach_k[c.kind], -lo, hi)
+    lam = float((np.median(r_b[np.asarray(nodes)]) * kt / quartic) ** 0.25)
+    bounds = {_KIND_FIELD[k]: float(_SLACK * r * kt / lam ** _POWER[k]) for k, r in reach_k.items()
+              if math.isfinite(r)}
+    scale_in = 1.0
+    if "crossbar" in bounds:
+        scale_in = float(max_input_scale)
+        bounds["crossbar"] *= scale_in
+    raised = sorted(int(i) for i in np.flatnonzero(q_b != 0))
+    return BoardPlan(bounds, lam, q_b * kt / lam**2, r_b * kt / lam**4, raised, scale_in)
+
+
 # ----------------------------------------------------------------------------- the loop
 def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0, generations: int = 10,
              calibration_options: dict | None = None, progress: bool = True, ga_seconds: float = GA_SECONDS,
              refine_options: dict | None = None) -> dict:
     """Run the loop; returns the summary (also written to ``<folder>/summary.json``)."""
     import calibration
+    from calibration.mapping import on_board_mobility
     from sim_backend.twin import sample_reset
 
     from .backends import open_device
@@ -386,9 +452,13 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
             t = time.monotonic()
             plan = plan_for_board(base, nodes, cmap, cal)
             params_file, trainings = folder / "cos.h5", []
-            params, trained, board_prog, lam, extent = _train_for(plan, base, nodes, cmap, cal, params_file, seed,
-                                                                  progress)
-            if extent / lam > v_safe:
+            if _is_weak(plan):
+                plan, base, nodes, first = _train_weak(cmap, cal, folder / "cos_weak.h5", seed, progress)
+                params_file = folder / "cos_weak.h5"
+            else:
+                first = _train_for(plan, base, nodes, cmap, cal, params_file, seed, progress)
+            params, trained, board_prog, lam, extent = first
+            if extent / lam > v_safe and params_file.name == "cos.h5":
                 # the nodes would reach the rails: plan a larger coordinate scale (smaller elements,
                 # smaller bounds) and train once more; keep the one that measures better on the board
                 _say(progress, f"the program's nodes would reach {extent / lam:.2f} V on the board (safe: "
@@ -408,15 +478,22 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
                                   node_extent_v=second[4] / second[3], board_loss_fitted_readout=second_score)]
                 if second_score < first_score:
                     plan, params_file, (params, trained, board_prog, lam, extent) = plan2, folder / "cos_rails.h5", second
-            if trained["loss"] >= LEARNED_LOSS:  # weak elements: smaller scales, while the nodes stay off the rails
+            if trained["loss"] >= LEARNED_LOSS and params_file.name != "cos_weak.h5":  # smaller scales, off the rails
                 found = _learn_at_smaller_scales(plan, (params, trained, board_prog, lam, extent), base, nodes, cmap,
                                                  cal, folder, seed, progress, v_safe, trainings)
                 if found is not None:
                     plan, params_file, (params, trained, board_prog, lam, extent) = found
+            if trained["loss"] >= LEARNED_LOSS and params_file.name != "cos_weak.h5":  # last: the weak-board plan
+                plan_w, base_w, nodes_w, weak = _train_weak(cmap, cal, folder / "cos_weak.h5", seed, progress)
+                trainings.append(_attempt("cos_weak.h5", plan_w, weak[3], weak[4], weak[1]["loss"]))
+                if weak[1]["loss"] < trained["loss"] and weak[4] / weak[3] <= v_safe:
+                    plan, base, nodes, params_file = plan_w, base_w, nodes_w, folder / "cos_weak.h5"
+                    params, trained, board_prog, lam, extent = weak
             timings["train_s"] = time.monotonic() - t
             layers = [len(layer) for layer in params.network.layers]
             bound, a_in, on_board = plan.bound, plan.input_scale, board_prog
-            twin_loss = twin_cos_loss(params, seed=seeds.derive(seed, seeds.DEMO, 2))
+            # the twin's prediction for this board: the program on the board's own per-node time constants
+            twin_loss = twin_cos_loss(on_board_mobility(params, cal, nodes), seed=seeds.derive(seed, seeds.DEMO, 2))
             _check_twin_learned(twin_loss, plan, lam, extent, folder, trainings, v_safe)
             heat = sample_reset(params, cos_task()[0], 1.0, 200, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 3),
                                 energy=True,
@@ -510,6 +587,56 @@ def _learn_at_smaller_scales(plan, first, base, nodes, cmap, cal, folder, seed, 
         if trained["loss"] < LEARNED_LOSS and extent / lam <= v_safe:
             return plan2, out, (params, trained, board_prog, lam, extent)
     return None
+
+
+#: Layers of the weak-board computer: each hop through a weak coupling halves the signal that
+#: reaches the output (measured on zoo board 7007: twin loss 0.04 with 2 layers, 0.51 with 4).
+WEAK_DEPTH = 2
+#: Variable-projection training of the weak-board computer (iterations, inputs x runs per iteration).
+WEAK_TRAINING = dict(iterations=400, points=32, samples=64)
+
+
+def _is_weak(plan: BoardPlan, min_scale: float = MIN_SCALE) -> bool:
+    """Whether :func:`plan_for_board` had to go to its smallest scale: the board's elements are too
+    weak for the default computer (``J2 = J4 = 1`` at kT 0.1) to fit with its bounds and its nodes
+    off the rails, so the weak-board plan (:func:`plan_for_weak_board`) is used instead."""
+    return plan.scale <= min_scale * (1 + 1e-9)
+
+
+def _train_weak(cmap, cal, out, seed, progress):
+    """The weak-board computer (:data:`WEAK_DEPTH` layers, :func:`plan_for_weak_board`) trained by
+    variable projection (:func:`tc_hw.train.cos.train_cos_varpro`) on the board's own per-node
+    time constants, with the exact readout refitted on 1000 runs per input.
+
+    Returns ``(plan, base, nodes, (params, metrics, program on the board before scaling, its
+    coordinate scale, the 99.9th percentile of |x| on the twin))`` like :func:`_train_for`."""
+    from calibration.mapping import on_board_mobility
+    from calibration.scale import fitting_scale
+    from sim_backend.twin import sample_reset
+
+    from .model.files import save_params
+    from .model.tasks import cos_task
+    from .train.cos import readout_lstsq, train_cos_varpro, twin_cos_loss
+    from .train.direct import cos_png
+
+    base, nodes = board_computer(cmap, depth=WEAK_DEPTH)
+    plan = plan_for_weak_board(base, nodes, cmap, cal)
+    _say(progress, f"weak elements: training a {'x'.join(str(len(l)) for l in base.network.layers)} computer with "
+                   f"quartic wells (coordinate scale {plan.scale:.3f}, bounds {_bound_text(plan.bound)}, input "
+                   f"line {plan.input_scale:g} z) by variable projection")
+    start = on_board_mobility(plan.apply(base, nodes), cal, nodes)
+    params, trained = train_cos_varpro(start, bound=plan.bound, seed=seed, progress=progress, **WEAK_TRAINING)
+    params = readout_lstsq(params, samples=1000, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 5))
+    trained["loss"] = twin_cos_loss(params, samples=200, seed=seeds.derive(seed, seeds.DEMO, 6))
+    params = params.copy(mobility=1.0)  # the program itself: the board's per-node tau is the board's
+    save_params(params, out, {"method": "varpro", "task": "cos", "loss": trained["loss"], "seed": seed,
+                              "board_nodes": list(map(int, nodes))})
+    trained["plots"] = [str(cos_png(out, params, 1e-2, seed))]
+    on_board = embed(params, nodes, cmap, quadratic=plan.quadratic, quartic=plan.quartic)
+    on_board = on_board.copy(crossbar=on_board.crossbar / plan.input_scale)
+    lam = fitting_scale(on_board, cmap, cal)
+    x = sample_reset(params, cos_task(50)[0], 1.0, 200, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 0)).x
+    return plan, base, nodes, (params, trained, on_board, lam, float(np.percentile(np.abs(x), 99.9)))
 
 
 def _attempt(name, plan, lam, extent, loss) -> dict:

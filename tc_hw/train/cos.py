@@ -490,3 +490,100 @@ def _plots(out: Path, history, z, y, y_se, target, loss, settings) -> dict:
     ax.legend(fontsize=8)
     cos_png = save(fig, out.with_name(out.stem + "_cos.png"))
     return {"loss_png": str(loss_png), "cos_png": str(cos_png)}
+
+
+def _ridge_readout(xbar: np.ndarray, target: np.ndarray, ridge: float) -> np.ndarray:
+    """Readout ``f`` (n_out,) minimising ``mean (xbar f - target)^2 + ridge |f|^2``; ``xbar`` (P, n_out)."""
+    p, n = xbar.shape
+    a = xbar.T @ xbar / p + ridge * np.eye(n)
+    return np.linalg.solve(a, xbar.T @ target / p)
+
+
+def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterations: int = 300, points: int = 32,
+                     samples: int = 16, dt: float = 1e-2, t_f: float = 1.0, lr: float = 5e-2, lr_final: float = 1e-3,
+                     restarts: int = 4, ridge: float = 1e-4, seed: int = 0, max_seconds: float | None = None,
+                     progress: bool = False) -> tuple[Params, dict]:
+    """Train the cos(2 pi z) computer ``base`` through its dynamics with the readout projected out.
+
+    Variable projection: at every iteration the readout ``f`` (1, n_out) is the exact (ridge
+    ``ridge``) least-squares fit to that iteration's output means ``xbar`` (``points`` inputs
+    drawn uniformly on [0, 1], ``samples`` reset runs of ``t_f`` each), and the analog elements
+    (bias, coupling, crossbar) follow the gradient of the loss *after* that fit (adjoint of
+    :func:`tc_hw.train.direct.forward`; by the envelope theorem ``f`` needs no gradient).  So any
+    nonlinearity of the response lowers the loss at once, instead of waiting for a readout
+    trained alongside to find it: what gets a weak board's computer off the loss-1/2 plateau.
+    ``bound``: per element kind (dict: ``bias``, ``coupling``, ``crossbar``) or for all (float),
+    projected after every step.  ``restarts`` random starts (biases N(0, 1), couplings
+    N(0, 0.5^2), crossbar N(0, 4^2), then bounded) are run ``iterations / (4 restarts)``
+    iterations each; the best goes on with a cosine-decaying learning rate.
+
+    Returns ``(params, metrics)``: the trained computer with its readout from the last iteration
+    (callers refit it on more samples: :func:`readout_lstsq`), and ``history`` (minibatch loss
+    after the fit, per iteration), ``iterations``, ``train_seconds``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from sim_backend.rng import normal
+
+    from .direct import _Adam, _Model, backward, forward
+
+    bounds = [bound.get("crossbar"), bound.get("bias"), bound.get("coupling")] if isinstance(bound, dict) \
+        else [bound] * 3
+    rng = seeds.rng(seed, seeds.DIRECT_DATA)
+    steps = int(round(t_f / dt))
+    outputs = np.asarray(base.network.outputs)
+
+    def project(model):
+        for t, b in zip(model.tensors(), bounds):
+            if b is not None:
+                np.clip(t, -b, b, out=t)
+
+    def start():
+        net = base.network
+        model = _Model(base.copy(bias=rng.normal(0, 1.0, net.n_nodes), coupling=rng.normal(0, 0.5, net.n_edges),
+                                 crossbar=rng.normal(0, 4.0, net.n_crossbar)))
+        project(model)
+        return model, _Adam(model.tensors(), lr)
+
+    def step(model, opt, it, step_lr):
+        z = rng.uniform(0, 1, points).astype(np.float32)
+        inputs = np.repeat(z, samples)[:, None]
+        noise = normal(seeds.derive(seed, seeds.DIRECT_NOISE, it),
+                       steps * len(inputs) * model.B.size).reshape(steps, len(inputs), -1)
+        xs = forward(model, inputs, noise, dt)
+        xbar = xs[-1][:, outputs].reshape(points, samples, -1).mean(axis=1).astype(np.float64)
+        target = np.cos(2 * np.pi * z)
+        f = _ridge_readout(xbar, target, ridge)
+        err = xbar @ f - target
+        loss = float(np.mean(err**2))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at iteration {it}: lower lr or dt")
+        lam = np.zeros((len(inputs), model.B.size), np.float32)
+        lam[:, outputs] = np.repeat(2 * err / (points * samples), samples)[:, None] * f[None, :]
+        opt.step(model.tensors(), backward(model, inputs, xs, lam, dt), step_lr)
+        project(model)
+        return loss, f
+
+    history, t0 = [], time.perf_counter()
+    probe = iterations // (4 * restarts) if restarts > 1 else 0
+    with threadpool_limits(1, "blas"):
+        runs = []
+        for r in range(restarts if probe else 1):
+            model, opt = start()
+            losses = [step(model, opt, len(history) + i, lr)[0] for i in range(probe)]
+            history += losses
+            runs.append((float(np.mean(losses[-max(1, probe // 4):])) if losses else 0.0, r, model, opt))
+        _, _, model, opt = min(runs, key=lambda t: (t[0], t[1]))
+        rest, f = iterations - len(history), None
+        for i in range(rest):
+            step_lr = lr_final + 0.5 * (lr - lr_final) * (1 + np.cos(np.pi * i / max(1, rest - 1)))
+            loss, f = step(model, opt, len(history), step_lr)
+            history.append(loss)
+            if progress and i % 50 == 0:
+                print(f"varpro cos: iteration {len(history)}, loss {np.mean(history[-20:]):.3g}", file=sys.stderr)
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                break
+    readout = np.zeros((1, len(outputs))) if f is None else f[None, :]
+    trained = model.to_params().copy(readout=readout)
+    return trained, {"method": "varpro", "history": history, "iterations": len(history),
+                     "train_seconds": round(time.perf_counter() - t0, 1)}
