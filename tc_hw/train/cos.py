@@ -61,6 +61,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -309,10 +310,33 @@ def train_cos_ga(
         ``x = 0`` the network takes up thermal energy from the bath), ``files``.  All values are
         JSON-serialisable (NaN and infinities in histories are None).
     """
-    from tqdm.auto import tqdm
+    t0 = time.perf_counter()
+    samples = _checked_samples(mode, samples, batch, points, generations, antithetic)
+    base = cos_network(neuron, kT, width, depth)
+    settings = _settings(
+        task="cos", method="ga", mode=mode, neuron=tuple(float(v) for v in neuron), kT=kT, width=width, depth=depth,
+        population=population, elites=elites, points=points, samples=samples, dt=dt,
+        t_f=t_f, t_obs=t_obs, mutation=mutation, init_sigma=init_sigma, start=start, batch=batch,
+        common_noise=common_noise, antithetic=bool(antithetic and mode == "reset"), seed=seed, trainable=TRAINABLE,
+    )
+    out = None if out is None else Path(out)
+    if checkpoint is None and out is not None:
+        checkpoint = out.with_name(out.stem + "_ga.h5")
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    x0 = start_vector(base, start, monostable=mode == "serial")
+    stop = dict(max_generations=generations, target_loss=target_loss, patience=patience, max_seconds=max_seconds)
+    ga = _ga_for(base, x0, settings, stop, checkpoint, resume)
+    _run_generations(ga, base, settings, generations, checkpoint, progress)
+    final = _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples)
+    metrics = _ga_metrics(ga, final, settings)
+    if out is not None:
+        _write_ga_result(out, final, ga, metrics, settings, checkpoint, plots)
+    metrics["total_seconds"] = time.perf_counter() - t0
+    return final.params, metrics
 
-    from sim_backend import twin
 
+def _checked_samples(mode, samples, batch, points, generations, antithetic) -> int:
+    """``samples`` (its mode's default where None) after checking the GA's arguments; ValueError if bad."""
     if mode not in ("reset", "serial"):
         raise ValueError(f"mode must be 'reset' or 'serial', got {mode!r}")
     if samples is None:
@@ -325,143 +349,166 @@ def train_cos_ga(
         raise ValueError(f"antithetic sampling needs an even number of samples, got {samples}")
     if batch == "random" and points > PAPER_POINTS:
         raise ValueError(f"batch='random' draws from the {PAPER_POINTS} paper inputs; points must be <= {PAPER_POINTS}")
-    t0 = time.perf_counter()
-    base = cos_network(neuron, kT, width, depth)
-    settings = _settings(
-        task="cos", method="ga", mode=mode, neuron=tuple(float(v) for v in neuron), kT=kT, width=width, depth=depth,
-        population=population, elites=elites, points=points, samples=samples, dt=dt,
-        t_f=t_f, t_obs=t_obs, mutation=mutation, init_sigma=init_sigma, start=start, batch=batch,
-        common_noise=common_noise, antithetic=bool(antithetic and mode == "reset"), seed=seed, trainable=TRAINABLE,
-    )
-    out = None if out is None else Path(out)
-    if checkpoint is None and out is not None:
-        checkpoint = out.with_name(out.stem + "_ga.h5")
-    checkpoint = None if checkpoint is None else Path(checkpoint)
+    return samples
 
-    sigma = fan_in_sigma(base, TRAINABLE, mutation)
-    init = np.where(sigma > 0, init_sigma, 0.0)
-    # the first population is x0 + N(0, init_sigma^2) on the trainable entries
-    x0 = start_vector(base, start, monostable=mode == "serial")
-    stop = dict(max_generations=generations, target_loss=target_loss, patience=patience, max_seconds=max_seconds)
+
+def _ga_for(base: Params, x0: np.ndarray, settings: dict, stop: dict, checkpoint, resume: bool) -> GeneticAlgorithm:
+    """A new GA around ``x0`` (first population ``x0 + N(0, init_sigma^2)`` on the trainable
+    entries), or the one resumed from ``checkpoint`` (its settings must equal ``settings``)."""
     if resume and checkpoint is not None and checkpoint.exists():
         ga = GeneticAlgorithm.load(checkpoint)
         if ga.meta.get("settings") != json.loads(json.dumps(settings)):
             raise ValueError(f"{checkpoint} was written with other settings {ga.meta.get('settings')}; "
                              "delete it or resume=False to start afresh")
         ga.with_config(**stop)
-    else:
-        ga = GeneticAlgorithm(x0, sigma, init_sigma=init, population=population, elites=elites, seed=seed, **stop)
-    meta = {"settings": settings}
+        return ga
+    sigma = fan_in_sigma(base, TRAINABLE, settings["mutation"])
+    init = np.where(sigma > 0, settings["init_sigma"], 0.0)
+    return GeneticAlgorithm(x0, sigma, init_sigma=init, population=settings["population"],
+                            elites=settings["elites"], seed=settings["seed"], **stop)
 
+
+def _batch_for(settings: dict, g: int):
+    """Inputs ``z`` (P, 1) and targets (P,) of generation ``g``: the grid, or ``points`` paper inputs drawn for ``g``."""
+    if settings["batch"] == "grid":
+        return cos_task(settings["points"])
     z_paper, t_paper = cos_task(PAPER_POINTS)
-    z_grid, t_grid = cos_task(points)
+    rng = seeds.rng(settings["seed"], seeds.COS_BATCH, g)
+    idx = np.sort(rng.choice(PAPER_POINTS, settings["points"], replace=False))
+    return z_paper[idx], t_paper[idx]
 
-    def batch_for(g: int):
-        if batch == "grid":
-            return z_grid, t_grid
-        rng = seeds.rng(seed, seeds.COS_BATCH, g)
-        idx = np.sort(rng.choice(PAPER_POINTS, points, replace=False))
-        return z_paper[idx], t_paper[idx]
 
+def _run_generations(ga: GeneticAlgorithm, base: Params, settings: dict, generations: int, checkpoint,
+                     progress: bool) -> None:
+    """Ask, evaluate (:func:`evaluate_cos`), tell until the GA stops; checkpoint every generation."""
+    from tqdm.auto import tqdm
+
+    s = settings
     bar = tqdm(total=generations, initial=min(ga.generation, generations), disable=not progress, file=sys.stderr,
-               desc=f"GA cos {mode}", unit="gen", dynamic_ncols=True)
+               desc=f"GA cos {s['mode']}", unit="gen", dynamic_ncols=True)
     try:
         while ga.stop_reason() is None:
             g = ga.generation
-            z, tgt = batch_for(g)
-            losses = evaluate_cos(ga.ask(), base, z, tgt, mode=mode, samples=samples, dt=dt, t_f=t_f,
-                                  t_obs=t_obs, seed=seeds.derive(seed, seeds.COS_NOISE, g), common_noise=common_noise,
-                                  antithetic=settings["antithetic"])
+            z, tgt = _batch_for(s, g)
+            losses = evaluate_cos(ga.ask(), base, z, tgt, mode=s["mode"], samples=s["samples"], dt=s["dt"],
+                                  t_f=s["t_f"], t_obs=s["t_obs"], seed=seeds.derive(s["seed"], seeds.COS_NOISE, g),
+                                  common_noise=s["common_noise"], antithetic=s["antithetic"])
             ga.tell(losses)
             if checkpoint is not None:
-                ga.save(checkpoint, meta)
+                ga.save(checkpoint, {"settings": settings})
             bar.update(1)
             bar.set_postfix(best=f"{ga.history['best'][-1]:.4g}", elite=f"{ga.history['elite'][-1]:.4g}")
     finally:
         bar.close()
-    reason = ga.stop_reason()
-    train_seconds = ga.elapsed
 
-    # ---- final measurement: elites on the evaluation inputs, then the chosen one with fresh noise
+
+@dataclass
+class _Final:
+    """The GA's result measured afresh: the chosen computer, its losses, heat and output curve."""
+
+    params: Params
+    loss: float
+    loss_check: float | None
+    check_dt: float | None
+    elite_eval: np.ndarray
+    heat_traj: float
+    heat_inf: float
+    z_eval: np.ndarray  # (P,)
+    t_eval: np.ndarray  # (P,)
+    y_mean: np.ndarray  # (P,)
+    y_se: np.ndarray  # (P,)
+
+
+def _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples) -> _Final:
+    """Elites re-measured on ``eval_points`` inputs, the best one with the exact least-squares
+    readout, then measured once more with ``eval_samples`` runs and fresh noise (and at ``check_dt``)."""
+    from sim_backend import twin
+
+    s = settings
+    mode, dt, seed = s["mode"], s["dt"], s["seed"]
     z_eval, t_eval = cos_task(eval_points)
     elite_vectors = ga.elites if ga.generation else x0[None]
-    kw = dict(mode=mode, dt=dt, t_f=t_f, t_obs=t_obs)
-    sel_samples = max(samples, eval_samples // 5)
+    kw = dict(mode=mode, dt=dt, t_f=s["t_f"], t_obs=s["t_obs"])
+    sel_samples = max(s["samples"], eval_samples // 5)
     elite_eval = evaluate_cos(elite_vectors, base, z_eval, t_eval, samples=sel_samples,
                               seed=seeds.derive(seed, seeds.COS_CHECK, 0), **kw)
-    chosen = int(np.argmin(elite_eval))
-    best = base.with_vector(elite_vectors[chosen])
+    best = base.with_vector(elite_vectors[int(np.argmin(elite_eval))])
     if best.readout is not None:  # the exact least-squares readout (its own noise seed)
-        best = readout_lstsq(best, mode=mode, points=eval_points, samples=sel_samples, dt=dt, t_f=t_f, t_obs=t_obs,
-                             seed=seeds.derive(seed, seeds.COS_CHECK, 2))
+        best = readout_lstsq(best, points=eval_points, samples=sel_samples, seed=seeds.derive(seed, seeds.COS_CHECK, 2),
+                             **kw)
     ev_seed = seeds.derive(seed, seeds.COS_CHECK, 1)
     if mode == "reset":
-        run = twin.sample_reset(best, z_eval, t_f, eval_samples, dt=dt, seed=ev_seed, nodes=best.network.outputs,
-                                energy=True)
+        run = twin.sample_reset(best, z_eval, s["t_f"], eval_samples, dt=dt, seed=ev_seed,
+                                nodes=best.network.outputs, energy=True)
         heat_traj = float(np.mean(run.heat_kT))
         heat_inf = heat_traj * eval_samples
     else:
-        run = twin.sample_serial(best, z_eval, t_obs, eval_samples, dt=dt, seed=ev_seed, nodes=best.network.outputs,
-                                 energy=True)
+        run = twin.sample_serial(best, z_eval, s["t_obs"], eval_samples, dt=dt, seed=ev_seed,
+                                 nodes=best.network.outputs, energy=True)
         heat_traj = heat_inf = float(np.mean(run.heat_kT))
     y_samples = run.x[:, :, -1, :]
-    final_loss = cos_loss(best, y_samples, t_eval)
-    y_mean = best.output(y_samples.astype(np.float64).mean(1))[:, 0]
     y_per_sample = (y_samples.astype(np.float64) @ best.readout[0])  # (P, M)
-    y_se = y_per_sample.std(1, ddof=1) / np.sqrt(y_per_sample.shape[1])
     loss_check = None
     if check_dt is not None and check_dt != dt:
         loss_check = float(evaluate_cos(best.vector(), base, z_eval, t_eval, samples=check_samples, seed=ev_seed,
                                         **{**kw, "dt": check_dt})[0])
+    return _Final(best, cos_loss(best, y_samples, t_eval), loss_check, check_dt, elite_eval, heat_traj, heat_inf,
+                  z_eval[:, 0], t_eval, best.output(y_samples.astype(np.float64).mean(1))[:, 0],
+                  y_per_sample.std(1, ddof=1) / np.sqrt(y_per_sample.shape[1]))
 
-    metrics = {
-        "loss": final_loss,
-        "loss_check_dt": loss_check,
-        "check_dt": check_dt,
-        "elite_eval_losses": _json_list(elite_eval),
+
+def _ga_metrics(ga, final: _Final, settings: dict) -> dict:
+    """The metrics dict of :func:`train_cos_ga` (JSON-serialisable; ``files`` filled by the writer)."""
+    return {
+        "loss": final.loss,
+        "loss_check_dt": final.loss_check,
+        "check_dt": final.check_dt,
+        "elite_eval_losses": _json_list(final.elite_eval),
         "generations": ga.generation,
-        "stop_reason": reason,
-        "train_seconds": train_seconds,
-        "seconds_per_generation": train_seconds / max(ga.generation, 1),
+        "stop_reason": ga.stop_reason(),
+        "train_seconds": ga.elapsed,
+        "seconds_per_generation": ga.elapsed / max(ga.generation, 1),
         "total_seconds": None,
         "best_loss_history": _json_list(ga.history["best"]),
         "elite_loss_history": _json_list(ga.history["elite"]),
-        "heat_per_trajectory_kT": heat_traj,
-        "heat_per_inference_kT": heat_inf,
+        "heat_per_trajectory_kT": final.heat_traj,
+        "heat_per_inference_kT": final.heat_inf,
         "settings": settings,
         "files": {},
     }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        prov = {
-            "method": "ga",
-            "task": "cos",
-            "settings": json.dumps(settings),
-            "loss": repr(final_loss),
-            "loss_history": json.dumps(metrics["best_loss_history"]),
-            "elite_loss_history": json.dumps(metrics["elite_loss_history"]),
-            "generations": str(ga.generation),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        save_params(best, out, prov)
-        metrics["files"]["params"] = str(out)
-        if out.suffix.lower() != ".json":
-            import h5py
 
-            with h5py.File(out, "a") as f:
-                if "ga_history" in f:
-                    del f["ga_history"]
-                g = f.create_group("ga_history")
-                for k, v in ga.history.items():
-                    g[k] = v
-                g["eval_z"] = z_eval[:, 0]
-                g["eval_output"] = y_mean
-        if checkpoint is not None:
-            metrics["files"]["checkpoint"] = str(checkpoint)
-        if plots:
-            metrics["files"].update(_plots(out, ga.history, z_eval[:, 0], y_mean, y_se, t_eval, final_loss, settings))
-    metrics["total_seconds"] = time.perf_counter() - t0
-    return best, metrics
+
+def _write_ga_result(out: Path, final: _Final, ga, metrics: dict, settings: dict, checkpoint, plots: bool) -> None:
+    """The result file (parameters with provenance, ``ga_history`` group) and the PNGs; fills ``metrics["files"]``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prov = {
+        "method": "ga",
+        "task": "cos",
+        "settings": json.dumps(settings),
+        "loss": repr(final.loss),
+        "loss_history": json.dumps(metrics["best_loss_history"]),
+        "elite_loss_history": json.dumps(metrics["elite_loss_history"]),
+        "generations": str(ga.generation),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    save_params(final.params, out, prov)
+    metrics["files"]["params"] = str(out)
+    if out.suffix.lower() != ".json":
+        import h5py
+
+        with h5py.File(out, "a") as f:
+            if "ga_history" in f:
+                del f["ga_history"]
+            g = f.create_group("ga_history")
+            for k, v in ga.history.items():
+                g[k] = v
+            g["eval_z"] = final.z_eval
+            g["eval_output"] = final.y_mean
+    if checkpoint is not None:
+        metrics["files"]["checkpoint"] = str(checkpoint)
+    if plots:
+        metrics["files"].update(_plots(out, ga.history, final.z_eval, final.y_mean, final.y_se, final.t_eval,
+                                       final.loss, settings))
 
 
 def _plots(out: Path, history, z, y, y_se, target, loss, settings) -> dict:
