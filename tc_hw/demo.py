@@ -7,7 +7,11 @@
    up to 4 layers of up to 8 nodes, reached from input line 0; on the default board this is the
    paper's 8x4 layered computer), choose element bounds from the calibrated reach
    (:func:`plan_for_board`) and train it on the twin (direct training), once more with a
-   larger coordinate scale if its nodes would reach the board's rails;
+   larger coordinate scale if its nodes would reach the board's rails; on a board whose elements
+   are weak relative to kT (the default plan at its smallest scale) a 2-layer computer of quartic
+   wells instead (:func:`plan_for_weak_board`), trained by variable projection
+   (:func:`tc_hw.train.cos.train_cos_varpro`); the twin's loss is that of the program on the
+   board's own calibrated per-node time constants (:func:`calibration.mapping.on_board_mobility`);
 4. upload it with nominal gains and through the calibration, measuring the board's loss each way;
 5. refine it on the board (:func:`tc_hw.refine.refine`: least-squares readout, then the genetic
    algorithm, then the best of start, fitted readout and GA measured together), logging every
