@@ -254,6 +254,9 @@ class BoardPlan:
     quartic: np.ndarray
     raised: list
     input_scale: float = 1.0
+    #: optional per-element bounds ``{kind: (lo, hi)}`` (program units, arrays laid out as the
+    #: computer's ``bias``, ``coupling``, ``crossbar``): each element's own channel reach
+    element_bounds: dict | None = None
 
     def apply(self, base, nodes):
         """The untrained computer ``base`` (on its own nodes) with the planned intrinsic terms."""
@@ -392,6 +395,7 @@ def plan_for_weak_board(base, nodes, channel_map, cal=None, margin: float = 0.9,
     _, src = channel_values(full, channel_map)
     q_b, r_b = np.zeros(n), np.full(n, np.nan)
     reach_k = {"B": math.inf, "C": math.inf, "W": math.inf}
+    reach_c = {}  # channel index -> (lo, hi) of the computer's trainable elements
     for c in channel_map:
         field, idx = src[c.index]
         where = f"{c.kind} channel {c.index} ({field}{'' if idx is None else f'[{idx}]'})"
@@ -408,6 +412,7 @@ def plan_for_weak_board(base, nodes, channel_map, cal=None, margin: float = 0.9,
                             "a trained element could not be put on it")
         elif idx is not None:
             reach_k[c.kind] = min(reach_k[c.kind], -lo, hi)
+            reach_c[c.index] = (lo, hi)
     lam = float((np.median(r_b[np.asarray(nodes)]) * kt / quartic) ** 0.25)
     bounds = {_KIND_FIELD[k]: float(_SLACK * r * kt / lam ** _POWER[k]) for k, r in reach_k.items()
               if math.isfinite(r)}
@@ -416,7 +421,36 @@ def plan_for_weak_board(base, nodes, channel_map, cal=None, margin: float = 0.9,
         scale_in = float(max_input_scale)
         bounds["crossbar"] *= scale_in
     raised = sorted(int(i) for i in np.flatnonzero(q_b != 0))
-    return BoardPlan(bounds, lam, q_b * kt / lam**2, r_b * kt / lam**4, raised, scale_in)
+    per = _element_bounds(base, nodes, channel_map, reach_c, lam, kt, scale_in)
+    return BoardPlan(bounds, lam, q_b * kt / lam**2, r_b * kt / lam**4, raised, scale_in, per)
+
+
+def _element_bounds(base, nodes, channel_map, reach_c: dict, lam: float, kt: float, scale_in: float) -> dict:
+    """Each trainable element's own bounds (program units, ``SLACK`` inside its channel's reach
+    ``reach_c[channel]`` at scale ``lam``; crossbar weights times the input amplitude ``scale_in``):
+    ``{"bias": (lo, hi), "coupling": (lo, hi), "crossbar": (lo, hi)}``, arrays in the computer's
+    element order.  Elements without a channel in ``reach_c`` get bounds 0."""
+    net = base.network
+    inv = {int(j): i for i, j in enumerate(nodes)}
+    edge = {tuple(sorted((int(a), int(b)))): k for k, (a, b) in enumerate(net.edges)}
+    cross = {(int(k), int(j)): e for e, (k, j) in enumerate(net.crossbar)}
+    out = {"bias": np.zeros((2, net.n_nodes)), "coupling": np.zeros((2, net.n_edges)),
+           "crossbar": np.zeros((2, net.n_crossbar))}
+    for c in channel_map:
+        if c.index not in reach_c:
+            continue
+        if c.kind == "B":
+            field, k = "bias", inv.get(c.a)
+        elif c.kind == "C":
+            field = "coupling"
+            k = edge.get(tuple(sorted((inv[c.a], inv[c.b])))) if c.a in inv and c.b in inv else None
+        else:
+            field, k = "crossbar", (cross.get((c.a, inv[c.b])) if c.b in inv else None)
+        if k is None:
+            continue
+        factor = _SLACK * kt / lam ** _POWER[c.kind] * (scale_in if c.kind == "W" else 1.0)
+        out[field][:, k] = np.asarray(reach_c[c.index]) * factor
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -694,6 +728,17 @@ def _is_weak(plan: BoardPlan, min_scale: float = MIN_SCALE) -> bool:
     return plan.scale <= min_scale * (1 + 1e-9)
 
 
+def _read_every_node(base, nodes):
+    """The computer ``base`` with every node an output (readout zeros, shape (1, n)): on a weak
+    board the first layer's saturating responses are the nonlinearity, and each coupling hop
+    attenuates them, so the readout takes them directly as well as the last layer's."""
+    from .model.network import Network
+
+    net = base.network
+    every = Network(net.n_nodes, net.edges, net.n_inputs, net.crossbar, np.arange(net.n_nodes), layers=net.layers)
+    return base.copy(network=every, readout=np.zeros((1, net.n_nodes))), nodes
+
+
 def _train_weak(cmap, cal, out, seed, progress):
     """The weak-board computer (:data:`WEAK_DEPTH` layers, :func:`plan_for_weak_board`) trained by
     variable projection (:func:`tc_hw.train.cos.train_cos_varpro`) on the board's own per-node
@@ -710,13 +755,14 @@ def _train_weak(cmap, cal, out, seed, progress):
     from .train.cos import readout_lstsq, train_cos_varpro, twin_cos_loss
     from .train.direct import cos_png
 
-    base, nodes = board_computer(cmap, depth=WEAK_DEPTH)
+    base, nodes = _read_every_node(*board_computer(cmap, depth=WEAK_DEPTH))
     plan = plan_for_weak_board(base, nodes, cmap, cal)
     _say(progress, f"weak elements: training a {'x'.join(str(len(l)) for l in base.network.layers)} computer with "
                    f"quartic wells (coordinate scale {plan.scale:.3f}, bounds {_bound_text(plan.bound)}, input "
                    f"line {plan.input_scale:g} z) by variable projection")
     start = on_board_mobility(plan.apply(base, nodes), cal, nodes)
-    params, trained = train_cos_varpro(start, bound=plan.bound, seed=seed, progress=progress, **WEAK_TRAINING)
+    params, trained = train_cos_varpro(start, bound=plan.element_bounds or plan.bound, seed=seed, progress=progress,
+                                       **WEAK_TRAINING)
     params = readout_lstsq(params, samples=1000, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 5))
     trained["loss"] = twin_cos_loss(params, samples=200, seed=seeds.derive(seed, seeds.DEMO, 6))
     params = params.copy(mobility=1.0)  # the program itself: the board's per-node tau is the board's

@@ -546,6 +546,36 @@ def _ridge_readout(xbar: np.ndarray, target: np.ndarray, ridge: float) -> np.nda
     return np.linalg.solve(a, xbar.T @ target / p)
 
 
+def _model_bounds(base: Params, bound) -> list:
+    """Bounds in the layout of :class:`tc_hw.train.direct._Model` tensors ``[W (K, N), B (N,), C (N, N)]``:
+    a float (symmetric, all kinds), a dict per kind of floats (symmetric) or of ``(lo, hi)`` arrays
+    in ``base``'s element order (``crossbar``, ``bias``, ``coupling``); None: unbounded."""
+    if not isinstance(bound, dict):
+        return [bound] * 3
+    net = base.network
+
+    def dense(kind):
+        b = bound.get(kind)
+        if not isinstance(b, tuple):
+            return b
+        lo, hi = (np.asarray(v, np.float64) for v in b)
+        if kind == "bias":
+            return lo.astype(np.float32), hi.astype(np.float32)
+        shape = (net.n_inputs, net.n_nodes) if kind == "crossbar" else (net.n_nodes, net.n_nodes)
+        out = []
+        for v in (lo, hi):
+            m = np.zeros(shape)
+            if kind == "crossbar":
+                m[tuple(net.crossbar.T)] = v
+            else:
+                a, b2 = net.edges.T
+                m[a, b2] = m[b2, a] = v
+            out.append(m.astype(np.float32))
+        return tuple(out)
+
+    return [dense("crossbar"), dense("bias"), dense("coupling")]
+
+
 def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterations: int = 300, points: int = 32,
                      samples: int = 16, dt: float = 1e-2, t_f: float = 1.0, lr: float = 5e-2, lr_final: float = 1e-3,
                      restarts: int = 4, ridge: float = 1e-4, seed: int = 0, max_seconds: float | None = None,
@@ -559,8 +589,8 @@ def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterati
     :func:`tc_hw.train.direct.forward`; by the envelope theorem ``f`` needs no gradient).  So any
     nonlinearity of the response lowers the loss at once, instead of waiting for a readout
     trained alongside to find it: what gets a weak board's computer off the loss-1/2 plateau.
-    ``bound``: per element kind (dict: ``bias``, ``coupling``, ``crossbar``) or for all (float),
-    projected after every step.  ``restarts`` random starts (biases N(0, 1), couplings
+    ``bound``: for all (float), or per element kind (dict: ``bias``, ``coupling``, ``crossbar``) a
+    float or ``(lo, hi)`` arrays per element (``base``'s element order), projected after every step.  ``restarts`` random starts (biases N(0, 1), couplings
     N(0, 0.5^2), crossbar N(0, 4^2), then bounded) are run ``iterations / (4 restarts)``
     iterations each; the best goes on with a cosine-decaying learning rate.
 
@@ -574,15 +604,16 @@ def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterati
 
     from .direct import _Adam, _Model, backward, forward
 
-    bounds = [bound.get("crossbar"), bound.get("bias"), bound.get("coupling")] if isinstance(bound, dict) \
-        else [bound] * 3
+    bounds = _model_bounds(base, bound)
     rng = seeds.rng(seed, seeds.DIRECT_DATA)
     steps = int(round(t_f / dt))
     outputs = np.asarray(base.network.outputs)
 
     def project(model):
         for t, b in zip(model.tensors(), bounds):
-            if b is not None:
+            if isinstance(b, tuple):
+                np.clip(t, b[0], b[1], out=t)
+            elif b is not None:
                 np.clip(t, -b, b, out=t)
 
     def start():
