@@ -9,7 +9,7 @@ import pytest
 
 from calibration.mapping import on_board_mobility
 from tc_hw import Network, Params
-from tc_hw.demo import board_computer, plan_for_board, plan_for_weak_board, _is_weak
+from tc_hw.demo import board_computer, plan_for_board, plan_for_weak_board, _is_weak, _read_every_node
 from tc_hw.model.device import Channel, ChannelMap
 from tc_hw.model.network import layered
 
@@ -38,6 +38,28 @@ def test_a_weak_board_gets_the_weak_plan_with_quartic_wells():
     assert plan.bound["bias"] == pytest.approx(0.97 * 0.9 * 2.1 * 0.1 / plan.scale)
     assert plan.bound["coupling"] == pytest.approx(0.97 * 0.9 * 2.1 * 0.1 / plan.scale**2)
     assert plan.bound["crossbar"] == pytest.approx(4 * plan.bound["bias"]) and plan.input_scale == 4.0
+    # per-element bounds: here every channel has the same reach, so they are the kind's bounds
+    lo, hi = plan.element_bounds["coupling"]
+    assert lo.shape == hi.shape == (base2.network.n_edges,) and np.allclose(hi, plan.bound["coupling"])
+    assert np.allclose(lo, -hi) and np.allclose(plan.element_bounds["crossbar"][1], plan.bound["crossbar"])
+
+
+def test_per_element_bounds_follow_each_channels_own_reach():
+    """One bias channel with an offset (reach [-0.2, 2.1] instead of +-2.1) narrows that element only."""
+    from dataclasses import replace
+
+    cmap = weak_channel_map()
+    base, nodes = board_computer(cmap, depth=2)
+    j = nodes[3]
+    ch = next(c for c in cmap if c.kind == "B" and c.a == j)
+    chans = list(cmap.channels)
+    chans[ch.index] = replace(ch, vmin=-0.2 / 0.42)
+    plan = plan_for_weak_board(base, nodes, ChannelMap(tuple(chans)))
+    lo, hi = plan.element_bounds["bias"]
+    factor = 0.97 * 0.1 / plan.scale
+    assert lo[3] == pytest.approx(-0.2 * 0.9 * factor) and hi[3] == pytest.approx(2.1 * 0.9 * factor)
+    others = np.delete(np.arange(len(lo)), 3)
+    assert np.allclose(lo[others], -2.1 * 0.9 * factor) and plan.bound["bias"] == pytest.approx(0.2 * 0.9 * factor)
 
 
 def test_variable_projection_escapes_the_plateau_on_a_weak_board():
@@ -49,9 +71,9 @@ def test_variable_projection_escapes_the_plateau_on_a_weak_board():
     from tc_hw.train.cos import readout_lstsq, train_cos_varpro, twin_cos_loss
 
     cmap = weak_channel_map()
-    base, nodes = board_computer(cmap, depth=2)
+    base, nodes = _read_every_node(*board_computer(cmap, depth=2))
     plan = plan_for_weak_board(base, nodes, cmap)
-    params, metrics = train_cos_varpro(plan.apply(base, nodes), bound=plan.bound, iterations=150, points=24,
+    params, metrics = train_cos_varpro(plan.apply(base, nodes), bound=plan.element_bounds, iterations=150, points=24,
                                        samples=32, seed=3)
     params = readout_lstsq(params, points=50, samples=1000, dt=1e-2, seed=11)
     loss = twin_cos_loss(params, points=50, samples=1000, dt=1e-2, seed=12)
