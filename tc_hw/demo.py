@@ -39,6 +39,7 @@ import numpy as np
 from .model import seeds
 
 __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
+           "plan_for_weak_board", "Trained", "Choice", "BoardFigures",
            "embed", "LEARNED_LOSS", "LOSS_READOUT"]
 
 

@@ -54,6 +54,10 @@ generation.  The noise seed ``seed_g`` (``tc_hw.model.seeds.derive(seed, COS_NOI
 generation, and the elites are re-measured with it (see :mod:`tc_hw.train.ga`).  In reset mode the training losses use antithetic noise
 pairs (``antithetic=True``), which lowers their sampling noise several-fold while the response is
 weak; the final, reported loss uses independent runs.
+
+Weak boards: :func:`train_cos_varpro` trains any cos computer through its dynamics with the
+readout projected out (the exact least-squares readout of every iteration's means), which
+``tc-hw demo`` uses on boards whose elements are weak relative to kT (:mod:`tc_hw.demo`).
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ from tc_hw.model.tasks import cos_loss, cos_task
 from .ga import GeneticAlgorithm, fan_in_sigma
 from ..model import seeds
 
-__all__ = ["train_cos_ga", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
+__all__ = ["train_cos_ga", "train_cos_varpro", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
 
 #: Element kinds the genetic algorithm changes (the paper's theta = {W, b, J_ij, f}).
 TRAINABLE = ("bias", "coupling", "crossbar", "readout")
