@@ -31,7 +31,7 @@ from . import adc as adc_mod
 from .curves import nominal_curve
 from .record import Calibration, CalibrationError
 
-__all__ = ["map_params", "upload", "nominal", "MappingError", "UploadError", "channel_values", "effective_params",
+__all__ = ["map_params", "on_board_mobility", "upload", "nominal", "MappingError", "UploadError", "channel_values", "effective_params",
            "DAC_LSB_V"]
 
 DAC_LSB_V = 20.0 / 65536.0
@@ -225,6 +225,29 @@ def _outside_message(outside, values, reach, channel_map, temp_k) -> str:
     else:
         msg += " No common rescaling of the energies fits every element."
     return msg
+
+
+def on_board_mobility(params: Params, cal, nodes=None) -> Params:
+    """``params`` with the per-node mobilities the board ``cal`` calibrated: the twin of the program
+    as the board runs it.
+
+    A program of scalar ``mobility`` runs on the board with one program time unit = ``tau_s *
+    mobility * kT`` seconds (``tau_s``: the board's nominal tau, as :func:`upload` times it), so
+    node ``i`` with measured time constant ``tau_i`` moves with ``mobility * tau_s / tau_i``
+    (:meth:`~calibration.record.Calibration.node_mobility`).  ``nodes`` (computer node ``k`` is
+    board node ``nodes[k]``; default: the identity) picks the board nodes of a computer laid out on
+    part of the board.  Returns ``params`` itself (its scalar mobility, bitwise unchanged) when the
+    calibration measured no time constant that differs from nominal or ``cal`` has none.
+    """
+    node_mobility = getattr(cal, "node_mobility", None)
+    if node_mobility is None or np.ndim(params.mobility) != 0:
+        return params
+    factor = np.asarray(node_mobility(1.0), np.float64)
+    if nodes is not None:
+        factor = factor[np.asarray(nodes, dtype=np.int64)]
+    if factor.shape != (params.network.n_nodes,) or np.all(factor == 1.0):
+        return params
+    return params.copy(mobility=float(params.mobility) * factor)
 
 
 def map_params(params: Params, cal: Calibration, device_channel_map, temp_k: float | None = None) -> np.ndarray:

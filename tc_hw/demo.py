@@ -7,7 +7,11 @@
    up to 4 layers of up to 8 nodes, reached from input line 0; on the default board this is the
    paper's 8x4 layered computer), choose element bounds from the calibrated reach
    (:func:`plan_for_board`) and train it on the twin (direct training), once more with a
-   larger coordinate scale if its nodes would reach the board's rails;
+   larger coordinate scale if its nodes would reach the board's rails; on a board whose elements
+   are weak relative to kT (the default plan at its smallest scale) a 2-layer computer of quartic
+   wells instead (:func:`plan_for_weak_board`), trained by variable projection
+   (:func:`tc_hw.train.cos.train_cos_varpro`); the twin's loss is that of the program on the
+   board's own calibrated per-node time constants (:func:`calibration.mapping.on_board_mobility`);
 4. upload it with nominal gains and through the calibration, measuring the board's loss each way;
 5. refine it on the board (:func:`tc_hw.refine.refine`: least-squares readout, then the genetic
    algorithm, then the best of start, fitted readout and GA measured together), logging every
@@ -28,12 +32,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .model import seeds
 
 __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
+           "plan_for_weak_board", "Trained", "Choice", "BoardFigures",
            "embed", "LEARNED_LOSS", "LOSS_READOUT"]
 
 
@@ -249,11 +255,29 @@ class BoardPlan:
     quartic: np.ndarray
     raised: list
     input_scale: float = 1.0
+    #: optional per-element bounds ``{kind: (lo, hi)}`` (program units, arrays laid out as the
+    #: computer's ``bias``, ``coupling``, ``crossbar``): each element's own channel reach
+    element_bounds: dict | None = None
 
     def apply(self, base, nodes):
         """The untrained computer ``base`` (on its own nodes) with the planned intrinsic terms."""
         m = np.asarray(nodes)
         return base.copy(quadratic=self.quadratic[m], quartic=self.quartic[m])
+
+
+def _channel_reach(c, cal, margin: float, where: str) -> tuple[float, float]:
+    """Board values (kT = 1 units) channel ``c`` reaches: calibrated (else nominal), ``margin`` inside.
+
+    Raises :class:`DemoError` when the channel's calibration failed (``where`` names it)."""
+    if cal is not None:
+        curve = cal.curve(c.index)
+        if not curve.ok:
+            raise DemoError(f"{where}: its calibration failed ({curve.reason}) and the program needs it; "
+                            "calibrate again (tc-hw calibrate, more samples) or see the operator's guide")
+        lo, hi = (float(t) for t in cal.value_range(c.index))
+    else:
+        lo, hi = sorted((c.gain * c.vmin, c.gain * c.vmax))
+    return (lo / margin if lo > 0 else lo * margin), (hi / margin if hi < 0 else hi * margin)
 
 
 def plan_for_board(base, nodes, channel_map, cal=None, bound: float = BOUND, margin: float = 0.9,
@@ -296,15 +320,7 @@ def plan_for_board(base, nodes, channel_map, cal=None, bound: float = BOUND, mar
     for c in channel_map:
         field, idx = src[c.index]
         where = f"{c.kind} channel {c.index} ({field}{'' if idx is None else f'[{idx}]'})"
-        if cal is not None:
-            curve = cal.curve(c.index)
-            if not curve.ok:
-                raise DemoError(f"{where}: its calibration failed ({curve.reason}) and the program needs it; "
-                                "calibrate again (tc-hw calibrate, more samples) or see the operator's guide")
-            lo, hi = (float(t) for t in cal.value_range(c.index))
-        else:
-            lo, hi = sorted((c.gain * c.vmin, c.gain * c.vmax))
-        lo, hi = (lo / margin if lo > 0 else lo * margin), (hi / margin if hi < 0 else hi * margin)
+        lo, hi = _channel_reach(c, cal, margin, where)
         if c.kind in ("Q", "R"):
             j = (quad if c.kind == "Q" else quart)[c.a]
             if j <= 0 or hi <= 0:
@@ -349,117 +365,306 @@ def plan_for_board(base, nodes, channel_map, cal=None, bound: float = BOUND, mar
     return BoardPlan(out, float(lam), quad, quart, sorted(raised), scale_in)
 
 
+#: Quartic term of the weak-board plan in program units (kT 0.1): sets its coordinate scale.
+WEAK_QUARTIC = 1.0
+
+
+def plan_for_weak_board(base, nodes, channel_map, cal=None, margin: float = 0.9,
+                        max_input_scale: float = MAX_INPUT_SCALE, quartic: float = WEAK_QUARTIC) -> BoardPlan:
+    """A plan for a board whose elements are weak relative to kT (:func:`plan_for_board` gives
+    bounds so small there that the mean response stays linear: the loss-1/2 plateau).
+
+    In board units (kT = 1, x in volts) a node ``Q x^2 + R x^4 - h x`` responds nonlinearly to a
+    field ``h`` of order ``R^(1/4)`` only when its quadratic term does not dominate: with ``Q``
+    near its maximum (the default plan's ``J2 = J4``) the fields the weak elements reach keep
+    ``<x>(h)`` linear.  So every node gets ``Q`` as close to 0 as its reach allows (0, or the
+    reach's end nearest 0) and ``R`` at ``SLACK`` of its reach's top: a quartic well, whose mean
+    response saturates like ``h^(1/3)``.  The coordinate scale ``lam`` makes the median quartic
+    term ``quartic`` in program units (``R kT / lam^4``); biases, couplings and crossbar weights
+    get the bounds their reach leaves at ``lam`` (crossbar weights helped by an input amplitude up
+    to ``max_input_scale``, as in :func:`plan_for_board`).  The nodes' board extent is then about
+    ``(kT / quartic)^(1/4) / lam`` volts, inside a few volts.
+
+    Raises :class:`DemoError` when a quartic element cannot be positive, or an element the
+    program needs at 0 cannot be 0.
+    """
+    from calibration.mapping import channel_values
+
+    n = sum(1 for c in channel_map if c.kind == "Q")
+    kt = base.kT
+    full = embed(base, nodes, channel_map, quadratic=np.zeros(n), quartic=np.ones(n))
+    _, src = channel_values(full, channel_map)
+    q_b, r_b = np.zeros(n), np.full(n, np.nan)
+    reach_k = {"B": math.inf, "C": math.inf, "W": math.inf}
+    reach_c = {}  # channel index -> (lo, hi) of the computer's trainable elements
+    for c in channel_map:
+        field, idx = src[c.index]
+        where = f"{c.kind} channel {c.index} ({field}{'' if idx is None else f'[{idx}]'})"
+        lo, hi = _channel_reach(c, cal, margin, where)
+        if c.kind == "R":
+            if hi <= 0:
+                raise DemoError(f"{where}: reaches [{lo:.4g}, {hi:.4g}] (board units): the computer needs a "
+                                "positive quartic term there")
+            r_b[c.a] = _SLACK * hi
+        elif c.kind == "Q":
+            q_b[c.a] = 0.0 if lo <= 0 <= hi else (lo / _SLACK if lo > 0 else _SLACK * hi)
+        elif not lo <= 0 <= hi:
+            raise DemoError(f"{where}: the board reaches only [{lo:.4g}, {hi:.4g}] (board units), not 0: "
+                            "a trained element could not be put on it")
+        elif idx is not None:
+            reach_k[c.kind] = min(reach_k[c.kind], -lo, hi)
+            reach_c[c.index] = (lo, hi)
+    lam = float((np.median(r_b[np.asarray(nodes)]) * kt / quartic) ** 0.25)
+    bounds = {_KIND_FIELD[k]: float(_SLACK * r * kt / lam ** _POWER[k]) for k, r in reach_k.items()
+              if math.isfinite(r)}
+    scale_in = 1.0
+    if "crossbar" in bounds:
+        scale_in = float(max_input_scale)
+        bounds["crossbar"] *= scale_in
+    raised = sorted(int(i) for i in np.flatnonzero(q_b != 0))
+    per = _element_bounds(base, nodes, channel_map, reach_c, lam, kt, scale_in)
+    return BoardPlan(bounds, lam, q_b * kt / lam**2, r_b * kt / lam**4, raised, scale_in, per)
+
+
+def _element_bounds(base, nodes, channel_map, reach_c: dict, lam: float, kt: float, scale_in: float) -> dict:
+    """Each trainable element's own bounds (program units, ``SLACK`` inside its channel's reach
+    ``reach_c[channel]`` at scale ``lam``; crossbar weights times the input amplitude ``scale_in``):
+    ``{"bias": (lo, hi), "coupling": (lo, hi), "crossbar": (lo, hi)}``, arrays in the computer's
+    element order.  Elements without a channel in ``reach_c`` get bounds 0."""
+    net = base.network
+    inv = {int(j): i for i, j in enumerate(nodes)}
+    edge = {tuple(sorted((int(a), int(b)))): k for k, (a, b) in enumerate(net.edges)}
+    cross = {(int(k), int(j)): e for e, (k, j) in enumerate(net.crossbar)}
+    out = {"bias": np.zeros((2, net.n_nodes)), "coupling": np.zeros((2, net.n_edges)),
+           "crossbar": np.zeros((2, net.n_crossbar))}
+    for c in channel_map:
+        if c.index not in reach_c:
+            continue
+        if c.kind == "B":
+            field, k = "bias", inv.get(c.a)
+        elif c.kind == "C":
+            field = "coupling"
+            k = edge.get(tuple(sorted((inv[c.a], inv[c.b])))) if c.a in inv and c.b in inv else None
+        else:
+            field, k = "crossbar", (cross.get((c.a, inv[c.b])) if c.b in inv else None)
+        if k is None:
+            continue
+        factor = _SLACK * kt / lam ** _POWER[c.kind] * (scale_in if c.kind == "W" else 1.0)
+        out[field][:, k] = np.asarray(reach_c[c.index]) * factor
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 # ----------------------------------------------------------------------------- the loop
+class Trained(NamedTuple):
+    """One training of the demo's program (a named tuple: it unpacks like the old 5-tuple)."""
+
+    params: object  #: the trained computer on its own nodes (program units)
+    metrics: dict  #: the trainer's metrics (``loss``: its twin loss; ``plots``)
+    on_board: object  #: the program on the whole board before scaling (crossbar / input scale)
+    scale: float  #: coordinate scale that fits the board (:func:`calibration.scale.fitting_scale`)
+    extent: float  #: 99.9th percentile of |x| over all nodes on the twin (program units)
+
+    @property
+    def extent_v(self) -> float:
+        """Node extent on the board, volts."""
+        return self.extent / self.scale
+
+
+@dataclass
+class Choice:
+    """The program the demo goes on with: its plan, computer, file and training, and every attempt."""
+
+    plan: BoardPlan
+    base: object
+    nodes: list
+    file: Path
+    trained: Trained
+    trainings: list
+
+
+@dataclass
+class BoardFigures:
+    """What the board measured: the upload report, the upload losses and the refinement."""
+
+    upload: dict
+    nominal_loss: float | None
+    calibrated_loss: float
+    refined: dict
+    config: object
+
+
 def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0, generations: int = 10,
              calibration_options: dict | None = None, progress: bool = True, ga_seconds: float = GA_SECONDS,
              refine_options: dict | None = None) -> dict:
     """Run the loop; returns the summary (also written to ``<folder>/summary.json``)."""
-    import calibration
-    from sim_backend.twin import sample_reset
-
-    from .backends import open_device
-    from .model.files import save_params
-    from .refine import RefineConfig, gap_closed, measure_cos_loss, refine
-    from .report import report
-    from .model.tasks import cos_task
-    from .train.cos import twin_cos_loss
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in ("run.h5", "run.h5.ga.h5", "cal.h5", "cos_rails.h5", "cos_board.h5"):
+    for old in ("run.h5", "run.h5.ga.h5", "cal.h5", "cos_rails.h5", "cos_board.h5", "cos_weak.h5"):
         (folder / old).unlink(missing_ok=True)
     t0 = time.monotonic()
     timings = {}
     with _board(folder, resource, seed) as res:
+        from .backends import open_device
+
         dev = open_device(res)
         try:
-            cmap = dev.channel_map
-            base, nodes = board_computer(cmap)  # refuses an unsuitable board before calibrating
-            _warn_slow_line(dev, calibration_options or QUICK_CALIBRATION, len(base.network.outputs))
-            _say(progress, f"calibrating {dev.identity} ({dev.n_nodes} nodes, {dev.n_channels} channels)")
+            cal, cal_summary = _calibrate(dev, folder, calibration_options, progress, timings)
             t = time.monotonic()
-            opts = QUICK_CALIBRATION if calibration_options is None else calibration_options
-            cal, cal_summary = calibration.calibrate(dev, folder / "cal.h5", progress=progress, **opts)
-            timings["calibrate_s"] = time.monotonic() - t
-
-            v_safe = _safe_volts(dev)
-            t = time.monotonic()
-            plan = plan_for_board(base, nodes, cmap, cal)
-            params_file, trainings = folder / "cos.h5", []
-            params, trained, board_prog, lam, extent = _train_for(plan, base, nodes, cmap, cal, params_file, seed,
-                                                                  progress)
-            if extent / lam > v_safe:
-                # the nodes would reach the rails: plan a larger coordinate scale (smaller elements,
-                # smaller bounds) and train once more; keep the one that measures better on the board
-                _say(progress, f"the program's nodes would reach {extent / lam:.2f} V on the board (safe: "
-                               f"{v_safe:.2f} V); training again at a coordinate scale of at least "
-                               f"{1.05 * extent / v_safe:.3f}")
-                plan2 = plan_for_board(base, nodes, cmap, cal, min_scale=max(MIN_SCALE, 1.05 * extent / v_safe))
-                second = _train_for(plan2, base, nodes, cmap, cal, folder / "cos_rails.h5", seed, progress)
-                # which is better on this board? (smaller elements keep off the rails but compute less)
-                _say(progress, "measuring both programs on the board (250 x 500, least-squares readout)")
-                first_score = _board_score(dev, board_prog.rescaled(lam), cal, plan.input_scale,
-                                           seeds.derive(seed, seeds.DEMO, 1))
-                second_score = _board_score(dev, second[2].rescaled(second[3]), cal, plan2.input_scale,
-                                            seeds.derive(seed, seeds.DEMO, 1))
-                trainings = [dict(file="cos.h5", bound=plan.bound, scale=lam, node_extent_v=extent / lam,
-                                  board_loss_fitted_readout=first_score),
-                             dict(file="cos_rails.h5", bound=plan2.bound, scale=second[3],
-                                  node_extent_v=second[4] / second[3], board_loss_fitted_readout=second_score)]
-                if second_score < first_score:
-                    plan, params_file, (params, trained, board_prog, lam, extent) = plan2, folder / "cos_rails.h5", second
-            if trained["loss"] >= LEARNED_LOSS:  # weak elements: smaller scales, while the nodes stay off the rails
-                found = _learn_at_smaller_scales(plan, (params, trained, board_prog, lam, extent), base, nodes, cmap,
-                                                 cal, folder, seed, progress, v_safe, trainings)
-                if found is not None:
-                    plan, params_file, (params, trained, board_prog, lam, extent) = found
+            choice = _choose_program(dev, cal, folder, seed, progress)
             timings["train_s"] = time.monotonic() - t
-            layers = [len(layer) for layer in params.network.layers]
-            bound, a_in, on_board = plan.bound, plan.input_scale, board_prog
-            twin_loss = twin_cos_loss(params, seed=seeds.derive(seed, seeds.DEMO, 2))
-            _check_twin_learned(twin_loss, plan, lam, extent, folder, trainings, v_safe)
-            heat = sample_reset(params, cos_task()[0], 1.0, 200, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 3),
-                                energy=True,
-                                nodes=params.network.outputs).heat_kT
-            if on_board is not params:
-                save_params(on_board, folder / "cos_board.h5",
-                            {"method": "direct", "task": "cos", "board_nodes": list(map(int, nodes)),
-                             "input_scale": a_in})
-            program = on_board.rescaled(lam)
-
-            _say(progress, f"uploading (coordinate scale {lam:.3f}) with nominal gains, then through the calibration")
-            t = time.monotonic()
-            nominal_loss = _nominal_loss(dev, program, calibration, seeds.derive(seed, seeds.DEMO, 4), a_in)
-            upload = calibration.upload(dev, program, cal)
-            paired_seed = seeds.derive(seed, seeds.DEMO, 4)  # nominal and calibrated: the same noise
-            calibrated_loss = measure_cos_loss(dev, program, cal, seed=paired_seed, input_scale=a_in)
-            timings["upload_s"] = time.monotonic() - t
-
-            _say(progress, f"refining on the board (least-squares readout, then at most {generations} generations "
-                           f"or {ga_seconds:.0f} s of the genetic algorithm)")
-            t = time.monotonic()
-            sizes = dict(population=10, elites=3, points=25, samples=200)
-            sizes.update(refine_options or {})
-            cfg = RefineConfig(generations=generations, seed=seed, max_seconds=ga_seconds, input_scale=a_in, **sizes)
-            refined = refine(dev, program, cal, folder / "run.h5", cfg, progress=progress)
-            timings["refine_s"] = time.monotonic() - t
-            _check_board_learned(twin_loss, nominal_loss, calibrated_loss, refined, folder)
+            twin_loss, heat = _twin_figures(choice, cal, folder, seed, _safe_volts(dev))
+            board = _on_the_board(dev, choice, cal, folder, seed, generations, ga_seconds, refine_options, progress,
+                                  timings)
+            _check_board_learned(twin_loss, board.nominal_loss, board.calibrated_loss, board.refined, folder)
         finally:
             dev.close()
-    plots = report(folder / "run.h5")["plots"] + trained.get("plots", [])
+    summary = _summary(res if resource is not None else DEMO_BOARD, dev, choice, cal_summary, twin_loss, heat, board,
+                       folder, {**timings, "total_s": time.monotonic() - t0})
+    summary["report"] = str(_write_markdown(folder, summary))
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _calibrate(dev, folder: Path, calibration_options, progress: bool, timings: dict):
+    """Refuse an unsuitable board (:func:`board_computer`), then calibrate it; returns ``(cal, summary)``."""
+    import calibration
+
+    base, _ = board_computer(dev.channel_map)  # refuses an unsuitable board before calibrating
+    _warn_slow_line(dev, calibration_options or QUICK_CALIBRATION, len(base.network.outputs))
+    _say(progress, f"calibrating {dev.identity} ({dev.n_nodes} nodes, {dev.n_channels} channels)")
+    t = time.monotonic()
+    opts = QUICK_CALIBRATION if calibration_options is None else calibration_options
+    cal, cal_summary = calibration.calibrate(dev, folder / "cal.h5", progress=progress, **opts)
+    timings["calibrate_s"] = time.monotonic() - t
+    return cal, cal_summary
+
+
+def _choose_program(dev, cal, folder: Path, seed: int, progress: bool) -> Choice:
+    """Plan and train the program on the twin: the weak-board plan where the default plan is at its
+    smallest scale, else the default plan (again off the rails, at smaller scales, and finally
+    the weak-board plan while it does not learn).  Raises :class:`NotLearnedError` (exit 2) when
+    nothing learned within the safe node range."""
+    cmap = dev.channel_map
+    v_safe = _safe_volts(dev)
+    base, nodes = board_computer(cmap)
+    plan = plan_for_board(base, nodes, cmap, cal)
+    if _is_weak(plan):
+        plan_w, base_w, nodes_w, weak = _train_weak(cmap, cal, folder / "cos_weak.h5", seed, progress)
+        return Choice(plan_w, base_w, nodes_w, folder / "cos_weak.h5", Trained(*weak), [])
+    choice = Choice(plan, base, nodes, folder / "cos.h5", Trained(*_train_for(plan, base, nodes, cmap, cal,
+                                                                           folder / "cos.h5", seed, progress)), [])
+    if choice.trained.extent_v > v_safe:
+        _off_the_rails(dev, choice, cal, folder, seed, progress, v_safe)
+    if choice.trained.metrics["loss"] >= LEARNED_LOSS:  # smaller scales, while the nodes stay off the rails
+        found = _learn_at_smaller_scales(choice.plan, choice.trained, base, nodes, cmap, cal, folder, seed, progress,
+                                         v_safe, choice.trainings)
+        if found is not None:
+            choice.plan, choice.file, choice.trained = found[0], found[1], Trained(*found[2])
+    if choice.trained.metrics["loss"] >= LEARNED_LOSS:  # last: the weak-board plan
+        plan_w, base_w, nodes_w, weak = _train_weak(cmap, cal, folder / "cos_weak.h5", seed, progress)
+        weak = Trained(*weak)
+        choice.trainings.append(_attempt("cos_weak.h5", plan_w, weak.scale, weak.extent, weak.metrics["loss"]))
+        if weak.metrics["loss"] < choice.trained.metrics["loss"] and weak.extent_v <= v_safe:
+            choice.plan, choice.base, choice.nodes, choice.file, choice.trained = (
+                plan_w, base_w, nodes_w, folder / "cos_weak.h5", weak)
+    return choice
+
+
+def _off_the_rails(dev, choice: Choice, cal, folder: Path, seed: int, progress: bool, v_safe: float) -> None:
+    """The nodes would reach the rails: plan a larger coordinate scale (smaller elements, smaller
+    bounds), train once more, and keep in ``choice`` the one that measures better on the board."""
+    cmap, first, plan = dev.channel_map, choice.trained, choice.plan
+    _say(progress, f"the program's nodes would reach {first.extent_v:.2f} V on the board (safe: "
+                   f"{v_safe:.2f} V); training again at a coordinate scale of at least "
+                   f"{1.05 * first.extent / v_safe:.3f}")
+    plan2 = plan_for_board(choice.base, choice.nodes, cmap, cal, min_scale=max(MIN_SCALE, 1.05 * first.extent / v_safe))
+    second = Trained(*_train_for(plan2, choice.base, choice.nodes, cmap, cal, folder / "cos_rails.h5", seed,
+                                 progress))
+    # which is better on this board? (smaller elements keep off the rails but compute less)
+    _say(progress, "measuring both programs on the board (250 x 500, least-squares readout)")
+    first_score = _board_score(dev, first.on_board.rescaled(first.scale), cal, plan.input_scale,
+                               seeds.derive(seed, seeds.DEMO, 1))
+    second_score = _board_score(dev, second.on_board.rescaled(second.scale), cal, plan2.input_scale,
+                                seeds.derive(seed, seeds.DEMO, 1))
+    choice.trainings[:] = [dict(file="cos.h5", bound=plan.bound, scale=first.scale, node_extent_v=first.extent_v,
+                                board_loss_fitted_readout=first_score),
+                           dict(file="cos_rails.h5", bound=plan2.bound, scale=second.scale,
+                                node_extent_v=second.extent_v, board_loss_fitted_readout=second_score)]
+    if second_score < first_score:
+        choice.plan, choice.file, choice.trained = plan2, folder / "cos_rails.h5", second
+
+
+def _twin_figures(choice: Choice, cal, folder: Path, seed: int, v_safe: float) -> tuple[float, np.ndarray]:
+    """The twin's loss of the program on the board's own per-node time constants (refusing a program
+    that did not learn: :func:`_check_twin_learned`) and its heat per run (kT, (P, M))."""
+    from calibration.mapping import on_board_mobility
+    from sim_backend.twin import sample_reset
+
+    from .model.tasks import cos_task
+    from .train.cos import twin_cos_loss
+
+    tr = choice.trained
+    twin_loss = twin_cos_loss(on_board_mobility(tr.params, cal, choice.nodes), seed=seeds.derive(seed, seeds.DEMO, 2))
+    _check_twin_learned(twin_loss, choice.plan, tr.scale, tr.extent, folder, choice.trainings, v_safe)
+    heat = sample_reset(tr.params, cos_task()[0], 1.0, 200, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 3),
+                        energy=True, nodes=tr.params.network.outputs).heat_kT
+    return twin_loss, heat
+
+
+def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations: int, ga_seconds: float,
+                  refine_options, progress: bool, timings: dict) -> BoardFigures:
+    """Upload the program with nominal gains and through the calibration (same noise), then refine it."""
+    import calibration
+
+    from .model.files import save_params
+    from .refine import RefineConfig, measure_cos_loss, refine
+
+    tr, a_in = choice.trained, choice.plan.input_scale
+    if tr.on_board is not tr.params:
+        save_params(tr.on_board, folder / "cos_board.h5",
+                    {"method": tr.metrics.get("method", "direct"), "task": "cos",
+                     "board_nodes": list(map(int, choice.nodes)), "input_scale": a_in})
+    program = tr.on_board.rescaled(tr.scale)
+    _say(progress, f"uploading (coordinate scale {tr.scale:.3f}) with nominal gains, then through the calibration")
+    t = time.monotonic()
+    paired_seed = seeds.derive(seed, seeds.DEMO, 4)  # nominal and calibrated: the same noise
+    nominal_loss = _nominal_loss(dev, program, calibration, paired_seed, a_in)
+    upload = calibration.upload(dev, program, cal)
+    calibrated_loss = measure_cos_loss(dev, program, cal, seed=paired_seed, input_scale=a_in)
+    timings["upload_s"] = time.monotonic() - t
+    _say(progress, f"refining on the board (least-squares readout, then at most {generations} generations "
+                   f"or {ga_seconds:.0f} s of the genetic algorithm)")
+    t = time.monotonic()
+    sizes = dict(population=10, elites=3, points=25, samples=200)
+    sizes.update(refine_options or {})
+    cfg = RefineConfig(generations=generations, seed=seed, max_seconds=ga_seconds, input_scale=a_in, **sizes)
+    refined = refine(dev, program, cal, folder / "run.h5", cfg, progress=progress)
+    timings["refine_s"] = time.monotonic() - t
+    return BoardFigures(upload, nominal_loss, calibrated_loss, refined, cfg)
+
+
+def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss: float, heat, board: BoardFigures,
+             folder: Path, timings: dict) -> dict:
+    """The demo's summary (JSON-serialisable; ``report`` added by the caller)."""
+    from .refine import gap_closed
+    from .report import report
+
+    tr, plan, refined, cfg = choice.trained, choice.plan, board.refined, board.config
+    params = tr.params
     summary = {
-        "board": res if resource is not None else DEMO_BOARD,
-        "identity": upload["identity"],
+        "board": board_name,
+        "identity": board.upload["identity"],
         "technology": dev.technology,
-        "computer": {"nodes": len(nodes), "layers": layers, "outputs": len(params.network.outputs),
-                     "board_nodes": list(map(int, nodes)), "board_total_nodes": int(dev.n_nodes),
-                     "training_bound": bound, "planned_scale": plan.scale, "raised_nodes": plan.raised,
-                     "input_scale": a_in, "node_extent_v": extent / lam, "safe_v": v_safe,
-                     "trainings": trainings},
+        "computer": {"nodes": len(choice.nodes), "layers": [len(layer) for layer in params.network.layers],
+                     "outputs": len(params.network.outputs), "board_nodes": list(map(int, choice.nodes)),
+                     "board_total_nodes": int(dev.n_nodes), "training_bound": plan.bound,
+                     "planned_scale": plan.scale, "raised_nodes": plan.raised, "input_scale": plan.input_scale,
+                     "node_extent_v": tr.extent_v, "safe_v": _safe_volts(dev), "trainings": choice.trainings,
+                     "training_method": tr.metrics.get("method", "direct")},
         "twin_loss": twin_loss,
         "loss_readout": LOSS_READOUT,
-        "nominal_upload_loss": nominal_loss,
-        "calibrated_upload_loss": calibrated_loss,
+        "nominal_upload_loss": board.nominal_loss,
+        "calibrated_upload_loss": board.calibrated_loss,
         "start_loss": refined["start_loss"],
         "uploaded_loss": refined["uploaded_loss"],
         "gap_closed": gap_closed(twin_loss, refined["start_loss"], refined["refined_loss"]),
@@ -472,17 +677,15 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
         "refine_config": {k: getattr(cfg, k) for k in ("population", "elites", "points", "samples",
                                                         "final_points", "final_samples", "max_seconds")},
         "energy_per_inference_kT": float(np.mean(heat)),
-        "coordinate_scale": lam,
+        "coordinate_scale": tr.scale,
         "calibration": {k: v for k, v in cal_summary.items() if isinstance(v, (int, float, str))},
-        "files": {"calibration": str(folder / "cal.h5"), "params": str(params_file),
+        "files": {"calibration": str(folder / "cal.h5"), "params": str(choice.file),
                   "run_log": str(folder / "run.h5")},
-        "plots": plots,
-        "seconds": {k: round(v, 1) for k, v in {**timings, "total_s": time.monotonic() - t0}.items()},
+        "plots": report(folder / "run.h5")["plots"] + tr.metrics.get("plots", []),
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
-    if on_board is not params:
+    if tr.on_board is not params:
         summary["files"]["params_on_board"] = str(folder / "cos_board.h5")
-    summary["report"] = str(_write_markdown(folder, summary))
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -510,6 +713,68 @@ def _learn_at_smaller_scales(plan, first, base, nodes, cmap, cal, folder, seed, 
         if trained["loss"] < LEARNED_LOSS and extent / lam <= v_safe:
             return plan2, out, (params, trained, board_prog, lam, extent)
     return None
+
+
+#: Layers of the weak-board computer: each hop through a weak coupling halves the signal that
+#: reaches the output (measured on zoo board 7007: twin loss 0.04 with 2 layers, 0.51 with 4).
+WEAK_DEPTH = 2
+#: Variable-projection training of the weak-board computer (iterations, inputs x runs per iteration).
+WEAK_TRAINING = dict(iterations=400, points=32, samples=64)
+
+
+def _is_weak(plan: BoardPlan, min_scale: float = MIN_SCALE) -> bool:
+    """Whether :func:`plan_for_board` had to go to its smallest scale: the board's elements are too
+    weak for the default computer (``J2 = J4 = 1`` at kT 0.1) to fit with its bounds and its nodes
+    off the rails, so the weak-board plan (:func:`plan_for_weak_board`) is used instead."""
+    return plan.scale <= min_scale * (1 + 1e-9)
+
+
+def _read_every_node(base, nodes):
+    """The computer ``base`` with every node an output (readout zeros, shape (1, n)): on a weak
+    board the first layer's saturating responses are the nonlinearity, and each coupling hop
+    attenuates them, so the readout takes them directly as well as the last layer's."""
+    from .model.network import Network
+
+    net = base.network
+    every = Network(net.n_nodes, net.edges, net.n_inputs, net.crossbar, np.arange(net.n_nodes), layers=net.layers)
+    return base.copy(network=every, readout=np.zeros((1, net.n_nodes))), nodes
+
+
+def _train_weak(cmap, cal, out, seed, progress):
+    """The weak-board computer (:data:`WEAK_DEPTH` layers, :func:`plan_for_weak_board`) trained by
+    variable projection (:func:`tc_hw.train.cos.train_cos_varpro`) on the board's own per-node
+    time constants, with the exact readout refitted on 1000 runs per input.
+
+    Returns ``(plan, base, nodes, (params, metrics, program on the board before scaling, its
+    coordinate scale, the 99.9th percentile of |x| on the twin))`` like :func:`_train_for`."""
+    from calibration.mapping import on_board_mobility
+    from calibration.scale import fitting_scale
+    from sim_backend.twin import sample_reset
+
+    from .model.files import save_params
+    from .model.tasks import cos_task
+    from .train.cos import readout_lstsq, train_cos_varpro, twin_cos_loss
+    from .train.direct import cos_png
+
+    base, nodes = _read_every_node(*board_computer(cmap, depth=WEAK_DEPTH))
+    plan = plan_for_weak_board(base, nodes, cmap, cal)
+    _say(progress, f"weak elements: training a {'x'.join(str(len(l)) for l in base.network.layers)} computer with "
+                   f"quartic wells (coordinate scale {plan.scale:.3f}, bounds {_bound_text(plan.bound)}, input "
+                   f"line {plan.input_scale:g} z) by variable projection")
+    start = on_board_mobility(plan.apply(base, nodes), cal, nodes)
+    params, trained = train_cos_varpro(start, bound=plan.element_bounds or plan.bound, seed=seed, progress=progress,
+                                       **WEAK_TRAINING)
+    params = readout_lstsq(params, samples=1000, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 5))
+    trained["loss"] = twin_cos_loss(params, samples=200, seed=seeds.derive(seed, seeds.DEMO, 6))
+    params = params.copy(mobility=1.0)  # the program itself: the board's per-node tau is the board's
+    save_params(params, out, {"method": "varpro", "task": "cos", "loss": trained["loss"], "seed": seed,
+                              "board_nodes": list(map(int, nodes))})
+    trained["plots"] = [str(cos_png(out, params, 1e-2, seed))]
+    on_board = embed(params, nodes, cmap, quadratic=plan.quadratic, quartic=plan.quartic)
+    on_board = on_board.copy(crossbar=on_board.crossbar / plan.input_scale)
+    lam = fitting_scale(on_board, cmap, cal)
+    x = sample_reset(params, cos_task(50)[0], 1.0, 200, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 0)).x
+    return plan, base, nodes, (params, trained, on_board, lam, float(np.percentile(np.abs(x), 99.9)))
 
 
 def _attempt(name, plan, lam, extent, loss) -> dict:

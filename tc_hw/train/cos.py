@@ -54,6 +54,10 @@ generation.  The noise seed ``seed_g`` (``tc_hw.model.seeds.derive(seed, COS_NOI
 generation, and the elites are re-measured with it (see :mod:`tc_hw.train.ga`).  In reset mode the training losses use antithetic noise
 pairs (``antithetic=True``), which lowers their sampling noise several-fold while the response is
 weak; the final, reported loss uses independent runs.
+
+Weak boards: :func:`train_cos_varpro` trains any cos computer through its dynamics with the
+readout projected out (the exact least-squares readout of every iteration's means), which
+``tc-hw demo`` uses on boards whose elements are weak relative to kT (:mod:`tc_hw.demo`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +78,7 @@ from tc_hw.model.tasks import cos_loss, cos_task
 from .ga import GeneticAlgorithm, fan_in_sigma
 from ..model import seeds
 
-__all__ = ["train_cos_ga", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
+__all__ = ["train_cos_ga", "train_cos_varpro", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
 
 #: Element kinds the genetic algorithm changes (the paper's theta = {W, b, J_ij, f}).
 TRAINABLE = ("bias", "coupling", "crossbar", "readout")
@@ -309,10 +314,33 @@ def train_cos_ga(
         ``x = 0`` the network takes up thermal energy from the bath), ``files``.  All values are
         JSON-serialisable (NaN and infinities in histories are None).
     """
-    from tqdm.auto import tqdm
+    t0 = time.perf_counter()
+    samples = _checked_samples(mode, samples, batch, points, generations, antithetic)
+    base = cos_network(neuron, kT, width, depth)
+    settings = _settings(
+        task="cos", method="ga", mode=mode, neuron=tuple(float(v) for v in neuron), kT=kT, width=width, depth=depth,
+        population=population, elites=elites, points=points, samples=samples, dt=dt,
+        t_f=t_f, t_obs=t_obs, mutation=mutation, init_sigma=init_sigma, start=start, batch=batch,
+        common_noise=common_noise, antithetic=bool(antithetic and mode == "reset"), seed=seed, trainable=TRAINABLE,
+    )
+    out = None if out is None else Path(out)
+    if checkpoint is None and out is not None:
+        checkpoint = out.with_name(out.stem + "_ga.h5")
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    x0 = start_vector(base, start, monostable=mode == "serial")
+    stop = dict(max_generations=generations, target_loss=target_loss, patience=patience, max_seconds=max_seconds)
+    ga = _ga_for(base, x0, settings, stop, checkpoint, resume)
+    _run_generations(ga, base, settings, generations, checkpoint, progress)
+    final = _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples)
+    metrics = _ga_metrics(ga, final, settings)
+    if out is not None:
+        _write_ga_result(out, final, ga, metrics, settings, checkpoint, plots)
+    metrics["total_seconds"] = time.perf_counter() - t0
+    return final.params, metrics
 
-    from sim_backend import twin
 
+def _checked_samples(mode, samples, batch, points, generations, antithetic) -> int:
+    """``samples`` (its mode's default where None) after checking the GA's arguments; ValueError if bad."""
     if mode not in ("reset", "serial"):
         raise ValueError(f"mode must be 'reset' or 'serial', got {mode!r}")
     if samples is None:
@@ -325,143 +353,166 @@ def train_cos_ga(
         raise ValueError(f"antithetic sampling needs an even number of samples, got {samples}")
     if batch == "random" and points > PAPER_POINTS:
         raise ValueError(f"batch='random' draws from the {PAPER_POINTS} paper inputs; points must be <= {PAPER_POINTS}")
-    t0 = time.perf_counter()
-    base = cos_network(neuron, kT, width, depth)
-    settings = _settings(
-        task="cos", method="ga", mode=mode, neuron=tuple(float(v) for v in neuron), kT=kT, width=width, depth=depth,
-        population=population, elites=elites, points=points, samples=samples, dt=dt,
-        t_f=t_f, t_obs=t_obs, mutation=mutation, init_sigma=init_sigma, start=start, batch=batch,
-        common_noise=common_noise, antithetic=bool(antithetic and mode == "reset"), seed=seed, trainable=TRAINABLE,
-    )
-    out = None if out is None else Path(out)
-    if checkpoint is None and out is not None:
-        checkpoint = out.with_name(out.stem + "_ga.h5")
-    checkpoint = None if checkpoint is None else Path(checkpoint)
+    return samples
 
-    sigma = fan_in_sigma(base, TRAINABLE, mutation)
-    init = np.where(sigma > 0, init_sigma, 0.0)
-    # the first population is x0 + N(0, init_sigma^2) on the trainable entries
-    x0 = start_vector(base, start, monostable=mode == "serial")
-    stop = dict(max_generations=generations, target_loss=target_loss, patience=patience, max_seconds=max_seconds)
+
+def _ga_for(base: Params, x0: np.ndarray, settings: dict, stop: dict, checkpoint, resume: bool) -> GeneticAlgorithm:
+    """A new GA around ``x0`` (first population ``x0 + N(0, init_sigma^2)`` on the trainable
+    entries), or the one resumed from ``checkpoint`` (its settings must equal ``settings``)."""
     if resume and checkpoint is not None and checkpoint.exists():
         ga = GeneticAlgorithm.load(checkpoint)
         if ga.meta.get("settings") != json.loads(json.dumps(settings)):
             raise ValueError(f"{checkpoint} was written with other settings {ga.meta.get('settings')}; "
                              "delete it or resume=False to start afresh")
         ga.with_config(**stop)
-    else:
-        ga = GeneticAlgorithm(x0, sigma, init_sigma=init, population=population, elites=elites, seed=seed, **stop)
-    meta = {"settings": settings}
+        return ga
+    sigma = fan_in_sigma(base, TRAINABLE, settings["mutation"])
+    init = np.where(sigma > 0, settings["init_sigma"], 0.0)
+    return GeneticAlgorithm(x0, sigma, init_sigma=init, population=settings["population"],
+                            elites=settings["elites"], seed=settings["seed"], **stop)
 
+
+def _batch_for(settings: dict, g: int):
+    """Inputs ``z`` (P, 1) and targets (P,) of generation ``g``: the grid, or ``points`` paper inputs drawn for ``g``."""
+    if settings["batch"] == "grid":
+        return cos_task(settings["points"])
     z_paper, t_paper = cos_task(PAPER_POINTS)
-    z_grid, t_grid = cos_task(points)
+    rng = seeds.rng(settings["seed"], seeds.COS_BATCH, g)
+    idx = np.sort(rng.choice(PAPER_POINTS, settings["points"], replace=False))
+    return z_paper[idx], t_paper[idx]
 
-    def batch_for(g: int):
-        if batch == "grid":
-            return z_grid, t_grid
-        rng = seeds.rng(seed, seeds.COS_BATCH, g)
-        idx = np.sort(rng.choice(PAPER_POINTS, points, replace=False))
-        return z_paper[idx], t_paper[idx]
 
+def _run_generations(ga: GeneticAlgorithm, base: Params, settings: dict, generations: int, checkpoint,
+                     progress: bool) -> None:
+    """Ask, evaluate (:func:`evaluate_cos`), tell until the GA stops; checkpoint every generation."""
+    from tqdm.auto import tqdm
+
+    s = settings
     bar = tqdm(total=generations, initial=min(ga.generation, generations), disable=not progress, file=sys.stderr,
-               desc=f"GA cos {mode}", unit="gen", dynamic_ncols=True)
+               desc=f"GA cos {s['mode']}", unit="gen", dynamic_ncols=True)
     try:
         while ga.stop_reason() is None:
             g = ga.generation
-            z, tgt = batch_for(g)
-            losses = evaluate_cos(ga.ask(), base, z, tgt, mode=mode, samples=samples, dt=dt, t_f=t_f,
-                                  t_obs=t_obs, seed=seeds.derive(seed, seeds.COS_NOISE, g), common_noise=common_noise,
-                                  antithetic=settings["antithetic"])
+            z, tgt = _batch_for(s, g)
+            losses = evaluate_cos(ga.ask(), base, z, tgt, mode=s["mode"], samples=s["samples"], dt=s["dt"],
+                                  t_f=s["t_f"], t_obs=s["t_obs"], seed=seeds.derive(s["seed"], seeds.COS_NOISE, g),
+                                  common_noise=s["common_noise"], antithetic=s["antithetic"])
             ga.tell(losses)
             if checkpoint is not None:
-                ga.save(checkpoint, meta)
+                ga.save(checkpoint, {"settings": settings})
             bar.update(1)
             bar.set_postfix(best=f"{ga.history['best'][-1]:.4g}", elite=f"{ga.history['elite'][-1]:.4g}")
     finally:
         bar.close()
-    reason = ga.stop_reason()
-    train_seconds = ga.elapsed
 
-    # ---- final measurement: elites on the evaluation inputs, then the chosen one with fresh noise
+
+@dataclass
+class _Final:
+    """The GA's result measured afresh: the chosen computer, its losses, heat and output curve."""
+
+    params: Params
+    loss: float
+    loss_check: float | None
+    check_dt: float | None
+    elite_eval: np.ndarray
+    heat_traj: float
+    heat_inf: float
+    z_eval: np.ndarray  # (P,)
+    t_eval: np.ndarray  # (P,)
+    y_mean: np.ndarray  # (P,)
+    y_se: np.ndarray  # (P,)
+
+
+def _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples) -> _Final:
+    """Elites re-measured on ``eval_points`` inputs, the best one with the exact least-squares
+    readout, then measured once more with ``eval_samples`` runs and fresh noise (and at ``check_dt``)."""
+    from sim_backend import twin
+
+    s = settings
+    mode, dt, seed = s["mode"], s["dt"], s["seed"]
     z_eval, t_eval = cos_task(eval_points)
     elite_vectors = ga.elites if ga.generation else x0[None]
-    kw = dict(mode=mode, dt=dt, t_f=t_f, t_obs=t_obs)
-    sel_samples = max(samples, eval_samples // 5)
+    kw = dict(mode=mode, dt=dt, t_f=s["t_f"], t_obs=s["t_obs"])
+    sel_samples = max(s["samples"], eval_samples // 5)
     elite_eval = evaluate_cos(elite_vectors, base, z_eval, t_eval, samples=sel_samples,
                               seed=seeds.derive(seed, seeds.COS_CHECK, 0), **kw)
-    chosen = int(np.argmin(elite_eval))
-    best = base.with_vector(elite_vectors[chosen])
+    best = base.with_vector(elite_vectors[int(np.argmin(elite_eval))])
     if best.readout is not None:  # the exact least-squares readout (its own noise seed)
-        best = readout_lstsq(best, mode=mode, points=eval_points, samples=sel_samples, dt=dt, t_f=t_f, t_obs=t_obs,
-                             seed=seeds.derive(seed, seeds.COS_CHECK, 2))
+        best = readout_lstsq(best, points=eval_points, samples=sel_samples, seed=seeds.derive(seed, seeds.COS_CHECK, 2),
+                             **kw)
     ev_seed = seeds.derive(seed, seeds.COS_CHECK, 1)
     if mode == "reset":
-        run = twin.sample_reset(best, z_eval, t_f, eval_samples, dt=dt, seed=ev_seed, nodes=best.network.outputs,
-                                energy=True)
+        run = twin.sample_reset(best, z_eval, s["t_f"], eval_samples, dt=dt, seed=ev_seed,
+                                nodes=best.network.outputs, energy=True)
         heat_traj = float(np.mean(run.heat_kT))
         heat_inf = heat_traj * eval_samples
     else:
-        run = twin.sample_serial(best, z_eval, t_obs, eval_samples, dt=dt, seed=ev_seed, nodes=best.network.outputs,
-                                 energy=True)
+        run = twin.sample_serial(best, z_eval, s["t_obs"], eval_samples, dt=dt, seed=ev_seed,
+                                 nodes=best.network.outputs, energy=True)
         heat_traj = heat_inf = float(np.mean(run.heat_kT))
     y_samples = run.x[:, :, -1, :]
-    final_loss = cos_loss(best, y_samples, t_eval)
-    y_mean = best.output(y_samples.astype(np.float64).mean(1))[:, 0]
     y_per_sample = (y_samples.astype(np.float64) @ best.readout[0])  # (P, M)
-    y_se = y_per_sample.std(1, ddof=1) / np.sqrt(y_per_sample.shape[1])
     loss_check = None
     if check_dt is not None and check_dt != dt:
         loss_check = float(evaluate_cos(best.vector(), base, z_eval, t_eval, samples=check_samples, seed=ev_seed,
                                         **{**kw, "dt": check_dt})[0])
+    return _Final(best, cos_loss(best, y_samples, t_eval), loss_check, check_dt, elite_eval, heat_traj, heat_inf,
+                  z_eval[:, 0], t_eval, best.output(y_samples.astype(np.float64).mean(1))[:, 0],
+                  y_per_sample.std(1, ddof=1) / np.sqrt(y_per_sample.shape[1]))
 
-    metrics = {
-        "loss": final_loss,
-        "loss_check_dt": loss_check,
-        "check_dt": check_dt,
-        "elite_eval_losses": _json_list(elite_eval),
+
+def _ga_metrics(ga, final: _Final, settings: dict) -> dict:
+    """The metrics dict of :func:`train_cos_ga` (JSON-serialisable; ``files`` filled by the writer)."""
+    return {
+        "loss": final.loss,
+        "loss_check_dt": final.loss_check,
+        "check_dt": final.check_dt,
+        "elite_eval_losses": _json_list(final.elite_eval),
         "generations": ga.generation,
-        "stop_reason": reason,
-        "train_seconds": train_seconds,
-        "seconds_per_generation": train_seconds / max(ga.generation, 1),
+        "stop_reason": ga.stop_reason(),
+        "train_seconds": ga.elapsed,
+        "seconds_per_generation": ga.elapsed / max(ga.generation, 1),
         "total_seconds": None,
         "best_loss_history": _json_list(ga.history["best"]),
         "elite_loss_history": _json_list(ga.history["elite"]),
-        "heat_per_trajectory_kT": heat_traj,
-        "heat_per_inference_kT": heat_inf,
+        "heat_per_trajectory_kT": final.heat_traj,
+        "heat_per_inference_kT": final.heat_inf,
         "settings": settings,
         "files": {},
     }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        prov = {
-            "method": "ga",
-            "task": "cos",
-            "settings": json.dumps(settings),
-            "loss": repr(final_loss),
-            "loss_history": json.dumps(metrics["best_loss_history"]),
-            "elite_loss_history": json.dumps(metrics["elite_loss_history"]),
-            "generations": str(ga.generation),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        save_params(best, out, prov)
-        metrics["files"]["params"] = str(out)
-        if out.suffix.lower() != ".json":
-            import h5py
 
-            with h5py.File(out, "a") as f:
-                if "ga_history" in f:
-                    del f["ga_history"]
-                g = f.create_group("ga_history")
-                for k, v in ga.history.items():
-                    g[k] = v
-                g["eval_z"] = z_eval[:, 0]
-                g["eval_output"] = y_mean
-        if checkpoint is not None:
-            metrics["files"]["checkpoint"] = str(checkpoint)
-        if plots:
-            metrics["files"].update(_plots(out, ga.history, z_eval[:, 0], y_mean, y_se, t_eval, final_loss, settings))
-    metrics["total_seconds"] = time.perf_counter() - t0
-    return best, metrics
+
+def _write_ga_result(out: Path, final: _Final, ga, metrics: dict, settings: dict, checkpoint, plots: bool) -> None:
+    """The result file (parameters with provenance, ``ga_history`` group) and the PNGs; fills ``metrics["files"]``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prov = {
+        "method": "ga",
+        "task": "cos",
+        "settings": json.dumps(settings),
+        "loss": repr(final.loss),
+        "loss_history": json.dumps(metrics["best_loss_history"]),
+        "elite_loss_history": json.dumps(metrics["elite_loss_history"]),
+        "generations": str(ga.generation),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    save_params(final.params, out, prov)
+    metrics["files"]["params"] = str(out)
+    if out.suffix.lower() != ".json":
+        import h5py
+
+        with h5py.File(out, "a") as f:
+            if "ga_history" in f:
+                del f["ga_history"]
+            g = f.create_group("ga_history")
+            for k, v in ga.history.items():
+                g[k] = v
+            g["eval_z"] = final.z_eval
+            g["eval_output"] = final.y_mean
+    if checkpoint is not None:
+        metrics["files"]["checkpoint"] = str(checkpoint)
+    if plots:
+        metrics["files"].update(_plots(out, ga.history, final.z_eval, final.y_mean, final.y_se, final.t_eval,
+                                       final.loss, settings))
 
 
 def _plots(out: Path, history, z, y, y_se, target, loss, settings) -> dict:
@@ -490,3 +541,131 @@ def _plots(out: Path, history, z, y, y_se, target, loss, settings) -> dict:
     ax.legend(fontsize=8)
     cos_png = save(fig, out.with_name(out.stem + "_cos.png"))
     return {"loss_png": str(loss_png), "cos_png": str(cos_png)}
+
+
+def _ridge_readout(xbar: np.ndarray, target: np.ndarray, ridge: float) -> np.ndarray:
+    """Readout ``f`` (n_out,) minimising ``mean (xbar f - target)^2 + ridge |f|^2``; ``xbar`` (P, n_out)."""
+    p, n = xbar.shape
+    a = xbar.T @ xbar / p + ridge * np.eye(n)
+    return np.linalg.solve(a, xbar.T @ target / p)
+
+
+def _model_bounds(base: Params, bound) -> list:
+    """Bounds in the layout of :class:`tc_hw.train.direct._Model` tensors ``[W (K, N), B (N,), C (N, N)]``:
+    a float (symmetric, all kinds), a dict per kind of floats (symmetric) or of ``(lo, hi)`` arrays
+    in ``base``'s element order (``crossbar``, ``bias``, ``coupling``); None: unbounded."""
+    if not isinstance(bound, dict):
+        return [bound] * 3
+    net = base.network
+
+    def dense(kind):
+        b = bound.get(kind)
+        if not isinstance(b, tuple):
+            return b
+        lo, hi = (np.asarray(v, np.float64) for v in b)
+        if kind == "bias":
+            return lo.astype(np.float32), hi.astype(np.float32)
+        shape = (net.n_inputs, net.n_nodes) if kind == "crossbar" else (net.n_nodes, net.n_nodes)
+        out = []
+        for v in (lo, hi):
+            m = np.zeros(shape)
+            if kind == "crossbar":
+                m[tuple(net.crossbar.T)] = v
+            else:
+                a, b2 = net.edges.T
+                m[a, b2] = m[b2, a] = v
+            out.append(m.astype(np.float32))
+        return tuple(out)
+
+    return [dense("crossbar"), dense("bias"), dense("coupling")]
+
+
+def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterations: int = 300, points: int = 32,
+                     samples: int = 16, dt: float = 1e-2, t_f: float = 1.0, lr: float = 5e-2, lr_final: float = 1e-3,
+                     restarts: int = 4, ridge: float = 1e-4, seed: int = 0, max_seconds: float | None = None,
+                     progress: bool = False) -> tuple[Params, dict]:
+    """Train the cos(2 pi z) computer ``base`` through its dynamics with the readout projected out.
+
+    Variable projection: at every iteration the readout ``f`` (1, n_out) is the exact (ridge
+    ``ridge``) least-squares fit to that iteration's output means ``xbar`` (``points`` inputs
+    drawn uniformly on [0, 1], ``samples`` reset runs of ``t_f`` each), and the analog elements
+    (bias, coupling, crossbar) follow the gradient of the loss *after* that fit (adjoint of
+    :func:`tc_hw.train.direct.forward`; by the envelope theorem ``f`` needs no gradient).  So any
+    nonlinearity of the response lowers the loss at once, instead of waiting for a readout
+    trained alongside to find it: what gets a weak board's computer off the loss-1/2 plateau.
+    ``bound``: for all (float), or per element kind (dict: ``bias``, ``coupling``, ``crossbar``) a
+    float or ``(lo, hi)`` arrays per element (``base``'s element order), projected after every step.  ``restarts`` random starts (biases N(0, 1), couplings
+    N(0, 0.5^2), crossbar N(0, 4^2), then bounded) are run ``iterations / (4 restarts)``
+    iterations each; the best goes on with a cosine-decaying learning rate.
+
+    Returns ``(params, metrics)``: the trained computer with its readout from the last iteration
+    (callers refit it on more samples: :func:`readout_lstsq`), and ``history`` (minibatch loss
+    after the fit, per iteration), ``iterations``, ``train_seconds``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from sim_backend.rng import normal
+
+    from .direct import _Adam, _Model, backward, forward
+
+    bounds = _model_bounds(base, bound)
+    rng = seeds.rng(seed, seeds.DIRECT_DATA)
+    steps = int(round(t_f / dt))
+    outputs = np.asarray(base.network.outputs)
+
+    def project(model):
+        for t, b in zip(model.tensors(), bounds):
+            if isinstance(b, tuple):
+                np.clip(t, b[0], b[1], out=t)
+            elif b is not None:
+                np.clip(t, -b, b, out=t)
+
+    def start():
+        net = base.network
+        model = _Model(base.copy(bias=rng.normal(0, 1.0, net.n_nodes), coupling=rng.normal(0, 0.5, net.n_edges),
+                                 crossbar=rng.normal(0, 4.0, net.n_crossbar)))
+        project(model)
+        return model, _Adam(model.tensors(), lr)
+
+    def step(model, opt, it, step_lr):
+        z = rng.uniform(0, 1, points).astype(np.float32)
+        inputs = np.repeat(z, samples)[:, None]
+        noise = normal(seeds.derive(seed, seeds.DIRECT_NOISE, it),
+                       steps * len(inputs) * model.B.size).reshape(steps, len(inputs), -1)
+        xs = forward(model, inputs, noise, dt)
+        xbar = xs[-1][:, outputs].reshape(points, samples, -1).mean(axis=1).astype(np.float64)
+        target = np.cos(2 * np.pi * z)
+        f = _ridge_readout(xbar, target, ridge)
+        err = xbar @ f - target
+        loss = float(np.mean(err**2))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at iteration {it}: lower lr or dt")
+        lam = np.zeros((len(inputs), model.B.size), np.float32)
+        lam[:, outputs] = np.repeat(2 * err / (points * samples), samples)[:, None] * f[None, :]
+        opt.step(model.tensors(), backward(model, inputs, xs, lam, dt), step_lr)
+        project(model)
+        return loss, f
+
+    history, t0 = [], time.perf_counter()
+    probe = iterations // (4 * restarts) if restarts > 1 else 0
+    with threadpool_limits(1, "blas"):
+        runs = []
+        for r in range(restarts if probe else 1):
+            model, opt = start()
+            losses = [step(model, opt, len(history) + i, lr)[0] for i in range(probe)]
+            history += losses
+            runs.append((float(np.mean(losses[-max(1, probe // 4):])) if losses else 0.0, r, model, opt))
+        _, _, model, opt = min(runs, key=lambda t: (t[0], t[1]))
+        rest, f = iterations - len(history), None
+        for i in range(rest):
+            step_lr = lr_final + 0.5 * (lr - lr_final) * (1 + np.cos(np.pi * i / max(1, rest - 1)))
+            loss, f = step(model, opt, len(history), step_lr)
+            history.append(loss)
+            if progress and i % 50 == 0:
+                print(f"varpro cos: iteration {len(history)}, loss {np.mean(history[-20:]):.3g}", file=sys.stderr)
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                break
+    readout = np.zeros((1, len(outputs))) if f is None else f[None, :]
+    trained = model.to_params().copy(readout=readout)
+    return trained, {"method": "varpro", "history": history, "iterations": len(history),
+                     "train_seconds": round(time.perf_counter() - t0, 1)}
