@@ -84,11 +84,6 @@ def _software_version() -> str:
     return __version__
 
 
-# The one JSON policy of the project (non-finite floats -> null); this name stays for
-# calibration.routine, which imports it.
-_jsonable = json_safe
-
-
 def to_json(obj) -> str:
     """``obj`` as strict JSON (:func:`tc_hw.model.jsonsafe.dumps`: NaN and infinities as null)."""
     return dumps(obj)

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from tc_hw.model.device import armed
+from tc_hw.model.jsonsafe import json_safe
 
 from . import adc as adc_mod
 from . import design, second_pass, stein
 from .curves import CurveFit, fit_curve
 from .elements import acquire_config, acquire_tau, estimate_config, tau_from
-from .record import Calibration, RecordWriter, _jsonable, load, read_material
+from .record import RecordWriter, load, read_material
 
 __all__ = ["calibrate", "analyse", "refit", "combine", "Analysis", "DEFAULTS"]
 
@@ -277,7 +278,7 @@ def summarise(analysis: Analysis, cmap, meta: dict, seconds: float, entry: str, 
         "warnings": analysis.warnings[:50],
         "plots": [str(p) for p in plots],
     }
-    return _jsonable(out)
+    return json_safe(out)
 
 
 #: Step (units of tau) of the simulated boards of this project (the twin and the emulator).

@@ -37,10 +37,10 @@ from sim_backend import population as pp
 from sim_backend.twin import sample_reset
 
 from .backends import open_device
-from .model import provenance, seeds
+from .model import provenance, seeds, tasks
 from .model.files import load_params
 from .model.params import ParamsError
-from .model.tasks import cos_loss, mnist_inputs, score_classification
+from .model.tasks import cos_loss, score_classification
 from .refine import refine
 from .train import cos
 
@@ -322,7 +322,7 @@ def evaluate_mnist_on_cluster(params, samples: int, seed: int, time_obs: float, 
     """
 
     ray = _ray()
-    inputs, labels = mnist_inputs(split)
+    inputs, labels = tasks.mnist_inputs(split)  # looked up at call time (tests shorten the set)
     refs = ray.put(params), ray.put(inputs)
     t0 = time.perf_counter()
     parts = evaluator.map_batches(_mnist_samples, split_rows(samples, evaluator.workers),

@@ -36,7 +36,31 @@ from typing import NamedTuple
 
 import numpy as np
 
+import calibration
+from calibration.mapping import MappingError, channel_values, on_board_mobility
+from calibration.scale import fitting_scale
+from sim_backend.emulator.board import DEFAULT_BOARD_TOML
+from sim_backend.emulator.process import running_emulator
+from sim_backend.twin import sample_reset
+
+from .backends import open_device
 from .model import seeds
+from .model.files import save_params
+from .model.network import Network
+from .model.params import Params
+from .model.tasks import cos_task
+from .refine import (
+    RefineConfig,
+    _Problem,
+    _retrying,
+    gap_closed,
+    measure_cos_loss,
+    refine,
+)
+from .report import report
+from .run import safe_node_volts
+from .train.cos import cos_network, readout_lstsq, train_cos_varpro, twin_cos_loss
+from .train.direct import cos_png, train_cos_direct
 
 __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
            "plan_for_weak_board", "Trained", "Choice", "BoardFigures",
@@ -44,7 +68,6 @@ __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_comp
 
 
 def _demo_board() -> str:
-    from sim_backend.emulator.board import DEFAULT_BOARD_TOML
 
     return DEFAULT_BOARD_TOML.replace(
         "adc_noise_spread = 0.25\n",
@@ -102,7 +125,6 @@ def _board(folder: Path, resource: str | None, seed: int):
     if resource is not None:
         yield resource
         return
-    from sim_backend.emulator.process import running_emulator
 
     board = folder / "demo_board.toml"
     board.write_text(_demo_board())
@@ -132,9 +154,6 @@ def board_computer(channel_map, *, width: int = WIDTH, depth: int = DEPTH, kT: f
     Raises :class:`DemoError` for a board with fewer than ``MIN_NODES`` nodes, no input line, or
     an input that reaches no coupled node.
     """
-    from .model.network import Network
-    from .model.params import Params
-    from .train.cos import cos_network
 
     n = sum(1 for c in channel_map if c.kind == "Q")
     lines = sorted({c.a for c in channel_map if c.kind == "W"})
@@ -202,8 +221,6 @@ def embed(params, nodes, channel_map, neuron=(1.0, 0.0, 1.0), quadratic=None, qu
     couplings ``neuron`` (in the computer's units) and nothing else, so it fluctuates on its own
     and never touches the computer (``quadratic``, ``quartic``: per board node, (n_board,),
     instead of ``neuron``'s for those).  Returns ``params`` itself where the computer is the board."""
-    from .model.network import Network
-    from .model.params import Params
 
     n = sum(1 for c in channel_map if c.kind == "Q")
     net = params.network
@@ -302,7 +319,6 @@ def plan_for_board(base, nodes, channel_map, cal=None, bound: float = BOUND, mar
     Raises :class:`DemoError` when the fixed terms fit no scale, or an element the program
     needs at 0 cannot be 0.
     """
-    from calibration.mapping import channel_values
 
     n = sum(1 for c in channel_map if c.kind == "Q")
     m = np.asarray(nodes)
@@ -388,7 +404,6 @@ def plan_for_weak_board(base, nodes, channel_map, cal=None, margin: float = 0.9,
     Raises :class:`DemoError` when a quartic element cannot be positive, or an element the
     program needs at 0 cannot be 0.
     """
-    from calibration.mapping import channel_values
 
     n = sum(1 for c in channel_map if c.kind == "Q")
     kt = base.kT
@@ -504,7 +519,6 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
     t0 = time.monotonic()
     timings = {}
     with _board(folder, resource, seed) as res:
-        from .backends import open_device
 
         dev = open_device(res)
         try:
@@ -512,7 +526,7 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
             t = time.monotonic()
             choice = _choose_program(dev, cal, folder, seed, progress)
             timings["train_s"] = time.monotonic() - t
-            twin_loss, heat = _twin_figures(choice, cal, folder, seed, _safe_volts(dev))
+            twin_loss, heat = _twin_figures(choice, cal, folder, seed, safe_node_volts(dev))
             board = _on_the_board(dev, choice, cal, folder, seed, generations, ga_seconds, refine_options, progress,
                                   timings)
             _check_board_learned(twin_loss, board.nominal_loss, board.calibrated_loss, board.refined, folder)
@@ -527,7 +541,6 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
 
 def _calibrate(dev, folder: Path, calibration_options, progress: bool, timings: dict):
     """Refuse an unsuitable board (:func:`board_computer`), then calibrate it; returns ``(cal, summary)``."""
-    import calibration
 
     base, _ = board_computer(dev.channel_map)  # refuses an unsuitable board before calibrating
     _warn_slow_line(dev, calibration_options or QUICK_CALIBRATION, len(base.network.outputs))
@@ -545,7 +558,7 @@ def _choose_program(dev, cal, folder: Path, seed: int, progress: bool) -> Choice
     the weak-board plan while it does not learn).  Raises :class:`NotLearnedError` (exit 2) when
     nothing learned within the safe node range."""
     cmap = dev.channel_map
-    v_safe = _safe_volts(dev)
+    v_safe = safe_node_volts(dev)
     base, nodes = board_computer(cmap)
     plan = plan_for_board(base, nodes, cmap, cal)
     if _is_weak(plan):
@@ -597,11 +610,7 @@ def _off_the_rails(dev, choice: Choice, cal, folder: Path, seed: int, progress: 
 def _twin_figures(choice: Choice, cal, folder: Path, seed: int, v_safe: float) -> tuple[float, np.ndarray]:
     """The twin's loss of the program on the board's own per-node time constants (refusing a program
     that did not learn: :func:`_check_twin_learned`) and its heat per run (kT, (P, M))."""
-    from calibration.mapping import on_board_mobility
-    from sim_backend.twin import sample_reset
 
-    from .model.tasks import cos_task
-    from .train.cos import twin_cos_loss
 
     tr = choice.trained
     twin_loss = twin_cos_loss(on_board_mobility(tr.params, cal, choice.nodes), seed=seeds.derive(seed, seeds.DEMO, 2))
@@ -614,10 +623,7 @@ def _twin_figures(choice: Choice, cal, folder: Path, seed: int, v_safe: float) -
 def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations: int, ga_seconds: float,
                   refine_options, progress: bool, timings: dict) -> BoardFigures:
     """Upload the program with nominal gains and through the calibration (same noise), then refine it."""
-    import calibration
 
-    from .model.files import save_params
-    from .refine import RefineConfig, measure_cos_loss, refine
 
     tr, a_in = choice.trained, choice.plan.input_scale
     if tr.on_board is not tr.params:
@@ -646,8 +652,6 @@ def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations
 def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss: float, heat, board: BoardFigures,
              folder: Path, timings: dict) -> dict:
     """The demo's summary (JSON-serialisable; ``report`` added by the caller)."""
-    from .refine import gap_closed
-    from .report import report
 
     tr, plan, refined, cfg = choice.trained, choice.plan, board.refined, board.config
     params = tr.params
@@ -659,7 +663,7 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
                      "outputs": len(params.network.outputs), "board_nodes": list(map(int, choice.nodes)),
                      "board_total_nodes": int(dev.n_nodes), "training_bound": plan.bound,
                      "planned_scale": plan.scale, "raised_nodes": plan.raised, "input_scale": plan.input_scale,
-                     "node_extent_v": tr.extent_v, "safe_v": _safe_volts(dev), "trainings": choice.trainings,
+                     "node_extent_v": tr.extent_v, "safe_v": safe_node_volts(dev), "trainings": choice.trainings,
                      "training_method": tr.metrics.get("method", "direct")},
         "twin_loss": twin_loss,
         "loss_readout": LOSS_READOUT,
@@ -733,7 +737,6 @@ def _read_every_node(base, nodes):
     """The computer ``base`` with every node an output (readout zeros, shape (1, n)): on a weak
     board the first layer's saturating responses are the nonlinearity, and each coupling hop
     attenuates them, so the readout takes them directly as well as the last layer's."""
-    from .model.network import Network
 
     net = base.network
     every = Network(net.n_nodes, net.edges, net.n_inputs, net.crossbar, np.arange(net.n_nodes), layers=net.layers)
@@ -747,14 +750,7 @@ def _train_weak(cmap, cal, out, seed, progress):
 
     Returns ``(plan, base, nodes, (params, metrics, program on the board before scaling, its
     coordinate scale, the 99.9th percentile of |x| on the twin))`` like :func:`_train_for`."""
-    from calibration.mapping import on_board_mobility
-    from calibration.scale import fitting_scale
-    from sim_backend.twin import sample_reset
 
-    from .model.files import save_params
-    from .model.tasks import cos_task
-    from .train.cos import readout_lstsq, train_cos_varpro, twin_cos_loss
-    from .train.direct import cos_png
 
     base, nodes = _read_every_node(*board_computer(cmap, depth=WEAK_DEPTH))
     plan = plan_for_weak_board(base, nodes, cmap, cal)
@@ -822,23 +818,10 @@ def _write_failure(folder: Path, figures: dict) -> None:
     (Path(folder) / "failure.json").write_text(json.dumps(figures, indent=1, default=str))
 
 
-def _safe_volts(dev) -> float:
-    """Node volts the program should stay within: the calibration's rail guard, or 80 % of the
-    ADC range where that is smaller (the rails are hidden; the manual says "a few volts")."""
-    from calibration.elements import RAIL_GUARD_V
-
-    adc = getattr(dev, "adc_range_v", None)
-    return float(min(RAIL_GUARD_V, 0.8 * adc)) if adc else float(RAIL_GUARD_V)
-
-
 def _train_for(plan, base, nodes, cmap, cal, out, seed, progress):
     """Train under ``plan``; returns (params, metrics, program on the board before scaling,
     its coordinate scale, the 99.9th percentile of |x| over all nodes on the twin)."""
-    from calibration.scale import fitting_scale
-    from sim_backend.twin import sample_reset
 
-    from .model.tasks import cos_task
-    from .train.direct import train_cos_direct
 
     layers = [len(layer) for layer in base.network.layers]
     bound = plan.bound
@@ -857,8 +840,6 @@ def _train_for(plan, base, nodes, cmap, cal, out, seed, progress):
 def _board_score(dev, program, cal, input_scale, seed, points: int = 250, samples: int = 500) -> float:
     """Board loss of ``program`` (through ``cal``) with the readout fitted to the same
     measurement: what refinement would start from (in-sample, the same optimism for any program)."""
-    from .refine import RefineConfig, _Problem, _retrying
-    from .model.tasks import cos_task
 
     cfg = RefineConfig(final_samples=samples, input_scale=input_scale)
     prob = _Problem(dev, program, cal, cfg)
@@ -891,9 +872,7 @@ def _warn_slow_line(dev, cal_opts: dict, n_out: int) -> None:
 def _nominal_loss(dev, program, calibration, seed, input_scale) -> float | None:
     """The board's loss with nominal gains, or None where the nominal map cannot hold the program
     (nominal reach is narrower than the calibrated one, e.g. on a board with large offsets)."""
-    from calibration.mapping import MappingError
 
-    from .refine import measure_cos_loss
 
     try:
         return measure_cos_loss(dev, program, calibration.nominal(dev.channel_map), seed=seed, input_scale=input_scale)

@@ -7,6 +7,11 @@ import time
 
 import numpy as np
 
+from sim_backend.twin import sample_reset
+
+from .model import tasks
+from .model.tasks import score_classification
+
 __all__ = ["MNIST_DEFAULTS", "evaluate_mnist"]
 
 #: Observation settings of the published MNIST computer (arXiv 2509.15324).
@@ -21,11 +26,9 @@ def evaluate_mnist(params, samples: int, seed: int, time_obs: float, dt: float, 
     """
     from tqdm import tqdm
 
-    from sim_backend.twin import sample_reset
 
-    from .model.tasks import mnist_inputs, score_classification
 
-    inputs, labels = mnist_inputs("test")
+    inputs, labels = tasks.mnist_inputs("test")
     t0 = time.perf_counter()
     outs, heat = [], []
     for m in tqdm(range(samples), desc="twin: MNIST test set", unit="sample", disable=not progress, file=sys.stderr):

@@ -73,11 +73,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from calibration import map_params
+from calibration.mapping import channel_values
+from sim_backend.population import population_reset
+
+from .model import seeds
 from .model.device import DeviceError, Seedable, armed, reconnect_count
 from .model.params import Params
-from .model.runlog import RunLog
+from .model.runlog import RunLog, read_log
 from .model.tasks import Task, cos_task
-from .model import seeds
+from .refine_twin import TwinGuided, TwinModel
+from .train.cmaes import CMAES
+from .train.ga import GeneticAlgorithm
 
 __all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss",
            "fit_task_readout"]
@@ -172,8 +179,6 @@ class _Problem:
     """The cos task on a device: vector <-> (volts, readout), and the measured loss."""
 
     def __init__(self, device, params: Params, cal, cfg: RefineConfig, trainable=None):
-        from calibration import map_params
-        from calibration.mapping import channel_values
 
         self.device, self.params, self.cal, self.cfg = device, params, cal, cfg
         self.readings = 0  #: board readings taken so far (every acquisition, every candidate)
@@ -430,17 +435,14 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
         if cfg.subspace:
             basis = _subspace_basis(jac, cfg.subspace, _step_rms(cfg, prob, loss0), x_start.size)
     if cfg.method == "ga":
-        from .train.ga import GeneticAlgorithm
 
         return GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population, elites=cfg.elites,
                                 seed=cfg.seed, max_generations=cfg.generations, max_seconds=cfg.max_seconds,
                                 start_with_x0=True, mutation_basis=basis)
     if cfg.method == "cma":
-        from .train.cmaes import CMAES
 
         return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations,
                      basis=basis)
-    from .refine_twin import TwinGuided
 
     z = _design(cfg, prob.task)
     xbar, _ = _retrying(cfg, "the start measurement at the design inputs", lambda: prob.means(
@@ -512,20 +514,16 @@ def _subspace_basis(jac, r_max: int, step_rms: float, n_params: int) -> np.ndarr
 
 def _load_optimizer(cfg: RefineConfig, ckpt: Path):
     if cfg.method == "ga":
-        from .train.ga import GeneticAlgorithm
 
         return GeneticAlgorithm.load(ckpt)
     if cfg.method == "cma":
-        from .train.cmaes import CMAES
 
         return CMAES.load(ckpt)
-    from .refine_twin import TwinGuided
 
     return TwinGuided.load(ckpt)
 
 
 def _twin_model(cfg: RefineConfig, prob: "_Problem"):
-    from .refine_twin import TwinModel
 
     return TwinModel(prob.params, prob.cal, prob.device.channel_map, prob.trainable, prob.volts0,
                      dt=cfg.twin_dt, samples=cfg.twin_samples)
@@ -795,7 +793,6 @@ RECAL_LOSS_RISE = 0.25
 
 def read_temperatures(log_path) -> np.ndarray:
     """Board temperatures (kelvin) logged before and after every generation, shape (G, 2)."""
-    from .model.runlog import read_log
 
     try:
         return np.asarray(read_log(log_path)["temperature_k"], float).reshape(-1, 2)
@@ -877,7 +874,6 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
 def twin_task_loss(params: Params, task: Task, *, samples: int = 1000, dt: float = 1e-3, seed: int = 0) -> dict:
     """The task's loss of ``params`` on the twin (reset sampling to t = 1 program unit, ``samples``
     runs per example, the program's own readout); ``accuracy`` too for classification tasks."""
-    from sim_backend.population import population_reset
 
     net = params.network
     x = population_reset([params], task.inputs[:, : net.n_inputs], 1.0, samples, dt=dt, seed=int(seed),

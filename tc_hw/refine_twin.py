@@ -36,6 +36,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from calibration.mapping import effective_params
+from sim_backend.population import population_reset
+
 from .model.safeio import open_hdf5_read, replace_atomically
 
 __all__ = ["TwinModel", "TwinGuided", "CHECKPOINT_FORMAT"]
@@ -68,7 +71,6 @@ class TwinModel:
 
     def program(self, theta):
         """The program that volts ``theta`` (K,) on the trainable channels make, per the calibration."""
-        from calibration.mapping import effective_params
 
         values = self.values0.copy()
         for k, ch in enumerate(self.trainable):
@@ -78,7 +80,6 @@ class TwinModel:
     def means(self, thetas, inputs, seed: int) -> np.ndarray:
         """Twin output means (R, P, n_out) of programs ``thetas`` (R, K) at board ``inputs`` (P, k),
         all on the same noise (``seed``)."""
-        from sim_backend.population import population_reset
 
         progs = [self.program(t) for t in np.atleast_2d(thetas)]
         net = self.params.network

@@ -52,12 +52,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .model import provenance
-from .model.safeio import open_hdf5_read
-from .model import seeds
-from .model.device import Seedable, armed
+import calibration
 from calibration.elements import RAIL_GUARD_V
 from sim_backend.twin import sample_reset
+
+from . import __version__
+from .model import provenance, seeds, tasks
+from .model.device import Seedable, armed
+from .model.safeio import open_hdf5_read
+from .model.tasks import cos_loss, cos_task
+from .train.cos import twin_cos_loss
 
 __all__ = ["RUN_FORMAT", "RUN_VERSION", "load_inputs", "CosTask", "builtin_task", "run_program", "read_run",
            "RunError"]
@@ -121,17 +125,14 @@ class CosTask:
     name = "cos"
 
     def __init__(self, points: int = 250):
-        from .model.tasks import cos_task
 
         self.inputs, self.targets = cos_task(int(points))
 
     def score(self, params, output_samples) -> dict:
-        from .model.tasks import cos_loss
 
         return {"loss": cos_loss(params, output_samples, self.targets)}
 
     def twin_score(self, params, samples: int, seed: int) -> dict:
-        from .train.cos import twin_cos_loss
 
         return {"loss": twin_cos_loss(params, points=len(self.inputs), samples=int(samples), seed=int(seed))}
 
@@ -144,7 +145,6 @@ def builtin_task(name: str, points: int = 250):
     """A built-in task by name, or a task file if ``tc_hw.model.tasks`` can load one (``load_task``)."""
     if name in BUILTIN_TASKS:
         return BUILTIN_TASKS[name](points)
-    from .model import tasks
 
     loader = getattr(tasks, "load_task", None)
     if loader is not None and Path(name).is_file():
@@ -228,7 +228,6 @@ def _create(path: Path, *, p: int, m: int, nodes, n_features: int, inputs, board
     f = h5py.File(path, "x", libver="latest")
     e = f.create_group("entry")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat()
-    from . import __version__
 
     e.attrs.update({"NX_class": "NXentry", "format": RUN_FORMAT, "format_version": RUN_VERSION,
                     "program_name": "tc-hw", "version": __version__, "start_time": now, "end_time": "",
@@ -318,7 +317,6 @@ def run_program(device, params, cal, inputs, out, *, samples: int, mode: str = "
     the rails (:func:`check_rails`) is refused before anything is sent, unless ``allow_rails``.  Returns a JSON-ready summary
     with ``loss``, ``twin_loss``, ``inputs``, ``samples``, ``seconds``.
     """
-    import calibration
 
     out = check_run(samples=samples, time_s=time_s, mode=mode, batch=batch, out=out, overwrite=overwrite)
     inputs = _as_batch(inputs, "inputs")

@@ -25,17 +25,9 @@ ALLOWED = {
     "sim_backend/emulator/board.py": 1,  # zoo imports board: a cycle
     "sim_backend/twin.py": 1,  # the JAX engine: an optional dependency
     "tc_hw/backends.py": 1,
-    "tc_hw/demo.py": 25,
-    "tc_hw/evaluation.py": 2,
-    "tc_hw/refine.py": 11,
-    "tc_hw/refine_twin.py": 2,
-    "tc_hw/run.py": 7,
-    "tc_hw/train/cos.py": 3,
     "tc_hw/train/direct.py": 17,
-    "tc_hw/train/ga.py": 2,
     "tc_hw/train/generative.py": 11,
     "tc_hw/train/om.py": 10,
-    "tc_hw/train/teacher.py": 2,
 }
 
 

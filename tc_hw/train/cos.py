@@ -70,13 +70,18 @@ from pathlib import Path
 
 import numpy as np
 
+from sim_backend import population as pp
+from sim_backend import twin
+from sim_backend.rng import normal
 from tc_hw.model.files import save_params
 from tc_hw.model.network import layered
 from tc_hw.model.params import Params, ParamsError
+from tc_hw.model.plotting import figure, save
 from tc_hw.model.tasks import cos_loss, cos_task
 
-from .ga import GeneticAlgorithm, fan_in_sigma
 from ..model import seeds
+from .direct import _Adam, _Model, backward, forward
+from .ga import GeneticAlgorithm, fan_in_sigma
 
 __all__ = ["train_cos_ga", "train_cos_varpro", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
 
@@ -131,7 +136,6 @@ def start_vector(base: Params, start: str = "aligned", coupling: float = -0.5, c
 
 
 def _sample(cands, z, mode, samples, dt, t_f, t_obs, noise, antithetic=False):
-    from sim_backend import population as pp
 
     if mode == "reset":
         x = pp.population_reset(cands, z, t_f, samples, dt=dt, seed=noise, antithetic=antithetic)
@@ -426,7 +430,6 @@ class _Final:
 def _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples) -> _Final:
     """Elites re-measured on ``eval_points`` inputs, the best one with the exact least-squares
     readout, then measured once more with ``eval_samples`` runs and fresh noise (and at ``check_dt``)."""
-    from sim_backend import twin
 
     s = settings
     mode, dt, seed = s["mode"], s["dt"], s["seed"]
@@ -516,7 +519,6 @@ def _write_ga_result(out: Path, final: _Final, ga, metrics: dict, settings: dict
 
 
 def _plots(out: Path, history, z, y, y_se, target, loss, settings) -> dict:
-    from tc_hw.model.plotting import figure, save
 
     label = "J = ({:g}, {:g}, {:g}), {} sampling".format(*settings["neuron"], settings["mode"])
     fig, ax = figure()
@@ -604,9 +606,7 @@ def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterati
     """
     from threadpoolctl import threadpool_limits
 
-    from sim_backend.rng import normal
 
-    from .direct import _Adam, _Model, backward, forward
 
     bounds = _model_bounds(base, bound)
     rng = seeds.rng(seed, seeds.DIRECT_DATA)

@@ -42,9 +42,10 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from ..model import provenance
-from ..model.safeio import replace_atomically
-from ..model import seeds
+from tc_hw.model.params import ELEMENT_KINDS
+
+from ..model import provenance, seeds
+from ..model.safeio import open_hdf5_read, replace_atomically
 
 __all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "CHECKPOINT_FORMAT"]
 
@@ -308,7 +309,6 @@ class GeneticAlgorithm:
     @classmethod
     def load(cls, path) -> "GeneticAlgorithm":
         """Resume from a checkpoint written by :meth:`save` (the caller's ``meta`` is in ``.meta``)."""
-        from ..model.safeio import open_hdf5_read
 
         with open_hdf5_read(path, "GA checkpoint") as f:
             if f.attrs.get("format") != CHECKPOINT_FORMAT:
@@ -371,7 +371,6 @@ def fan_in_sigma(params, trainable=("bias", "coupling", "crossbar", "readout"), 
     -------
     ndarray, shape (params.vector().size,)
     """
-    from tc_hw.model.params import ELEMENT_KINDS
 
     net = params.network
     conn = (net.degree() + net.fan_in()).astype(np.float64)

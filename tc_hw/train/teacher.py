@@ -36,8 +36,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..model import provenance
-from ..model import seeds
+from ..model import provenance, seeds
+from ..model.data.thermo_gd import normalise_images
+from ..model.tasks import mnist_inputs
 
 __all__ = ["Teacher", "train_teacher", "get_teacher", "TeacherError", "FORMAT", "LAYERS"]
 
@@ -117,7 +118,6 @@ class Teacher:
         if a.ndim != 2 or a.shape[1] != 784:
             raise ValueError(f"images must have shape (P, 784) or (P, 28, 28), got {np.shape(images)}")
         if a.dtype == np.uint8:
-            from ..model.data.thermo_gd import normalise_images
 
             a = normalise_images(a)
         a = np.asarray(a, dtype=np.float32)
@@ -357,7 +357,6 @@ def get_teacher(path=None, *, images=None, labels=None, progress: bool = True, t
     """
     if path is not None and Path(path).exists():
         return Teacher.load(path)
-    from ..model.tasks import mnist_inputs
 
     if images is None:
         images, labels = mnist_inputs("train")
