@@ -60,7 +60,7 @@ import numpy as np
 
 from tc_hw.model import provenance as _provenance
 from tc_hw.model.device import Channel, ChannelMap
-from tc_hw.model.jsonsafe import dumps, json_safe
+from tc_hw.model.jsonsafe import dumps
 
 from .adc import AdcData, AdcFit
 from .curves import CurveError, CurveFit
