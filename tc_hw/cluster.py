@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -52,7 +51,6 @@ __all__ = [
     "ClusterEvaluator",
     "evaluate_cos_rows",
     "evaluate_mnist_on_cluster",
-    "cos_on_cluster",
     "board_actor",
     "station_calibrate",
     "station_refine",
@@ -334,23 +332,6 @@ def evaluate_mnist_on_cluster(params, samples: int, seed: int, time_obs: float, 
     return {"task": "mnist", **score.as_dict(), "samples": samples, "seed": seed, "time": time_obs, "dt": dt,
             "heat_per_inference_kT": float(heat.mean()), "seconds": seconds, "confusion": score.confusion.tolist(),
             "cluster": evaluator.summary()}
-
-
-@contextmanager
-def cos_on_cluster(evaluator: ClusterEvaluator):
-    """Within the block, :func:`tc_hw.train.cos.train_cos_ga` evaluates through ``evaluator``.
-
-    ``train_cos_ga`` looks ``evaluate_cos`` up in its module at call time; this swaps it for the
-    evaluator (the workers run the original) and restores it on exit.  Results are bitwise those
-    of the run without the block; ``evaluator.calls`` shows it was used.
-    """
-
-    original = cos.evaluate_cos
-    cos.evaluate_cos = evaluator
-    try:
-        yield evaluator
-    finally:
-        cos.evaluate_cos = original
 
 
 def worker_pids(name: str = "_task") -> list[int]:

@@ -109,12 +109,8 @@ def test_train_cos_ga_on_the_cluster_is_bitwise_the_plain_run(local_cluster):
               eval_points=5, eval_samples=10, check_dt=None, plots=False)
     p_ref, m_ref = train_cos_ga(**kw)
     ev = cluster.ClusterEvaluator(2)
-    with cluster.cos_on_cluster(ev):
-        p, m = train_cos_ga(**kw)
+    p, m = train_cos_ga(**kw, evaluate=ev)
     assert ev.calls >= 3  # every generation (and the final re-measurement of the elites)
-    import tc_hw.train.cos as cos
-
-    assert cos.evaluate_cos is evaluate_cos  # restored
     assert np.array_equal(p.vector(), p_ref.vector())
     assert m["best_loss_history"] == m_ref["best_loss_history"]
     assert m["elite_loss_history"] == m_ref["elite_loss_history"] and m["loss"] == m_ref["loss"]
@@ -126,12 +122,12 @@ def test_cli_train_cos_with_cluster_records_the_workers_and_matches_the_plain_ru
 
     import h5py
 
-    import tc_hw.train.cos as cos
+    import tc_hw.cli.train as cli_train
     from tc_hw.cli import main
 
     # the final measurement at the paper's sizes is not what is tested here: keep it small
-    monkeypatch.setattr(cos, "train_cos_ga", functools.partial(cos.train_cos_ga, eval_points=5, eval_samples=10,
-                                                                check_dt=None, plots=False))
+    monkeypatch.setattr(cli_train, "train_cos_ga", functools.partial(train_cos_ga, eval_points=5, eval_samples=10,
+                                                                      check_dt=None, plots=False))
     argv = ["train", "--task", "cos", "--method", "ga", "--generations", "1", "--population", "6", "--points", "3",
             "--samples", "2", "--json"]
     assert main([*argv, "--out", str(tmp_path / "plain.h5")]) == 0

@@ -67,7 +67,7 @@ def _argv() -> list:
 
 
 def train_cos_on_cluster(args, train):
-    """``train()`` (a ``train_cos_ga`` call) with every population evaluated on ``--cluster``.
+    """``train(evaluate=...)`` (a ``train_cos_ga`` call) with every population evaluated on ``--cluster``.
 
     The GA, its checkpoint and the result file stay here; the result gets ``cluster`` (workers,
     batches, retries and their events), also stored as the JSON attribute ``cluster`` of an
@@ -76,8 +76,7 @@ def train_cos_on_cluster(args, train):
 
     with joined(args.cluster) as info:
         ev = cluster.ClusterEvaluator(max(1, info["cpus"]))
-        with cluster.cos_on_cluster(ev):
-            params, result = train()
+        params, result = train(evaluate=ev)
     result["cluster"] = {"address": args.cluster, **ev.summary()}
     out = Path(args.out)
     if out.suffix.lower() in (".h5", ".hdf5") and out.is_file():

@@ -12,7 +12,14 @@ from ..backends import backend_for, open_device
 from ..model.device import armed
 from ..run import check_run, save_acquisition
 from ..station import resolve
-from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit, positive_float, positive_int
+from ._common import (
+    EXIT_OK,
+    RESOURCE_HELP,
+    add_json,
+    emit,
+    positive_float,
+    positive_int,
+)
 
 
 def cmd_emulate(args) -> int:

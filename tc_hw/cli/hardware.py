@@ -14,8 +14,21 @@ from ..model.tasks import load_task
 from ..refine import RefineConfig, gap_closed, measure_cos_loss, refine, twin_task_loss
 from ..station import resolve
 from ..train.cos import twin_cos_loss
-from ._cluster import add_cluster_option, add_station_option, board_or_station, calibrate_station, refine_station
-from ._common import EXIT_OK, RESOURCE_HELP, add_json, check_input_file, check_output_file, emit
+from ._cluster import (
+    add_cluster_option,
+    add_station_option,
+    board_or_station,
+    calibrate_station,
+    refine_station,
+)
+from ._common import (
+    EXIT_OK,
+    RESOURCE_HELP,
+    add_json,
+    check_input_file,
+    check_output_file,
+    emit,
+)
 from .run import cmd_report as report_any_file
 
 

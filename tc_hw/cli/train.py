@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from ._cluster import add_cluster_option, train_cos_on_cluster
 from ..model.files import check_params_target
 from ..train.cos import train_cos_ga
 from ..train.direct import DirectConfig, train_cos_direct, train_mnist_direct
 from ..train.generative import generate_png, train_generative
 from ..train.om import train_mnist_om
-from ._common import EXIT_BAD_INPUT, EXIT_OK, add_json, check_input_file, check_output_file, emit, positive_int
+from ._cluster import add_cluster_option, train_cos_on_cluster
+from ._common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    add_json,
+    check_input_file,
+    check_output_file,
+    emit,
+    positive_int,
+)
 
 #: task -> methods, the first being the default
 METHODS = {"mnist": ("om", "direct"), "cos": ("ga", "direct"), "generate": ("reverse",)}
@@ -28,9 +36,9 @@ def _train_cos(args):
     if args.method == "ga":
         sizes = {k: getattr(args, k) for k in ("population", "points", "samples") if getattr(args, k)}
 
-        def train():
+        def train(evaluate=None):
             return train_cos_ga(args.generations, mode=args.mode, seed=args.seed, out=args.out,
-                                progress=not args.json, **sizes)
+                                progress=not args.json, evaluate=evaluate, **sizes)
 
         if getattr(args, "cluster", None):
             return train_cos_on_cluster(args, train)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..evaluation import MNIST_DEFAULTS, evaluate_mnist
-from ._cluster import add_cluster_option, evaluate_mnist_on_cluster
 from ..model.files import load_params
+from ._cluster import add_cluster_option, evaluate_mnist_on_cluster
 from ._common import EXIT_OK, add_json, emit, positive_float, positive_int
 
 #: most integration steps (time / dt) one evaluation may ask for

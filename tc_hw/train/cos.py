@@ -245,6 +245,7 @@ def train_cos_ga(
     check_dt: float | None = 1e-3,
     check_samples: int = 250,
     plots: bool = True,
+    evaluate=None,
 ) -> tuple[Params, dict]:
     """Train the cos(2 pi z) computer by genetic algorithm; returns ``(params, metrics)``.
 
@@ -304,6 +305,9 @@ def train_cos_ga(
         samples it carries a larger noise floor, about ``var(y) / check_samples``).
     plots : bool
         Write the PNGs (needs ``out``).
+    evaluate : callable, optional
+        Evaluates populations in place of :func:`evaluate_cos`, with its signature and its results
+        (for example :class:`tc_hw.cluster.ClusterEvaluator`, which spreads them over workers).
 
     Returns
     -------
@@ -334,8 +338,9 @@ def train_cos_ga(
     x0 = start_vector(base, start, monostable=mode == "serial")
     stop = dict(max_generations=generations, target_loss=target_loss, patience=patience, max_seconds=max_seconds)
     ga = _ga_for(base, x0, settings, stop, checkpoint, resume)
-    _run_generations(ga, base, settings, generations, checkpoint, progress)
-    final = _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples)
+    evaluate = evaluate_cos if evaluate is None else evaluate
+    _run_generations(ga, base, settings, generations, checkpoint, progress, evaluate)
+    final = _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples, evaluate)
     metrics = _ga_metrics(ga, final, settings)
     if out is not None:
         _write_ga_result(out, final, ga, metrics, settings, checkpoint, plots)
@@ -387,8 +392,8 @@ def _batch_for(settings: dict, g: int):
 
 
 def _run_generations(ga: GeneticAlgorithm, base: Params, settings: dict, generations: int, checkpoint,
-                     progress: bool) -> None:
-    """Ask, evaluate (:func:`evaluate_cos`), tell until the GA stops; checkpoint every generation."""
+                     progress: bool, evaluate=evaluate_cos) -> None:
+    """Ask, evaluate (``evaluate``: :func:`evaluate_cos` or one with its results), tell until the GA stops; checkpoint every generation."""
     from tqdm.auto import tqdm
 
     s = settings
@@ -398,7 +403,7 @@ def _run_generations(ga: GeneticAlgorithm, base: Params, settings: dict, generat
         while ga.stop_reason() is None:
             g = ga.generation
             z, tgt = _batch_for(s, g)
-            losses = evaluate_cos(ga.ask(), base, z, tgt, mode=s["mode"], samples=s["samples"], dt=s["dt"],
+            losses = evaluate(ga.ask(), base, z, tgt, mode=s["mode"], samples=s["samples"], dt=s["dt"],
                                   t_f=s["t_f"], t_obs=s["t_obs"], seed=seeds.derive(s["seed"], seeds.COS_NOISE, g),
                                   common_noise=s["common_noise"], antithetic=s["antithetic"])
             ga.tell(losses)
@@ -427,7 +432,8 @@ class _Final:
     y_se: np.ndarray  # (P,)
 
 
-def _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples) -> _Final:
+def _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_dt, check_samples,
+                       evaluate=evaluate_cos) -> _Final:
     """Elites re-measured on ``eval_points`` inputs, the best one with the exact least-squares
     readout, then measured once more with ``eval_samples`` runs and fresh noise (and at ``check_dt``)."""
 
@@ -437,7 +443,7 @@ def _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_
     elite_vectors = ga.elites if ga.generation else x0[None]
     kw = dict(mode=mode, dt=dt, t_f=s["t_f"], t_obs=s["t_obs"])
     sel_samples = max(s["samples"], eval_samples // 5)
-    elite_eval = evaluate_cos(elite_vectors, base, z_eval, t_eval, samples=sel_samples,
+    elite_eval = evaluate(elite_vectors, base, z_eval, t_eval, samples=sel_samples,
                               seed=seeds.derive(seed, seeds.COS_CHECK, 0), **kw)
     best = base.with_vector(elite_vectors[int(np.argmin(elite_eval))])
     if best.readout is not None:  # the exact least-squares readout (its own noise seed)
@@ -457,7 +463,7 @@ def _final_measurement(ga, base, x0, settings, eval_points, eval_samples, check_
     y_per_sample = (y_samples.astype(np.float64) @ best.readout[0])  # (P, M)
     loss_check = None
     if check_dt is not None and check_dt != dt:
-        loss_check = float(evaluate_cos(best.vector(), base, z_eval, t_eval, samples=check_samples, seed=ev_seed,
+        loss_check = float(evaluate(best.vector(), base, z_eval, t_eval, samples=check_samples, seed=ev_seed,
                                         **{**kw, "dt": check_dt})[0])
     return _Final(best, cos_loss(best, y_samples, t_eval), loss_check, check_dt, elite_eval, heat_traj, heat_inf,
                   z_eval[:, 0], t_eval, best.output(y_samples.astype(np.float64).mean(1))[:, 0],
