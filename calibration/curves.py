@@ -581,14 +581,27 @@ def fit_curve(
         return CurveFit(model="poly", coef=np.zeros(2), cov=np.zeros((2, 2)), ok=False, reason=why, **base)
     span = measured_span(channel, v)
     cands = select_model(candidates(channel, v, span, shape, degree, harmonics), channel, v, y, w)
-    first = None
+    first, poor = None, None
     for cand in cands:
         fit = _fit_one(channel, v, y, w, dt, fit_tc, cand, dict(base, span=span), tempco_max_sd)
         _judge(fit, channel, v, chi2_max, gain_factor, channel.period > 0)
         first = fit if first is None else first
         if fit.ok:
             return fit
-    return first
+        if poor is None and fit.extra.get("poor_fit_only"):
+            poor = fit
+    return first if poor is None else _accept_poor(poor, chi2_max)
+
+
+def _accept_poor(fit: CurveFit, chi2_max: float) -> CurveFit:
+    """A measurable channel that no candidate shape follows to ``chi2_max`` (a sharp kink, say)
+    is kept, not lost: the best-scoring monotonic candidate whose only failed check is the
+    chi-square, its covariance already scaled by the reduced chi-square, flagged in ``reason``."""
+    fit.ok = True
+    fit.reason = (f"poor fit kept: reduced chi-square {fit.chi2_red:.2f} > {chi2_max:g} (a shape no candidate "
+                  f"follows, e.g. a kink); uncertainties scaled by it, held-out rms {fit.cv_rms:.3g}")
+    fit.extra["poor_fit"] = True
+    return fit
 
 
 def _fit_one(channel, v, y, w, dt, fit_tc, cand, base, tempco_max_sd=math.inf) -> CurveFit:
@@ -692,6 +705,7 @@ def _judge(fit: CurveFit, channel, v, chi2_max, gain_factor, periodic) -> None:
     if not math.isfinite(fit.chi2_red):
         reasons.append("no degrees of freedom left for a quality figure")
     elif fit.chi2_red > chi2_max:
+        fit.extra["poor_fit_only"] = not reasons  # every other check passed
         reasons.append(f"reduced chi-square {fit.chi2_red:.2f} > {chi2_max:g}")
     fit.ok = not reasons
     fit.reason = "; ".join(reasons)

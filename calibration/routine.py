@@ -269,6 +269,8 @@ def summarise(analysis: Analysis, cmap, meta: dict, seconds: float, entry: str, 
         "partial": [{"channel": f.channel, "kind": f.kind, "span_v": [float(f.span[0]), float(f.span[1])],
                      "safe_v": [float(f.vmin), float(f.vmax)]} for f in analysis.fits if f.ok and f.partial][:50],
         "partial_count": int(sum(1 for f in analysis.fits if f.ok and f.partial)),
+        "poor_fit": [{"channel": f.channel, "kind": f.kind, "reason": f.reason}
+                     for f in analysis.fits if f.ok and f.extra.get("poor_fit")][:50],
         "nodes": {k: [float(np.nanmin(v)), float(np.nanmedian(v)), float(np.nanmax(v))]
                   for k, v in analysis.nodes.items() if np.isfinite(v).any()},
         "tempco": (f"fitted on {sum(f.tempco_known for f in analysis.fits)} channels"

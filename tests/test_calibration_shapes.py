@@ -459,3 +459,21 @@ def test_a_straight_line_is_not_excused_by_many_points_at_one_voltage():
     assert _chi2_adequate([a, b], 106) == [False, True]
     a.chi2 = (141 + 3) / 104
     assert _chi2_adequate([a, b], 106) == [True, True]
+
+
+def test_a_measurable_channel_that_no_shape_follows_is_kept_as_a_poor_fit():
+    """A sharp kink (slope 3/V -> 9/V at +1.3 V, between sweep levels) measured to 0.01 % of full
+    scale: no candidate reaches the chi-square limit.  The channel is measurable, so it is kept
+    (not lost): flagged in ``reason``, its covariance scaled by the chi-square, and still within
+    1 % of full scale in median.  A wrong slope sign is still refused."""
+    f = lambda v: np.where(v < 1.3, 3.0 * (v - 1.3), 9.0 * (v - 1.3))  # noqa: E731
+    v = _design_volts(B, levels=7)
+    y, s = _data(f, v, 0.004, 1)
+    fit = fit_curve(B, v, y, s)
+    assert fit.ok and fit.extra.get("poor_fit") and "poor fit kept" in fit.reason, fit.reason
+    assert fit.chi2_red > 5
+    assert _err_fs(fit, f, B)[0] < 0.01
+    strict = fit_curve(B, v, y, s, chi2_max=1e9)  # without the limit: the same shape, its plain covariance
+    assert strict.ok and not strict.extra.get("poor_fit")
+    wrong = fit_curve(B, v, -y, s)  # slope of the wrong sign: no monotonic candidate, refused
+    assert not wrong.ok
