@@ -32,14 +32,12 @@ import numpy as np
 
 import calibration
 from calibration.scale import fitting_scale
-from sim_backend import population as pp
 from sim_backend.twin import sample_reset
 
 from .backends import open_device
-from .model import provenance, seeds, tasks
+from .model import provenance, tasks
 from .model.files import load_params
-from .model.params import ParamsError
-from .model.tasks import cos_loss, score_classification
+from .model.tasks import score_classification
 from .refine import refine
 from .train import cos
 
@@ -154,34 +152,7 @@ def evaluate_cos_rows(vectors, first: int, base, z, targets, **kw) -> np.ndarray
     global row.  ``kw`` as for :func:`tc_hw.train.cos.evaluate_cos`.
     """
 
-    if kw.get("common_noise", True):
-        return cos.evaluate_cos(vectors, base, z, targets, **kw)
-    return _independent_rows(np.atleast_2d(np.asarray(vectors, float)), int(first), base, z, targets, **kw)
-
-
-def _independent_rows(vectors, first, base, z, targets, *, mode="reset", samples=100, dt=1e-2, t_f=1.0, t_obs=0.2,
-                      seed=0, common_noise=False, antithetic=False) -> np.ndarray:
-    """Independent-noise losses with seeds from global rows (the arithmetic of ``evaluate_cos``)."""
-
-    loss = np.full(len(vectors), np.inf)
-    cands, rows = [], []
-    for r, v in enumerate(vectors):
-        try:
-            cands.append(base.with_vector(v))
-            rows.append(r)
-        except ParamsError:
-            pass
-    if not cands:
-        return loss
-    noise = [seeds.derive(seed, seeds.COS_CANDIDATE, first + r) for r in rows]
-    with np.errstate(all="ignore"):
-        if mode == "reset":
-            x = pp.population_reset(cands, z, t_f, samples, dt=dt, seed=noise, antithetic=antithetic)
-        else:
-            x = pp.population_serial(cands, z, t_obs, samples, dt=dt, seed=noise)
-    for k, (r, c) in enumerate(zip(rows, cands)):
-        loss[r] = cos_loss(c, x[k, :, :, -1, :], targets)
-    return loss
+    return cos.evaluate_cos(vectors, base, z, targets, first=int(first), **kw)
 
 
 def _cos_batch(first, vectors, base, z, targets, kw) -> np.ndarray:

@@ -145,13 +145,14 @@ def _sample(cands, z, mode, samples, dt, t_f, t_obs, noise, antithetic=False):
 
 
 def evaluate_cos(vectors, base: Params, z, targets, *, mode="reset", samples=100, dt=1e-2, t_f=1.0,
-                 t_obs=0.2, seed=0, common_noise=True, antithetic=False) -> np.ndarray:
+                 t_obs=0.2, seed=0, common_noise=True, antithetic=False, first: int = 0) -> np.ndarray:
     """Loss (14) of every candidate, shape (C,); ``+inf`` for unstable or diverging candidates.
 
     ``vectors`` (C, n) are laid out as ``base.vector()``; ``z`` (P, 1) inputs, ``targets`` (P,).
     All candidates are sampled in one batch (:mod:`sim_backend.population`); with
     ``common_noise`` they share the noise streams of ``seed``, otherwise candidate ``c`` uses
-    ``seeds.derive(seed, seeds.COS_CANDIDATE, c)``.
+    ``seeds.derive(seed, seeds.COS_CANDIDATE, first + c)``: ``first`` is the population row of
+    ``vectors[0]``, so a population evaluated in batches gets the losses of one call.
     """
     vectors = np.atleast_2d(np.asarray(vectors, float))
     loss = np.full(len(vectors), np.inf)
@@ -164,7 +165,7 @@ def evaluate_cos(vectors, base: Params, z, targets, *, mode="reset", samples=100
             pass
     if not cands:
         return loss
-    noise = int(seed) if common_noise else [seeds.derive(seed, seeds.COS_CANDIDATE, r) for r in rows]
+    noise = int(seed) if common_noise else [seeds.derive(seed, seeds.COS_CANDIDATE, int(first) + r) for r in rows]
     with np.errstate(all="ignore"):
         x = _sample(cands, z, mode, samples, dt, t_f, t_obs, noise, antithetic)
     for k, (r, c) in enumerate(zip(rows, cands)):
