@@ -81,8 +81,9 @@ DEMO_BOARD = "default board + 0.5 % DAC crosstalk + 2 %/h element drift"
 #: Calibration settings of the demo: fewer samples than a full calibration (a few minutes here).
 QUICK_CALIBRATION = dict(chains=128, samples=256)
 
-#: The demo's computer: up to WIDTH x DEPTH nodes; boards need at least MIN_NODES nodes.
-WIDTH, DEPTH, MIN_NODES = 8, 4, 32
+#: The demo's computer: up to WIDTH x DEPTH nodes; boards need at least MIN_NODES nodes (two
+#: coupled layers of four: the computer uses what the board has, the zoo's 16-node boards too).
+WIDTH, DEPTH, MIN_NODES = 8, 4, 8
 #: Element bound of direct training (program units) where the board's reach allows it.
 BOUND = 3.0
 #: Smallest planned coordinate scale (a reading lasts 1 / scale^2 times longer than at scale 1).
@@ -159,7 +160,7 @@ def board_computer(channel_map, *, width: int = WIDTH, depth: int = DEPTH, kT: f
     lines = sorted({c.a for c in channel_map if c.kind == "W"})
     if n < MIN_NODES:
         raise DemoError(f"the demo's computer needs a board with at least {MIN_NODES} nodes "
-                        f"({width} x {depth} layers); this board has {n}")
+                        f"(two coupled layers; up to {width} x {depth}); this board has {n}")
     if not lines:
         raise DemoError("the demo's task has one input z, but this board has no input line (no W channels)")
     if lines[0] != 0:

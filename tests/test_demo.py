@@ -64,8 +64,10 @@ def test_computer_on_other_graphs_uses_board_elements_only(toml, layers):
 
 
 def test_boards_that_cannot_run_the_demo_are_refused_with_the_reason():
-    with pytest.raises(DemoError, match="at least 32 nodes.*has 16"):
-        board_computer(channel_map(LAYERED.format(w=4, d=4, k=1)))
+    with pytest.raises(DemoError, match="at least 8 nodes.*has 4"):
+        board_computer(channel_map(LAYERED.format(w=2, d=2, k=1)))
+    base, nodes = board_computer(channel_map(LAYERED.format(w=4, d=4, k=1)))  # 16 nodes: a 4 x 4 computer
+    assert [len(layer) for layer in base.network.layers] == [4, 4, 4, 4] and len(nodes) == 16
     with pytest.raises(DemoError, match="no input line"):
         board_computer(channel_map('[topology]\nnodes = 32\ninputs = 0\nedges = [[0, 1]]\n'))
     with pytest.raises(DemoError, match="none of them is coupled"):
@@ -115,12 +117,12 @@ def test_demo_refuses_a_small_board_with_exit_code_2(tmp_path):
     from sim_backend.emulator.process import running_emulator
 
     board = tmp_path / "small.toml"
-    board.write_text(LAYERED.format(w=4, d=4, k=1))
+    board.write_text(LAYERED.format(w=2, d=2, k=1))
     with running_emulator(board=board, truth=False, extra_args=["--no-warmup"], workdir=tmp_path / "emu") as emu:
         out = subprocess.run([sys.executable, "-m", "tc_hw.cli", "demo", "--resource", emu.tcp, "--json",
                               "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
-    assert "at least 32 nodes" in out.stderr and not (tmp_path / "demo" / "cal.h5").exists()
+    assert "at least 8 nodes" in out.stderr and not (tmp_path / "demo" / "cal.h5").exists()
 
 
 @pytest.mark.slow
