@@ -588,15 +588,28 @@ def fit_curve(
         first = fit if first is None else first
         if fit.ok:
             return fit
-        if poor is None and fit.extra.get("poor_fit_only"):
+        if poor is None and fit.extra.get("poor_fit_only") and _misses_little(fit, v):
             poor = fit
     return first if poor is None else _accept_poor(poor, chi2_max)
+
+
+#: A poor fit is kept only when its held-out rms residual is at most this fraction of the range
+#: of values over its span (a kink between levels, not a curve of another shape).
+POOR_FIT_MAX_FS = 0.10
+
+
+def _misses_little(fit: CurveFit, v) -> bool:
+    """Whether ``fit``'s held-out rms residual is within :data:`POOR_FIT_MAX_FS` of its value range."""
+    lo, hi = fit.span
+    rng = abs(float(np.ptp(fit.raw_value(np.linspace(lo, hi, 33)))))
+    return math.isfinite(fit.cv_rms) and rng > 0 and fit.cv_rms <= POOR_FIT_MAX_FS * rng
 
 
 def _accept_poor(fit: CurveFit, chi2_max: float) -> CurveFit:
     """A measurable channel that no candidate shape follows to ``chi2_max`` (a sharp kink, say)
     is kept, not lost: the best-scoring monotonic candidate whose only failed check is the
-    chi-square, its covariance already scaled by the reduced chi-square, flagged in ``reason``."""
+    chi-square and whose held-out residual is small (:func:`_misses_little`), its covariance
+    already scaled by the reduced chi-square, flagged in ``reason``."""
     fit.ok = True
     fit.reason = (f"poor fit kept: reduced chi-square {fit.chi2_red:.2f} > {chi2_max:g} (a shape no candidate "
                   f"follows, e.g. a kink); uncertainties scaled by it, held-out rms {fit.cv_rms:.3g}")

@@ -477,3 +477,5 @@ def test_a_measurable_channel_that_no_shape_follows_is_kept_as_a_poor_fit():
     assert strict.ok and not strict.extra.get("poor_fit")
     wrong = fit_curve(B, v, -y, s)  # slope of the wrong sign: no monotonic candidate, refused
     assert not wrong.ok
+    bumpy = fit_curve(B, v, 4 * v + 15 * np.sin(v), s)  # a line would miss by a third of the range: refused
+    assert not bumpy.ok and "chi-square" in bumpy.reason
