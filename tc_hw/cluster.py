@@ -32,12 +32,11 @@ import numpy as np
 
 import calibration
 from calibration.scale import fitting_scale
-from sim_backend.twin import sample_reset
 
 from .backends import open_device
+from .evaluation import mnist_metrics, mnist_samples
 from .model import provenance, tasks
 from .model.files import load_params
-from .model.tasks import score_classification
 from .refine import refine
 from .train import cos
 
@@ -47,7 +46,6 @@ __all__ = [
     "shutdown",
     "split_rows",
     "ClusterEvaluator",
-    "evaluate_cos_rows",
     "evaluate_mnist_on_cluster",
     "board_actor",
     "station_calibrate",
@@ -143,20 +141,10 @@ def split_rows(n_rows: int, n_batches: int) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------------- twin tasks
 
 
-def evaluate_cos_rows(vectors, first: int, base, z, targets, **kw) -> np.ndarray:
-    """Loss (14) of rows ``first .. first + C - 1`` of a population, shape (C,).
-
-    The same numbers as ``evaluate_cos(population, ...)[first:first + C]``: with common noise
-    (default) every candidate uses the generation's seed wherever it is evaluated; with
-    ``common_noise=False`` row ``r`` uses ``seeds.derive(seed, COS_CANDIDATE, r)``, ``r`` its
-    global row.  ``kw`` as for :func:`tc_hw.train.cos.evaluate_cos`.
-    """
-
-    return cos.evaluate_cos(vectors, base, z, targets, first=int(first), **kw)
-
-
 def _cos_batch(first, vectors, base, z, targets, kw) -> np.ndarray:
-    return evaluate_cos_rows(vectors, first, base, z, targets, **kw)
+    """Losses of rows ``first .. first + C - 1`` of a population: ``evaluate_cos`` with the batch's
+    global row, so independent-noise seeds do not depend on the split (common noise never does)."""
+    return cos.evaluate_cos(vectors, base, z, targets, first=int(first), **kw)
 
 
 def _task(fn, *args):
@@ -265,19 +253,6 @@ class ClusterEvaluator:
                 "retry_events": list(self.events)}
 
 
-def _mnist_samples(params, inputs, time_obs, dt, seed, m0, m1):
-    """Samples ``m0 .. m1 - 1`` of every input exactly as :func:`tc_hw.evaluation.evaluate_mnist`
-    draws them (``sample_offset=m``): output nodes (P, m1 - m0, n_out) and heat (P, m1 - m0)."""
-
-    outs, heat = [], []
-    for m in range(m0, m1):
-        run = sample_reset(params, inputs, time_obs, 1, dt=dt, seed=seed, nodes=params.network.outputs, energy=True,
-                           sample_offset=m)
-        outs.append(run.x[:, :, 0, :])
-        heat.append(run.heat_kT)
-    return np.concatenate(outs, axis=1), np.concatenate(heat, axis=1)
-
-
 def evaluate_mnist_on_cluster(params, samples: int, seed: int, time_obs: float, dt: float,
                               evaluator: ClusterEvaluator, *, split: str = "test") -> dict:
     """:func:`tc_hw.evaluation.evaluate_mnist` with the ``samples`` runs per digit spread over
@@ -294,14 +269,12 @@ def evaluate_mnist_on_cluster(params, samples: int, seed: int, time_obs: float, 
     inputs, labels = tasks.mnist_inputs(split)  # looked up at call time (tests shorten the set)
     refs = ray.put(params), ray.put(inputs)
     t0 = time.perf_counter()
-    parts = evaluator.map_batches(_mnist_samples, split_rows(samples, evaluator.workers),
+    parts = evaluator.map_batches(mnist_samples, split_rows(samples, evaluator.workers),
                                   lambda a, b: (*refs, time_obs, dt, seed, a, b))
-    seconds = time.perf_counter() - t0
     outs = np.concatenate([o for o, _ in parts], axis=1)
     heat = np.concatenate([h for _, h in parts], axis=1)
-    score = score_classification(params, outs, labels)
-    return {"task": "mnist", **score.as_dict(), "samples": samples, "seed": seed, "time": time_obs, "dt": dt,
-            "heat_per_inference_kT": float(heat.mean()), "seconds": seconds, "confusion": score.confusion.tolist(),
+    return {**mnist_metrics(params, outs, heat, labels, samples=samples, seed=seed, time_obs=time_obs, dt=dt,
+                            seconds=time.perf_counter() - t0),
             "cluster": evaluator.summary()}
 
 
