@@ -8,7 +8,7 @@ from tc_hw.model.params import Params
 
 from .mapping import _POWER, MappingError, channel_values
 
-__all__ = ["fitting_scale"]
+__all__ = ["fitting_scale", "scaled_program"]
 
 
 def fitting_scale(params: Params, channel_map, cal=None, margin: float = 0.9) -> float:
@@ -48,3 +48,13 @@ def fitting_scale(params: Params, channel_map, cal=None, margin: float = 0.9) ->
         raise MappingError(f"no coordinate scale fits: the program needs lambda >= {lo_lam:.4g} for some channels "
                            f"and <= {hi_lam:.4g} for others")
     return float(hi_lam)
+
+
+def scaled_program(params: Params, scale, channel_map, cal=None) -> tuple[Params, float]:
+    """``params`` in node coordinates rescaled by ``scale``: None, "1" or "none" (unchanged),
+    "auto" (:func:`fitting_scale` on ``channel_map`` through ``cal``) or a number lambda > 0.
+    Returns ``(program, lambda)``."""
+    if scale in (None, "1", "none"):
+        return params, 1.0
+    lam = fitting_scale(params, channel_map, cal) if scale == "auto" else float(scale)
+    return params.rescaled(lam), lam

@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 import calibration
-from calibration.scale import fitting_scale
+from calibration.scale import scaled_program
 
 from .backends import open_device
 from .evaluation import mnist_metrics, mnist_samples
@@ -329,12 +329,7 @@ class _Board:
         cal_path = cal_path or self.entry.get("calibration")
         cal = (calibration.nominal(self.device.channel_map) if cal_path in (None, "nominal")
                else calibration.load(cal_path))
-        params = load_params(params_path)
-        lam = 1.0
-        if scale not in (None, "1", "none"):
-
-            lam = fitting_scale(params, self.device.channel_map, cal) if scale == "auto" else float(scale)
-            params = params.rescaled(lam)
+        params, lam = scaled_program(load_params(params_path), scale, self.device.channel_map, cal)
         provenance.begin(argv=list(argv))
         provenance.note(device=self.device, cal=cal, params=params, program_path=params_path,
                         resource=self.entry["resource"], seeds={"seed": cfg.seed}, writer="tc-hw refine --station")

@@ -168,6 +168,7 @@ def test_run_on_arbitrary_inputs_without_a_task(files):
     (["--inputs", "missing.npy"], "no inputs file"),
     (["--task", "cos", "--inputs", "inputs.npy"], "exactly one"),
     (["--task", "nope"], "unknown task"),
+    (["--scale", "-2"], "--scale"),
 ])
 def test_bad_arguments_are_refused_before_any_file_is_made(files, extra, message):
     args = ["run", "--resource", "twin", "--params", "cos.h5", "--out", "bad.h5"]

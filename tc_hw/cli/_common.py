@@ -78,3 +78,16 @@ def check_output_file(path, option: str) -> None:
             if not parent.is_dir():
                 raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
             break
+
+
+def parse_scale(scale) -> float | str | None:
+    """``--scale``: None/"1"/"none" (no rescaling), "auto", or a finite number > 0 (ValueError else)."""
+    if scale is None or scale in ("1", "none", "auto"):
+        return scale
+    try:
+        lam = float(scale)
+    except ValueError:
+        raise ValueError(f"--scale {scale!r}: expected 'auto', 'none' or a number > 0") from None
+    if not (_math.isfinite(lam) and lam > 0):
+        raise ValueError(f"--scale {scale!r}: the coordinate scale must be a finite number > 0")
+    return lam

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import calibration
-from calibration.scale import fitting_scale
+from calibration.scale import scaled_program
 
 from ..backends import open_device
 from ..model import provenance
@@ -28,21 +26,9 @@ from ._common import (
     check_input_file,
     check_output_file,
     emit,
+    parse_scale,
 )
 from .run import cmd_report as report_any_file
-
-
-def parse_scale(scale) -> float | str | None:
-    """``--scale``: None/"1"/"none" (no rescaling), "auto", or a finite number > 0 (ValueError else)."""
-    if scale is None or scale in ("1", "none", "auto"):
-        return scale
-    try:
-        lam = float(scale)
-    except ValueError:
-        raise ValueError(f"--scale {scale!r}: expected 'auto', 'none' or a number > 0") from None
-    if not (math.isfinite(lam) and lam > 0):
-        raise ValueError(f"--scale {scale!r}: the coordinate scale must be a finite number > 0")
-    return lam
 
 
 def _load_cal(path, device, resource: str | None = None):
@@ -55,15 +41,7 @@ def _load_cal(path, device, resource: str | None = None):
 
 def _program(args, device, cal=None):
     """The parameter file, rescaled (``--scale``) to fit the board (through ``cal``) if asked."""
-    scale = parse_scale(getattr(args, "scale", None))
-    params = load_params(args.params)
-    if scale in (None, "1", "none"):
-        return params, 1.0
-    if scale == "auto":
-        lam = fitting_scale(params, device.channel_map, cal)
-    else:
-        lam = scale
-    return params.rescaled(lam), lam
+    return scaled_program(load_params(args.params), parse_scale(getattr(args, "scale", None)), device.channel_map, cal)
 
 
 def cmd_calibrate(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import calibration
-from calibration.scale import fitting_scale
+from calibration.scale import scaled_program
 
 from ..backends import backend_for, open_device
 from ..model import provenance
@@ -14,7 +14,7 @@ from ..model.runlog import read_log
 from ..report import report
 from ..run import builtin_task, check_run, load_inputs, read_run, run_program
 from ..station import resolve
-from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit
+from ._common import EXIT_OK, RESOURCE_HELP, add_json, emit, parse_scale
 
 
 def _validated(args):
@@ -31,6 +31,7 @@ def _validated(args):
         raise ValueError(f"--points must be a positive integer, got {args.points}")
     if not (args.input_scale > 0):
         raise ValueError(f"--input-scale must be positive, got {args.input_scale}")
+    parse_scale(args.scale)
     params = load_params(args.params)
     cal = None if args.cal in (None, "nominal") else calibration.load(args.cal)
     task = builtin_task(args.task, args.points or 250) if args.task else None
@@ -50,10 +51,7 @@ def cmd_run(args) -> int:
     dev = open_device(args.resource)
     try:
         cal = cal or calibration.nominal(dev.channel_map)
-        lam = 1.0
-        if args.scale not in (None, "1", "none"):
-            lam = fitting_scale(params, dev.channel_map, cal) if args.scale == "auto" else float(args.scale)
-            params = params.rescaled(lam)
+        params, lam = scaled_program(params, parse_scale(args.scale), dev.channel_map, cal)
         r = run_program(dev, params, cal, inputs, args.out, samples=args.samples, mode=args.mode, time_s=args.time,
                         batch=args.batch, seed=args.seed, task=task, input_scale=args.input_scale, scale=lam,
                         overwrite=args.overwrite, all_nodes=args.all_nodes, twin=not args.no_twin,
