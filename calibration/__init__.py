@@ -12,6 +12,7 @@ Public API::
     volts = calibration.map_params(params, cal, device.channel_map)   # refuses what does not fit
     report = calibration.upload(device, params, cal)           # one block, read back, verify
     calibration.nominal(device.channel_map)                    # nominal gains, for comparison
+    calibration.load_or_nominal(path_or_None, channel_map)     # a record, else nominal gains
     calibration.refit("cal.h5")                                # redo the fits from stored data
     calibration.combine("cal.h5")                              # pool entries: temperature coefficients
 
@@ -23,7 +24,7 @@ The package talks to a board only through the :class:`tc_hw.model.device.Device`
 """
 
 from .curves import CurveError, CurveFit, fit_curve
-from .mapping import MappingError, UploadError, effective_params, map_params, nominal, upload
+from .mapping import MappingError, UploadError, effective_params, load_or_nominal, map_params, nominal, upload
 from .record import Calibration, CalibrationError, entries, load
 from .routine import DEFAULTS, calibrate, combine, refit
 
@@ -36,6 +37,7 @@ __all__ = [
     "map_params",
     "upload",
     "nominal",
+    "load_or_nominal",
     "effective_params",
     "Calibration",
     "CalibrationError",

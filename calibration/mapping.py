@@ -29,7 +29,7 @@ from tc_hw.model.params import Params
 
 from . import adc as adc_mod
 from .curves import nominal_curve
-from .record import Calibration, CalibrationError
+from .record import Calibration, CalibrationError, load
 
 __all__ = ["map_params", "on_board_mobility", "upload", "nominal", "MappingError", "UploadError", "channel_values", "effective_params",
            "DAC_LSB_V"]
@@ -56,6 +56,13 @@ def nominal(channel_map) -> Calibration:
                        technology="JJ" if any(c.period > 0 for c in channel_map) else "RLC",
                        entry="nominal", summary={"nominal": True})
 
+
+
+def load_or_nominal(path, channel_map) -> Calibration:
+    """The calibration record at ``path`` (its newest complete entry), or nominal gains for
+    ``channel_map`` when ``path`` is ``None`` or ``"nominal"``."""
+
+    return nominal(channel_map) if path in (None, "nominal") else load(path)
 
 def _check_maps(cal: Calibration, channel_map) -> None:
     a, b = cal.channel_map, channel_map

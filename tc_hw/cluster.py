@@ -327,8 +327,7 @@ class _Board:
         through ``cal_path`` (default: the station's calibration of the board, else nominal)."""
 
         cal_path = cal_path or self.entry.get("calibration")
-        cal = (calibration.nominal(self.device.channel_map) if cal_path in (None, "nominal")
-               else calibration.load(cal_path))
+        cal = calibration.load_or_nominal(cal_path, self.device.channel_map)
         params, lam = scaled_program(load_params(params_path), scale, self.device.channel_map, cal)
         provenance.begin(argv=list(argv))
         provenance.note(device=self.device, cal=cal, params=params, program_path=params_path,

@@ -36,7 +36,7 @@ def _load_cal(path, device, resource: str | None = None):
 
     if path is None and resource is not None:
         path = resolve(resource)[1].get("calibration")
-    return calibration.nominal(device.channel_map) if path in (None, "nominal") else calibration.load(path)
+    return calibration.load_or_nominal(path, device.channel_map)
 
 
 def _program(args, device, cal=None):
