@@ -1,15 +1,21 @@
 """Refinement methods on boards with an analog gap: how much of the gap each closes, for how many readings.
 
-For every scenario of :mod:`tc_hw.scenarios` (``aged``, ``crosstalk``, ``tau``) an emulator
-process runs the scenario's board; the calibration is the one a perfect routine would have made
-at calibration time (:func:`tc_hw.scenarios.truth_calibration`: exact for the curves it models,
-blind to later drift, crosstalk and per-node time constants).  The program is a cos(2 pi z)
-computer trained on the twin (ending with its exact least-squares readout), rescaled to fit the
-board.  For every method (``twin-guided``, ``ga``, ``cma``) a ``refine`` run starts from the
-calibrated upload; then a **fresh** final measurement (``250 inputs x 1000 readings``, seeds
-not used by the run) gives:
+Scenarios (:mod:`tc_hw.scenarios`, ``docs/scenarios.md``): ``aged``, ``crosstalk`` and ``tau``
+are the emulator's default board with one non-ideality, calibrated by a perfect routine at
+calibration time (:func:`tc_hw.scenarios.truth_calibration`: exact for the curves it models,
+blind to later drift, crosstalk and per-node time constants), running the benchmark's cos
+computer (8 x 4 layered, 3 read-out nodes, trained on the twin, then observed at the time that
+gives its best twin loss: :func:`tc_hw.scenarios.fit_observation_time`), rescaled to fit.
+``zoo`` (``zoo:SEED``) is a zoo board calibrated by the real routine (the demo's quick settings)
+running the demo's program for it (:func:`tc_hw.scenarios.zoo_program`); ``control`` is the
+default board calibrated now (no gap).  ``--board-seed`` draws the default-board scenarios anew.
 
-``twin_loss``      the program on the twin (250 x 1000, dt 1e-3);
+For every method (``twin-guided``, ``ga``, ``cma``) a ``refine`` run starts from the calibrated
+upload; then a **fresh** final measurement (``250 inputs x 1000 readings``, seeds not used by
+the run) gives:
+
+``twin_loss``      the program on the twin (250 x 1000, dt 1e-3; zoo: with the board's calibrated
+                   per-node time constants, the demo's twin loss);
 ``start_loss``     the calibrated upload with the least-squares readout the run fitted on the board;
 ``refined_loss``   the program the run kept;
 ``gap_closed``     ``(start - refined) / (start - twin)``;
@@ -19,8 +25,9 @@ not used by the run) gives:
 One JSON object per (scenario, method) with ``--json``.  ``--quick`` runs a reduced version
 (fewer generations, 250 x 200 final measurement, a shorter training) for checks.
 
-Usage: ``python benchmarks/refine_methods.py [--json] [--quick] [--scenarios aged,tau]
-[--methods twin-guided,ga] [--program cos.h5] [--work DIR]``
+Usage: ``python benchmarks/refine_methods.py [--json] [--quick] [--scenarios aged,tau,zoo:880019]
+[--methods twin-guided,ga] [--program cos.h5] [--work DIR] [--board-seed N] [--zoo-cal cal.h5]
+[--port 57300]``
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ def train_program(out: Path, quick: bool) -> Path:
 
 
 def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path, seed: int = 0, port: int = 0,
-                 board_seed: int | None = None):
+                 board_seed: int | None = None, zoo_cal: Path | None = None):
     """Yield one row per method (as each finishes) for scenario ``name`` (``zoo`` or ``zoo:SEED``:
     a zoo board, calibrated by the real routine, running the demo's own program for it)."""
     from sim_backend.emulator.process import running_emulator
@@ -86,7 +93,8 @@ def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path
     with running_emulator(board=board, workdir=folder, extra_args=extra) as emu:
         dev = open_device(emu.ready["tcp"])
         try:
-            setup = _zoo_setup(dev, folder, seed) if zoo is not None else _truth_setup(name, dev, emu, program_file)
+            setup = (_zoo_setup(dev, folder, seed, zoo_cal) if zoo is not None
+                     else _truth_setup(name, dev, emu, program_file))
             yield from _methods(name, dev, setup, methods, quick, final, folder, seed)
         finally:
             dev.close()
@@ -121,13 +129,14 @@ def _truth_setup(name: str, dev, emu, program_file: Path) -> dict:
             "description": sc.description}
 
 
-def _zoo_setup(dev, folder: Path, seed: int) -> dict:
+def _zoo_setup(dev, folder: Path, seed: int, zoo_cal: Path | None = None) -> dict:
     """A zoo board as an operator meets it: calibrated by :func:`calibration.calibrate` (the demo's
     quick settings) and running the demo's program for it (planned on the calibration, trained on
     the twin with the board's calibrated per-node time constants)."""
+    import calibration
     from tc_hw.scenarios import zoo_program
 
-    z = zoo_program(dev, folder, seed)
+    z = zoo_program(dev, folder, seed, cal=None if zoo_cal is None else calibration.load(zoo_cal))
     return {**z, "description": f"zoo board {dev.identity}: calibrated by the routine, the demo's program"}
 
 
@@ -186,13 +195,15 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="one JSON object per (scenario, method)")
     ap.add_argument("--quick", action="store_true", help="reduced sizes for a check (minutes, not an hour)")
-    ap.add_argument("--scenarios", default=",".join(SCENARIO_NAMES), help="comma-separated (default: all three)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIO_NAMES), help="comma-separated (default: aged,crosstalk,tau,zoo; also control, classify and zoo:SEED)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: twin-guided,ga,cma)")
     ap.add_argument("--program", help="cos program (.h5) to use instead of training one")
     ap.add_argument("--work", help="folder for boards, logs and the program (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--board-seed", type=int, default=None,
                     help="another draw of the scenario boards (their board seed; default: the default board's)")
+    ap.add_argument("--zoo-cal", help="the zoo board's calibration record from an earlier run (the routine's "
+                                      "cal.h5), used instead of calibrating again")
     ap.add_argument("--port", type=int, default=0,
                     help="first loopback TCP port of the emulators (one per scenario, in order; 0: the OS picks)")
     ap.add_argument("--generations", type=int, help="generations of ga and cma (default: 150 and 80; quick 8)")
@@ -216,7 +227,8 @@ def main(argv=None) -> int:
                else train_program(work / "cos.h5", args.quick) if truth_scenarios else None)
     for i, name in enumerate(scenarios):
         port = args.port + i if args.port else 0
-        for row in run_scenario(name, program, methods, args.quick, work, args.seed, port, args.board_seed):
+        for row in run_scenario(name, program, methods, args.quick, work, args.seed, port, args.board_seed,
+                                Path(args.zoo_cal) if args.zoo_cal else None):
             row["board_seed"] = None if name.startswith("zoo") else args.board_seed
             if args.json:
                 print(json.dumps(row), flush=True)

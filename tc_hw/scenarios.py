@@ -307,7 +307,7 @@ def write_zoo_board(seed: int, folder) -> Path:
     return path
 
 
-def zoo_program(device, folder, seed: int = 0, calibration_options: dict | None = None) -> dict:
+def zoo_program(device, folder, seed: int = 0, calibration_options: dict | None = None, cal=None) -> dict:
     """A zoo board as an operator meets it, with the demo's steps: calibrated by the real routine
     (:func:`calibration.calibrate` with :data:`tc_hw.demo.QUICK_CALIBRATION`, written to
     ``folder/cal.h5``), and the demo's program planned on that calibration and trained on the twin.
@@ -316,11 +316,14 @@ def zoo_program(device, folder, seed: int = 0, calibration_options: dict | None 
     takes), ``"cal"``, ``"input_scale"``: the input line's amplitude per unit z, ``"twin_program"``:
     the trained computer with the board's calibrated per-node time constants (whose twin loss is
     the demo's ``twin_loss``)}.  The gap comes from what the calibration gets wrong on a board it has
-    never seen (curve shapes, per-node time constants, ADC), not from a chosen defect.
+    never seen (curve shapes, per-node time constants, ADC), not from a chosen defect.  ``cal``: a
+    calibration this board already has (the routine's, e.g. ``calibration.load(folder / "cal.h5")``
+    of an earlier run), used instead of calibrating again.
     """
     folder = Path(folder)
-    opts = demo.QUICK_CALIBRATION if calibration_options is None else calibration_options
-    cal, _ = calibration.calibrate(device, folder / "cal.h5", progress=False, **opts)
+    if cal is None:
+        opts = demo.QUICK_CALIBRATION if calibration_options is None else calibration_options
+        cal, _ = calibration.calibrate(device, folder / "cal.h5", progress=False, **opts)
     choice = demo._choose_program(device, cal, folder, seed, False)
     tr = choice.trained
     return {"program": tr.on_board.rescaled(tr.scale), "cal": cal, "input_scale": float(choice.plan.input_scale),
