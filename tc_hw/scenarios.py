@@ -77,8 +77,21 @@ from . import demo
 from .model.tasks import cos_task
 from .train.cos import readout_lstsq
 
-__all__ = ["Scenario", "SCENARIOS", "board_toml", "write_board", "truth_calibration", "scenario_board",
-           "board_channel_map", "gap_check", "fit_observation_time", "ZOO_SEED", "zoo_seed", "write_zoo_board", "zoo_program"]
+__all__ = [
+    "SCENARIOS",
+    "ZOO_SEED",
+    "Scenario",
+    "board_channel_map",
+    "board_toml",
+    "fit_observation_time",
+    "gap_check",
+    "scenario_board",
+    "truth_calibration",
+    "write_board",
+    "write_zoo_board",
+    "zoo_program",
+    "zoo_seed",
+]
 
 #: What every scenario changes in the emulator's default board file (DEFAULT_BOARD_TOML): a
 #: quieter temperature (0.2 K swing instead of 0.5 K), so that the gap is the scenario's own.
