@@ -181,11 +181,11 @@ def _start_readout(r: dict, program) -> np.ndarray:
 
 
 def _known(name: str) -> bool:
-    """A scenario of this benchmark: one of SCENARIO_NAMES, ``classify``, or ``zoo:SEED``."""
-    from tc_hw.scenarios import zoo_seed
+    """A scenario of this benchmark: one of :data:`tc_hw.scenarios.SCENARIOS`, ``zoo`` or ``zoo:SEED``."""
+    from tc_hw.scenarios import SCENARIOS, zoo_seed
 
     try:
-        return name in SCENARIO_NAMES + ("classify",) or zoo_seed(name) is not None
+        return name in SCENARIOS or zoo_seed(name) is not None
     except ValueError:
         return False
 

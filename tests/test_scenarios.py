@@ -77,3 +77,11 @@ def test_fit_observation_time_keeps_the_computer_and_refits_the_readout(program)
     np.testing.assert_array_equal(q.crossbar, program.crossbar)
     np.testing.assert_array_equal(q.coupling, program.coupling)
     assert q.readout.shape == program.readout.shape and not np.array_equal(q.readout, program.readout)
+
+
+def test_refine_methods_knows_every_scenario():
+    from benchmarks.refine_methods import SCENARIO_NAMES, _known
+    from tc_hw.scenarios import SCENARIOS
+
+    assert all(_known(n) for n in (*SCENARIOS, *SCENARIO_NAMES, "zoo:880019"))
+    assert not _known("zoo:") and not _known("old")
