@@ -1,15 +1,21 @@
 """Refinement methods on boards with an analog gap: how much of the gap each closes, for how many readings.
 
-For every scenario of :mod:`tc_hw.scenarios` (``aged``, ``crosstalk``, ``tau``) an emulator
-process runs the scenario's board; the calibration is the one a perfect routine would have made
-at calibration time (:func:`tc_hw.scenarios.truth_calibration`: exact for the curves it models,
-blind to later drift, crosstalk and per-node time constants).  The program is a cos(2 pi z)
-computer trained on the twin (ending with its exact least-squares readout), rescaled to fit the
-board.  For every method (``twin-guided``, ``ga``, ``cma``) a ``refine`` run starts from the
-calibrated upload; then a **fresh** final measurement (``250 inputs x 1000 readings``, seeds
-not used by the run) gives:
+Scenarios (:mod:`tc_hw.scenarios`, ``docs/scenarios.md``): ``aged``, ``crosstalk`` and ``tau``
+are the emulator's default board with one non-ideality, calibrated by a perfect routine at
+calibration time (:func:`tc_hw.scenarios.truth_calibration`: exact for the curves it models,
+blind to later drift, crosstalk and per-node time constants), running the benchmark's cos
+computer (8 x 4 layered, 3 read-out nodes, trained on the twin, then observed at the time that
+gives its best twin loss: :func:`tc_hw.scenarios.fit_observation_time`), rescaled to fit.
+``zoo`` (``zoo:SEED``) is a zoo board calibrated by the real routine (the demo's quick settings)
+running the demo's program for it (:func:`tc_hw.scenarios.zoo_program`); ``control`` is the
+default board calibrated now (no gap).  ``--board-seed`` draws the default-board scenarios anew.
 
-``twin_loss``      the program on the twin (250 x 1000, dt 1e-3);
+For every method (``twin-guided``, ``ga``, ``cma``) a ``refine`` run starts from the calibrated
+upload; then a **fresh** final measurement (``250 inputs x 1000 readings``, seeds not used by
+the run) gives:
+
+``twin_loss``      the program on the twin (250 x 1000, dt 1e-3; zoo: with the board's calibrated
+                   per-node time constants, the demo's twin loss);
 ``start_loss``     the calibrated upload with the least-squares readout the run fitted on the board;
 ``refined_loss``   the program the run kept;
 ``gap_closed``     ``(start - refined) / (start - twin)``;
@@ -19,8 +25,9 @@ not used by the run) gives:
 One JSON object per (scenario, method) with ``--json``.  ``--quick`` runs a reduced version
 (fewer generations, 250 x 200 final measurement, a shorter training) for checks.
 
-Usage: ``python benchmarks/refine_methods.py [--json] [--quick] [--scenarios aged,tau]
-[--methods twin-guided,ga] [--program cos.h5] [--work DIR]``
+Usage: ``python benchmarks/refine_methods.py [--json] [--quick] [--scenarios aged,tau,zoo:880019]
+[--methods twin-guided,ga] [--program cos.h5] [--work DIR] [--board-seed N] [--zoo-cal cal.h5]
+[--port 57300]``
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import numpy as np
 from tc_hw.model import seeds
 
 METHODS = ("twin-guided", "ga", "cma")
-SCENARIO_NAMES = ("aged", "crosstalk", "tau")
+SCENARIO_NAMES = ("aged", "crosstalk", "tau", "zoo")
 
 #: Run sizes per method (full, quick).  GA and CMA get at most ~20x the readings of twin-guided.
 SIZES = {
@@ -50,63 +57,114 @@ SIZES = {
 
 
 def train_program(out: Path, quick: bool) -> Path:
-    """The cos computer (8 x 4 layered, read out from 3 nodes of the last layer), trained on the twin."""
+    """The cos computer (8 x 4 layered, read out from 3 nodes of the last layer), trained on the twin,
+    then observed at the time that gives its best twin loss (:func:`tc_hw.scenarios.fit_observation_time`)."""
+    from tc_hw.model.files import save_params
     from tc_hw.model.network import Network, layered
     from tc_hw.model.params import Params
+    from tc_hw.scenarios import fit_observation_time
     from tc_hw.train.direct import train_cos_direct
 
     net = layered(8, 4, 1)
     net3 = Network(net.n_nodes, net.edges, net.n_inputs, net.crossbar, net.outputs[:3], layers=net.layers)
     base = Params.uniform(net3, 1.0, 0.0, 1.0, kT=0.1, readout=np.zeros((1, 3)))
-    train_cos_direct(out=out, iterations=400 if quick else 1600, points=20, samples=16, bound=2.4, restarts=4,
-                     eval_samples=500, progress=False, base=base)
+    trained, _ = train_cos_direct(iterations=400 if quick else 1600, points=20, samples=16, bound=2.4, restarts=4,
+                                  eval_samples=500, progress=False, base=base)
+    program, table = fit_observation_time(trained, samples=200 if quick else 1000,
+                                          seed=seeds.derive(0, seeds.BENCHMARK, 2))
+    save_params(program, out, {"task": "cos", "observation_time_losses": json.dumps(table)})
     return out
 
 
-def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path, seed: int = 0):
-    """Yield one row per method (as each finishes) for scenario ``name``."""
-    from calibration.scale import fitting_scale
+def run_scenario(name: str, program_file: Path, methods, quick: bool, work: Path, seed: int = 0, port: int = 0,
+                 board_seed: int | None = None, zoo_cal: Path | None = None):
+    """Yield one row per method (as each finishes) for scenario ``name`` (``zoo`` or ``zoo:SEED``:
+    a zoo board, calibrated by the real routine, running the demo's own program for it)."""
     from sim_backend.emulator.process import running_emulator
-    from sim_backend.emulator.truth import load_truth
     from tc_hw.backends import open_device
-    from tc_hw.model.files import load_params
-    from tc_hw.refine import RefineConfig, gap_closed, measure_cos_loss, refine
-    from tc_hw.scenarios import SCENARIOS, truth_calibration, write_board
-    from tc_hw.train.cos import twin_cos_loss
+    from tc_hw.scenarios import zoo_seed
 
-    sc = SCENARIOS[name]
     final = (250, 200) if quick else (250, 1000)
-    folder = work / name
+    folder = work / name.replace(":", "-")
     folder.mkdir(parents=True, exist_ok=True)
-    with running_emulator(board=write_board(name, folder), workdir=folder) as emu:
+    zoo = zoo_seed(name)
+    board = _zoo_board_file(zoo, folder) if zoo is not None else _scenario_board_file(name, folder, board_seed)
+    extra = ("--port", str(port)) if port else ()
+    with running_emulator(board=board, workdir=folder, extra_args=extra) as emu:
         dev = open_device(emu.ready["tcp"])
         try:
-            truth = load_truth(emu.truth_file)
-            cal = truth_calibration(truth, dev.channel_map, dev.identity, age_h=sc.age_h, temp_step_k=sc.temp_step_k)
-            params = load_params(program_file)
-            program = params.rescaled(fitting_scale(params, dev.channel_map, cal))
-            twin = twin_cos_loss(program, points=final[0], samples=final[1], seed=seed)
-            for method in methods:
-                cfg = RefineConfig(method=method, seed=seed, final_points=final[0], final_samples=final[1],
-                                   **SIZES[method][int(quick)])
-                t0 = time.monotonic()
-                r = refine(dev, program, cal, folder / f"{method}.h5", cfg, progress=False)
-                seconds = time.monotonic() - t0
-                # a fresh final measurement (seeds and noise the run never saw)
-                start_volts = _start_volts(program, cal, dev)
-                start = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1],
-                                         seed=seeds.derive(seed, seeds.BENCHMARK, 0),
-                                         volts=start_volts, readout=_start_readout(r, program))
-                refined = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1],
-                                           seed=seeds.derive(seed, seeds.BENCHMARK, 1),
-                                           volts=np.asarray(r["best_volts"]), readout=np.asarray(r["best_readout"]))
-                yield {"scenario": name, "method": method, "twin_loss": twin, "start_loss": start,
-                       "refined_loss": refined, "gap_closed": gap_closed(twin, start, refined),
-                       "readings": r["readings"], "seconds": round(seconds, 1), "kept": r["kept"],
-                       "generations": r["generations"], "run_start_loss": r["start_loss"],
-                       "run_refined_loss": r["refined_loss"], "description": sc.description}
+            setup = (_zoo_setup(dev, folder, seed, zoo_cal) if zoo is not None
+                     else _truth_setup(name, dev, emu, program_file))
+            yield from _methods(name, dev, setup, methods, quick, final, folder, seed)
         finally:
             dev.close()
+
+
+def _scenario_board_file(name: str, folder: Path, board_seed: int | None) -> Path:
+    from tc_hw.scenarios import write_board
+
+    return write_board(name, folder, board_seed)
+
+
+def _zoo_board_file(zoo: int, folder: Path) -> Path:
+    from tc_hw.scenarios import write_zoo_board
+
+    return write_zoo_board(zoo, folder)
+
+
+def _truth_setup(name: str, dev, emu, program_file: Path) -> dict:
+    """Program, calibration and input scale of a scenario board: the benchmark's cos program, rescaled
+    to fit, through the calibration a perfect routine would have made at calibration time."""
+    from calibration.scale import fitting_scale
+    from sim_backend.emulator.truth import load_truth
+    from tc_hw.model.files import load_params
+    from tc_hw.scenarios import SCENARIOS, truth_calibration
+
+    sc = SCENARIOS[name]
+    cal = truth_calibration(load_truth(emu.truth_file), dev.channel_map, dev.identity, age_h=sc.age_h,
+                            temp_step_k=sc.temp_step_k)
+    params = load_params(program_file)
+    program = params.rescaled(fitting_scale(params, dev.channel_map, cal))
+    return {"program": program, "cal": cal, "input_scale": 1.0, "twin_program": program,
+            "description": sc.description}
+
+
+def _zoo_setup(dev, folder: Path, seed: int, zoo_cal: Path | None = None) -> dict:
+    """A zoo board as an operator meets it: calibrated by :func:`calibration.calibrate` (the demo's
+    quick settings) and running the demo's program for it (planned on the calibration, trained on
+    the twin with the board's calibrated per-node time constants)."""
+    import calibration
+    from tc_hw.scenarios import zoo_program
+
+    z = zoo_program(dev, folder, seed, cal=None if zoo_cal is None else calibration.load(zoo_cal))
+    return {**z, "description": f"zoo board {dev.identity}: calibrated by the routine, the demo's program"}
+
+
+def _methods(name, dev, setup, methods, quick, final, folder: Path, seed: int):
+    """One refine run per method from the same start, each followed by a fresh final measurement."""
+    from tc_hw.refine import RefineConfig, gap_closed, measure_cos_loss, refine
+    from tc_hw.train.cos import twin_cos_loss
+
+    program, cal, a_in = setup["program"], setup["cal"], setup["input_scale"]
+    twin = twin_cos_loss(setup["twin_program"], points=final[0], samples=final[1], seed=seed)
+    for method in methods:
+        cfg = RefineConfig(method=method, seed=seed, final_points=final[0], final_samples=final[1],
+                           input_scale=a_in, **SIZES[method][int(quick)])
+        t0 = time.monotonic()
+        r = refine(dev, program, cal, folder / f"{method}.h5", cfg, progress=False)
+        seconds = time.monotonic() - t0
+        # a fresh final measurement (seeds and noise the run never saw)
+        start = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1],
+                                 seed=seeds.derive(seed, seeds.BENCHMARK, 0), input_scale=a_in,
+                                 volts=_start_volts(program, cal, dev), readout=_start_readout(r, program))
+        refined = measure_cos_loss(dev, program, cal, points=final[0], samples=final[1],
+                                   seed=seeds.derive(seed, seeds.BENCHMARK, 1), input_scale=a_in,
+                                   volts=np.asarray(r["best_volts"]), readout=np.asarray(r["best_readout"]))
+        yield {"scenario": name, "method": method, "twin_loss": twin, "start_loss": start,
+               "refined_loss": refined, "gap_closed": gap_closed(twin, start, refined),
+               "readings": r["readings"], "seconds": round(seconds, 1), "kept": r["kept"],
+               "generations": r["generations"], "run_start_loss": r["start_loss"],
+               "run_refined_loss": r["refined_loss"], "description": setup["description"]}
 
 
 def _start_volts(program, cal, dev) -> np.ndarray:
@@ -122,16 +180,32 @@ def _start_readout(r: dict, program) -> np.ndarray:
     return np.asarray(fit if fit is not None else program.readout[0], float)
 
 
+def _known(name: str) -> bool:
+    """A scenario of this benchmark: one of :data:`tc_hw.scenarios.SCENARIOS`, ``zoo`` or ``zoo:SEED``."""
+    from tc_hw.scenarios import SCENARIOS, zoo_seed
+
+    try:
+        return name in SCENARIOS or zoo_seed(name) is not None
+    except ValueError:
+        return False
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="one JSON object per (scenario, method)")
     ap.add_argument("--quick", action="store_true", help="reduced sizes for a check (minutes, not an hour)")
-    ap.add_argument("--scenarios", default=",".join(SCENARIO_NAMES), help="comma-separated (default: all three)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIO_NAMES), help="comma-separated (default: aged,crosstalk,tau,zoo; also control, classify and zoo:SEED)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: twin-guided,ga,cma)")
     ap.add_argument("--program", help="cos program (.h5) to use instead of training one")
     ap.add_argument("--work", help="folder for boards, logs and the program (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--board-seed", type=int, default=None,
+                    help="another draw of the scenario boards (their board seed; default: the default board's)")
+    ap.add_argument("--zoo-cal", help="the zoo board's calibration record from an earlier run (the routine's "
+                                      "cal.h5), used instead of calibrating again")
+    ap.add_argument("--port", type=int, default=0,
+                    help="first loopback TCP port of the emulators (one per scenario, in order; 0: the OS picks)")
     ap.add_argument("--generations", type=int, help="generations of ga and cma (default: 150 and 80; quick 8)")
     args = ap.parse_args(argv)
     if args.generations is not None:
@@ -142,15 +216,20 @@ def main(argv=None) -> int:
             SIZES[m][int(args.quick)]["generations"] = args.generations
     methods = [m for m in args.methods.split(",") if m]
     scenarios = [s for s in args.scenarios.split(",") if s]
-    bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if s not in SCENARIO_NAMES + ("classify",)]
+    bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if not _known(s)]
     if bad:
         print(f"refine_methods: unknown {bad}", file=sys.stderr)
         return 2
     work = Path(args.work or tempfile.mkdtemp(prefix="refine-methods-"))
     work.mkdir(parents=True, exist_ok=True)
-    program = Path(args.program) if args.program else train_program(work / "cos.h5", args.quick)
-    for name in scenarios:
-        for row in run_scenario(name, program, methods, args.quick, work, args.seed):
+    truth_scenarios = [s for s in scenarios if not s.startswith("zoo")]
+    program = (Path(args.program) if args.program
+               else train_program(work / "cos.h5", args.quick) if truth_scenarios else None)
+    for i, name in enumerate(scenarios):
+        port = args.port + i if args.port else 0
+        for row in run_scenario(name, program, methods, args.quick, work, args.seed, port, args.board_seed,
+                                Path(args.zoo_cal) if args.zoo_cal else None):
+            row["board_seed"] = None if name.startswith("zoo") else args.board_seed
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
