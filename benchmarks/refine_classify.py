@@ -39,8 +39,8 @@ def make_task(n: int = 240, seed: int = 0):
     return Task("clusters-8d-4class", inputs, "cross-entropy", labels=labels)
 
 
-def make_program(task, samples: int = 400, seed: int = 0):
-    """The reservoir program with its least-squares readout on the twin."""
+def reservoir_program(task, samples: int = 400, seed: int = 0):
+    """The untrained start: random couplings and crossbar (a reservoir) with its exact readout on the twin."""
     from sim_backend.population import population_reset
     from tc_hw.model.network import all_to_all
     from tc_hw.model.params import Params
@@ -57,12 +57,35 @@ def make_program(task, samples: int = 400, seed: int = 0):
     return p.copy(readout=fit_task_readout(task, xbar))
 
 
+#: Training of the classifier on the twin (tc_hw.train.task.train_task_varpro): element bound
+#: (program units, kT 0.5), Adam steps, examples x runs per step.
+TRAINING = dict(bound=2.0, iterations=100, batch=48, samples=8)
+
+
+def make_program(task, seed: int = 0, kind: str = "trained"):
+    """The program refined on the board: the reservoir (``kind="reservoir"``), or the reservoir
+    trained for the task on the twin through its dynamics with the exact logistic readout
+    projected out (:func:`tc_hw.train.task.train_task_varpro`; ends with the exact readout).
+    Returns ``(params, training metrics or {})``."""
+    from tc_hw.train.task import train_task_varpro
+
+    start = reservoir_program(task, seed=seed)
+    if kind == "reservoir":
+        return start, {}
+    trained, metrics = train_task_varpro(start, task, seed=seed, **TRAINING)
+    metrics.pop("history")
+    return trained, metrics
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer generations")
     ap.add_argument("--work", help="folder (default: a temporary one)")
     ap.add_argument("--method", default="ga", choices=["ga", "cma"])
+    ap.add_argument("--program", default="trained", choices=["trained", "reservoir"],
+                    help="trained on the twin for the task (default), or the untrained reservoir")
+    ap.add_argument("--board-seed", type=int, help="emulator seed (the board's hidden truth; default: the board file's)")
     args = ap.parse_args(argv)
     from calibration.scale import fitting_scale
     from sim_backend.emulator.process import running_emulator
@@ -77,12 +100,13 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     save_task(make_task(), work / "task.h5")
     task = load_task(work / "task.h5")  # what an operator's --task FILE gives
-    program = make_program(task)
-    save_params(program, work / "prog.h5", {"method": "reservoir + least-squares readout", "task": task.name})
+    program, training = make_program(task, kind=args.program)
+    save_params(program, work / "prog.h5", {"method": f"{args.program}, exact logistic readout", "task": task.name})
     sc = SCENARIOS["classify"]
     cfg = RefineConfig(method=args.method, generations=6 if args.quick else 30, population=12, elites=3, points=60,
                        samples=100, final_samples=400, seed=0)
-    with running_emulator(board=write_board("classify", work), workdir=work) as emu:
+    extra = [] if args.board_seed is None else ["--seed", str(args.board_seed)]
+    with running_emulator(board=write_board("classify", work), workdir=work, extra_args=extra) as emu:
         dev = open_device(emu.ready["tcp"])
         try:
             cal = truth_calibration(load_truth(emu.truth_file), dev.channel_map, dev.identity, age_h=sc.age_h,
@@ -96,7 +120,7 @@ def main(argv=None) -> int:
              gap_closed=gap_closed(twin["loss"], r["start_loss"], r["refined_loss"]))
     keys = ("task", "loss_name", "twin_loss", "twin_accuracy", "start_loss", "start_accuracy", "refined_loss",
             "refined_accuracy", "gap_closed", "readings", "kept", "generations", "seconds")
-    row = {k: r.get(k) for k in keys}
+    row = {"program": args.program, **{k: r.get(k) for k in keys}, "training": training}
     print(json.dumps(row) if args.json else "\n".join(f"{k}: {v}" for k, v in row.items()))
     return 0
 
