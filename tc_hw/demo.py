@@ -40,7 +40,7 @@ import calibration
 from calibration.mapping import MappingError, channel_values, on_board_mobility
 from calibration.scale import fitting_scale
 from sim_backend.emulator.board import DEFAULT_BOARD_TOML
-from sim_backend.emulator.process import running_emulator
+from sim_backend.emulator.process import start_emulator
 from sim_backend.twin import sample_reset
 
 from .backends import open_device
@@ -64,7 +64,7 @@ from .train.direct import cos_png, train_cos_direct
 
 __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
            "plan_for_weak_board", "Trained", "Choice", "BoardFigures",
-           "embed", "LEARNED_LOSS", "LOSS_READOUT"]
+           "embed", "LEARNED_LOSS", "LOSS_READOUT", "gap_steps", "DEMO_AGE_H"]
 
 
 def _demo_board() -> str:
@@ -76,7 +76,13 @@ def _demo_board() -> str:
     ).replace('name = "default"', 'name = "demo"')
 
 
-DEMO_BOARD = "default board + 0.5 % DAC crosstalk + 2 %/h element drift"
+#: Hours the embedded board runs between its calibration and the program's upload: its elements
+#: drift by up to 2 %/h each (uniform per channel), so the calibration is stale by up to 12 % per
+#: element when the program goes on (the gap refinement is for; see :class:`_EmbeddedBoard`).
+DEMO_AGE_H = 6.0
+
+DEMO_BOARD = ("default board + 0.5 % DAC crosstalk + 2 %/h element drift, calibrated and then "
+              f"{DEMO_AGE_H:g} h older when the program goes on")
 
 #: Calibration settings of the demo: fewer samples than a full calibration (a few minutes here).
 QUICK_CALIBRATION = dict(chains=128, samples=256)
@@ -121,17 +127,68 @@ class NotLearnedError(DemoError):
         self.figures = dict(figures)
 
 
+class _EmbeddedBoard:
+    """The demo's emulated board as its own process: calibrated fresh, then ``age_h`` hours older.
+
+    The emulator is started on :func:`_demo_board`'s file; after the calibration,
+    :meth:`after_calibration` stops it and starts the same board (same file, same seed: the same
+    hidden truth) with its clock ``age_h`` hours on (board-file key ``age_h``): every element has
+    drifted for those hours, as on a board calibrated in the morning and used in the afternoon.
+    Nothing in the calibration or the twin knows it.
+    """
+
+    def __init__(self, folder: Path, seed: int, age_h: float = DEMO_AGE_H):
+        self.folder, self.seed, self.age_h = Path(folder), int(seed), float(age_h)
+        self._emu = None
+
+    def _start(self, age_h: float) -> str:
+        board = self.folder / ("demo_board.toml" if age_h == 0 else "demo_board_aged.toml")
+        board.write_text(("" if age_h == 0 else f"age_h = {age_h!r}\n") + _demo_board())  # a top-level key
+        self.stop()
+        self._emu = start_emulator(board=board, truth=True, workdir=self.folder / "emulator",
+                                   extra_args=["--seed", str(self.seed)])
+        return self._emu.tcp
+
+    @property
+    def resource(self) -> str:
+        return self._emu.tcp if self._emu is not None else self._start(0.0)
+
+    def after_calibration(self, dev, progress: bool):
+        """Close ``dev``, let the board age ``age_h`` hours, and return a device on the aged board."""
+        if self.age_h <= 0:
+            return dev
+        dev.close()
+        _say(progress, f"the board runs {self.age_h:g} h before the program goes on: its elements drift "
+                       "(up to 2 %/h each) away from the calibration")
+        return open_device(self._start(self.age_h))
+
+    def stop(self) -> None:
+        if self._emu is not None:
+            self._emu.stop()
+            self._emu = None
+
+
+class _GivenBoard:
+    """A board given by its resource (``--resource``): used as it is."""
+
+    def __init__(self, resource: str):
+        self.resource = resource
+
+    def after_calibration(self, dev, progress: bool):
+        return dev
+
+    def stop(self) -> None:
+        pass
+
+
 @contextmanager
 def _board(folder: Path, resource: str | None, seed: int):
-    if resource is not None:
-        yield resource
-        return
-
-    board = folder / "demo_board.toml"
-    board.write_text(_demo_board())
-    with running_emulator(board=board, truth=True, workdir=folder / "emulator",
-                          extra_args=["--seed", str(seed)]) as emu:
-        yield emu.tcp
+    """The board session: a given resource, or the embedded board (:class:`_EmbeddedBoard`)."""
+    session = _GivenBoard(resource) if resource is not None else _EmbeddedBoard(folder, seed)
+    try:
+        yield session
+    finally:
+        session.stop()
 
 
 def _say(progress: bool, text: str) -> None:
@@ -519,11 +576,11 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
         (folder / old).unlink(missing_ok=True)
     t0 = time.monotonic()
     timings = {}
-    with _board(folder, resource, seed) as res:
-
-        dev = open_device(res)
+    with _board(folder, resource, seed) as session:
+        dev = open_device(session.resource)
         try:
             cal, cal_summary = _calibrate(dev, folder, calibration_options, progress, timings)
+            dev = session.after_calibration(dev, progress)  # the embedded board ages (DEMO_AGE_H)
             t = time.monotonic()
             choice = _choose_program(dev, cal, folder, seed, progress)
             timings["train_s"] = time.monotonic() - t
@@ -533,7 +590,7 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
             _check_board_learned(twin_loss, board.nominal_loss, board.calibrated_loss, board.refined, folder)
         finally:
             dev.close()
-    summary = _summary(res if resource is not None else DEMO_BOARD, dev, choice, cal_summary, twin_loss, heat, board,
+    summary = _summary(resource if resource is not None else DEMO_BOARD, dev, choice, cal_summary, twin_loss, heat, board,
                        folder, {**timings, "total_s": time.monotonic() - t0})
     summary["report"] = str(_write_markdown(folder, summary))
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -673,6 +730,7 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
         "start_loss": refined["start_loss"],
         "uploaded_loss": refined["uploaded_loss"],
         "gap_closed": gap_closed(twin_loss, refined["start_loss"], refined["refined_loss"]),
+        "gap_steps": gap_steps(twin_loss, board.nominal_loss, board.calibrated_loss, refined),
         "readout_fit_loss": refined["readout_fit_loss"],
         "ga_best_loss": refined["ga_best_loss"],
         "refined_loss": refined["refined_loss"],
@@ -692,6 +750,34 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
     if tr.on_board is not params:
         summary["files"]["params_on_board"] = str(folder / "cos_board.h5")
     return summary
+
+
+def gap_steps(twin_loss: float, nominal_loss, calibrated_loss: float, refined: dict) -> dict:
+    """How much of the gap to the twin each step of the loop closed (fractions; None without a gap).
+
+    ``calibration``: of the nominal upload's gap (nominal - twin), the part the calibration closed,
+    ``(nominal - calibrated) / (nominal - twin)`` (paired measurements, the same noise).  Then, of
+    the calibrated upload's gap in refinement's final measurement (``uploaded_loss`` - twin; the
+    uploaded program, its fitted readout and the method's best measured together): the part the
+    least-squares ``readout_fit`` closed, ``(uploaded - readout fit) / (uploaded - twin)``, the
+    part the analog refinement (``method``) closed on top, ``(readout fit - refined) / (uploaded -
+    twin)`` (0 when the method's program was not kept), and what is ``left``, ``(refined - twin) /
+    (uploaded - twin)`` (the three add up to 1; negative ``left``: better than the twin).
+    """
+    out = {"nominal_loss": nominal_loss, "calibrated_loss": calibrated_loss, "twin_loss": twin_loss,
+           "calibration": None, "uploaded_loss": refined["uploaded_loss"], "readout_fit": None,
+           "method": refined["method"], "analog_refinement": None, "left": None}
+    if nominal_loss is not None and nominal_loss > twin_loss:
+        out["calibration"] = (nominal_loss - calibrated_loss) / (nominal_loss - twin_loss)
+    up = float(refined["uploaded_loss"])
+    gap = up - twin_loss
+    if not gap > 0:
+        return out
+    fit = up if refined.get("readout_fit_loss") is None else float(refined["readout_fit_loss"])
+    after = float(refined["refined_loss"]) if refined["kept"] == refined["method"] else min(fit, up)
+    out.update(readout_fit=(up - fit) / gap, analog_refinement=(fit - after) / gap,
+               left=(after - twin_loss) / gap)
+    return out
 
 
 #: Each further training on a board whose elements are too weak multiplies the scale by this.
@@ -890,6 +976,27 @@ def _bound_text(b) -> str:
     return f"{b:g}" if not isinstance(b, dict) else ", ".join(f"{k} {v:.3g}" for k, v in b.items())
 
 
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.0f} %"
+
+
+def _gap_table(g: dict | None) -> list:
+    """The report's lines on the gap to the twin and what each step closed (:func:`gap_steps`)."""
+    if not g:
+        return []
+    lines = ["| the gap to the twin: what each step closed | loss | closed |", "|---|---|---|",
+             f"| twin | {g['twin_loss']:.4g} | |"]
+    if g["nominal_loss"] is not None:
+        lines.append(f"| board, nominal gains | {g['nominal_loss']:.4g} | |")
+    lines += [f"| board, through the calibration | {g['calibrated_loss']:.4g} | {_pct(g['calibration'])} of the "
+              "nominal gap |",
+              f"| the same, final measurement (uploaded) | {g['uploaded_loss']:.4g} | |",
+              f"| least-squares readout fit | | {_pct(g['readout_fit'])} of the uploaded gap |",
+              f"| analog refinement ({g['method']}) | | {_pct(g['analog_refinement'])} of the uploaded gap |",
+              f"| left | | {_pct(g['left'])} |", ""]
+    return lines
+
+
 def _write_markdown(folder: Path, s: dict) -> Path:
     rows = [("twin (the trained program, simulated)", s["twin_loss"]),
             ("board, nominal gains (no calibration)", s["nominal_upload_loss"]),
@@ -913,6 +1020,7 @@ def _write_markdown(folder: Path, s: dict) -> Path:
     lines += ["Gap closed: " + ("none to close (the calibrated upload with its fitted readout is as good as the twin)"
                                 if s.get("gap_closed") is None else
                                 f"{100 * s['gap_closed']:.0f} % of (upload with fitted readout - twin)") + ".", ""]
+    lines += _gap_table(s.get("gap_steps"))
     c = s["computer"]
     lines += [f"Computer: {c['nodes']} of the board's {c['board_total_nodes']} nodes, layers "
               f"{' x '.join(map(str, c['layers']))}, {c['outputs']} outputs; element bound of training "
