@@ -128,3 +128,34 @@ def test_gap_steps_split_the_gap_among_the_steps():
     # no gap: nothing to split
     g = gap_steps(0.02, 0.5, 0.011, refined)
     assert g["readout_fit"] is None and g["left"] is None
+
+
+def test_the_demos_board_is_the_same_board_age_h_later(tmp_path):
+    """The embedded demo board, restarted after the calibration, is the same board (identity, hidden
+    truth) on a clock ``age_h`` on: its temperature follows the truth's cycle at that clock."""
+    from sim_backend.emulator.nonideal import board_temperature
+    from tc_hw.backends import open_device
+    from tc_hw.demo import _EmbeddedBoard
+
+    age_h = 225.0 / 3600.0  # a quarter of the 900 s temperature cycle: the temperature moved
+    session = _EmbeddedBoard(tmp_path, seed=3, age_h=age_h)
+    try:
+        dev = open_device(session.resource)
+        ident, truth0 = dev.identity, session._emu.truth()
+        dev = session.after_calibration(dev, progress=False)
+        try:
+            temp = dev.temperature()
+            truth1 = session._emu.truth()
+            assert dev.identity == ident
+        finally:
+            dev.close()
+    finally:
+        session.stop()
+    np.testing.assert_array_equal(truth0["channels"]["gain_factor"], truth1["channels"]["gain_factor"])
+    np.testing.assert_array_equal(truth0["channels"]["drift_per_s"], truth1["channels"]["drift_per_s"])
+    assert np.max(np.abs(truth1["channels"]["drift_per_s"])) > 0  # the demo board drifts
+    # the aged board's clock is age_h on (plus at most a minute since its start: the cycle is slow)
+    expected = [board_temperature(truth1, age_h * 3600.0 + s) for s in np.linspace(0.0, 60.0, 61)]
+    assert min(expected) - 1e-3 <= temp <= max(expected) + 1e-3
+    fresh = [board_temperature(truth1, s) for s in np.linspace(0.0, 60.0, 61)]
+    assert not min(fresh) - 1e-3 <= temp <= max(fresh) + 1e-3  # a fresh clock would read otherwise
