@@ -134,6 +134,39 @@ def _cli_run(work: Path, program, task, sc, extra, generations: int, method: str
             "age_h": sc.age_h}
 
 
+def recheck(dev, program, cal, task, cfg, result: dict, rounds: int) -> dict:
+    """Fresh measurements of the start's and the refined analog program, free of the run's selection.
+
+    Each round measures both programs twice (``final_samples`` readings per example each, fresh
+    board noise); a program's loss in a round is its exact readout fitted on one measurement and
+    scored on the other, both ways, averaged (cross-fitted: no in-sample readout).  Returns the
+    mean over rounds of each loss and accuracy, and the mean and standard error of the paired
+    difference ``start - refined`` (positive: refinement helped).
+    """
+    from tc_hw.refine import _Problem, fit_task_readout
+
+    prob = _Problem(dev, program, cal, cfg)
+    prob.task = task
+    start = np.concatenate([prob.volts0[prob.trainable], prob.readout0])
+    refined = np.concatenate([np.asarray(result["best_volts"])[prob.trainable], prob.readout0])
+    rows = {"start": [], "refined": []}
+    for rnd in range(rounds):
+        xbar, _ = prob.means(np.stack([start, refined, start, refined]), task, [None] * 4, cfg.final_samples)
+        for name, (a, b) in (("start", (0, 2)), ("refined", (1, 3))):
+            figs = []
+            for fit_on, score_on in ((a, b), (b, a)):
+                f = fit_task_readout(task, xbar[fit_on])
+                y = xbar[score_on] @ f.T
+                figs.append((task.score(y), task.accuracy(y)))
+            rows[name].append(np.mean(figs, axis=0))
+    st, rf = np.array(rows["start"]), np.array(rows["refined"])
+    diff = st[:, 0] - rf[:, 0]
+    return {"rounds": rounds, "samples": cfg.final_samples, "start_loss": float(st[:, 0].mean()),
+            "refined_loss": float(rf[:, 0].mean()), "start_accuracy": float(st[:, 1].mean()),
+            "refined_accuracy": float(rf[:, 1].mean()), "improvement": float(diff.mean()),
+            "improvement_se": float(diff.std(ddof=1) / np.sqrt(rounds)) if rounds > 1 else None}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
@@ -146,6 +179,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cli", action="store_true", help="calibrate the board, age it 8 h, then run `tc-hw refine "
                     "--task task.h5` as its own process")
     ap.add_argument("--generations", type=int, help="refinement generations (default: 30; --quick 6)")
+    ap.add_argument("--recheck", type=int, default=0, metavar="K",
+                    help="after the run, K fresh paired measurements of the start and the refined analog program, "
+                         "each read out with its exact readout fitted on another measurement (default: 0)")
     args = ap.parse_args(argv)
     from calibration.scale import fitting_scale
     from sim_backend.emulator.process import running_emulator
@@ -179,6 +215,8 @@ def main(argv=None) -> int:
                                     temp_step_k=sc.temp_step_k)
             program = program.rescaled(min(1.0, fitting_scale(program, dev.channel_map, cal)))
             r = refine(dev, program, cal, work / "run.h5", cfg, progress=not args.json, task=task)
+            if args.recheck:
+                r["recheck"] = recheck(dev, program, cal, task, cfg, r, args.recheck)
         finally:
             dev.close()
     twin = twin_task_loss(program, task, samples=cfg.final_samples)
@@ -186,7 +224,8 @@ def main(argv=None) -> int:
              gap_closed=gap_closed(twin["loss"], r["start_loss"], r["refined_loss"]))
     keys = ("task", "loss_name", "twin_loss", "twin_accuracy", "uploaded_loss", "start_loss", "start_accuracy", "refined_loss",
             "refined_accuracy", "gap_closed", "readings", "kept", "generations", "seconds")
-    row = {"program": args.program, **{k: r.get(k) for k in keys}, "training": training}
+    row = {"program": args.program, **{k: r.get(k) for k in keys}, "recheck": r.get("recheck"),
+           "training": training}
     print(json.dumps(row) if args.json else "\n".join(f"{k}: {v}" for k, v in row.items()))
     return 0
 
