@@ -2,7 +2,9 @@
 
 1. start an emulated board as its own process (the embedded default with crosstalk and slow
    drift, which neither the twin nor the calibration model), unless a ``resource`` is given;
-2. calibrate it through its commands (:func:`calibration.calibrate`);
+2. calibrate it through its commands (:func:`calibration.calibrate`); the embedded board then
+   runs :data:`DEMO_AGE_H` hours before the program goes on (emulator key ``age_h``): its
+   elements drift away from the calibration, the gap that refinement is for;
 3. lay the cos(2 pi z) computer out on the board's own coupling graph (:func:`board_computer`:
    up to 4 layers of up to 8 nodes, reached from input line 0; on the default board this is the
    paper's 8x4 layered computer), choose element bounds from the calibrated reach
@@ -13,10 +15,11 @@
    (:func:`tc_hw.train.cos.train_cos_varpro`); the twin's loss is that of the program on the
    board's own calibrated per-node time constants (:func:`calibration.mapping.on_board_mobility`);
 4. upload it with nominal gains and through the calibration, measuring the board's loss each way;
-5. refine it on the board (:func:`tc_hw.refine.refine`: least-squares readout, then the genetic
-   algorithm, then the best of start, fitted readout and GA measured together), logging every
-   generation;
-6. write the report: PNG plots and ``report.md`` with the figures.
+5. refine it on the board (:func:`tc_hw.refine.refine`: least-squares readout, then the analog
+   program by :data:`DEMO_METHOD`, then the best of start, fitted readout and the method's best
+   measured together), logging every generation;
+6. write the report: PNG plots and ``report.md`` with the figures, the gap to the twin and how
+   much of it each step closed (:func:`gap_steps`: calibration, readout fit, analog refinement).
 
 A board that cannot run it (fewer than 32 nodes, no input line, an input that reaches no
 coupled node, element ranges no coordinate scale fits) is refused with :class:`DemoError`
@@ -40,7 +43,7 @@ import calibration
 from calibration.mapping import MappingError, channel_values, on_board_mobility
 from calibration.scale import fitting_scale
 from sim_backend.emulator.board import DEFAULT_BOARD_TOML
-from sim_backend.emulator.process import running_emulator
+from sim_backend.emulator.process import start_emulator
 from sim_backend.twin import sample_reset
 
 from .backends import open_device
@@ -64,7 +67,7 @@ from .train.direct import cos_png, train_cos_direct
 
 __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
            "plan_for_weak_board", "Trained", "Choice", "BoardFigures",
-           "embed", "LEARNED_LOSS", "LOSS_READOUT"]
+           "embed", "LEARNED_LOSS", "LOSS_READOUT", "gap_steps", "DEMO_AGE_H", "DEMO_METHOD", "REFINE_SIZES"]
 
 
 def _demo_board() -> str:
@@ -76,7 +79,17 @@ def _demo_board() -> str:
     ).replace('name = "default"', 'name = "demo"')
 
 
-DEMO_BOARD = "default board + 0.5 % DAC crosstalk + 2 %/h element drift"
+#: Hours the embedded board runs between its calibration and the program's upload (calibrated in
+#: the evening, used the next morning): its elements drift by up to 2 %/h each (uniform per
+#: channel), so the calibration is stale by up to 24 % per element when the program goes on; the
+#: gap refinement is for (see :class:`_EmbeddedBoard`).  Measured on the demo's programs (seed 0):
+#: the calibrated upload is 6-11x the twin's loss at 6-12 h, and the least-squares readout alone
+#: closes 96-102 % of that; what is left for the analog refinement is 0-30 % of the twin's loss
+#: at 12 h (1.08-1.3x; at 6 h none), at 24 h 2.3x (the calibration is then worse than none).
+DEMO_AGE_H = 12.0
+
+DEMO_BOARD = ("default board + 0.5 % DAC crosstalk + 2 %/h element drift, calibrated and then "
+              f"{DEMO_AGE_H:g} h older when the program goes on")
 
 #: Calibration settings of the demo: fewer samples than a full calibration (a few minutes here).
 QUICK_CALIBRATION = dict(chains=128, samples=256)
@@ -92,6 +105,16 @@ MIN_SCALE = 0.3
 MAX_INPUT_SCALE = 4.0
 #: Wall-time budget of the GA generations (the final measurements come on top).
 GA_SECONDS = 60.0
+#: The demo's analog refinement (``refine_options={"method": ...}`` chooses another).  On the aged
+#: board (:data:`DEMO_AGE_H`) the gap left after the readout fit is a few tenths of the twin's
+#: loss, below what 10 GA generations of 25 x 200 readings per candidate resolve (seed 0: the GA's
+#: best measured worse than the start); twin-guided steps (the board's output means, the twin's
+#: Jacobian) close it with fewer readings.
+DEMO_METHOD = "twin-guided"
+#: Refinement sizes per method (population, points per generation, readings per point).
+REFINE_SIZES = {"ga": dict(population=10, elites=3, points=25, samples=200),
+                "cma": dict(population=10, elites=3, points=25, samples=200),
+                "twin-guided": dict(points=50, samples=200)}
 
 
 #: A program whose cos(2 pi z) loss is not below this did not learn its task (a constant output,
@@ -121,17 +144,68 @@ class NotLearnedError(DemoError):
         self.figures = dict(figures)
 
 
+class _EmbeddedBoard:
+    """The demo's emulated board as its own process: calibrated fresh, then ``age_h`` hours older.
+
+    The emulator is started on :func:`_demo_board`'s file; after the calibration,
+    :meth:`after_calibration` stops it and starts the same board (same file, same seed: the same
+    hidden truth) with its clock ``age_h`` hours on (board-file key ``age_h``): every element has
+    drifted for those hours, as on a board calibrated in the evening and used the next morning.
+    Nothing in the calibration or the twin knows it.
+    """
+
+    def __init__(self, folder: Path, seed: int, age_h: float = DEMO_AGE_H):
+        self.folder, self.seed, self.age_h = Path(folder), int(seed), float(age_h)
+        self._emu = None
+
+    def _start(self, age_h: float) -> str:
+        board = self.folder / ("demo_board.toml" if age_h == 0 else "demo_board_aged.toml")
+        board.write_text(("" if age_h == 0 else f"age_h = {age_h!r}\n") + _demo_board())  # a top-level key
+        self.stop()
+        self._emu = start_emulator(board=board, truth=True, workdir=self.folder / "emulator",
+                                   extra_args=["--seed", str(self.seed)])
+        return self._emu.tcp
+
+    @property
+    def resource(self) -> str:
+        return self._emu.tcp if self._emu is not None else self._start(0.0)
+
+    def after_calibration(self, dev, progress: bool):
+        """Close ``dev``, let the board age ``age_h`` hours, and return a device on the aged board."""
+        if self.age_h <= 0:
+            return dev
+        dev.close()
+        _say(progress, f"the board runs {self.age_h:g} h before the program goes on: its elements drift "
+                       "(up to 2 %/h each) away from the calibration, which nothing models")
+        return open_device(self._start(self.age_h))
+
+    def stop(self) -> None:
+        if self._emu is not None:
+            self._emu.stop()
+            self._emu = None
+
+
+class _GivenBoard:
+    """A board given by its resource (``--resource``): used as it is."""
+
+    def __init__(self, resource: str):
+        self.resource = resource
+
+    def after_calibration(self, dev, progress: bool):
+        return dev
+
+    def stop(self) -> None:
+        pass
+
+
 @contextmanager
 def _board(folder: Path, resource: str | None, seed: int):
-    if resource is not None:
-        yield resource
-        return
-
-    board = folder / "demo_board.toml"
-    board.write_text(_demo_board())
-    with running_emulator(board=board, truth=True, workdir=folder / "emulator",
-                          extra_args=["--seed", str(seed)]) as emu:
-        yield emu.tcp
+    """The board session: a given resource, or the embedded board (:class:`_EmbeddedBoard`)."""
+    session = _GivenBoard(resource) if resource is not None else _EmbeddedBoard(folder, seed)
+    try:
+        yield session
+    finally:
+        session.stop()
 
 
 def _say(progress: bool, text: str) -> None:
@@ -519,11 +593,11 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
         (folder / old).unlink(missing_ok=True)
     t0 = time.monotonic()
     timings = {}
-    with _board(folder, resource, seed) as res:
-
-        dev = open_device(res)
+    with _board(folder, resource, seed) as session:
+        dev = open_device(session.resource)
         try:
             cal, cal_summary = _calibrate(dev, folder, calibration_options, progress, timings)
+            dev = session.after_calibration(dev, progress)  # the embedded board ages (DEMO_AGE_H)
             t = time.monotonic()
             choice = _choose_program(dev, cal, folder, seed, progress)
             timings["train_s"] = time.monotonic() - t
@@ -533,7 +607,7 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
             _check_board_learned(twin_loss, board.nominal_loss, board.calibrated_loss, board.refined, folder)
         finally:
             dev.close()
-    summary = _summary(res if resource is not None else DEMO_BOARD, dev, choice, cal_summary, twin_loss, heat, board,
+    summary = _summary(resource if resource is not None else DEMO_BOARD, dev, choice, cal_summary, twin_loss, heat, board,
                        folder, {**timings, "total_s": time.monotonic() - t0})
     summary["report"] = str(_write_markdown(folder, summary))
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -639,12 +713,14 @@ def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations
     upload = calibration.upload(dev, program, cal)
     calibrated_loss = measure_cos_loss(dev, program, cal, seed=paired_seed, input_scale=a_in)
     timings["upload_s"] = time.monotonic() - t
+    opts = dict(refine_options or {})
+    method = opts.pop("method", DEMO_METHOD)
     _say(progress, f"refining on the board (least-squares readout, then at most {generations} generations "
-                   f"or {ga_seconds:.0f} s of the genetic algorithm)")
+                   f"or {ga_seconds:.0f} s of {method})")
     t = time.monotonic()
-    sizes = dict(population=10, elites=3, points=25, samples=200)
-    sizes.update(refine_options or {})
-    cfg = RefineConfig(generations=generations, seed=seed, max_seconds=ga_seconds, input_scale=a_in, **sizes)
+    sizes = {**REFINE_SIZES[method], **opts}
+    cfg = RefineConfig(method=method, generations=generations, seed=seed, max_seconds=ga_seconds, input_scale=a_in,
+                       **sizes)
     refined = refine(dev, program, cal, folder / "run.h5", cfg, progress=progress)
     timings["refine_s"] = time.monotonic() - t
     return BoardFigures(upload, nominal_loss, calibrated_loss, refined, cfg)
@@ -673,13 +749,16 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
         "start_loss": refined["start_loss"],
         "uploaded_loss": refined["uploaded_loss"],
         "gap_closed": gap_closed(twin_loss, refined["start_loss"], refined["refined_loss"]),
+        "gap_steps": gap_steps(twin_loss, board.nominal_loss, board.calibrated_loss, refined),
         "readout_fit_loss": refined["readout_fit_loss"],
         "ga_best_loss": refined["ga_best_loss"],
+        "method": refined["method"],
+        "method_best_loss": refined["method_best_loss"],
         "refined_loss": refined["refined_loss"],
         "kept": refined["kept"],
         "generations": refined["generations"],
         "refine_stop": refined["stop"],
-        "refine_config": {k: getattr(cfg, k) for k in ("population", "elites", "points", "samples",
+        "refine_config": {k: getattr(cfg, k) for k in ("method", "population", "elites", "points", "samples",
                                                         "final_points", "final_samples", "max_seconds")},
         "energy_per_inference_kT": float(np.mean(heat)),
         "coordinate_scale": tr.scale,
@@ -692,6 +771,34 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
     if tr.on_board is not params:
         summary["files"]["params_on_board"] = str(folder / "cos_board.h5")
     return summary
+
+
+def gap_steps(twin_loss: float, nominal_loss, calibrated_loss: float, refined: dict) -> dict:
+    """How much of the gap to the twin each step of the loop closed (fractions; None without a gap).
+
+    ``calibration``: of the nominal upload's gap (nominal - twin), the part the calibration closed,
+    ``(nominal - calibrated) / (nominal - twin)`` (paired measurements, the same noise).  Then, of
+    the calibrated upload's gap in refinement's final measurement (``uploaded_loss`` - twin; the
+    uploaded program, its fitted readout and the method's best measured together): the part the
+    least-squares ``readout_fit`` closed, ``(uploaded - readout fit) / (uploaded - twin)``, the
+    part the analog refinement (``method``) closed on top, ``(readout fit - refined) / (uploaded -
+    twin)`` (0 when the method's program was not kept), and what is ``left``, ``(refined - twin) /
+    (uploaded - twin)`` (the three add up to 1; negative ``left``: better than the twin).
+    """
+    out = {"nominal_loss": nominal_loss, "calibrated_loss": calibrated_loss, "twin_loss": twin_loss,
+           "calibration": None, "uploaded_loss": refined["uploaded_loss"], "readout_fit": None,
+           "method": refined["method"], "analog_refinement": None, "left": None}
+    if nominal_loss is not None and nominal_loss > twin_loss:
+        out["calibration"] = (nominal_loss - calibrated_loss) / (nominal_loss - twin_loss)
+    up = float(refined["uploaded_loss"])
+    gap = up - twin_loss
+    if not gap > 0:
+        return out
+    fit = up if refined.get("readout_fit_loss") is None else float(refined["readout_fit_loss"])
+    after = float(refined["refined_loss"]) if refined["kept"] == refined["method"] else min(fit, up)
+    out.update(readout_fit=(up - fit) / gap, analog_refinement=(fit - after) / gap,
+               left=(after - twin_loss) / gap)
+    return out
 
 
 #: Each further training on a board whose elements are too weak multiplies the scale by this.
@@ -882,12 +989,35 @@ def _nominal_loss(dev, program, calibration, seed, input_scale) -> float | None:
         return None
 
 
-_KEPT = {"ga": "the genetic algorithm's best", "readout fit": "the uploaded program with the least-squares readout",
+_KEPT = {"ga": "the genetic algorithm's best", "cma": "CMA-ES's best",
+         "twin-guided": "the twin-guided (Levenberg-Marquardt) refinement's best",
+         "readout fit": "the uploaded program with the least-squares readout",
          "start": "the uploaded program itself (nothing measured better)"}
 
 
 def _bound_text(b) -> str:
     return f"{b:g}" if not isinstance(b, dict) else ", ".join(f"{k} {v:.3g}" for k, v in b.items())
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.0f} %"
+
+
+def _gap_table(g: dict | None) -> list:
+    """The report's lines on the gap to the twin and what each step closed (:func:`gap_steps`)."""
+    if not g:
+        return []
+    lines = ["| the gap to the twin: what each step closed | loss | closed |", "|---|---|---|",
+             f"| twin | {g['twin_loss']:.4g} | |"]
+    if g["nominal_loss"] is not None:
+        lines.append(f"| board, nominal gains | {g['nominal_loss']:.4g} | |")
+    lines += [f"| board, through the calibration | {g['calibrated_loss']:.4g} | {_pct(g['calibration'])} of the "
+              "nominal gap |",
+              f"| the same, final measurement (uploaded) | {g['uploaded_loss']:.4g} | |",
+              f"| least-squares readout fit | | {_pct(g['readout_fit'])} of the uploaded gap |",
+              f"| analog refinement ({g['method']}) | | {_pct(g['analog_refinement'])} of the uploaded gap |",
+              f"| left | | {_pct(g['left'])} |", ""]
+    return lines
 
 
 def _write_markdown(folder: Path, s: dict) -> Path:
@@ -899,20 +1029,25 @@ def _write_markdown(folder: Path, s: dict) -> Path:
              "| cos(2 pi z) loss, 250 inputs x 1000 samples | loss |", "|---|---|"]
     lines += [f"| {name} | {'not uploadable' if v is None else f'{v:.4g}'} |" for name, v in rows]
     rc = s["refine_config"]
+    method = s.get("method", "ga")
+    per = (f"population {rc['population']}, {rc['points']} inputs x {rc['samples']} samples per candidate"
+           if method != "twin-guided" else f"{rc['points']} inputs x {rc['samples']} samples per trial step, the "
+           "twin's Jacobian through the calibration")
     lines += ["", "Refinement: the uploaded program was measured once and its digital readout fitted to that "
-              "measurement by least squares; the genetic algorithm then ran "
-              f"{s['generations']} generations ({s['refine_stop']}; population {rc['population']}, "
-              f"{rc['points']} inputs x {rc['samples']} samples per candidate). At the end the uploaded program, "
-              "the same with the fitted readout, and the GA's best were measured together "
+              f"measurement by least squares; the analog refinement ({method}) then ran "
+              f"{s['generations']} generations ({s['refine_stop']}; {per}). At the end the uploaded program, "
+              f"the same with the fitted readout, and {method}'s best were measured together "
               f"({rc['final_points']} inputs x {rc['final_samples']} samples), and the best is the result:", "",
               "| measured together at the end | loss |", "|---|---|",
               f"| uploaded program | {s['uploaded_loss']:.4g} |"]
     if s["readout_fit_loss"] is not None:
         lines.append(f"| uploaded program, least-squares readout | {s['readout_fit_loss']:.4g} |")
-    lines += [f"| GA's best | {s['ga_best_loss']:.4g} |", "", f"Kept: {_KEPT[s['kept']]}.", ""]
+    lines += [f"| {method}'s best | {s.get('method_best_loss', s['ga_best_loss']):.4g} |", "",
+              f"Kept: {_KEPT[s['kept']]}.", ""]
     lines += ["Gap closed: " + ("none to close (the calibrated upload with its fitted readout is as good as the twin)"
                                 if s.get("gap_closed") is None else
                                 f"{100 * s['gap_closed']:.0f} % of (upload with fitted readout - twin)") + ".", ""]
+    lines += _gap_table(s.get("gap_steps"))
     c = s["computer"]
     lines += [f"Computer: {c['nodes']} of the board's {c['board_total_nodes']} nodes, layers "
               f"{' x '.join(map(str, c['layers']))}, {c['outputs']} outputs; element bound of training "

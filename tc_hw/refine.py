@@ -849,6 +849,11 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
             fb = refit
     cands = {"start": (prob.loss_of(xbar[0], f0, var[0], m, z_final), v0, f0)}
     if fit is not None:  # the same measurement of the start's analog program, read out with the fitted readout
+        # refitted to this measurement as the method's program is (above), so neither gets an in-sample edge
+        refit0 = prob.fit_readout(xbar[0], z_final)
+        if refit0 is not None and prob.loss_of(xbar[0], refit0, var[0], m, z_final) < prob.loss_of(
+                xbar[0], fit, var[0], m, z_final):
+            fit = refit0
         cands["readout fit"] = (prob.loss_of(xbar[0], fit, var[0], m, z_final), v0, fit)
     cands[cfg.method] = (prob.loss_of(xbar[1], fb, var[1], m, z_final), vb, fb)
     kept = min(cands, key=lambda k: (cands[k][0], list(cands).index(k)))

@@ -20,6 +20,9 @@ Board file schema (every key optional; defaults are those of :data:`DEFAULT_BOAR
     work_limit_element_steps = 4e9  # most P x M x steps x channels per INIT (default: unlimited)
     tau_node_factors = [1.0, ...] # optional: per-node time constant tau_i = factor_i * tau_s
                                   # (N positive numbers; mobility_i = 1 / factor_i in units of tau)
+    age_h = 0.0                   # optional: hours the board has already run when the emulator
+                                  # starts (its clock starts there: element drift and the
+                                  # temperature cycle go on from age_h; 0 = a fresh start)
     # zoo = 12345                 # a board drawn from a seed (sim_backend.emulator.zoo); only
                                   # name, serial, seed, [faults] and [nonideal] (overrides of
                                   # the drawn sizes, e.g. adc_inl = 0 to study one effect) may
@@ -290,6 +293,8 @@ class BoardDescription:
     work_limit_element_steps: float | None = None
     tau_node_factors: tuple | None = None
     zoo_seed: int | None = None
+    #: hours on the board's clock at emulator start (drift and temperature go on from there)
+    age_h: float = 0.0
 
     def layout(self) -> Layout:
         return Layout.build(self.network, self.kinds)
@@ -306,7 +311,7 @@ class BoardDescription:
 _TOP_KEYS = {
     "name", "model", "serial", "firmware", "technology", "seed", "tau_s", "rail_v", "adc_range_v",
     "temperature_k", "topology", "channels", "nonideal", "faults", "capacity_readings",
-    "work_limit_element_steps", "tau_node_factors", "zoo",
+    "work_limit_element_steps", "tau_node_factors", "zoo", "age_h",
 }
 #: Keys a board file may hold next to ``zoo = SEED``.
 _ZOO_KEYS = {"zoo", "name", "serial", "seed", "faults", "nonideal"}
@@ -449,8 +454,17 @@ def parse_board(text: str, source: str = "<board>") -> BoardDescription:
         serial=doc.get("serial", "EMU0001"),
         firmware=doc.get("firmware", "emu-1.0"),
         tau_node_factors=_tau_node_factors(doc.get("tau_node_factors"), network.n_nodes, source),
+        age_h=_age_h(doc, where),
         **_capacity(doc, where),
     )
+
+
+def _age_h(doc, where: str) -> float:
+    """``age_h`` (hours, >= 0; absent: 0)."""
+    age = float(_num(doc, "age_h", 0.0, where))
+    if age < 0:
+        raise BoardFileError(f"{where}age_h must be >= 0 hours, got {age}")
+    return age
 
 
 def _tau_node_factors(value, n_nodes: int, source: str):

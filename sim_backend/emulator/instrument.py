@@ -79,7 +79,7 @@ class Instrument:
         self.board = board
         self.desc = board.desc
         self._clock = clock
-        self._t_start = clock()
+        self._t_start = clock() - 3600.0 * float(getattr(board.desc, "age_h", 0.0))  # the board's clock
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self.errors = ErrorQueue()

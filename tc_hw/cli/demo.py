@@ -15,6 +15,19 @@ def _f(v) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.0f} %"
+
+
+def _gap_line(g, closed) -> str:
+    """One line on the gap to the twin and what each step closed (empty without the figures)."""
+    if not g:
+        return ""
+    return (f"  gap to the twin: calibration closed {_pct(g['calibration'])} of the nominal upload's; of the "
+            f"calibrated upload's, the readout fit {_pct(g['readout_fit'])}, the analog refinement "
+            f"{_pct(g['analog_refinement'])} (gap_closed {_pct(closed)})\n")
+
+
 def cmd_demo(args) -> int:
     try:
         s = demo_app.run_demo(args.out, args.resource, seed=args.seed, generations=args.generations, progress=not args.json,
@@ -32,6 +45,7 @@ def cmd_demo(args) -> int:
          f"  cos(2 pi z) loss: twin {_f(s['twin_loss'])} | nominal upload {_f(s['nominal_upload_loss'])} | "
          f"calibrated upload {_f(s['calibrated_upload_loss'])} | refined {_f(s['refined_loss'])} "
          f"(kept: {s['kept']})\n"
+         + _gap_line(s.get("gap_steps"), s.get("gap_closed")) +
          f"  energy per inference {s['energy_per_inference_kT']:.3g} kT (twin)\n"
          f"  report: {s['report']}\n  files: " + ", ".join(s["files"].values()) + "\n"
          f"  ({s['seconds']['total_s']:.0f} s)\n"
