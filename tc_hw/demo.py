@@ -653,6 +653,25 @@ def _local_calibration(dev, program, cal, options: dict | None, progress: bool, 
     return local, rep
 
 
+def _through_local(dev, tr: Trained, cal_local, cal_curves, local: dict, progress: bool):
+    """The program to upload through the locally corrected calibration: a shifted curve may reach
+    less far than the program's value, so the least smaller coordinate scale that fits (the
+    measured voltages move by as little); where none fits (an element the program needs at 0 no
+    longer reaches 0), the calibration's curves alone, said in ``local["not_used"]``.
+    Returns ``(calibration, program)`` and sets ``local["coordinate_scale"]``."""
+    try:
+        lam = min(tr.scale, fitting_scale(tr.on_board, dev.channel_map, cal_local, margin=0.999))
+        program = tr.on_board.rescaled(lam)
+        calibration.map_params(program, cal_local, dev.channel_map)
+    except MappingError as e:
+        _say(progress, f"the locally corrected calibration cannot hold the program ({e}); uploading through the "
+                       "calibration's curves alone")
+        local["not_used"], local["coordinate_scale"] = str(e), tr.scale
+        return cal_curves, tr.on_board.rescaled(tr.scale)
+    local["coordinate_scale"] = lam
+    return cal_local, program
+
+
 def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations: int, ga_seconds: float,
                   refine_options, progress: bool, timings: dict, local_options: dict | None = None) -> BoardFigures:
     """Upload the program with nominal gains, through the calibration's curves alone and through
@@ -667,13 +686,16 @@ def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations
     program = tr.on_board.rescaled(tr.scale)
     cal_curves = cal
     cal, local = _local_calibration(dev, program, cal_curves, local_options, progress, timings)
+    curves_program = program
+    if local is not None:
+        cal, program = _through_local(dev, tr, cal, cal_curves, local, progress)
     _say(progress, f"uploading (coordinate scale {tr.scale:.3f}) with nominal gains, then through the calibration")
     t = time.monotonic()
     paired_seed = seeds.derive(seed, seeds.DEMO, 4)  # nominal and calibrated: the same noise
-    nominal_loss = _nominal_loss(dev, program, calibration, paired_seed, a_in)
+    nominal_loss = _nominal_loss(dev, curves_program, calibration, paired_seed, a_in)
     curves_loss = None
     if local is not None:
-        curves_loss = measure_cos_loss(dev, program, cal_curves, seed=paired_seed, input_scale=a_in)
+        curves_loss = measure_cos_loss(dev, curves_program, cal_curves, seed=paired_seed, input_scale=a_in)
         local["curves_upload_loss"] = curves_loss
     upload = calibration.upload(dev, program, cal)
     calibrated_loss = measure_cos_loss(dev, program, cal, seed=paired_seed, input_scale=a_in)
@@ -723,7 +745,7 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
         "refine_config": {k: getattr(cfg, k) for k in ("population", "elites", "points", "samples",
                                                         "final_points", "final_samples", "max_seconds")},
         "energy_per_inference_kT": float(np.mean(heat)),
-        "coordinate_scale": tr.scale,
+        "coordinate_scale": tr.scale if board.local is None else board.local["coordinate_scale"],
         "calibration": {k: v for k, v in cal_summary.items() if isinstance(v, (int, float, str))},
         "files": {"calibration": str(folder / "cal.h5"), "params": str(choice.file),
                   "run_log": str(folder / "run.h5")},
