@@ -107,3 +107,45 @@ def test_the_local_pass_finds_and_removes_a_curve_that_misses():
     # uploads go through the corrected curves: the volts that give a value move by the shift
     y = float(truth.curve(b).value(volts[b]))
     assert abs(new.volts_for(b, y) - volts[b]) < 4 * float(pts.sigma[pts.channels == b][0]) / abs(cmap[b].gain)
+
+
+# ------------------------------------------------------------------------------ the demo's use of it
+def _program(dev, bias):
+    from tc_hw.model.params import Params
+
+    net = dev.network
+    n = net.n_nodes
+    return Params(net, np.full(n, 5.0), np.zeros(n), np.full(n, 2.0), bias, np.full(net.n_edges, 3.0),
+                  np.full(net.n_crossbar, -2.0))
+
+
+def test_demo_rescales_least_where_a_shifted_curve_reaches_less_and_falls_back_where_none_fits():
+    from types import SimpleNamespace
+
+    from tc_hw.demo import Trained, _through_local
+
+    dev = TwinDevice()
+    cmap = dev.channel_map
+    g = stein.Graph.from_map(cmap, dev.n_nodes, dev.n_inputs)
+    curves = calibration.nominal(cmap)
+    prog = _program(dev, np.linspace(-3, 3, dev.n_nodes))
+    tr = Trained(prog, {}, prog, 1.0, 1.0)
+    # node 0's quartic channel now reaches 1 % less far than the program's value (2 kT)
+    r0 = int(g.r[0])
+    top = curves.value_range(r0)[1]
+    local = {}
+    cal, program = _through_local(SimpleNamespace(channel_map=cmap), tr, _with_misses(curves, {r0: 1.98 - top}),
+                                  curves, local, False)
+    assert cal.entry == "missing" and "not_used" not in local
+    assert (0.999 * 1.98 / 2.0) ** 0.25 - 1e-9 <= local["coordinate_scale"] < 1.0  # the least smaller scale
+    calibration.map_params(program, cal, cmap)  # fits now
+    # a bias the program needs at 0 that the shifted curve cannot reach: the curves alone, said so
+    bias = np.linspace(-3, 3, dev.n_nodes)
+    bias[5] = 0.0
+    prog = _program(dev, bias)
+    b5 = int(g.b[5])
+    lo = curves.value_range(b5)[0]
+    local = {}
+    cal, program = _through_local(SimpleNamespace(channel_map=cmap), Trained(prog, {}, prog, 1.0, 1.0),
+                                  _with_misses(curves, {b5: -lo + 0.5}), curves, local, False)
+    assert cal is curves and local["coordinate_scale"] == 1.0 and f"ch {b5}" in local["not_used"]
