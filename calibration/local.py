@@ -44,8 +44,16 @@ from .elements import acquire_config, estimate_config
 from .record import Calibration
 from .routine import _integrator_dt
 
-__all__ = ["LOCAL_DEFAULTS", "LocalPoints", "ShiftedCurve", "local_configs", "measure_local", "combine",
-           "corrected", "local_pass"]
+__all__ = [
+    "LOCAL_DEFAULTS",
+    "LocalPoints",
+    "ShiftedCurve",
+    "combine",
+    "corrected",
+    "local_configs",
+    "local_pass",
+    "measure_local",
+]
 
 #: Acquisition sizes of the local pass: per setting ``chains`` x ``samples`` readings, ``repeats``
 #: times (the routine's other settings: sampling interval 0.1 tau, burn-in 5 tau, 16 jackknife groups).
@@ -79,7 +87,7 @@ class ShiftedCurve(CurveFit):
         return super().raw_value(v) + self.shift
 
     @classmethod
-    def of(cls, curve: CurveFit, shift: float, volts: float) -> "ShiftedCurve":
+    def of(cls, curve: CurveFit, shift: float, volts: float) -> ShiftedCurve:
         """``curve`` (itself possibly shifted: the shifts add) shifted by ``shift`` measured at ``volts``."""
         kw = {f.name: getattr(curve, f.name) for f in fields(CurveFit)}
         return cls(**kw, shift=float(getattr(curve, "shift", 0.0) + shift), shift_volts=float(volts))
@@ -144,7 +152,7 @@ def local_configs(cal: Calibration, graph: stein.Graph, volts, channels, opts: d
     is asked for, and one setting per matching that holds an asked-for coupling."""
     o = {**LOCAL_DEFAULTS, **(opts or {})}
     cmap = cal.channel_map
-    want = set(int(c) for c in channels)
+    want = {int(c) for c in channels}
     know = _helpers(cal)
     v = design.on_dac_grid(cmap, volts)
     out = []
@@ -252,5 +260,5 @@ def local_pass(device, cal: Calibration, volts, channels, *, progress=None, **op
     pts = measure_local(device, cal, volts, channels, progress=progress, **options)
     new, rep = corrected(cal, pts)
     o = {**LOCAL_DEFAULTS, **options}
-    return new, {"kinds": rep, "settings": pts.settings, "channels": int(len(pts.channels)),
+    return new, {"kinds": rep, "settings": pts.settings, "channels": len(pts.channels),
                  "readings": pts.settings * int(o["chains"]) * int(o["samples"]) * int(o["repeats"])}

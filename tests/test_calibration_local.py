@@ -13,7 +13,13 @@ import pytest
 
 import calibration
 from calibration import stein
-from calibration.local import ShiftedCurve, combine, corrected, local_configs, measure_local
+from calibration.local import (
+    ShiftedCurve,
+    combine,
+    corrected,
+    local_configs,
+    measure_local,
+)
 from sim_backend.device import TwinDevice
 
 SMALL = dict(chains=128, samples=256, repeats=1, burn_tau=3.0, groups=8)
@@ -61,7 +67,7 @@ def test_local_settings_put_the_asked_channels_at_the_program_volts():
     cmap = dev.channel_map
     g = stein.Graph.from_map(cmap, dev.n_nodes, dev.n_inputs)
     volts = _volts(dev, np.random.default_rng(1))
-    match0 = set(int(g.edge_ch[e]) for e in calibration.design.edge_colouring(g.edges, dev.n_nodes)[0])
+    match0 = {int(g.edge_ch[e]) for e in calibration.design.edge_colouring(g.edges, dev.n_nodes)[0]}
     asked = [int(g.q[0]), int(g.r[3]), int(g.b[5]), int(g.w_ch[0])] + sorted(match0)[:3]
     configs = local_configs(calibration.nominal(cmap), g, volts, asked)
     assert [cfg.name for cfg, _ in configs] == ["local-Q", "local-R", "local-BW", "local-edge-0"]
