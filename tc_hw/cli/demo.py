@@ -31,7 +31,9 @@ def cmd_demo(args) -> int:
     emit(args, s,
          f"tc-hw demo on {s['board']}:\n"
          f"  cos(2 pi z) loss: twin {_f(s['twin_loss'])} | nominal upload {_f(s['nominal_upload_loss'])} | "
-         f"calibrated upload {_f(s['calibrated_upload_loss'])} | refined {_f(s['refined_loss'])} "
+         f"calibrated upload {_f(s['calibrated_upload_loss'])}"
+         + (f" (curves alone {_f(s['curves_upload_loss'])})" if s.get("curves_upload_loss") is not None else "")
+         + f" | refined {_f(s['refined_loss'])} "
          f"(kept: {s['kept']})\n"
          f"  energy per inference {s['energy_per_inference_kT']:.3g} kT (twin)\n"
          f"  report: {s['report']}\n  files: " + ", ".join(s["files"].values()) + "\n"
