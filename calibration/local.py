@@ -256,9 +256,13 @@ def corrected(cal: Calibration, points: LocalPoints) -> tuple[Calibration, dict]
 
 def local_pass(device, cal: Calibration, volts, channels, *, progress=None, **options) -> tuple[Calibration, dict]:
     """:func:`measure_local` then :func:`corrected`: the calibration to upload a program at ``volts``
-    through, and the report (plus ``settings`` and ``readings``)."""
+    through, and the report (``kinds``, plus ``settings``, ``readings`` and ``points``: per measured
+    channel its volts, local value, sigma and the curve's shift)."""
     pts = measure_local(device, cal, volts, channels, progress=progress, **options)
     new, rep = corrected(cal, pts)
     o = {**LOCAL_DEFAULTS, **options}
     return new, {"kinds": rep, "settings": pts.settings, "channels": len(pts.channels),
-                 "readings": pts.settings * int(o["chains"]) * int(o["samples"]) * int(o["repeats"])}
+                 "readings": pts.settings * int(o["chains"]) * int(o["samples"]) * int(o["repeats"]),
+                 "points": {"channel": pts.channels.tolist(), "volts": pts.volts.tolist(), "value": pts.value.tolist(),
+                            "sigma": pts.sigma.tolist(),
+                            "shift": [float(getattr(new.curve(int(c)), "shift", 0.0)) for c in pts.channels]}}

@@ -635,9 +635,10 @@ def _twin_figures(choice: Choice, cal, folder: Path, seed: int, v_safe: float) -
     return twin_loss, heat
 
 
-def _local_calibration(dev, program, cal, options: dict | None, progress: bool, timings: dict):
+def _local_calibration(dev, program, cal, options: dict | None, progress: bool, timings: dict, folder=None):
     """The local pass (:data:`LOCAL_PASS`, :func:`calibration.local.local_pass`) at ``program``'s
-    voltages through ``cal``; returns ``(calibration to upload through, report or None)``."""
+    voltages through ``cal``; returns ``(calibration to upload through, report or None)``; the
+    per-channel points go to ``<folder>/local_pass.json``."""
     opts = {**LOCAL_PASS, **(options or {})}
     if opts.pop("skip", False):
         return cal, None
@@ -650,6 +651,8 @@ def _local_calibration(dev, program, cal, options: dict | None, progress: bool, 
     say = (lambda text: _say(progress, text)) if progress else None
     local, rep = local_pass(dev, cal, volts, used, progress=say, **opts)
     timings["local_pass_s"] = time.monotonic() - t
+    if folder is not None:  # the per-channel points on their own (the summary keeps the per-kind figures)
+        (Path(folder) / "local_pass.json").write_text(json.dumps(rep.pop("points")))
     return local, rep
 
 
@@ -685,7 +688,7 @@ def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations
                      "board_nodes": list(map(int, choice.nodes)), "input_scale": a_in})
     program = tr.on_board.rescaled(tr.scale)
     cal_curves = cal
-    cal, local = _local_calibration(dev, program, cal_curves, local_options, progress, timings)
+    cal, local = _local_calibration(dev, program, cal_curves, local_options, progress, timings, folder)
     curves_program = program
     if local is not None:
         cal, program = _through_local(dev, tr, cal, cal_curves, local, progress)
@@ -754,6 +757,8 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
     }
     if tr.on_board is not params:
         summary["files"]["params_on_board"] = str(folder / "cos_board.h5")
+    if board.local is not None:
+        summary["files"]["local_pass"] = str(folder / "local_pass.json")
     return summary
 
 
