@@ -14,7 +14,9 @@
    wells instead (:func:`plan_for_weak_board`), trained by variable projection
    (:func:`tc_hw.train.cos.train_cos_varpro`); the twin's loss is that of the program on the
    board's own calibrated per-node time constants (:func:`calibration.mapping.on_board_mobility`);
-4. upload it with nominal gains and through the calibration, measuring the board's loss each way;
+4. measure the program's channels at its own voltages (:func:`calibration.local.local_pass`), then
+   upload it with nominal gains, through the calibration's curves alone and with the local pass,
+   measuring the board's loss each way;
 5. refine it on the board (:func:`tc_hw.refine.refine`: least-squares readout, then the analog
    program by :data:`DEMO_METHOD`, then the best of start, fitted readout and the method's best
    measured together), logging every generation;
@@ -40,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 
 import calibration
+from calibration.local import local_pass
 from calibration.mapping import MappingError, channel_values, on_board_mobility
 from calibration.scale import fitting_scale
 from sim_backend.emulator.board import DEFAULT_BOARD_TOML
@@ -93,6 +96,13 @@ DEMO_BOARD = ("default board + 0.5 % DAC crosstalk + 2 %/h element drift, calibr
 
 #: Calibration settings of the demo: fewer samples than a full calibration (a few minutes here).
 QUICK_CALIBRATION = dict(chains=128, samples=256)
+#: The local pass after training (:func:`calibration.local.local_pass`): the program's channels
+#: measured at the program's own voltages (one Q, one R, one B-and-W setting and one per matching
+#: of the couplings, each ``chains`` x ``samples`` readings), each curve shifted through the
+#: combined value.  The quick calibration's curves miss by several of their own sigmas where a
+#: curve kinks or bends between its levels; a program sitting there is uploaded off by that much
+#: (zoo board 880007: four such channels carried over half of the upload's excess over the twin).
+LOCAL_PASS = dict(chains=256, samples=512, repeats=1)
 
 #: The demo's computer: up to WIDTH x DEPTH nodes; boards need at least MIN_NODES nodes (two
 #: coupled layers of four: the computer uses what the board has, the zoo's 16-node boards too).
@@ -120,8 +130,8 @@ REFINE_SIZES = {"ga": dict(population=10, elites=3, points=25, samples=200),
 #: A program whose cos(2 pi z) loss is not below this did not learn its task (a constant output,
 #: the linear plateau, has 1/2): the demo stops with :class:`NotLearnedError` instead of a result.
 LEARNED_LOSS = 0.1
-#: How ``twin_loss``, ``calibrated_upload_loss`` (and ``nominal_upload_loss``) are read out, the same
-#: for all three so that they compare: the trained readout weights, no refit.
+#: How ``twin_loss``, ``calibrated_upload_loss`` (and ``nominal_upload_loss``, ``curves_upload_loss``)
+#: are read out, the same for all so that they compare: the trained readout weights, no refit.
 LOSS_READOUT = ("trained readout f (no refit) applied to the mean of 1000 readings per input, "
                 "250 inputs z in [0, 1]; twin and board alike")
 
@@ -581,12 +591,16 @@ class BoardFigures:
     calibrated_loss: float
     refined: dict
     config: object
+    local: dict | None = None  #: the local pass's report (``curves_upload_loss``: the upload through the curves alone)
 
 
 def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0, generations: int = 10,
              calibration_options: dict | None = None, progress: bool = True, ga_seconds: float = GA_SECONDS,
-             refine_options: dict | None = None) -> dict:
-    """Run the loop; returns the summary (also written to ``<folder>/summary.json``)."""
+             refine_options: dict | None = None, local_options: dict | None = None) -> dict:
+    """Run the loop; returns the summary (also written to ``<folder>/summary.json``).
+
+    ``local_options``: sizes of the local pass (:data:`LOCAL_PASS`; ``{"skip": True}``: none, the
+    upload goes through the calibration's curves alone)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for old in ("run.h5", "run.h5.ga.h5", "cal.h5", "cos_rails.h5", "cos_board.h5", "cos_weak.h5"):
@@ -597,13 +611,14 @@ def run_demo(folder="tc-hw-demo", resource: str | None = None, *, seed: int = 0,
         dev = open_device(session.resource)
         try:
             cal, cal_summary = _calibrate(dev, folder, calibration_options, progress, timings)
-            dev = session.after_calibration(dev, progress)  # the embedded board ages (DEMO_AGE_H)
             t = time.monotonic()
             choice = _choose_program(dev, cal, folder, seed, progress)
             timings["train_s"] = time.monotonic() - t
             twin_loss, heat = _twin_figures(choice, cal, folder, seed, safe_node_volts(dev))
-            board = _on_the_board(dev, choice, cal, folder, seed, generations, ga_seconds, refine_options, progress,
-                                  timings)
+            staged = _local_stage(dev, choice, cal, folder, local_options, progress, timings)
+            dev = session.after_calibration(dev, progress)  # the embedded board ages (DEMO_AGE_H)
+            board = _on_the_board(dev, choice, staged, seed, generations, ga_seconds, refine_options, progress,
+                                  timings, folder)
             _check_board_learned(twin_loss, board.nominal_loss, board.calibrated_loss, board.refined, folder)
         finally:
             dev.close()
@@ -695,10 +710,62 @@ def _twin_figures(choice: Choice, cal, folder: Path, seed: int, v_safe: float) -
     return twin_loss, heat
 
 
-def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations: int, ga_seconds: float,
-                  refine_options, progress: bool, timings: dict) -> BoardFigures:
-    """Upload the program with nominal gains and through the calibration (same noise), then refine it."""
+def _local_calibration(dev, program, cal, options: dict | None, progress: bool, timings: dict, folder=None):
+    """The local pass (:data:`LOCAL_PASS`, :func:`calibration.local.local_pass`) at ``program``'s
+    voltages through ``cal``; returns ``(calibration to upload through, report or None)``; the
+    per-channel points go to ``<folder>/local_pass.json``."""
+    opts = {**LOCAL_PASS, **(options or {})}
+    if opts.pop("skip", False):
+        return cal, None
+    cmap = dev.channel_map
+    volts = calibration.map_params(program, cal, cmap)
+    _, src = channel_values(program, cmap)
+    used = [c.index for c in cmap if src[c.index][1] is not None]
+    _say(progress, f"local pass: measuring the program's {len(used)} channels at its own voltages")
+    t = time.monotonic()
+    say = (lambda text: _say(progress, text)) if progress else None
+    local, rep = local_pass(dev, cal, volts, used, progress=say, **opts)
+    timings["local_pass_s"] = time.monotonic() - t
+    if folder is not None:  # the per-channel points on their own (the summary keeps the per-kind figures)
+        (Path(folder) / "local_pass.json").write_text(json.dumps(rep.pop("points")))
+    return local, rep
 
+
+def _through_local(dev, tr: Trained, cal_local, cal_curves, local: dict, progress: bool):
+    """The program to upload through the locally corrected calibration: a shifted curve may reach
+    less far than the program's value, so the least smaller coordinate scale that fits (the
+    measured voltages move by as little); where none fits (an element the program needs at 0 no
+    longer reaches 0), the calibration's curves alone, said in ``local["not_used"]``.
+    Returns ``(calibration, program)`` and sets ``local["coordinate_scale"]``."""
+    try:
+        lam = min(tr.scale, fitting_scale(tr.on_board, dev.channel_map, cal_local, margin=0.999))
+        program = tr.on_board.rescaled(lam)
+        calibration.map_params(program, cal_local, dev.channel_map)
+    except MappingError as e:
+        _say(progress, f"the locally corrected calibration cannot hold the program ({e}); uploading through the "
+                       "calibration's curves alone")
+        local["not_used"], local["coordinate_scale"] = str(e), tr.scale
+        return cal_curves, tr.on_board.rescaled(tr.scale)
+    local["coordinate_scale"] = lam
+    return cal_local, program
+
+
+@dataclass
+class Staged:
+    """The program as the calibration stage leaves it: ``program`` to upload through ``cal``
+    (after the local pass, when it ran), ``curves_program`` through ``cal_curves`` alone, and the
+    local pass's report (``None`` when skipped)."""
+
+    program: object
+    cal: object
+    curves_program: object
+    cal_curves: object
+    local: dict | None
+
+
+def _local_stage(dev, choice: Choice, cal, folder: Path, local_options, progress: bool, timings: dict) -> Staged:
+    """Save the board-coordinate program and run the local pass at its voltages, on the board as
+    calibrated (before the embedded board ages): the local pass is part of the calibration."""
 
     tr, a_in = choice.trained, choice.plan.input_scale
     if tr.on_board is not tr.params:
@@ -706,10 +773,29 @@ def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations
                     {"method": tr.metrics.get("method", "direct"), "task": "cos",
                      "board_nodes": list(map(int, choice.nodes)), "input_scale": a_in})
     program = tr.on_board.rescaled(tr.scale)
+    cal_local, local = _local_calibration(dev, program, cal, local_options, progress, timings, folder)
+    if local is None:
+        return Staged(program, cal, program, cal, None)
+    cal_used, program_used = _through_local(dev, tr, cal_local, cal, local, progress)
+    return Staged(program_used, cal_used, program, cal, local)
+
+
+def _on_the_board(dev, choice: Choice, staged: Staged, seed: int, generations: int, ga_seconds: float,
+                  refine_options, progress: bool, timings: dict, folder: Path) -> BoardFigures:
+    """Upload the program with nominal gains, through the calibration's curves alone and through
+    the calibration with the local pass (same noise), then refine it (through the latter)."""
+
+    tr, a_in = choice.trained, choice.plan.input_scale
+    program, cal, curves_program, cal_curves, local = (staged.program, staged.cal, staged.curves_program,
+                                                       staged.cal_curves, staged.local)
     _say(progress, f"uploading (coordinate scale {tr.scale:.3f}) with nominal gains, then through the calibration")
     t = time.monotonic()
     paired_seed = seeds.derive(seed, seeds.DEMO, 4)  # nominal and calibrated: the same noise
-    nominal_loss = _nominal_loss(dev, program, calibration, paired_seed, a_in)
+    nominal_loss = _nominal_loss(dev, curves_program, calibration, paired_seed, a_in)
+    curves_loss = None
+    if local is not None:
+        curves_loss = measure_cos_loss(dev, curves_program, cal_curves, seed=paired_seed, input_scale=a_in)
+        local["curves_upload_loss"] = curves_loss
     upload = calibration.upload(dev, program, cal)
     calibrated_loss = measure_cos_loss(dev, program, cal, seed=paired_seed, input_scale=a_in)
     timings["upload_s"] = time.monotonic() - t
@@ -723,7 +809,7 @@ def _on_the_board(dev, choice: Choice, cal, folder: Path, seed: int, generations
                        **sizes)
     refined = refine(dev, program, cal, folder / "run.h5", cfg, progress=progress)
     timings["refine_s"] = time.monotonic() - t
-    return BoardFigures(upload, nominal_loss, calibrated_loss, refined, cfg)
+    return BoardFigures(upload, nominal_loss, calibrated_loss, refined, cfg, local)
 
 
 def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss: float, heat, board: BoardFigures,
@@ -746,6 +832,8 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
         "loss_readout": LOSS_READOUT,
         "nominal_upload_loss": board.nominal_loss,
         "calibrated_upload_loss": board.calibrated_loss,
+        "curves_upload_loss": None if board.local is None else board.local["curves_upload_loss"],
+        "local_pass": board.local,
         "start_loss": refined["start_loss"],
         "uploaded_loss": refined["uploaded_loss"],
         "gap_closed": gap_closed(twin_loss, refined["start_loss"], refined["refined_loss"]),
@@ -761,7 +849,7 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
         "refine_config": {k: getattr(cfg, k) for k in ("method", "population", "elites", "points", "samples",
                                                         "final_points", "final_samples", "max_seconds")},
         "energy_per_inference_kT": float(np.mean(heat)),
-        "coordinate_scale": tr.scale,
+        "coordinate_scale": tr.scale if board.local is None else board.local["coordinate_scale"],
         "calibration": {k: v for k, v in cal_summary.items() if isinstance(v, (int, float, str))},
         "files": {"calibration": str(folder / "cal.h5"), "params": str(choice.file),
                   "run_log": str(folder / "run.h5")},
@@ -770,6 +858,8 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
     }
     if tr.on_board is not params:
         summary["files"]["params_on_board"] = str(folder / "cos_board.h5")
+    if board.local is not None:
+        summary["files"]["local_pass"] = str(folder / "local_pass.json")
     return summary
 
 
@@ -1023,7 +1113,10 @@ def _gap_table(g: dict | None) -> list:
 def _write_markdown(folder: Path, s: dict) -> Path:
     rows = [("twin (the trained program, simulated)", s["twin_loss"]),
             ("board, nominal gains (no calibration)", s["nominal_upload_loss"]),
-            ("board, through the calibration", s["calibrated_upload_loss"]),
+            *([("board, through the calibration's curves alone", s["curves_upload_loss"])]
+              if s.get("local_pass") else []),
+            ("board, through the calibration" + (" with the local pass" if s.get("local_pass") else ""),
+             s["calibrated_upload_loss"]),
             (f"board, refined: {_KEPT[s['kept']]}", s["refined_loss"])]
     lines = ["# tc-hw demo report", "", f"Board: {s['board']} (`{s['identity']}`, {s['technology']})", "",
              "| cos(2 pi z) loss, 250 inputs x 1000 samples | loss |", "|---|---|"]

@@ -30,8 +30,9 @@ def _gap_line(g, closed) -> str:
 
 def cmd_demo(args) -> int:
     try:
+        extra = {"local_options": {"skip": True}} if getattr(args, "no_local_pass", False) else {}
         s = demo_app.run_demo(args.out, args.resource, seed=args.seed, generations=args.generations, progress=not args.json,
-                               ga_seconds=args.ga_seconds)
+                               ga_seconds=args.ga_seconds, **extra)
     except UploadError as e:  # the board did not apply what was sent
         print(f"tc-hw: device fault: {e}", file=sys.stderr)
         return EXIT_DEVICE
@@ -43,7 +44,9 @@ def cmd_demo(args) -> int:
     emit(args, s,
          f"tc-hw demo on {s['board']}:\n"
          f"  cos(2 pi z) loss: twin {_f(s['twin_loss'])} | nominal upload {_f(s['nominal_upload_loss'])} | "
-         f"calibrated upload {_f(s['calibrated_upload_loss'])} | refined {_f(s['refined_loss'])} "
+         f"calibrated upload {_f(s['calibrated_upload_loss'])}"
+         + (f" (curves alone {_f(s['curves_upload_loss'])})" if s.get("curves_upload_loss") is not None else "")
+         + f" | refined {_f(s['refined_loss'])} "
          f"(kept: {s['kept']})\n"
          + _gap_line(s.get("gap_steps"), s.get("gap_closed")) +
          f"  energy per inference {s['energy_per_inference_kT']:.3g} kT (twin)\n"
@@ -67,7 +70,12 @@ def add_parsers(sub) -> None:
             "A program that did not learn (cos loss not below 0.1; a constant output has 0.5) is an error, "
             "never a result: exit 2 when it did not learn on the twin (the board's elements are too weak "
             "for the computer; nothing uploaded), 3 when it learned on the twin but not on the board. "
-            "twin_loss, nominal_upload_loss and calibrated_upload_loss use the same readout (the trained "
+            "After training, a local pass measures the program's channels at the program's own voltages "
+            "(the calibration's designs, one setting per self-term kind and per matching of the couplings) "
+            "and shifts each calibrated curve through the combined value: a quick calibration's curve can "
+            "miss by several of its own sigmas where it kinks between its levels. "
+            "twin_loss, nominal_upload_loss, curves_upload_loss (the calibration's curves alone) and "
+            "calibrated_upload_loss (with the local pass) use the same readout (the trained "
             "weights, no refit; 250 inputs x 1000 readings). "
             "Exit codes: 0 done, 2 a board that cannot run the demo (or bad arguments), 3 device fault."
         ),
@@ -79,5 +87,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--ga-seconds", type=float, default=60.0,
                    help="most seconds of refinement generations, on top of its measurements (default: 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--no-local-pass", action="store_true",
+                   help="upload through the calibration's curves alone (no measurement at the program's voltages)")
     add_json(p)
     p.set_defaults(func=cmd_demo)
