@@ -63,7 +63,7 @@ from .train.cos import cos_network, readout_lstsq, train_cos_varpro, twin_cos_lo
 from .train.direct import cos_png, train_cos_direct
 
 __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
-           "plan_for_weak_board", "Trained", "Choice", "BoardFigures",
+           "plan_for_weak_board", "weak_mobility", "quartic_relaxation_time", "Trained", "Choice", "BoardFigures",
            "embed", "LEARNED_LOSS", "LOSS_READOUT"]
 
 
@@ -665,7 +665,8 @@ def _summary(board_name: str, dev, choice: Choice, cal_summary: dict, twin_loss:
                      "board_total_nodes": int(dev.n_nodes), "training_bound": plan.bound,
                      "planned_scale": plan.scale, "raised_nodes": plan.raised, "input_scale": plan.input_scale,
                      "node_extent_v": tr.extent_v, "safe_v": safe_node_volts(dev), "trainings": choice.trainings,
-                     "training_method": tr.metrics.get("method", "direct")},
+                     "training_method": tr.metrics.get("method", "direct"),
+                     "program_mobility": float(np.mean(params.mobility))},
         "twin_loss": twin_loss,
         "loss_readout": LOSS_READOUT,
         "nominal_upload_loss": board.nominal_loss,
@@ -725,6 +726,32 @@ def _learn_at_smaller_scales(plan, first, base, nodes, cmap, cal, folder, seed, 
 WEAK_DEPTH = 2
 #: Variable-projection training of the weak-board computer (iterations, inputs x runs per iteration).
 WEAK_TRAINING = dict(iterations=400, points=32, samples=64)
+#: One reading of the weak-board computer lasts this many relaxation times of its quartic wells
+#: (:func:`quartic_relaxation_time`).  At ``t_f = 1`` (mobility 1, about 1.3 relaxation times) the
+#: nodes are still on their way from ``x = 0`` when read, their means respond nearly linearly, and
+#: training stalls (zoo 880011's calibration: twin loss 0.24); about 6 relaxation times reach the
+#: equilibrium response, whose ``h^(1/3)`` saturation is the nonlinearity (0.007 there).  On the
+#: board a reading lasts ``tau * mobility * kT / lam^2``: a few microseconds, cheap.
+WEAK_RELAXATIONS = 6.0
+#: Largest Euler step of weak-board training in units of time at mobility 1 (``mobility * dt``).
+WEAK_STEP = 0.05
+
+
+def quartic_relaxation_time(quartic: float, kT: float) -> float:
+    """Linear relaxation time (program time units, mobility 1) of a node in the well ``quartic x^4``
+    at temperature ``kT``: ``1 / <V''>`` with ``<V''> = 12 quartic <x^2>`` and the Boltzmann
+    ``<x^2> = sqrt(kT / quartic) Gamma(3/4) / Gamma(1/4)``.  (``quartic = 1``, ``kT = 0.1``: 0.78.)"""
+    x2 = math.sqrt(kT / quartic) * math.gamma(0.75) / math.gamma(0.25)
+    return 1.0 / (12.0 * quartic * x2)
+
+
+def weak_mobility(quartic: float | None = None, kT: float = 0.1, relaxations: float | None = None) -> float:
+    """Program mobility of the weak-board computer: its reading (``t_f = 1``) lasts ``relaxations``
+    (default :data:`WEAK_RELAXATIONS`) relaxation times of the well ``quartic`` (default
+    :data:`WEAK_QUARTIC`) at ``kT`` (:func:`quartic_relaxation_time`)."""
+    quartic = WEAK_QUARTIC if quartic is None else quartic
+    relaxations = WEAK_RELAXATIONS if relaxations is None else relaxations
+    return float(relaxations * quartic_relaxation_time(quartic, kT))
 
 
 def _is_weak(plan: BoardPlan, min_scale: float = MIN_SCALE) -> bool:
@@ -747,7 +774,9 @@ def _read_every_node(base, nodes):
 def _train_weak(cmap, cal, out, seed, progress):
     """The weak-board computer (:data:`WEAK_DEPTH` layers, :func:`plan_for_weak_board`) trained by
     variable projection (:func:`tc_hw.train.cos.train_cos_varpro`) on the board's own per-node
-    time constants, with the exact readout refitted on 1000 runs per input.
+    time constants, with the exact readout refitted on 1000 runs per input.  Its readings last
+    :data:`WEAK_RELAXATIONS` relaxation times of the wells (program mobility :func:`weak_mobility`,
+    kept in the program, so the board's readings last as long).
 
     Returns ``(plan, base, nodes, (params, metrics, program on the board before scaling, its
     coordinate scale, the 99.9th percentile of |x| on the twin))`` like :func:`_train_for`."""
@@ -757,13 +786,16 @@ def _train_weak(cmap, cal, out, seed, progress):
     plan = plan_for_weak_board(base, nodes, cmap, cal)
     _say(progress, f"weak elements: training a {'x'.join(str(len(l)) for l in base.network.layers)} computer with "
                    f"quartic wells (coordinate scale {plan.scale:.3f}, bounds {_bound_text(plan.bound)}, input "
-                   f"line {plan.input_scale:g} z) by variable projection")
-    start = on_board_mobility(plan.apply(base, nodes), cal, nodes)
+                   f"line {plan.input_scale:g} z, readings of {WEAK_RELAXATIONS:g} relaxation times: mobility "
+                   f"{weak_mobility(kT=base.kT):.3g}) by variable projection")
+    mob = weak_mobility(kT=base.kT)
+    start = on_board_mobility(plan.apply(base, nodes).copy(mobility=mob), cal, nodes)
     params, trained = train_cos_varpro(start, bound=plan.element_bounds or plan.bound, seed=seed, progress=progress,
-                                       **WEAK_TRAINING)
+                                       dt=min(1e-2, WEAK_STEP / mob), **WEAK_TRAINING)
     params = readout_lstsq(params, samples=1000, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 5))
     trained["loss"] = twin_cos_loss(params, samples=200, seed=seeds.derive(seed, seeds.DEMO, 6))
-    params = params.copy(mobility=1.0)  # the program itself: the board's per-node tau is the board's
+    trained["mobility"] = mob
+    params = params.copy(mobility=mob)  # the program itself: the board's per-node tau is the board's
     save_params(params, out, {"method": "varpro", "task": "cos", "loss": trained["loss"], "seed": seed,
                               "board_nodes": list(map(int, nodes))})
     trained["plots"] = [str(cos_png(out, params, 1e-2, seed))]

@@ -110,3 +110,33 @@ def test_per_node_mobility_reaches_the_twin_prediction():
     se = x.std(0) / math.sqrt(m)
     assert np.all(np.abs(x.mean(0) - expect) < 4 * se), (x.mean(0), expect, se)
     assert abs(x.mean(0)[1] - 0.25 * (1 - math.exp(-2))) > 20 * se[1]  # the scalar mobility would be far off
+
+
+def test_weak_readings_last_long_enough_for_the_equilibrium_response():
+    """A quartic well ``x^4 - h x`` at kT 0.1 (the weak-board computer's nodes), reset at ``x = 0``:
+    at the weak-board mobility (:func:`tc_hw.demo.weak_mobility`) the mean at ``t_f = 1`` is within
+    10 % of the Boltzmann mean (quadrature, an independent reference); at mobility 1 (the old
+    readings, about 1.3 relaxation times) it is 27-36 % short, so the readout sees a nearly linear,
+    shrunken response.  4000 runs per field: standard error about 0.005, 2-4 % of the means, so
+    both bounds hold at over 4 standard errors (measured ratios 0.92-0.98 against 0.64-0.73)."""
+    from scipy.integrate import quad
+
+    from sim_backend.twin import sample_reset
+    from tc_hw.demo import quartic_relaxation_time, weak_mobility
+
+    kt = 0.1
+    # the relaxation time's Boltzmann <x^2> against quadrature
+    x2 = quad(lambda x: x * x * math.exp(-x**4 / kt), -3, 3)[0] / quad(lambda x: math.exp(-x**4 / kt), -3, 3)[0]
+    assert quartic_relaxation_time(1.0, kt) == pytest.approx(1 / (12 * x2), rel=1e-6)
+    assert weak_mobility(kT=kt) == pytest.approx(6.0 * quartic_relaxation_time(1.0, kt))
+    net = Network(1, np.zeros((0, 2), int), 1, [(0, 0)], [0])
+    for h in (0.1, 0.2, 0.4):
+        z = quad(lambda x: math.exp(-(x**4 - h * x) / kt), -3, 3)[0]
+        eq = quad(lambda x: x * math.exp(-(x**4 - h * x) / kt), -3, 3)[0] / z
+        ratio = {}
+        for mob in (1.0, weak_mobility(kT=kt)):
+            p = Params(net, np.zeros(1), np.zeros(1), np.ones(1), np.full(1, h), np.zeros(0), np.zeros(1), kT=kt,
+                       readout=np.ones((1, 1)), mobility=mob)
+            ratio[mob] = sample_reset(p, np.zeros((1, 1)), 1.0, 4000, dt=1e-3, seed=5).x[0, :, -1, 0].mean() / eq
+        short, weak = ratio[1.0], ratio[weak_mobility(kT=kt)]
+        assert 0.9 < weak < 1.05 and short < 0.8, (h, ratio)
