@@ -9,7 +9,8 @@
    (:func:`plan_for_board`) and train it on the twin (direct training), once more with a
    larger coordinate scale if its nodes would reach the board's rails; on a board whose elements
    are weak relative to kT (the default plan at its smallest scale) a 2-layer computer of quartic
-   wells instead (:func:`plan_for_weak_board`), trained by variable projection
+   wells instead (:func:`plan_for_weak_board`), read after :data:`WEAK_RELAXATIONS` relaxation
+   times of the wells (:func:`weak_mobility`), trained by variable projection
    (:func:`tc_hw.train.cos.train_cos_varpro`); the twin's loss is that of the program on the
    board's own calibrated per-node time constants (:func:`calibration.mapping.on_board_mobility`);
 4. upload it with nominal gains and through the calibration, measuring the board's loss each way;
