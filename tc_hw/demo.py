@@ -60,7 +60,7 @@ from .refine import (
 )
 from .report import report
 from .run import safe_node_volts
-from .train.cos import cos_network, readout_lstsq, train_cos_varpro, twin_cos_loss
+from .train.cos import cos_network, field_error_penalty, readout_lstsq, train_cos_varpro, twin_cos_loss
 from .train.direct import cos_png, train_cos_direct
 
 __all__ = ["run_demo", "DEMO_BOARD", "DemoError", "NotLearnedError", "board_computer", "plan_for_board", "BoardPlan",
@@ -762,6 +762,35 @@ def _is_weak(plan: BoardPlan, min_scale: float = MIN_SCALE) -> bool:
     return plan.scale <= min_scale * (1 + 1e-9)
 
 
+#: Element errors the weak-board computer is trained to tolerate, as a fraction of each channel's
+#: calibrated full scale (the zoo's calibration errors: median 0.1-0.3 %, 95th percentile 0.5-0.9 %
+#: of full scale).  With elements a tenth of the default's, such errors move the fields by a few per
+#: cent of the wells' natural field, and a readout trained without them amplifies them.
+WEAK_ELEMENT_ERROR = 0.005
+
+
+def weak_field_sigma(base, plan: BoardPlan, nodes, error: float = WEAK_ELEMENT_ERROR, margin: float = 0.9):
+    """Field errors ``(const, per_z)`` (n_nodes,) in program units that element errors of ``error``
+    times each channel's full scale give the weak-board computer ``base`` under ``plan`` (its
+    ``element_bounds`` are ``SLACK * margin`` of each channel's reach): node ``j``'s field error
+    has variance ``sigma_B^2 + <x^2> sum sigma_C^2`` (its bias and its couplings, with the
+    Boltzmann ``<x^2>`` of a neighbour's well) plus ``z^2 sum sigma_W^2`` (its crossbar weights):
+    see :func:`tc_hw.train.cos.train_cos_varpro`."""
+    net = base.network
+    eb = plan.element_bounds
+    sd = {k: error * (np.asarray(eb[k][1]) - np.asarray(eb[k][0])) / (_SLACK * margin) for k in eb}
+    r4 = np.asarray(plan.quartic)[np.asarray(nodes)]
+    x2 = np.sqrt(base.kT / r4) * math.gamma(0.75) / math.gamma(0.25)
+    const = sd["bias"] ** 2
+    per_z = np.zeros(net.n_nodes)
+    for (a, b), s_c in zip(net.edges, sd["coupling"]):
+        const[a] += x2[b] * s_c**2
+        const[b] += x2[a] * s_c**2
+    for (_, j), s_w in zip(net.crossbar, sd["crossbar"]):
+        per_z[j] += s_w**2
+    return np.sqrt(const), np.sqrt(per_z)
+
+
 def _read_every_node(base, nodes):
     """The computer ``base`` with every node an output (readout zeros, shape (1, n)): on a weak
     board the first layer's saturating responses are the nonlinearity, and each coupling hop
@@ -791,9 +820,12 @@ def _train_weak(cmap, cal, out, seed, progress):
                    f"{weak_mobility(kT=base.kT):.3g}) by variable projection")
     mob = weak_mobility(kT=base.kT)
     start = on_board_mobility(plan.apply(base, nodes).copy(mobility=mob), cal, nodes)
+    dt = min(1e-2, WEAK_STEP / mob)
+    sigma = weak_field_sigma(base, plan, nodes)
     params, trained = train_cos_varpro(start, bound=plan.element_bounds or plan.bound, seed=seed, progress=progress,
-                                       dt=min(1e-2, WEAK_STEP / mob), **WEAK_TRAINING)
-    params = readout_lstsq(params, samples=1000, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 5))
+                                       dt=dt, field_sigma=sigma, **WEAK_TRAINING)
+    penalty = field_error_penalty(params, sigma, dt=dt, seed=seeds.derive(seed, seeds.DEMO, 7))
+    params = readout_lstsq(params, samples=1000, dt=1e-3, seed=seeds.derive(seed, seeds.DEMO, 5), penalty=penalty)
     trained["loss"] = twin_cos_loss(params, samples=200, seed=seeds.derive(seed, seeds.DEMO, 6))
     trained["mobility"] = mob
     params = params.copy(mobility=mob)  # the program itself: the board's per-node tau is the board's

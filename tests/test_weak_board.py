@@ -140,3 +140,28 @@ def test_weak_readings_last_long_enough_for_the_equilibrium_response():
             ratio[mob] = sample_reset(p, np.zeros((1, 1)), 1.0, 4000, dt=1e-3, seed=5).x[0, :, -1, 0].mean() / eq
         short, weak = ratio[1.0], ratio[weak_mobility(kT=kt)]
         assert 0.9 < weak < 1.05 and short < 0.8, (h, ratio)
+
+
+def test_field_error_penalty_is_the_ornstein_uhlenbeck_response():
+    """One harmonic node (Q = 1, kT 0.1, mobility 1) read at t = 1 from x = 0 responds to a field
+    error e with exactly g e, g = (1 - exp(-2))/2 (linear dynamics: the same runs with and without
+    the error differ by that, with no sampling noise).  Errors drawn N(0, c^2 + z^2 w^2) for 250
+    inputs: the penalty g^2 mean(e^2) is c^2 g^2 + w^2 g^2 mean(z^2) within the spread of the mean
+    of 250 squared normals (relative sd sqrt(2/250) = 9 %; 30 % is over 3 sd); the field errors
+    themselves have that variance; and the penalized readout shrinks as the penalty grows."""
+    from tc_hw.train.cos import field_error_penalty, field_errors, readout_lstsq
+
+    net = Network(1, np.zeros((0, 2), int), 1, [(0, 0)], [0])
+    prog = Params(net, np.ones(1), np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(0), np.full(1, -1.0), kT=0.1,
+                  readout=np.ones((1, 1)))
+    g = (1 - math.exp(-2.0)) / 2
+    c, w = 0.05, 0.08
+    s = field_error_penalty(prog, (np.full(1, c), np.full(1, w)), samples=8, dt=1e-2, seed=4)
+    z = np.linspace(0, 1, 250)
+    expect = g**2 * (c**2 + w**2 * np.mean(z**2))
+    assert s.shape == (1, 1) and abs(s[0, 0] / expect - 1) < 0.3, (s, expect)
+    e = field_errors((np.full(1, c), np.full(1, w)), np.full(20000, 0.5), np.random.default_rng(0))
+    assert e.shape == (20000, 1) and e.std() == pytest.approx(math.sqrt(c**2 + 0.25 * w**2), rel=0.03)
+    f0 = readout_lstsq(prog, points=50, samples=200, dt=1e-2, seed=1).readout[0, 0]
+    f1 = readout_lstsq(prog, points=50, samples=200, dt=1e-2, seed=1, penalty=np.full((1, 1), 0.01)).readout[0, 0]
+    assert abs(f1) < abs(f0)
