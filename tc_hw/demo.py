@@ -806,7 +806,9 @@ def _train_weak(cmap, cal, out, seed, progress):
     variable projection (:func:`tc_hw.train.cos.train_cos_varpro`) on the board's own per-node
     time constants, with the exact readout refitted on 1000 runs per input.  Its readings last
     :data:`WEAK_RELAXATIONS` relaxation times of the wells (program mobility :func:`weak_mobility`,
-    kept in the program, so the board's readings last as long).
+    kept in the program, so the board's readings last as long).  Training and the final readout
+    tolerate element errors of :data:`WEAK_ELEMENT_ERROR` of full scale (:func:`weak_field_sigma`):
+    a twin loss bought with a large readout would not survive the board's calibration errors.
 
     Returns ``(plan, base, nodes, (params, metrics, program on the board before scaling, its
     coordinate scale, the 99.9th percentile of |x| on the twin))`` like :func:`_train_for`."""
