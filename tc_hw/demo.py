@@ -766,7 +766,7 @@ def _is_weak(plan: BoardPlan, min_scale: float = MIN_SCALE) -> bool:
 #: calibrated value range (its reach, about 0.4 of the nominal full scale on the zoo's weak boards).
 #: The elements the trained program uses sit near the ends of their reach, where the calibration is
 #: least accurate: on tuning board zoo 880005 (hidden truth, diagnosis only) its used couplings were
-#: off by 0.3 % of nominal full scale (median), up to 1.3 %, against 0.05 % for the unused ones
+#: off by 0.3 % of nominal full scale (median), up to 1.3 %, against 0.04 % for the unused ones
 #: (near 0), and they alone raised the loss from 0.0035 to 0.0087.  Trained with 3 % (about 1.2 %
 #: of nominal full scale), the program on that board's true elements lost 0.0078 against a twin
 #: loss of 0.0064 (ratio 1.2); with 0.5 % and 1.5 %: ratio 3.1 (twin 0.0029).

@@ -165,3 +165,28 @@ def test_field_error_penalty_is_the_ornstein_uhlenbeck_response():
     f0 = readout_lstsq(prog, points=50, samples=200, dt=1e-2, seed=1).readout[0, 0]
     f1 = readout_lstsq(prog, points=50, samples=200, dt=1e-2, seed=1, penalty=np.full((1, 1), 0.01)).readout[0, 0]
     assert abs(f1) < abs(f0)
+
+
+def test_weak_field_sigma_adds_bias_coupling_and_crossbar_errors():
+    """On a board whose channels all reach the same range, an error of 1 % of each channel's value
+    range gives every node the bias error 0.01 * 2 b / (0.97 * 0.9) (b: the bias bound, SLACK and
+    margin inside the reach), plus each coupling's error times the Boltzmann rms of its neighbour's
+    well (quadrature of exp(-J4 x^4 / kT)); crossbar errors only on the input layer, times z."""
+    from scipy.integrate import quad
+
+    from tc_hw.demo import weak_field_sigma
+
+    cmap = weak_channel_map()
+    base, nodes = _read_every_node(*board_computer(cmap, depth=2))
+    plan = plan_for_weak_board(base, nodes, cmap)
+    const, per_z = weak_field_sigma(base, plan, nodes, error=0.01)
+    net = base.network
+    j4 = float(plan.quartic[nodes[0]])
+    x2 = quad(lambda x: x * x * math.exp(-j4 * x**4 / 0.1), -3, 3)[0] / quad(lambda x: math.exp(-j4 * x**4 / 0.1),
+                                                                               -3, 3)[0]
+    sd = {k: 0.01 * 2 * plan.bound[k] / (0.97 * 0.9) for k in ("bias", "coupling", "crossbar")}
+    degree = np.bincount(net.edges.ravel(), minlength=net.n_nodes)
+    assert np.allclose(const, np.sqrt(sd["bias"] ** 2 + degree * x2 * sd["coupling"] ** 2), rtol=1e-6)
+    fed = np.zeros(net.n_nodes, bool)
+    fed[net.crossbar[:, 1]] = True
+    assert np.allclose(per_z[fed], sd["crossbar"]) and np.all(per_z[~fed] == 0) and fed.sum() == 8
