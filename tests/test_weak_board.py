@@ -110,3 +110,83 @@ def test_per_node_mobility_reaches_the_twin_prediction():
     se = x.std(0) / math.sqrt(m)
     assert np.all(np.abs(x.mean(0) - expect) < 4 * se), (x.mean(0), expect, se)
     assert abs(x.mean(0)[1] - 0.25 * (1 - math.exp(-2))) > 20 * se[1]  # the scalar mobility would be far off
+
+
+def test_weak_readings_last_long_enough_for_the_equilibrium_response():
+    """A quartic well ``x^4 - h x`` at kT 0.1 (the weak-board computer's nodes), reset at ``x = 0``:
+    at the weak-board mobility (:func:`tc_hw.demo.weak_mobility`) the mean at ``t_f = 1`` is within
+    10 % of the Boltzmann mean (quadrature, an independent reference); at mobility 1 (the old
+    readings, about 1.3 relaxation times) it is 27-36 % short, so the readout sees a nearly linear,
+    shrunken response.  4000 runs per field: standard error about 0.005, 2-4 % of the means, so
+    both bounds hold at over 4 standard errors (measured ratios 0.92-0.98 against 0.64-0.73)."""
+    from scipy.integrate import quad
+
+    from sim_backend.twin import sample_reset
+    from tc_hw.demo import quartic_relaxation_time, weak_mobility
+
+    kt = 0.1
+    # the relaxation time's Boltzmann <x^2> against quadrature
+    x2 = quad(lambda x: x * x * math.exp(-x**4 / kt), -3, 3)[0] / quad(lambda x: math.exp(-x**4 / kt), -3, 3)[0]
+    assert quartic_relaxation_time(1.0, kt) == pytest.approx(1 / (12 * x2), rel=1e-6)
+    assert weak_mobility(kT=kt) == pytest.approx(6.0 * quartic_relaxation_time(1.0, kt))
+    net = Network(1, np.zeros((0, 2), int), 1, [(0, 0)], [0])
+    for h in (0.1, 0.2, 0.4):
+        z = quad(lambda x: math.exp(-(x**4 - h * x) / kt), -3, 3)[0]
+        eq = quad(lambda x: x * math.exp(-(x**4 - h * x) / kt), -3, 3)[0] / z
+        ratio = {}
+        for mob in (1.0, weak_mobility(kT=kt)):
+            p = Params(net, np.zeros(1), np.zeros(1), np.ones(1), np.full(1, h), np.zeros(0), np.zeros(1), kT=kt,
+                       readout=np.ones((1, 1)), mobility=mob)
+            ratio[mob] = sample_reset(p, np.zeros((1, 1)), 1.0, 4000, dt=1e-3, seed=5).x[0, :, -1, 0].mean() / eq
+        short, weak = ratio[1.0], ratio[weak_mobility(kT=kt)]
+        assert 0.9 < weak < 1.05 and short < 0.8, (h, ratio)
+
+
+def test_field_error_penalty_is_the_ornstein_uhlenbeck_response():
+    """One harmonic node (Q = 1, kT 0.1, mobility 1) read at t = 1 from x = 0 responds to a field
+    error e with exactly g e, g = (1 - exp(-2))/2 (linear dynamics: the same runs with and without
+    the error differ by that, with no sampling noise).  Errors drawn N(0, c^2 + z^2 w^2) for 250
+    inputs: the penalty g^2 mean(e^2) is c^2 g^2 + w^2 g^2 mean(z^2) within the spread of the mean
+    of 250 squared normals (relative sd sqrt(2/250) = 9 %; 30 % is over 3 sd); the field errors
+    themselves have that variance; and the penalized readout shrinks as the penalty grows."""
+    from tc_hw.train.cos import field_error_penalty, field_errors, readout_lstsq
+
+    net = Network(1, np.zeros((0, 2), int), 1, [(0, 0)], [0])
+    prog = Params(net, np.ones(1), np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(0), np.full(1, -1.0), kT=0.1,
+                  readout=np.ones((1, 1)))
+    g = (1 - math.exp(-2.0)) / 2
+    c, w = 0.05, 0.08
+    s = field_error_penalty(prog, (np.full(1, c), np.full(1, w)), samples=8, dt=1e-2, seed=4)
+    z = np.linspace(0, 1, 250)
+    expect = g**2 * (c**2 + w**2 * np.mean(z**2))
+    assert s.shape == (1, 1) and abs(s[0, 0] / expect - 1) < 0.3, (s, expect)
+    e = field_errors((np.full(1, c), np.full(1, w)), np.full(20000, 0.5), np.random.default_rng(0))
+    assert e.shape == (20000, 1) and e.std() == pytest.approx(math.sqrt(c**2 + 0.25 * w**2), rel=0.03)
+    f0 = readout_lstsq(prog, points=50, samples=200, dt=1e-2, seed=1).readout[0, 0]
+    f1 = readout_lstsq(prog, points=50, samples=200, dt=1e-2, seed=1, penalty=np.full((1, 1), 0.01)).readout[0, 0]
+    assert abs(f1) < abs(f0)
+
+
+def test_weak_field_sigma_adds_bias_coupling_and_crossbar_errors():
+    """On a board whose channels all reach the same range, an error of 1 % of each channel's value
+    range gives every node the bias error 0.01 * 2 b / (0.97 * 0.9) (b: the bias bound, SLACK and
+    margin inside the reach), plus each coupling's error times the Boltzmann rms of its neighbour's
+    well (quadrature of exp(-J4 x^4 / kT)); crossbar errors only on the input layer, times z."""
+    from scipy.integrate import quad
+
+    from tc_hw.demo import weak_field_sigma
+
+    cmap = weak_channel_map()
+    base, nodes = _read_every_node(*board_computer(cmap, depth=2))
+    plan = plan_for_weak_board(base, nodes, cmap)
+    const, per_z = weak_field_sigma(base, plan, nodes, error=0.01)
+    net = base.network
+    j4 = float(plan.quartic[nodes[0]])
+    x2 = quad(lambda x: x * x * math.exp(-j4 * x**4 / 0.1), -3, 3)[0] / quad(lambda x: math.exp(-j4 * x**4 / 0.1),
+                                                                               -3, 3)[0]
+    sd = {k: 0.01 * 2 * plan.bound[k] / (0.97 * 0.9) for k in ("bias", "coupling", "crossbar")}
+    degree = np.bincount(net.edges.ravel(), minlength=net.n_nodes)
+    assert np.allclose(const, np.sqrt(sd["bias"] ** 2 + degree * x2 * sd["coupling"] ** 2), rtol=1e-6)
+    fed = np.zeros(net.n_nodes, bool)
+    fed[net.crossbar[:, 1]] = True
+    assert np.allclose(per_z[fed], sd["crossbar"]) and np.all(per_z[~fed] == 0) and fed.sum() == 8

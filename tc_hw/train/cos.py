@@ -83,7 +83,7 @@ from ..model import seeds
 from .direct import _Adam, _Model, backward, forward
 from .ga import GeneticAlgorithm, fan_in_sigma
 
-__all__ = ["train_cos_ga", "train_cos_varpro", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
+__all__ = ["train_cos_ga", "train_cos_varpro", "field_errors", "field_error_penalty", "cos_network", "evaluate_cos", "start_vector", "TRAINABLE"]
 
 #: Element kinds the genetic algorithm changes (the paper's theta = {W, b, J_ij, f}).
 TRAINABLE = ("bias", "coupling", "crossbar", "readout")
@@ -186,14 +186,16 @@ def twin_cos_loss(params: Params, *, points: int = PAPER_POINTS, samples: int = 
 
 
 def readout_lstsq(params: Params, *, mode: str = "reset", points: int = PAPER_POINTS, samples: int = 1000,
-                  dt: float = 1e-3, t_f: float = 1.0, t_obs: float = 0.2, seed: int = 0) -> Params:
+                  dt: float = 1e-3, t_f: float = 1.0, t_obs: float = 0.2, seed: int = 0, penalty=None) -> Params:
     """``params`` with the exact least-squares readout for the cos task on the twin.
 
     The output nodes' sample means ``xbar`` (``points`` inputs of [0, 1] x ``samples`` runs,
     shape (points, n_out)) are measured once; the readout ``f`` (1, n_out) minimising
     ``mean_z (xbar(z) . f - cos 2 pi z)^2`` is the linear least-squares solution, so no readout
     does better on these means (the analog program is unchanged).  Training ends with it, so a
-    program's twin loss is its best and later comparisons with the board are fair.  Returns
+    program's twin loss is its best and later comparisons with the board are fair.  ``penalty``
+    (n_out, n_out), optional: minimise ``mean_z (...)^2 + f^T penalty f`` instead
+    (:func:`field_error_penalty`: a readout that stays good on a board with element errors).  Returns
     ``params`` unchanged if it has no readout or the fit is not finite.
     """
     if params.readout is None or params.readout.shape[0] != 1:
@@ -204,7 +206,10 @@ def readout_lstsq(params: Params, *, mode: str = "reset", points: int = PAPER_PO
     xbar = np.asarray(x, np.float64).mean(axis=1)
     if not np.all(np.isfinite(xbar)):
         return params
-    f, *_ = np.linalg.lstsq(xbar, y0, rcond=None)
+    if penalty is not None:
+        f = np.linalg.solve(xbar.T @ xbar / len(z) + np.asarray(penalty, np.float64), xbar.T @ y0 / len(z))
+    else:
+        f, *_ = np.linalg.lstsq(xbar, y0, rcond=None)
     return params.copy(readout=f[None, :]) if np.all(np.isfinite(f)) else params
 
 
@@ -592,7 +597,7 @@ def _model_bounds(base: Params, bound) -> list:
 def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterations: int = 300, points: int = 32,
                      samples: int = 16, dt: float = 1e-2, t_f: float = 1.0, lr: float = 5e-2, lr_final: float = 1e-3,
                      restarts: int = 4, ridge: float = 1e-4, seed: int = 0, max_seconds: float | None = None,
-                     progress: bool = False) -> tuple[Params, dict]:
+                     progress: bool = False, field_sigma=None) -> tuple[Params, dict]:
     """Train the cos(2 pi z) computer ``base`` through its dynamics with the readout projected out.
 
     Variable projection: at every iteration the readout ``f`` (1, n_out) is the exact (ridge
@@ -606,6 +611,14 @@ def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterati
     float or ``(lo, hi)`` arrays per element (``base``'s element order), projected after every step.  ``restarts`` random starts (biases N(0, 1), couplings
     N(0, 0.5^2), crossbar N(0, 4^2), then bounded) are run ``iterations / (4 restarts)``
     iterations each; the best goes on with a cosine-decaying learning rate.
+
+    ``field_sigma``: ``(const, per_z)`` arrays (n_nodes,) in program units, or None.  Each input
+    of an iteration then adds to node ``j``'s field an error drawn ``N(0, const_j^2 + z^2
+    per_z_j^2)`` (the same for that input's runs; :func:`field_errors`): element errors such as a
+    board's calibration leaves (bias and coupling: ``const``; crossbar: ``per_z``).  Drawn anew for
+    every input, they cannot be fitted by the readout, so the expected loss of a program whose
+    readout is fixed on a board with such errors is what training lowers (the readout gets no
+    larger than the errors allow).
 
     Returns ``(params, metrics)``: the trained computer with its readout from the last iteration
     (callers refit it on more samples: :func:`readout_lstsq`), and ``history`` (minibatch loss
@@ -639,7 +652,8 @@ def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterati
         inputs = np.repeat(z, samples)[:, None]
         noise = normal(seeds.derive(seed, seeds.DIRECT_NOISE, it),
                        steps * len(inputs) * model.B.size).reshape(steps, len(inputs), -1)
-        xs = forward(model, inputs, noise, dt)
+        field = None if field_sigma is None else np.repeat(field_errors(field_sigma, z, rng), samples, axis=0)
+        xs = forward(model, inputs, noise, dt, field)
         xbar = xs[-1][:, outputs].reshape(points, samples, -1).mean(axis=1).astype(np.float64)
         target = np.cos(2 * np.pi * z)
         f = _ridge_readout(xbar, target, ridge)
@@ -676,3 +690,35 @@ def train_cos_varpro(base: Params, *, bound: float | dict | None = None, iterati
     trained = model.to_params().copy(readout=readout)
     return trained, {"method": "varpro", "history": history, "iterations": len(history),
                      "train_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def field_errors(field_sigma, z, rng) -> np.ndarray:
+    """Field errors (P, n_nodes), float32, one row per input ``z`` (P,): node ``j``'s is drawn
+    ``N(0, const_j^2 + z^2 per_z_j^2)`` with ``field_sigma = (const, per_z)`` (program units)."""
+    const, per_z = (np.asarray(v, np.float64) for v in field_sigma)
+    sd = np.sqrt(const[None, :] ** 2 + (np.asarray(z, np.float64)[:, None] * per_z[None, :]) ** 2)
+    return (rng.standard_normal(sd.shape) * sd).astype(np.float32)
+
+
+def field_error_penalty(params: Params, field_sigma, *, points: int = PAPER_POINTS, samples: int = 64,
+                        dt: float = 1e-2, seed: int = 0) -> np.ndarray:
+    """Readout penalty (n_out, n_out) of field errors ``field_sigma`` (see :func:`train_cos_varpro`):
+    ``S = D^T D / points`` with ``D`` (points, n_out) the change of the output nodes' means when
+    each input's field gets its own error draw (:func:`field_errors`), the same runs with and
+    without (common noise: ``samples`` runs per input suffice).  ``f^T S f`` is then the expected
+    extra loss of readout ``f`` on a board with such errors (to first order); pass ``S`` to
+    :func:`readout_lstsq` as ``penalty``."""
+    model = _Model(params)
+    z = cos_task(points)[0][:, 0].astype(np.float32)
+    inputs = np.repeat(z, samples)[:, None]
+    steps = int(round(1.0 / dt))
+    noise = normal(seeds.derive(seed, seeds.DIRECT_NOISE, 0), steps * len(inputs) * model.B.size)
+    noise = noise.reshape(steps, len(inputs), -1)
+    err = np.repeat(field_errors(field_sigma, z, seeds.rng(seed, seeds.DIRECT_DATA, 1)), samples, axis=0)
+    out = np.asarray(params.network.outputs)
+
+    def means(field):
+        return forward(model, inputs, noise, dt, field)[-1][:, out].reshape(points, samples, -1).mean(1)
+
+    d = (means(err) - means(None)).astype(np.float64)
+    return d.T @ d / points

@@ -93,16 +93,20 @@ class _Model:
         )
 
 
-def forward(model: _Model, inputs, noise, dt: float) -> np.ndarray:
+def forward(model: _Model, inputs, noise, dt: float, field=None) -> np.ndarray:
     """Euler-Maruyama trajectories from ``x = 0``: states ``x_0..x_K``, shape (K+1, P, N).
 
-    ``inputs`` has shape (P, K_in); ``noise`` shape (K, P, N), standard normal, float32.
+    ``inputs`` has shape (P, K_in); ``noise`` shape (K, P, N), standard normal, float32;
+    ``field`` (optional, (P, N), program units) is added to every trajectory's field ``B - I W``
+    (:func:`backward` is the same with or without it: the field enters the force additively).
     """
     f32 = np.float32
     steps, p, n = noise.shape
     mu_dt = f32(model.mu * dt)
     amp = f32(model.sigma * np.sqrt(dt))
     u = model.B[None, :] - inputs @ model.W  # (P, N)
+    if field is not None:
+        u = (u + field).astype(u.dtype)
     xs = np.empty((steps + 1, p, n), u.dtype)
     xs[0] = 0
 
