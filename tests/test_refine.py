@@ -54,7 +54,11 @@ def test_refined_program_is_the_best_of_one_final_measurement(program, tmp_path)
     cal = calibration.nominal(TwinDevice().channel_map)
     r = refine(TwinDevice(), program, cal, tmp_path / "d.h5", RefineConfig(generations=2, **CFG), progress=False)
     cands = {"start": r["uploaded_loss"], "readout fit": r["readout_fit_loss"], "ga": r["ga_best_loss"]}
-    assert r["refined_loss"] == min(cands.values()) == cands[r["kept"]] <= r["start_loss"] == r["readout_fit_loss"]
+    test = r["keep_test"]  # the GA's program is kept only where it beats the start significantly
+    assert test["keep"] == (test["difference"] > test["threshold"] > 0)
+    assert test["difference"] == pytest.approx(r["readout_fit_loss"] - r["ga_best_loss"])
+    assert r["kept"] == ("ga" if test["keep"] else min(("start", "readout fit"), key=cands.get))
+    assert r["refined_loss"] == cands[r["kept"]]
     final = read_final(tmp_path / "d.h5")
     assert final["kept"] == r["kept"] and final["refined_loss"] == r["refined_loss"]
     np.testing.assert_array_equal(final["readout"], r["best_readout"])
