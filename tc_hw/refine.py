@@ -137,6 +137,7 @@ class RefineConfig:
     subspace_step: float = 0.3  #: ga/cma: rms output change of one mutation, fraction of sqrt(start loss)
     rungs: int = 1  #: ga: successive-halving rungs per generation (best half re-measured with twice the readings)
     max_factor: int = 1  #: ga: the base readings per candidate may double up to this factor as the population converges
+    elite_memory: float = 0.0  #: ga: fraction of an elite's readings carried into the next generation's estimate
     max_readings: int | None = None  #: stop before a generation that would take the run past this many readings
     keep_alpha: float = 0.05  #: the method's program is kept only if it beats the start at this one-sided level
 
@@ -169,6 +170,8 @@ def _validate(cfg: "RefineConfig") -> None:
     if cfg.max_readings is not None and (isinstance(cfg.max_readings, bool) or not isinstance(
             cfg.max_readings, (int, np.integer)) or cfg.max_readings < 1):
         raise ValueError(f"max_readings must be an integer >= 1 or None, got {cfg.max_readings!r}")
+    if not (isinstance(cfg.elite_memory, (int, float)) and 0 <= cfg.elite_memory <= 1):
+        raise ValueError(f"elite_memory must be a number in 0..1, got {cfg.elite_memory!r}")
     if not (isinstance(cfg.keep_alpha, (int, float)) and 0 < cfg.keep_alpha < 0.5):
         raise ValueError(f"keep_alpha must be a number in (0, 0.5), got {cfg.keep_alpha!r}")
     if cfg.max_seconds is not None and not (math.isfinite(cfg.max_seconds) and cfg.max_seconds > 0):
@@ -474,7 +477,7 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
         return GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population, elites=cfg.elites,
                                 seed=cfg.seed, max_generations=cfg.generations, max_seconds=cfg.max_seconds,
                                 start_with_x0=True, mutation_basis=basis, rungs=cfg.rungs,
-                                max_factor=cfg.max_factor)
+                                max_factor=cfg.max_factor, elite_memory=cfg.elite_memory)
     if cfg.method == "cma":
 
         return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations,

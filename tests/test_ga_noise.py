@@ -105,7 +105,7 @@ def _noisy_run(ga, rng_seed: int, generations: int, ckpt=None, stop_after_tells:
 
 
 def test_checkpoint_in_the_middle_of_a_generation_resumes_bitwise(tmp_path):
-    kw = dict(population=10, elites=3, rungs=3, max_factor=4, seed=11)
+    kw = dict(population=10, elites=3, rungs=3, max_factor=4, elite_memory=0.5, seed=11)
     full = _noisy_run(GeneticAlgorithm(np.zeros(4), 0.2, **kw), 5, 6)
     _noisy_run(GeneticAlgorithm(np.zeros(4), 0.2, **kw), 5, 6, ckpt=tmp_path / "g.h5", stop_after_tells=8)
     back = GeneticAlgorithm.load(tmp_path / "g.h5")
@@ -149,3 +149,18 @@ def test_keep_test_false_keeps_at_most_alpha():
     se = 4e-4
     kept = [keep_test(0.01 + se * a, 0.01 + se * b, se, se)["keep"] for a, b in rng.standard_normal((4000, 2))]
     assert 0.035 <= np.mean(kept) <= 0.065
+
+
+def test_elite_memory_carries_an_elites_readings_into_the_next_generation():
+    ga = GeneticAlgorithm(np.zeros(2), 1.0, population=4, elites=1, rungs=2, elite_memory=0.5, seed=2)
+    ga.tell([3.0, 1.0, 2.0, 4.0])
+    ga.tell([1.0, 2.0])  # row 1: (1 + 2) / 3 = 1 with 3 units, the elite
+    assert ga.elite_losses[0] == pytest.approx(1.0)
+    ga.tell([2.5, 0.9, 0.8, 5.0])  # row 0 is the elite again: 1.5 units at 1.0, pooled with 2.5 at weight 1
+    np.testing.assert_allclose(ga._estimates()[:1], [(1.5 * 1.0 + 2.5) / 2.5])
+    assert list(ga.rows) == [1, 2]  # the elite (1.6) is beaten by two fresh rows here
+    plain = GeneticAlgorithm(np.zeros(2), 1.0, population=4, elites=1, rungs=2, seed=2)
+    plain.tell([3.0, 1.0, 2.0, 4.0])
+    plain.tell([1.0, 2.0])
+    plain.tell([2.5, 0.9, 0.8, 5.0])
+    assert plain._estimates()[0] == 2.5

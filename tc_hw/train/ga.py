@@ -38,6 +38,12 @@ noise (``robust_sd(losses)^2 < 2 median(se)^2``, i.e. the rows' true spread is b
 noise), the next generation's base measurement doubles, up to ``max_factor`` units.  Converged
 populations get the readings they need to be told apart; early ones stay cheap.
 
+Elite memory (``elite_memory = a > 0``, with ``keep_elites``): an elite enters the next
+generation with ``a`` times the readings behind its estimate, and that estimate, pooled with its
+fresh measurements; a mutant then has to beat an elite measured with many readings, not one
+fresh cheap draw of it.  (The estimate was selected, so it is biased low; ``a < 1`` lets fresh
+readings outweigh it, and lets a drifting board's old figures fade.)
+
 Losses must be real numbers; ``+inf`` marks a failed or unstable candidate (never selected unless
 everything failed).  NaN, ``-inf`` and a wrong number of losses raise :class:`ValueError`.
 
@@ -92,6 +98,7 @@ class GAConfig:
     rungs: int = 1  #: successive-halving rungs per generation (1: every row measured once)
     eta: int = 2  #: halving: a rung keeps the best 1/eta rows and measures each eta times as much
     max_factor: int = 1  #: growing sample sizes: the base measurement doubles up to this many units
+    elite_memory: float = 0.0  #: fraction of an elite's readings (and its estimate) carried into the next generation
 
     def __post_init__(self):
         if self.population < 2:
@@ -102,6 +109,8 @@ class GAConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.max_generations is not None and self.max_generations < 0:
             raise ValueError(f"max_generations must be >= 0, got {self.max_generations}")
+        if not 0.0 <= self.elite_memory <= 1.0:
+            raise ValueError(f"elite_memory must be in 0..1, got {self.elite_memory}")
         for name, least in (("rungs", 1), ("eta", 2), ("max_factor", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
@@ -158,9 +167,10 @@ class GeneticAlgorithm:
                  keep_elites: bool = True, seed: int = 0, max_generations: int | None = None,
                  target_loss: float | None = None, patience: int | None = None, min_delta: float = 0.0,
                  max_seconds: float | None = None, start_with_x0: bool = False, mutation_basis=None,
-                 rungs: int = 1, eta: int = 2, max_factor: int = 1):
+                 rungs: int = 1, eta: int = 2, max_factor: int = 1, elite_memory: float = 0.0):
         self.config = GAConfig(population, elites, keep_elites, int(seed), max_generations, target_loss,
-                               patience, float(min_delta), max_seconds, int(rungs), int(eta), int(max_factor))
+                               patience, float(min_delta), max_seconds, int(rungs), int(eta), int(max_factor),
+                               float(elite_memory))
         self.x0 = self._vector(x0, "x0")
         n = self.x0.size
         self.sigma = self._per_param(sigma, n, "sigma")
@@ -346,8 +356,13 @@ class GeneticAlgorithm:
             self._since_improved += 1
         self.generation += 1
         grown = min(2 * self.factor, self.config.max_factor) if self._grow else self.factor
+        carried = self.config.elite_memory * self._weight[order]
         self._new_generation_state(factor=grown)
         self._population = self._breed()
+        if self.config.keep_elites and self.config.elite_memory > 0:  # rows 0.. are the elites, unmutated
+            e = len(order)
+            self._weight[:e], self._sum[:e] = carried, carried * np.where(np.isfinite(self.elite_losses),
+                                                                          self.elite_losses, 0.0)
 
     def _breed(self) -> np.ndarray:
         cfg = self.config
