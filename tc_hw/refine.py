@@ -135,8 +135,8 @@ class RefineConfig:
     sensitivity_sigma: bool = True  #: ga/cma: mutation scale per parameter set by its effect on the twin
     subspace: int = 12  #: ga/cma: search along the twin's r most visible output directions (0: every channel)
     subspace_step: float = 0.3  #: ga/cma: rms output change of one mutation, fraction of sqrt(start loss)
-    rungs: int = 1  #: ga: successive-halving rungs per generation (best half re-measured with twice the readings)
-    max_factor: int = 1  #: ga: the base readings per candidate may double up to this factor as the population converges
+    rungs: int = 3  #: ga: successive-halving rungs per generation (best half re-measured with twice the readings)
+    max_factor: int = 4  #: ga: the base readings per candidate may double up to this factor as the population converges
     elite_memory: float = 0.0  #: ga: fraction of an elite's readings carried into the next generation's estimate
     max_readings: int | None = None  #: stop before a generation that would take the run past this many readings
     keep_alpha: float = 0.05  #: the method's program is kept only if it beats the start at this one-sided level
