@@ -138,6 +138,7 @@ class RefineConfig:
     rungs: int = 3  #: ga: successive-halving rungs per generation (best half re-measured with twice the readings)
     max_factor: int = 4  #: ga: the base readings per candidate may double up to this factor as the population converges
     elite_memory: float = 0.0  #: ga: fraction of an elite's readings carried into the next generation's estimate
+    cma_readout_fit: bool = True  #: cma: each candidate's loss with the readout fitted to its own measurement
     max_readings: int | None = None  #: stop before a generation that would take the run past this many readings
     keep_alpha: float = 0.05  #: the method's program is kept only if it beats the start at this one-sided level
 
@@ -186,7 +187,7 @@ def _validate(cfg: "RefineConfig") -> None:
 
 #: Settings a run log written before they existed was made with (used when resuming such a run).
 _OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False,
-                 "subspace": 0, "rungs": 1, "max_factor": 1}
+                 "subspace": 0, "rungs": 1, "max_factor": 1, "cma_readout_fit": False}
 
 
 def _as_task(z) -> Task:
@@ -587,7 +588,7 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, c) for c in range(len(pop))]
     xbar, var = prob.means(pop, z, noise)
     k = len(prob.trainable)
-    if cfg.method == "ga" and cfg.readout_fit:  # the exact readout of every candidate, kept by the GA
+    if cfg.method == "cma" and cfg.readout_fit and cfg.cma_readout_fit:  # each candidate scored with its exact readout
         pop = pop.copy()
         for c in range(len(pop)):
             fit = prob.fit_readout(xbar[c], z)
@@ -596,8 +597,6 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     losses = np.array([prob.loss_of(xbar[c], prob.split(v)[1], var[c], cfg.samples, z) for c, v in enumerate(pop)])
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
-    elif cfg.method == "ga":
-        opt.tell(losses, population=pop)
     else:
         opt.tell(losses)
     return pop, losses
