@@ -144,8 +144,8 @@ class GeneticAlgorithm:
         in the r directions it spans, each column one standard deviation (``sigma`` and
         ``init_sigma`` are then unused).  Refinement passes the directions the twin sees the
         outputs move along, scaled to a set change of the outputs.
-    rungs, eta, max_factor
-        Successive halving and growing sample sizes (see the module docstring and :class:`GAConfig`).
+    rungs, eta, max_factor, elite_memory
+        Successive halving, growing sample sizes, elite memory (module docstring, :class:`GAConfig`).
 
     Attributes
     ----------
