@@ -139,6 +139,7 @@ class RefineConfig:
     max_factor: int = 4  #: ga: the base readings per candidate may double up to this factor as the population converges
     elite_memory: float = 0.0  #: ga: fraction of an elite's readings carried into the next generation's estimate
     cma_readout_fit: bool = True  #: cma: each candidate's loss with the readout fitted to its own measurement
+    recombine: bool = True  #: ga: one child per generation is the elites' centroid
     max_readings: int | None = None  #: stop before a generation that would take the run past this many readings
     keep_alpha: float = 0.05  #: the method's program is kept only if it beats the start at this one-sided level
 
@@ -187,7 +188,7 @@ def _validate(cfg: "RefineConfig") -> None:
 
 #: Settings a run log written before they existed was made with (used when resuming such a run).
 _OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False,
-                 "subspace": 0, "rungs": 1, "max_factor": 1, "cma_readout_fit": False}
+                 "subspace": 0, "rungs": 1, "max_factor": 1, "cma_readout_fit": False, "recombine": False}
 
 
 def _as_task(z) -> Task:
@@ -478,7 +479,8 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
         return GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population, elites=cfg.elites,
                                 seed=cfg.seed, max_generations=cfg.generations, max_seconds=cfg.max_seconds,
                                 start_with_x0=True, mutation_basis=basis, rungs=cfg.rungs,
-                                max_factor=cfg.max_factor, elite_memory=cfg.elite_memory)
+                                max_factor=cfg.max_factor, elite_memory=cfg.elite_memory,
+                                recombine=cfg.recombine)
     if cfg.method == "cma":
 
         return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations,

@@ -164,3 +164,15 @@ def test_elite_memory_carries_an_elites_readings_into_the_next_generation():
     plain.tell([1.0, 2.0])
     plain.tell([2.5, 0.9, 0.8, 5.0])
     assert plain._estimates()[0] == 2.5
+
+
+def test_recombination_makes_the_first_child_the_elites_centroid():
+    ga = GeneticAlgorithm(np.zeros(3), 0.5, population=8, elites=3, recombine=True, seed=4)
+    pop = ga.ask()
+    ga.tell(np.sum(pop**2, axis=1))
+    nxt = ga.ask()
+    np.testing.assert_array_equal(nxt[:3], ga.elites)
+    np.testing.assert_allclose(nxt[3], ga.elites.mean(axis=0))
+    plain = GeneticAlgorithm(np.zeros(3), 0.5, population=8, elites=3, seed=4)
+    plain.tell(np.sum(plain.ask() ** 2, axis=1))
+    np.testing.assert_array_equal(plain.ask()[4:], nxt[4:])  # the other children are drawn as before

@@ -44,6 +44,11 @@ fresh measurements; a mutant then has to beat an elite measured with many readin
 fresh cheap draw of it.  (The estimate was selected, so it is biased low; ``a < 1`` lets fresh
 readings outweigh it, and lets a drifting board's old figures fade.)
 
+Recombination (``recombine=True``): the first child of every generation is the centroid of the
+elites, unmutated.  Near an optimum the elites are a parent plus mutations that are mostly
+across the way to it, each costing about the mutation's size squared; their mean keeps what they
+share and averages the rest away, and for a convex loss its loss is at most the elites' mean loss.
+
 Losses must be real numbers; ``+inf`` marks a failed or unstable candidate (never selected unless
 everything failed).  NaN, ``-inf`` and a wrong number of losses raise :class:`ValueError`.
 
@@ -99,6 +104,7 @@ class GAConfig:
     eta: int = 2  #: halving: a rung keeps the best 1/eta rows and measures each eta times as much
     max_factor: int = 1  #: growing sample sizes: the base measurement doubles up to this many units
     elite_memory: float = 0.0  #: fraction of an elite's readings (and its estimate) carried into the next generation
+    recombine: bool = False  #: the first child of every generation is the elites' centroid (unmutated)
 
     def __post_init__(self):
         if self.population < 2:
@@ -144,8 +150,9 @@ class GeneticAlgorithm:
         in the r directions it spans, each column one standard deviation (``sigma`` and
         ``init_sigma`` are then unused).  Refinement passes the directions the twin sees the
         outputs move along, scaled to a set change of the outputs.
-    rungs, eta, max_factor, elite_memory
-        Successive halving, growing sample sizes, elite memory (module docstring, :class:`GAConfig`).
+    rungs, eta, max_factor, elite_memory, recombine
+        Successive halving, growing sample sizes, elite memory, the centroid child (module
+        docstring, :class:`GAConfig`).
 
     Attributes
     ----------
@@ -167,10 +174,11 @@ class GeneticAlgorithm:
                  keep_elites: bool = True, seed: int = 0, max_generations: int | None = None,
                  target_loss: float | None = None, patience: int | None = None, min_delta: float = 0.0,
                  max_seconds: float | None = None, start_with_x0: bool = False, mutation_basis=None,
-                 rungs: int = 1, eta: int = 2, max_factor: int = 1, elite_memory: float = 0.0):
+                 rungs: int = 1, eta: int = 2, max_factor: int = 1, elite_memory: float = 0.0,
+                 recombine: bool = False):
         self.config = GAConfig(population, elites, keep_elites, int(seed), max_generations, target_loss,
                                patience, float(min_delta), max_seconds, int(rungs), int(eta), int(max_factor),
-                               float(elite_memory))
+                               float(elite_memory), bool(recombine))
         self.x0 = self._vector(x0, "x0")
         n = self.x0.size
         self.sigma = self._per_param(sigma, n, "sigma")
@@ -370,6 +378,8 @@ class GeneticAlgorithm:
         n_keep = e if cfg.keep_elites else 0
         parents = self.elites[np.arange(cfg.population - n_keep) % e]
         children = parents + self._mutations(len(parents), first=False)
+        if cfg.recombine and len(self.elites) > 1:  # the first child: the elites' centroid, unmutated
+            children[0] = self.elites.mean(axis=0)
         return np.concatenate([self.elites[:n_keep], children]) if n_keep else children
 
     # ------------------------------------------------------------------ results
