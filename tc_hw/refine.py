@@ -142,6 +142,7 @@ class RefineConfig:
     recombine: bool = True  #: ga: one child per generation is the elites' centroid
     max_readings: int | None = None  #: stop before a generation that would take the run past this many readings
     keep_alpha: float = 0.05  #: the method's program is kept only if it beats the start at this one-sided level
+    keep_samples: int | None = None  #: readings per input of the final comparison (None: ``final_samples``)
 
     def __post_init__(self):
         _validate(self)
@@ -169,6 +170,9 @@ def _validate(cfg: "RefineConfig") -> None:
         v = getattr(cfg, name)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    if cfg.keep_samples is not None and (isinstance(cfg.keep_samples, bool) or not isinstance(
+            cfg.keep_samples, (int, np.integer)) or cfg.keep_samples < 2):
+        raise ValueError(f"keep_samples must be an integer >= 2 or None, got {cfg.keep_samples!r}")
     if cfg.max_readings is not None and (isinstance(cfg.max_readings, bool) or not isinstance(
             cfg.max_readings, (int, np.integer)) or cfg.max_readings < 1):
         raise ValueError(f"max_readings must be an integer >= 1 or None, got {cfg.max_readings!r}")
@@ -930,8 +934,8 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
     readings = prob.readings
     xbar, var = _retrying(cfg, "the final measurement", lambda: prob.means(
         np.stack([prob.x0, best_v]), z_final, [seeds.derive(cfg.seed, seeds.REFINE_FINAL, 0),
-                                           seeds.derive(cfg.seed, seeds.REFINE_FINAL, 1)], cfg.final_samples))
-    m = cfg.final_samples
+                                           seeds.derive(cfg.seed, seeds.REFINE_FINAL, 1)], _keep_samples(cfg)))
+    m = _keep_samples(cfg)
     vb, fb = prob.split(best_v)
     v0, f0 = prob.split(prob.x0)
     if fit is not None:  # the method's analog program with its exact readout (fitted to this measurement)
@@ -968,6 +972,11 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
             "refined_loss": float(refined), "kept": kept, "readings": int(readings),
             "final_readings": int(prob.readings - readings),
             "best_volts": np.asarray(volts).tolist(), "best_readout": np.asarray(f).tolist()}
+
+
+def _keep_samples(cfg: RefineConfig) -> int:
+    """Readings per input of the final comparison of the start and the method's best."""
+    return int(cfg.keep_samples or cfg.final_samples)
 
 
 def keep_test(start_loss: float, method_loss: float, start_se, method_se, alpha: float = 0.05) -> dict | None:
