@@ -176,3 +176,14 @@ def test_recombination_makes_the_first_child_the_elites_centroid():
     plain = GeneticAlgorithm(np.zeros(3), 0.5, population=8, elites=3, seed=4)
     plain.tell(np.sum(plain.ask() ** 2, axis=1))
     np.testing.assert_array_equal(plain.ask()[4:], nxt[4:])  # the other children are drawn as before
+
+
+def test_refine_settings_of_the_noise_aware_ga_are_validated():
+    from tc_hw.refine import RefineConfig
+
+    for bad in ({"rungs": 0}, {"max_factor": 0}, {"max_readings": 0}, {"keep_samples": 1}, {"elite_memory": 1.5},
+                {"keep_alpha": 0.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RefineConfig(**bad)
+    cfg = RefineConfig()
+    assert (cfg.rungs, cfg.max_factor, cfg.recombine, cfg.keep_alpha) == (3, 4, True, 0.05)
