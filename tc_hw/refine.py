@@ -593,14 +593,13 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     else:
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, c) for c in range(len(pop))]
     xbar, var = prob.means(pop, z, noise)
-    k = len(prob.trainable)
+    fs = [prob.split(v)[1] for v in pop]
     if cfg.method == "cma" and cfg.readout_fit and cfg.cma_readout_fit:  # each candidate scored with its exact readout
-        pop = pop.copy()
-        for c in range(len(pop)):
+        for c in range(len(pop)):  # (CMA-ES's vector keeps the start's readout; only the score uses the fit)
             fit = prob.fit_readout(xbar[c], z)
             if fit is not None:
-                pop[c, k:] = fit
-    losses = np.array([prob.loss_of(xbar[c], prob.split(v)[1], var[c], cfg.samples, z) for c, v in enumerate(pop)])
+                fs[c] = fit
+    losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], cfg.samples, z) for c in range(len(pop))])
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
     else:
