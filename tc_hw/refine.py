@@ -56,11 +56,22 @@ while what refinement can gain is a few thousandths.  Three things follow:
   only (a readout mutation of the default size would cost about as much as the whole loss).
 * The end: the start program (as uploaded), the start with the fitted readout and the GA's best
   are measured together, with the same fresh ``final_points x final_samples`` measurement (the
-  start's analog program is measured once and read out both ways), and the best of them is the
-  result (``kept`` says which).  The GA's best is the minimum of many noisy estimates (the
-  winner's curse), so it is often no better than the start; the refined program is then the
-  start itself, and ``refined_loss <= start_loss`` always.  These figures are written to the
-  log's ``/entry/final`` group after the run.
+  start's analog program is measured once and read out both ways).  The GA's best is the minimum
+  of many noisy estimates (the winner's curse), so it is often no better than the start: it is
+  kept only when it beats the start (with the fitted readout) by a one-sided z test at level
+  ``keep_alpha`` on this fresh measurement (:func:`keep_test`; its difference, standard error
+  and the improvement it detects with 80 % power are in ``keep_test``); otherwise the better of
+  the two starts is kept (``kept`` says which).  A method no better than the start is kept with
+  probability at most ``keep_alpha``.  These figures are written to the log's ``/entry/final``
+  group after the run.
+
+Noise-aware GA (``rungs``, ``max_factor``, ``max_readings``): each generation is a successive
+halving on its common inputs (every candidate measured with ``samples`` readings per input, the
+better half measured again with twice as many fresh readings, and so on for ``rungs`` rungs; a
+candidate's loss pools its measurements; the elites come from the last rung), the base readings
+double (up to ``max_factor`` times) once the candidates' spread of losses is no larger than one
+candidate's standard error (:meth:`_Problem.loss_se`), and ``max_readings`` caps the run's
+readings (the run stops before a generation that would pass it: ``stop`` is ``"readings"``).
 """
 
 from __future__ import annotations
@@ -87,7 +98,7 @@ from .train.cmaes import CMAES
 from .train.ga import GeneticAlgorithm
 
 __all__ = ["RefineConfig", "refine", "measure_cos_loss", "read_final", "gap_closed", "METHODS", "twin_task_loss",
-           "fit_task_readout"]
+           "fit_task_readout", "keep_test"]
 
 TRAINABLE_KINDS = ("B", "C", "W")
 
@@ -124,6 +135,14 @@ class RefineConfig:
     sensitivity_sigma: bool = True  #: ga/cma: mutation scale per parameter set by its effect on the twin
     subspace: int = 12  #: ga/cma: search along the twin's r most visible output directions (0: every channel)
     subspace_step: float = 0.3  #: ga/cma: rms output change of one mutation, fraction of sqrt(start loss)
+    rungs: int = 3  #: ga: successive-halving rungs per generation (best half re-measured with twice the readings)
+    max_factor: int = 4  #: ga: the base readings per candidate may double up to this factor as the population converges
+    elite_memory: float = 0.0  #: ga: fraction of an elite's readings carried into the next generation's estimate
+    cma_readout_fit: bool = True  #: cma: each candidate's loss with the readout fitted to its own measurement
+    recombine: bool = True  #: ga: one child per generation is the elites' centroid
+    max_readings: int | None = None  #: stop before a generation that would take the run past this many readings
+    keep_alpha: float = 0.05  #: the method's program is kept only if it beats the start at this one-sided level
+    keep_samples: int | None = None  #: readings per input of the final comparison (None: ``final_samples``)
 
     def __post_init__(self):
         _validate(self)
@@ -140,7 +159,7 @@ def _validate(cfg: "RefineConfig") -> None:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     for name, least in (("generations", 0), ("population", 2), ("elites", 1), ("points", 2), ("samples", 2),
                         ("final_points", 2), ("final_samples", 2), ("trials", 1), ("twin_samples", 1),
-                        ("retries", 0), ("subspace", 0)):
+                        ("retries", 0), ("subspace", 0), ("rungs", 1), ("max_factor", 1)):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
@@ -151,6 +170,16 @@ def _validate(cfg: "RefineConfig") -> None:
         v = getattr(cfg, name)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    if cfg.keep_samples is not None and (isinstance(cfg.keep_samples, bool) or not isinstance(
+            cfg.keep_samples, (int, np.integer)) or cfg.keep_samples < 2):
+        raise ValueError(f"keep_samples must be an integer >= 2 or None, got {cfg.keep_samples!r}")
+    if cfg.max_readings is not None and (isinstance(cfg.max_readings, bool) or not isinstance(
+            cfg.max_readings, (int, np.integer)) or cfg.max_readings < 1):
+        raise ValueError(f"max_readings must be an integer >= 1 or None, got {cfg.max_readings!r}")
+    if not (isinstance(cfg.elite_memory, (int, float)) and 0 <= cfg.elite_memory <= 1):
+        raise ValueError(f"elite_memory must be a number in 0..1, got {cfg.elite_memory!r}")
+    if not (isinstance(cfg.keep_alpha, (int, float)) and 0 < cfg.keep_alpha < 0.5):
+        raise ValueError(f"keep_alpha must be a number in (0, 0.5), got {cfg.keep_alpha!r}")
     if cfg.max_seconds is not None and not (math.isfinite(cfg.max_seconds) and cfg.max_seconds > 0):
         raise ValueError(f"max_seconds must be a finite number > 0, got {cfg.max_seconds!r}")
     if cfg.temp_band is not None:
@@ -163,7 +192,7 @@ def _validate(cfg: "RefineConfig") -> None:
 
 #: Settings a run log written before they existed was made with (used when resuming such a run).
 _OLD_DEFAULTS = {"debias": False, "common_noise": False, "readout_fit": False, "sensitivity_sigma": False,
-                 "subspace": 0}
+                 "subspace": 0, "rungs": 1, "max_factor": 1, "cma_readout_fit": False, "recombine": False}
 
 
 def _as_task(z) -> Task:
@@ -270,6 +299,21 @@ class _Problem:
         if task.loss == "mse" and self.cfg.debias and samples > 1 and samples != self.cfg.final_samples:
             err += float(np.mean(var)) * (1.0 / self.cfg.final_samples - 1.0 / samples)
         return err if np.isfinite(err) else np.inf
+
+    def loss_se(self, xbar, f, var, samples: int, z) -> float | None:
+        """Standard error of :meth:`loss_of` from the measurement's own noise (mse tasks; None
+        otherwise): ``sqrt(sum_p (4 e_p^2 v_p / m + 2 v_p^2 / m^2)) / P`` with ``e_p`` the error
+        of the mean output at input ``p``, ``v_p`` the variance of one reading of the read-out
+        output and ``m`` the readings per input (the variance of ``(e + n)^2``, ``n ~ N(0, v / m)``)."""
+        task = _as_task(z)
+        if task.loss != "mse":
+            return None
+        err = np.asarray(xbar) @ self.readout_matrix(f).T - task.fit_targets().reshape(len(xbar), -1)
+        e = np.sqrt(np.sum(err**2, axis=-1))  # several outputs: |e_p| with v_p their summed variance (a bound)
+        v = np.asarray(var, float)
+        m = float(samples)
+        total = float(np.sum(4.0 * e**2 * v / m + 2.0 * v**2 / m**2))
+        return float(np.sqrt(max(total, 0.0))) / len(e) if np.isfinite(total) else None
 
     def losses(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Loss of every candidate (one upload and one acquisition of ``samples`` readings per
@@ -438,7 +482,9 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
 
         return GeneticAlgorithm(x_start, sigma, init_sigma=sigma, population=cfg.population, elites=cfg.elites,
                                 seed=cfg.seed, max_generations=cfg.generations, max_seconds=cfg.max_seconds,
-                                start_with_x0=True, mutation_basis=basis)
+                                start_with_x0=True, mutation_basis=basis, rungs=cfg.rungs,
+                                max_factor=cfg.max_factor, elite_memory=cfg.elite_memory,
+                                recombine=cfg.recombine)
     if cfg.method == "cma":
 
         return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations,
@@ -537,6 +583,8 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
         jac = model.jacobian(opt.x[: len(prob.trainable)], prob.device_inputs(z), step,
                              seeds.derive(cfg.seed, seeds.REFINE_JACOBIAN, g), hi=prob.hi)
         pop = opt.ask(jac)
+    elif cfg.method == "ga":
+        return _ga_generation(cfg, prob, opt, g)
     else:
         z = _batch(cfg, g, prob.task)
         pop = opt.ask()
@@ -545,21 +593,54 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     else:
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, c) for c in range(len(pop))]
     xbar, var = prob.means(pop, z, noise)
-    k = len(prob.trainable)
-    if cfg.method == "ga" and cfg.readout_fit:  # the exact readout of every candidate, kept by the GA
-        pop = pop.copy()
-        for c in range(len(pop)):
+    fs = [prob.split(v)[1] for v in pop]
+    if cfg.method == "cma" and cfg.readout_fit and cfg.cma_readout_fit:  # each candidate scored with its exact readout
+        for c in range(len(pop)):  # (CMA-ES's vector keeps the start's readout; only the score uses the fit)
             fit = prob.fit_readout(xbar[c], z)
             if fit is not None:
-                pop[c, k:] = fit
-    losses = np.array([prob.loss_of(xbar[c], prob.split(v)[1], var[c], cfg.samples, z) for c, v in enumerate(pop)])
+                fs[c] = fit
+    losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], cfg.samples, z) for c in range(len(pop))])
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
-    elif cfg.method == "ga":
-        opt.tell(losses, population=pop)
     else:
         opt.tell(losses)
     return pop, losses
+
+
+def _rung_noise(cfg: RefineConfig, g: int, rung: int, rows) -> list[int]:
+    """Noise seeds of a GA rung's rows (seedable backends): rung 0 as a flat generation
+    (``(g,)`` common, ``(g, row)`` per candidate), rung ``r >= 1`` ``(g, r, 0)`` common or
+    ``(g, row, r)`` per candidate: fresh noise at every rung."""
+    if rung == 0:
+        return [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g)] * len(rows) if cfg.common_noise else \
+            [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, int(c)) for c in rows]
+    if cfg.common_noise:
+        return [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, rung, 0)] * len(rows)
+    return [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, int(c), rung) for c in rows]
+
+
+def _ga_generation(cfg: RefineConfig, prob: "_Problem", opt: GeneticAlgorithm, g: int):
+    """One GA generation on the board: every rung of its successive halving on the generation's
+    inputs, each asked row measured with ``samples * opt.samples_factor`` fresh readings per
+    input, its readout refitted exactly on that measurement, its loss and standard error told.
+    Returns the generation's population and every row's pooled loss (for the log)."""
+    z = _batch(cfg, g, prob.task)
+    k = len(prob.trainable)
+    while True:
+        pop, m = opt.ask(), cfg.samples * opt.samples_factor
+        xbar, var = prob.means(pop, z, _rung_noise(cfg, g, opt.rung, opt.rows), m)
+        if cfg.readout_fit:  # the exact readout of every candidate, kept by the GA
+            for c in range(len(pop)):
+                fit = prob.fit_readout(xbar[c], z)
+                if fit is not None:
+                    pop[c, k:] = fit
+        fs = [prob.split(v)[1] for v in pop]
+        losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))])
+        se = [prob.loss_se(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))]
+        told = opt.generation
+        opt.tell(losses, population=pop, se=None if None in se else np.array(se))
+        if opt.generation > told:
+            return opt.last_population, opt.last_losses
 
 
 def _elite_row(cfg: RefineConfig, opt, losses) -> np.ndarray:
@@ -611,7 +692,7 @@ def refine(device, params: Params, cal, log_path, cfg: RefineConfig = RefineConf
         prob = _Problem(device, params, cal, cfg, trainable=stored.get("trainable_channels"))
         prob.task = task_obj
         if log is not None:
-            prob.readings = _readings_so_far(cfg, stored, log.completed)
+            prob.readings = _readings_so_far(cfg, stored, log.completed, opt)
         fit, start_fit_loss = _start_fit(cfg, prob, stored, resumed=log is not None, progress=progress)
         if opt is None:
             opt = _start_optimizer(cfg, prob, fit, None if not start_fit_loss else
@@ -676,9 +757,23 @@ def _population_size(cfg: RefineConfig) -> int:
     return cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
 
 
-def _readings_so_far(cfg: RefineConfig, stored: dict, completed: int) -> int:
-    """Board readings of a resumed run's first sessions: its start measurements and ``completed`` generations."""
+def _readings_so_far(cfg: RefineConfig, stored: dict, completed: int, opt=None) -> int:
+    """Board readings of a resumed run's first sessions: its start measurements and ``completed``
+    generations (the GA counts what it asked, ``opt.units`` units of ``points x samples``)."""
+    if opt is not None and hasattr(opt, "units"):
+        return int(stored.get("start_readings", 0)) + int(opt.units) * cfg.points * cfg.samples
     return int(stored.get("start_readings", 0)) + completed * cfg.points * cfg.samples * _population_size(cfg)
+
+
+def _next_readings(cfg: RefineConfig, opt) -> int:
+    """Board readings the optimiser's next generation takes (every rung of the GA's)."""
+    units = opt.generation_units() if hasattr(opt, "generation_units") else _population_size(cfg)
+    return int(units) * cfg.points * cfg.samples
+
+
+def _out_of_readings(cfg: RefineConfig, prob: "_Problem", opt) -> bool:
+    """True when the next generation would take the run past ``cfg.max_readings``."""
+    return cfg.max_readings is not None and prob.readings + _next_readings(cfg, opt) > cfg.max_readings
 
 
 def _final_inputs(cfg: RefineConfig, prob: "_Problem"):
@@ -749,7 +844,7 @@ def _loop(cfg: RefineConfig, prob: "_Problem", opt, log: RunLog, ckpt: Path, ban
     bar = tqdm(total=cfg.generations, initial=opt.generation, desc=f"refine ({cfg.method})", unit="gen",
                disable=not progress, file=sys.stderr)
     try:
-        while (stop := opt.stop_reason()) is None:
+        while (stop := opt.stop_reason() or ("readings" if _out_of_readings(cfg, prob, opt) else None)) is None:
             g = opt.generation
             temp0, paused = _wait_for_band(prob.device, band, cfg, bar if progress else None)
             bar.set_description_str(f"refine ({cfg.method})")
@@ -838,8 +933,8 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
     readings = prob.readings
     xbar, var = _retrying(cfg, "the final measurement", lambda: prob.means(
         np.stack([prob.x0, best_v]), z_final, [seeds.derive(cfg.seed, seeds.REFINE_FINAL, 0),
-                                           seeds.derive(cfg.seed, seeds.REFINE_FINAL, 1)], cfg.final_samples))
-    m = cfg.final_samples
+                                           seeds.derive(cfg.seed, seeds.REFINE_FINAL, 1)], _keep_samples(cfg)))
+    m = _keep_samples(cfg)
     vb, fb = prob.split(best_v)
     v0, f0 = prob.split(prob.x0)
     if fit is not None:  # the method's analog program with its exact readout (fitted to this measurement)
@@ -856,12 +951,19 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
             fit = refit0
         cands["readout fit"] = (prob.loss_of(xbar[0], fit, var[0], m, z_final), v0, fit)
     cands[cfg.method] = (prob.loss_of(xbar[1], fb, var[1], m, z_final), vb, fb)
-    kept = min(cands, key=lambda k: (cands[k][0], list(cands).index(k)))
+    ref = "readout fit" if fit is not None else "start"
+    test = keep_test(cands[ref][0], cands[cfg.method][0], prob.loss_se(xbar[0], cands[ref][2], var[0], m, z_final),
+                     prob.loss_se(xbar[1], fb, var[1], m, z_final), cfg.keep_alpha)
+    if test is None:  # no standard error (cross-entropy tasks): the smallest measured loss
+        kept = min(cands, key=lambda k: (cands[k][0], list(cands).index(k)))
+    else:  # the method's program only where it beats the start significantly; else the better start
+        kept = cfg.method if test["keep"] else min(("start", ref), key=lambda k: cands[k][0])
     refined, volts, f = cands[kept]
-    start = cands["readout fit" if fit is not None else "start"][0]
+    start = cands[ref][0]
     # standard error of the uploaded program's loss estimate (P inputs, m readings, output variance v)
     v, p_count, l0 = float(np.mean(var[0])), len(z_final), float(cands["start"][0])
-    extra = {"uploaded_loss_se": float(np.sqrt(max(4 * l0 * v / m + 2 * v * v / m**2, 0.0) / p_count))}
+    extra = {"uploaded_loss_se": float(np.sqrt(max(4 * l0 * v / m + 2 * v * v / m**2, 0.0) / p_count)),
+             "keep_test": test}
     if prob.task is not None and prob.task.labels is not None:  # classification: accuracy before and after
         rows = {"start": 0, "readout fit": 0, cfg.method: 1}
         acc = {k: prob.task.accuracy(xbar[rows[k]] @ prob.readout_matrix(cands[k][2]).T) for k in cands}
@@ -874,6 +976,32 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
             "refined_loss": float(refined), "kept": kept, "readings": int(readings),
             "final_readings": int(prob.readings - readings),
             "best_volts": np.asarray(volts).tolist(), "best_readout": np.asarray(f).tolist()}
+
+
+def _keep_samples(cfg: RefineConfig) -> int:
+    """Readings per input of the final comparison of the start and the method's best."""
+    return int(cfg.keep_samples or cfg.final_samples)
+
+
+def keep_test(start_loss: float, method_loss: float, start_se, method_se, alpha: float = 0.05) -> dict | None:
+    """Is the method's program better than the start?  A one-sided z test on one final measurement.
+
+    The two losses come from independent readings of the same inputs, so their difference
+    ``d = start - method`` has standard error ``se = sqrt(start_se^2 + method_se^2)``; the
+    method's program is kept when ``d > z_(1-alpha) se``.  A method no better than the start is
+    kept with probability at most ``alpha``; a true improvement ``delta`` is kept with probability
+    (power) ``Phi(delta / se - z_(1-alpha))``: 80 % at ``delta = (z_(1-alpha) + 0.84) se``
+    (``detectable_80``, reported).  None when a standard error is missing.
+    """
+    from statistics import NormalDist
+
+    if start_se is None or method_se is None or not np.isfinite([start_loss, method_loss]).all():
+        return None
+    se = float(np.hypot(start_se, method_se))
+    z = NormalDist().inv_cdf(1.0 - alpha)
+    d = float(start_loss) - float(method_loss)
+    return {"difference": d, "se": se, "alpha": float(alpha), "threshold": z * se, "keep": bool(d > z * se),
+            "detectable_80": (z + NormalDist().inv_cdf(0.8)) * se}
 
 
 def twin_task_loss(params: Params, task: Task, *, samples: int = 1000, dt: float = 1e-3, seed: int = 0) -> dict:

@@ -34,6 +34,7 @@ def test_refine_logs_resumes_exactly_and_stays_safe(program, tmp_path):
     assert a["completed_generations"] == b["completed_generations"] == 4
     np.testing.assert_array_equal(a["losses"], b["losses"])
     assert resumed["refined_loss"] == full["refined_loss"] and resumed["best_readout"] == full["best_readout"]
+    assert resumed["readings"] == full["readings"]  # the resumed run counts the first session's readings
     cmap = TwinDevice().channel_map
     volts = np.array(full["best_volts"])
     assert np.all(volts >= cmap.vmin) and np.all(volts <= cmap.vmax)
@@ -54,7 +55,11 @@ def test_refined_program_is_the_best_of_one_final_measurement(program, tmp_path)
     cal = calibration.nominal(TwinDevice().channel_map)
     r = refine(TwinDevice(), program, cal, tmp_path / "d.h5", RefineConfig(generations=2, **CFG), progress=False)
     cands = {"start": r["uploaded_loss"], "readout fit": r["readout_fit_loss"], "ga": r["ga_best_loss"]}
-    assert r["refined_loss"] == min(cands.values()) == cands[r["kept"]] <= r["start_loss"] == r["readout_fit_loss"]
+    test = r["keep_test"]  # the GA's program is kept only where it beats the start significantly
+    assert test["keep"] == (test["difference"] > test["threshold"] > 0)
+    assert test["difference"] == pytest.approx(r["readout_fit_loss"] - r["ga_best_loss"])
+    assert r["kept"] == ("ga" if test["keep"] else min(("start", "readout fit"), key=cands.get))
+    assert r["refined_loss"] == cands[r["kept"]]
     final = read_final(tmp_path / "d.h5")
     assert final["kept"] == r["kept"] and final["refined_loss"] == r["refined_loss"]
     np.testing.assert_array_equal(final["readout"], r["best_readout"])
@@ -98,3 +103,17 @@ def test_debiased_candidate_losses_remove_the_finite_sample_bias(program):
     assert raw.losses(raw.x0[None, :], z, [5], 8)[0][0] == pytest.approx(np.mean((xbar[0] @ f - y) ** 2))
     # the final measurement itself (final_samples readings) is never corrected
     assert prob.losses(prob.x0[None, :], z, [5], 1000)[0][0] == raw.losses(raw.x0[None, :], z, [5], 1000)[0][0]
+
+
+def test_a_readings_budget_stops_the_ga_before_it_is_passed(program, tmp_path):
+    """Halving (3 rungs: 6, 3, 2 rows at 1, 2, 4 units of 6 x 10 readings) costs 20 units a
+    generation at base factor 1; the start measurement 20 x 20.  A budget of 400 + 2.5
+    generations' readings stops after two generations (or fewer if the base factor grew)."""
+    cal = calibration.nominal(TwinDevice().channel_map)
+    budget = 20 * 20 + int(2.5 * 20 * 6 * 10)
+    r = refine(TwinDevice(), program, cal, tmp_path / "e.h5",
+               RefineConfig(generations=50, max_readings=budget, **CFG), progress=False)
+    assert r["stop"] == "readings" and 1 <= r["generations"] <= 2
+    assert r["readings"] <= budget
+    log = read_log(tmp_path / "e.h5")
+    assert log["completed_generations"] == r["generations"]

@@ -102,8 +102,8 @@ def cmd_upload(args) -> int:
 def _refine_config(args):
     """The run's settings from the command line, validated (by ``RefineConfig``) before anything
     is opened or created; a refusal names the option (ValueError: exit code 2)."""
-    sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples")
-             if getattr(args, k) is not None}
+    sizes = {k: getattr(args, k) for k in ("population", "points", "samples", "final_samples", "rungs", "max_factor",
+                                           "max_readings") if getattr(args, k, None) is not None}
     if args.method == "twin-guided":
         sizes.setdefault("points", 50)
         sizes.setdefault("samples", 200)
@@ -239,7 +239,9 @@ def add_parsers(sub) -> None:
                    "--station, board NAME logs to <stem>_NAME.h5")
     p.add_argument("--resume", action="store_true", help="continue the run in --log after its last generation")
     p.add_argument("--method", default="ga", choices=["ga", "cma", "twin-guided"],
-                   help="ga: the papers' genetic algorithm (elites re-measured, common inputs per generation); "
+                   help="ga: the papers' genetic algorithm under noise (elites re-measured, common inputs per "
+                        "generation, successive halving, readings that grow as the candidates converge, the result "
+                        "kept only if it beats the start significantly); "
                         "cma: CMA-ES (the cma package); twin-guided: Levenberg-Marquardt steps from the board's "
                         "measured outputs and the twin's Jacobian through the calibration, each step checked on "
                         "the board -- usually the fewest readings (default: ga)")
@@ -249,6 +251,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--samples", type=int, help="readings per input per candidate (default: 100; twin-guided: 200)")
     p.add_argument("--final-samples", type=int, help="readings per input of the final start/refined measurement "
                    "on all 250 inputs (default: 1000)")
+    p.add_argument("--rungs", type=int, help="ga: successive-halving rungs per generation: every candidate measured, "
+                   "the better half measured again with twice the readings, ... (default: 3; 1: one measurement each)")
+    p.add_argument("--max-factor", type=int, help="ga: the readings per candidate double (up to this factor) once "
+                   "the candidates' losses differ by less than their noise (default: 4; 1: never)")
+    p.add_argument("--max-readings", type=int, help="stop before a generation that would take the run past this "
+                   "many board readings (default: no limit)")
     p.add_argument("--scale", help=scale_help)
     p.add_argument("--temp-band", type=float, nargs=2, metavar=("LOW_K", "HIGH_K"),
                    help="pause while the board is outside this band (default: calibration temperature +- 5 K)")

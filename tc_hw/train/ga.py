@@ -21,6 +21,34 @@ elites again with fresh noise, and selection uses only these fresh losses: the b
 measurements is biased low, and a lucky candidate would otherwise survive on one good draw.
 With ``keep_elites=False`` all rows are mutants (the paper's literal wording).
 
+Noise-aware selection (``rungs > 1``): successive halving inside every generation.  The first
+:meth:`~GeneticAlgorithm.ask` of a generation hands out every row, to be measured with the base
+amount of readings (:attr:`~GeneticAlgorithm.samples_factor` units); the best ``1/eta`` of them
+(never fewer than ``elites``) are asked again, to be measured with ``eta`` times as many fresh
+readings, and so on for ``rungs`` rungs.  A row's estimate is the mean of all its losses of the
+generation weighted by their readings (so the caller reports each measurement's own loss), and the
+elites are chosen among the rows of the last rung only: a candidate becomes an elite after it has
+been measured with the most readings, not on one lucky cheap draw.  Each rung costs the same
+readings (rows shrink by ``eta``, readings grow by ``eta``), so ``rungs`` rungs cost about
+``rungs`` times one flat generation.  With ``rungs=1`` the GA is the plain one above, bit for bit.
+
+Growing sample sizes (``max_factor > 1``): when the caller passes each row's standard error with
+the first rung's losses (``tell(..., se=)``) and the rows' spread of losses is no larger than the
+noise (``robust_sd(losses)^2 < 2 median(se)^2``, i.e. the rows' true spread is below one row's
+noise), the next generation's base measurement doubles, up to ``max_factor`` units.  Converged
+populations get the readings they need to be told apart; early ones stay cheap.
+
+Elite memory (``elite_memory = a > 0``, with ``keep_elites``): an elite enters the next
+generation with ``a`` times the readings behind its estimate, and that estimate, pooled with its
+fresh measurements; a mutant then has to beat an elite measured with many readings, not one
+fresh cheap draw of it.  (The estimate was selected, so it is biased low; ``a < 1`` lets fresh
+readings outweigh it, and lets a drifting board's old figures fade.)
+
+Recombination (``recombine=True``): the first child of every generation is the centroid of the
+elites, unmutated.  Near an optimum the elites are a parent plus mutations that are mostly
+across the way to it, each costing about the mutation's size squared; their mean keeps what they
+share and averages the rest away, and for a convex loss its loss is at most the elites' mean loss.
+
 Losses must be real numbers; ``+inf`` marks a failed or unstable candidate (never selected unless
 everything failed).  NaN, ``-inf`` and a wrong number of losses raise :class:`ValueError`.
 
@@ -50,7 +78,7 @@ from ..model.safeio import open_hdf5_read, replace_atomically
 __all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "tc-hw/ga-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  #: 2 adds the successive-halving and sample-growth state
 
 
 @dataclass(frozen=True)
@@ -72,6 +100,11 @@ class GAConfig:
     patience: int | None = None
     min_delta: float = 0.0
     max_seconds: float | None = None
+    rungs: int = 1  #: successive-halving rungs per generation (1: every row measured once)
+    eta: int = 2  #: halving: a rung keeps the best 1/eta rows and measures each eta times as much
+    max_factor: int = 1  #: growing sample sizes: the base measurement doubles up to this many units
+    elite_memory: float = 0.0  #: fraction of an elite's readings (and its estimate) carried into the next generation
+    recombine: bool = False  #: the first child of every generation is the elites' centroid (unmutated)
 
     def __post_init__(self):
         if self.population < 2:
@@ -82,6 +115,18 @@ class GAConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.max_generations is not None and self.max_generations < 0:
             raise ValueError(f"max_generations must be >= 0, got {self.max_generations}")
+        if not 0.0 <= self.elite_memory <= 1.0:
+            raise ValueError(f"elite_memory must be in 0..1, got {self.elite_memory}")
+        for name, least in (("rungs", 1), ("eta", 2), ("max_factor", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+
+    def rung_sizes(self) -> list[int]:
+        """Rows measured at each rung of a generation: the population, then ``ceil(population /
+        eta^r)``, never fewer than ``elites``."""
+        return [self.population] + [max(self.elites, -(-self.population // self.eta**r))
+                                    for r in range(1, self.rungs)]
 
 
 class GeneticAlgorithm:
@@ -105,6 +150,9 @@ class GeneticAlgorithm:
         in the r directions it spans, each column one standard deviation (``sigma`` and
         ``init_sigma`` are then unused).  Refinement passes the directions the twin sees the
         outputs move along, scaled to a set change of the outputs.
+    rungs, eta, max_factor, elite_memory, recombine
+        Successive halving, growing sample sizes, elite memory, the centroid child (module
+        docstring, :class:`GAConfig`).
 
     Attributes
     ----------
@@ -113,15 +161,24 @@ class GeneticAlgorithm:
     history : dict of str to ndarray, each shape (generation,)
         ``best`` (smallest loss of each generation), ``mean`` (mean of its finite losses),
         ``elite`` (loss of row 0, the previous best elite re-measured; NaN in generation 0 or
-        without ``keep_elites``), ``seconds`` (wall time at the end of the generation).
+        without ``keep_elites``), ``seconds`` (wall time at the end of the generation),
+        ``factor`` (the generation's base measurement, units).
+    units : int
+        Measurement units asked so far (a row asked at factor ``f`` counts ``f``): the caller's
+        readings are ``units`` times its readings per unit.
+    last_losses, last_population : ndarray, shapes (population,), (population, n_params)
+        The generation just told: every row's final estimate and vector (for the caller's log).
     """
 
     def __init__(self, x0, sigma, *, init_sigma=None, population: int = 50, elites: int = 5,
                  keep_elites: bool = True, seed: int = 0, max_generations: int | None = None,
                  target_loss: float | None = None, patience: int | None = None, min_delta: float = 0.0,
-                 max_seconds: float | None = None, start_with_x0: bool = False, mutation_basis=None):
+                 max_seconds: float | None = None, start_with_x0: bool = False, mutation_basis=None,
+                 rungs: int = 1, eta: int = 2, max_factor: int = 1, elite_memory: float = 0.0,
+                 recombine: bool = False):
         self.config = GAConfig(population, elites, keep_elites, int(seed), max_generations, target_loss,
-                               patience, float(min_delta), max_seconds)
+                               patience, float(min_delta), max_seconds, int(rungs), int(eta), int(max_factor),
+                               float(elite_memory), bool(recombine))
         self.x0 = self._vector(x0, "x0")
         n = self.x0.size
         self.sigma = self._per_param(sigma, n, "sigma")
@@ -130,13 +187,14 @@ class GeneticAlgorithm:
         self.generation = 0
         self.elites = np.zeros((0, n))
         self.elite_losses = np.zeros(0)
-        self.history = {k: np.zeros(0) for k in ("best", "mean", "elite", "seconds")}
+        self.history = {k: np.zeros(0) for k in ("best", "mean", "elite", "seconds", "factor")}
         self._best_seen = np.inf
         self._since_improved = 0
         self._elapsed_before = 0.0
         self._t0 = time.perf_counter()
         self.meta: dict = {}  # the caller's dict stored by save(), read back by load()
         self.mutation_basis = None if mutation_basis is None else self._basis(mutation_basis, n)
+        self._new_generation_state(factor=1, units=0)
         self._population = self.x0 + self._mutations(population)
         if start_with_x0:  # refinement: the program itself competes, so the GA cannot end worse than it began
             self._population[0] = self.x0
@@ -173,6 +231,46 @@ class GeneticAlgorithm:
         scale = self.init_sigma if first else self.sigma
         return scale * self.rng.standard_normal((rows, self.x0.size))
 
+    def _new_generation_state(self, *, factor: int | None = None, units: int | None = None) -> None:
+        """Rung 0 of a generation: every row asked, no losses yet (``factor``/``units`` reset if given)."""
+        pop = self.config.population
+        if not hasattr(self, "last_losses"):  # a new or loaded GA: no generation told in this session
+            self.last_losses = self.last_population = None
+        if factor is not None:
+            self.factor = int(factor)
+        if units is not None:
+            self.units = int(units)
+        self._rung = 0
+        self._rows = np.arange(pop)
+        self._sum = np.zeros(pop)  # readings-weighted sum of the generation's losses per row
+        self._weight = np.zeros(pop)  # readings (units) behind that sum
+        self._grow = False
+
+    @property
+    def rung(self) -> int:
+        """The rung of the generation that :meth:`ask` hands out (0: every row)."""
+        return self._rung
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Indices into the generation's population of the rows :meth:`ask` hands out."""
+        return self._rows.copy()
+
+    @property
+    def samples_factor(self) -> int:
+        """How much to measure each asked row, in units of the caller's base measurement
+        (``factor * eta^rung``)."""
+        return self.factor * self.config.eta**self._rung
+
+    def generation_units(self) -> int:
+        """Units a whole generation at the current base factor costs (every rung)."""
+        cfg = self.config
+        return self.factor * sum(n * cfg.eta**r for r, n in enumerate(cfg.rung_sizes()))
+
+    def _estimates(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self._weight > 0, self._sum / np.where(self._weight > 0, self._weight, 1.0), np.inf)
+
     @property
     def n_params(self) -> int:
         return self.x0.size
@@ -184,50 +282,95 @@ class GeneticAlgorithm:
 
     # ------------------------------------------------------------------ ask / tell
     def ask(self) -> np.ndarray:
-        """The population to evaluate, shape (population, n_params) (a copy).
+        """The rows to evaluate now, shape (len(rows), n_params) (a copy): the whole population at
+        the first rung of a generation, the surviving rows (:attr:`rows`) at later rungs; measure
+        each with :attr:`samples_factor` units.  Asking again before :meth:`tell` returns the same."""
+        return self._population[self._rows].copy()
 
-        Asking again before :meth:`tell` returns the same population.
-        """
-        return self._population.copy()
+    def tell(self, losses, population=None, se=None) -> None:
+        """Report the loss of every row of :meth:`ask`, shape (len(rows),), from this measurement
+        alone (the GA pools a row's measurements, weighted by their units).
 
-    def tell(self, losses, population=None) -> None:
-        """Report the loss of every row of :meth:`ask`'s population, shape (population,).
-
-        Selects the elites by these losses, records the history and draws the next population.
-        ``population`` (population, n_params), optional: the evaluated vectors as the caller
+        After the last rung of a generation: selects the elites among the last rung's rows by
+        their pooled estimates, records the history and draws the next population.
+        ``population`` (len(rows), n_params), optional: the evaluated vectors as the caller
         finished them (e.g. with the readout refitted exactly per candidate); they replace the
-        asked rows before selection, so elites carry what was measured.
+        asked rows before selection, so elites carry what was measured.  ``se`` (len(rows),),
+        optional: each loss's standard error, used at the first rung to grow the sample size.
         """
-        pop = self.config.population
+        n = len(self._rows)
         if population is not None:
             arr = np.array(population, dtype=np.float64)
-            if arr.shape != self._population.shape or not np.isfinite(arr).all():
-                raise ValueError(f"population must be finite with shape {self._population.shape}, got {arr.shape}")
-            self._population = arr
+            if arr.shape != (n, self.n_params) or not np.isfinite(arr).all():
+                raise ValueError(f"population must be finite with shape {(n, self.n_params)}, got {arr.shape}")
+            self._population[self._rows] = arr
+        loss = self._checked_losses(losses, n)
+        w = self.samples_factor
+        self._sum[self._rows] += w * loss
+        self._weight[self._rows] += w
+        self.units += n * w
+        if self._rung == 0 and se is not None:
+            self._grow = self._noise_dominates(loss, se)
+        sizes = self.config.rung_sizes()
+        if self._rung + 1 < len(sizes):
+            est = self._estimates()[self._rows]
+            keep = self._rows[np.argsort(est, kind="stable")[: sizes[self._rung + 1]]]
+            self._rows, self._rung = np.sort(keep), self._rung + 1
+            return
+        self._end_generation()
+
+    @staticmethod
+    def _checked_losses(losses, n: int) -> np.ndarray:
         loss = np.asarray(losses, dtype=np.float64)
-        if loss.shape != (pop,):
-            raise ValueError(f"expected {pop} losses (one per candidate), got shape {loss.shape}")
+        if loss.shape != (n,):
+            raise ValueError(f"expected {n} losses (one per candidate), got shape {loss.shape}")
         if np.isnan(loss).any():
             raise ValueError(f"losses contain NaN at rows {np.flatnonzero(np.isnan(loss))[:10].tolist()}; "
                              "report a failed candidate as +inf")
         if (loss == -np.inf).any():
             raise ValueError("losses contain -inf")
-        order = np.argsort(loss, kind="stable")[: self.config.elites]
+        return loss
+
+    def _noise_dominates(self, loss, se) -> bool:
+        """True when the rows' spread of losses is no more than one row's noise:
+        ``robust_sd^2 < 2 median(se)^2`` over the finite rows (robust sd: 1.4826 MAD)."""
+        se = np.asarray(se, dtype=np.float64)
+        if se.shape != loss.shape:
+            raise ValueError(f"se must have shape {loss.shape}, got {se.shape}")
+        ok = np.isfinite(loss) & np.isfinite(se)
+        if ok.sum() < 3:
+            return False
+        spread = 1.4826 * np.median(np.abs(loss[ok] - np.median(loss[ok])))
+        return bool(spread**2 < 2.0 * np.median(se[ok]) ** 2)
+
+    def _end_generation(self) -> None:
+        """Select the elites among the last rung's rows, record the history, breed."""
+        est = self._estimates()
+        rows = self._rows
+        order = rows[np.argsort(est[rows], kind="stable")[: self.config.elites]]
         self.elites = self._population[order].copy()
-        self.elite_losses = loss[order].copy()
-        finite = loss[np.isfinite(loss)]
-        best = float(loss[order[0]])
-        elite = float(loss[0]) if self.config.keep_elites and self.generation > 0 else np.nan
+        self.elite_losses = est[order].copy()
+        self.last_losses, self.last_population = est.copy(), self._population.copy()
+        finite = est[np.isfinite(est)]
+        best = float(est[order[0]])
+        elite = float(est[0]) if self.config.keep_elites and self.generation > 0 else np.nan
         for key, value in (("best", best), ("mean", float(finite.mean()) if finite.size else np.inf),
-                           ("elite", elite), ("seconds", self.elapsed)):
-            self.history[key] = np.append(self.history[key], value)
+                           ("elite", elite), ("seconds", self.elapsed), ("factor", float(self.factor))):
+            self.history[key] = np.append(self.history.get(key, np.zeros(0)), value)
         if best < self._best_seen - self.config.min_delta:
             self._best_seen = best
             self._since_improved = 0
         else:
             self._since_improved += 1
         self.generation += 1
+        grown = min(2 * self.factor, self.config.max_factor) if self._grow else self.factor
+        carried = self.config.elite_memory * self._weight[order]
+        self._new_generation_state(factor=grown)
         self._population = self._breed()
+        if self.config.keep_elites and self.config.elite_memory > 0:  # rows 0.. are the elites, unmutated
+            e = len(order)
+            self._weight[:e], self._sum[:e] = carried, carried * np.where(np.isfinite(self.elite_losses),
+                                                                          self.elite_losses, 0.0)
 
     def _breed(self) -> np.ndarray:
         cfg = self.config
@@ -235,6 +378,8 @@ class GeneticAlgorithm:
         n_keep = e if cfg.keep_elites else 0
         parents = self.elites[np.arange(cfg.population - n_keep) % e]
         children = parents + self._mutations(len(parents), first=False)
+        if cfg.recombine and len(self.elites) > 1:  # the first child: the elites' centroid, unmutated
+            children[0] = self.elites.mean(axis=0)
         return np.concatenate([self.elites[:n_keep], children]) if n_keep else children
 
     # ------------------------------------------------------------------ results
@@ -249,6 +394,8 @@ class GeneticAlgorithm:
         """Why the run should stop now (``"generations"``, ``"target"``, ``"stagnation"``,
         ``"time"``), or None to go on."""
         cfg = self.config
+        if self._rung > 0:  # a generation is finished before anything stops it
+            return None
         if cfg.max_generations is not None and self.generation >= cfg.max_generations:
             return "generations"
         if self.generation and cfg.target_loss is not None and self.history["best"][-1] <= cfg.target_loss:
@@ -264,13 +411,16 @@ class GeneticAlgorithm:
         """Ask, ``evaluate(population) -> losses``, tell, until :meth:`stop_reason`; returns it.
 
         ``checkpoint``: path written after every generation.  ``callback(ga)`` runs after every
-        generation.  At least one stopping criterion must be set.
+        generation.  With ``rungs > 1`` ``evaluate`` is called once per rung and reads
+        :attr:`samples_factor` for how much to measure.  At least one stopping criterion must be set.
         """
         cfg = self.config
         if all(v is None for v in (cfg.max_generations, cfg.target_loss, cfg.patience, cfg.max_seconds)):
             raise ValueError("set a stopping criterion (max_generations, target_loss, patience or max_seconds)")
         while (reason := self.stop_reason()) is None:
             self.tell(evaluate(self.ask()))
+            if self._rung > 0:  # more rungs of this generation to measure
+                continue
             if checkpoint is not None:
                 self.save(checkpoint)
             if callback is not None:
@@ -302,6 +452,9 @@ class GeneticAlgorithm:
             f["population"] = self._population
             if self.mutation_basis is not None:
                 f["mutation_basis"] = self.mutation_basis
+            f.attrs["factor"], f.attrs["units"], f.attrs["rung"], f.attrs["grow"] = (
+                self.factor, self.units, self._rung, int(self._grow))
+            f["rung_rows"], f["rung_sum"], f["rung_weight"] = self._rows, self._sum, self._weight
             for k, v in self.history.items():
                 f[f"history/{k}"] = v
             provenance.write_entry(f, writer="ga-checkpoint")
@@ -331,9 +484,27 @@ class GeneticAlgorithm:
             ga._best_seen = float(f.attrs["best_seen"])
             ga._since_improved = int(f.attrs["since_improved"])
             ga.meta = json.loads(f.attrs["meta"])
+            ga._load_rung_state(f)
         ga.elites = ga.elites.reshape(-1, ga.x0.size)
         ga._t0 = time.perf_counter()
         return ga
+
+    def _load_rung_state(self, f: h5py.File) -> None:
+        """The halving and sample-growth state of a checkpoint (version 1: a generation's start,
+        base factor 1, every earlier generation one unit per row)."""
+        pop = self.config.population
+        if "rung_rows" not in f:
+            self._new_generation_state(factor=1, units=self.generation * pop)
+            self.history.setdefault("factor", np.ones(self.generation))
+            return
+        self.factor, self.units = int(f.attrs["factor"]), int(f.attrs["units"])
+        self._rung, self._grow = int(f.attrs["rung"]), bool(f.attrs["grow"])
+        self._rows = np.array(f["rung_rows"][()], dtype=np.int64)
+        self._sum = np.array(f["rung_sum"][()], dtype=np.float64)
+        self._weight = np.array(f["rung_weight"][()], dtype=np.float64)
+        if self._sum.shape != (pop,) or self._weight.shape != (pop,) or not (
+                (0 <= self._rows) & (self._rows < pop)).all():
+            raise ValueError("GA checkpoint: damaged rung state")
 
     def with_config(self, **changes) -> "GeneticAlgorithm":
         """Change stopping criteria in place (e.g. more generations after a resume); returns self.
