@@ -332,6 +332,20 @@ class _Problem:
         f = fit_task_readout(_as_task(z), xbar)
         return None if f is None or f.shape[0] != self.n_y else f.ravel()
 
+    def exact_readouts(self, xbar, z, readouts) -> list:
+        """Each candidate's readout fitted to its own mean readings ``xbar[c]`` (C, P, n_out), the
+        given ``readouts[c]`` where the fit fails."""
+        fits = [self.fit_readout(x, z) for x in xbar]
+        return [f0 if f is None else f for f, f0 in zip(fits, readouts)]
+
+    def better_readout(self, xbar, var, samples: int, z, readout) -> np.ndarray:
+        """The readout fitted to this measurement (``xbar`` (P, n_out), ``var``) where it has the
+        lower loss, else ``readout``."""
+        fit = self.fit_readout(xbar, z)
+        if fit is not None and self.loss_of(xbar, fit, var, samples, z) < self.loss_of(xbar, readout, var, samples, z):
+            return fit
+        return readout
+
 
 #: Ridge of the multinomial logistic readout, per example (keeps separable classes finite).
 LOGISTIC_RIDGE = 1e-4
@@ -595,10 +609,7 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     xbar, var = prob.means(pop, z, noise)
     fs = [prob.split(v)[1] for v in pop]
     if cfg.method == "cma" and cfg.readout_fit and cfg.cma_readout_fit:  # each candidate scored with its exact readout
-        for c in range(len(pop)):  # (CMA-ES's vector keeps the start's readout; only the score uses the fit)
-            fit = prob.fit_readout(xbar[c], z)
-            if fit is not None:
-                fs[c] = fit
+        fs = prob.exact_readouts(xbar, z, fs)  # (CMA-ES's vector keeps the start's readout; only the score uses it)
     losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], cfg.samples, z) for c in range(len(pop))])
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
@@ -630,10 +641,7 @@ def _ga_generation(cfg: RefineConfig, prob: "_Problem", opt: GeneticAlgorithm, g
         pop, m = opt.ask(), cfg.samples * opt.samples_factor
         xbar, var = prob.means(pop, z, _rung_noise(cfg, g, opt.rung, opt.rows), m)
         if cfg.readout_fit:  # the exact readout of every candidate, kept by the GA
-            for c in range(len(pop)):
-                fit = prob.fit_readout(xbar[c], z)
-                if fit is not None:
-                    pop[c, k:] = fit
+            pop[:, k:] = prob.exact_readouts(xbar, z, [prob.split(v)[1] for v in pop])
         fs = [prob.split(v)[1] for v in pop]
         losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))])
         se = [prob.loss_se(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))]
@@ -938,17 +946,11 @@ def _final(cfg: RefineConfig, prob: "_Problem", opt, fit) -> dict:
     vb, fb = prob.split(best_v)
     v0, f0 = prob.split(prob.x0)
     if fit is not None:  # the method's analog program with its exact readout (fitted to this measurement)
-        refit = prob.fit_readout(xbar[1], z_final)
-        if refit is not None and prob.loss_of(xbar[1], refit, var[1], m, z_final) < prob.loss_of(
-                xbar[1], fb, var[1], m, z_final):
-            fb = refit
+        fb = prob.better_readout(xbar[1], var[1], m, z_final, fb)
     cands = {"start": (prob.loss_of(xbar[0], f0, var[0], m, z_final), v0, f0)}
     if fit is not None:  # the same measurement of the start's analog program, read out with the fitted readout
         # refitted to this measurement as the method's program is (above), so neither gets an in-sample edge
-        refit0 = prob.fit_readout(xbar[0], z_final)
-        if refit0 is not None and prob.loss_of(xbar[0], refit0, var[0], m, z_final) < prob.loss_of(
-                xbar[0], fit, var[0], m, z_final):
-            fit = refit0
+        fit = prob.better_readout(xbar[0], var[0], m, z_final, fit)
         cands["readout fit"] = (prob.loss_of(xbar[0], fit, var[0], m, z_final), v0, fit)
     cands[cfg.method] = (prob.loss_of(xbar[1], fb, var[1], m, z_final), vb, fb)
     ref = "readout fit" if fit is not None else "start"
