@@ -142,6 +142,13 @@ def on_dac_grid(channel_map, volts) -> np.ndarray:
     return np.where(q < a, a, np.where(q > b, b, q))
 
 
+def input_amplitude(cmap) -> float:
+    """The calibration's input amplitude: ``15 / largest nominal |W|`` (volts on each input line),
+    so that ``W I`` stays moderate."""
+    w_nom = max([abs(c.gain) * max(abs(c.vmin), abs(c.vmax)) for c in cmap.of_kind("W")] or [1.0])
+    return 15.0 / w_nom
+
+
 def level_volts(channel, fraction: float) -> float:
     """Voltage at ``fraction`` (0..1) of the channel's safe range, exactly at the bounds for 0/1."""
     if fraction <= 0:
@@ -263,37 +270,42 @@ def self_config(cmap, graph, know: Knowledge, index: int, q_confine: float = 3.0
 
 
 def self_at(cmap, graph, know: Knowledge, sweep: str, fraction, q_confine: float = 3.0, r_confine: float = 1.5,
-            name: str | None = None) -> Config:
+            name: str | None = None, volts=None) -> Config:
     """One self-term setting: every node's ``sweep`` channel (``"Q"``, ``"R"``; ``"BW"``: B and W,
     ``fraction`` a pair) at ``fraction`` of its safe range, helpers as :func:`plan_self`.  Also
-    serves the extra levels of a residual-driven second pass (any fraction, not only the grid)."""
+    serves the extra levels of a residual-driven second pass (any fraction, not only the grid)
+    and, with ``volts`` (n_channels,) instead of a fraction, a setting at a program's own volts
+    (:mod:`calibration.local`)."""
     v = _base(cmap, graph, know, q_confine, r_confine)
+    at = (lambda ch, f: level_volts(cmap[int(ch)], f)) if volts is None else (lambda ch, f: float(volts[int(ch)]))
+    if volts is not None:
+        fraction = (None, None) if sweep == "BW" else None
     if sweep == "Q":
-        f = float(fraction)
+        f = None if fraction is None else float(fraction)
         for i in range(graph.n_nodes):
-            qv = level_volts(cmap[graph.q[i]], f)
+            qv = at(graph.q[i], f)
             v[graph.q[i]] = qv
             q = know.value_at(graph.q[i], qv)
             r = -q / (2 * 0.64) if q < 0 else r_confine
             v[graph.r[i]] = know.volts_for(graph.r[i], max(r, r_confine))
         meta = {"sweep": "Q", "fraction": f}
     elif sweep == "R":
-        f = float(fraction)
+        f = None if fraction is None else float(fraction)
         for i in range(graph.n_nodes):
-            rv = level_volts(cmap[graph.r[i]], f)
+            rv = at(graph.r[i], f)
             v[graph.r[i]] = rv
             r = know.value_at(graph.r[i], rv)
-            q = 10.0 if f <= 0 or r < 0.5 else (q_confine if r < 4.0 else -r / 4)
+            q = 10.0 if (f is not None and f <= 0) or r < 0.5 else (q_confine if r < 4.0 else -r / 4)
             v[graph.q[i]] = know.volts_for(graph.q[i], q)
         meta = {"sweep": "R", "fraction": f}
     elif sweep == "BW":
-        fb, fw = (float(x) for x in fraction)
+        fb, fw = (None if x is None else float(x) for x in fraction)
         for i in range(graph.n_nodes):
             v[graph.q[i]] = know.volts_for(graph.q[i], 5.0)
             v[graph.r[i]] = know.volts_for(graph.r[i], 1.0)
-            v[graph.b[i]] = level_volts(cmap[graph.b[i]], fb)
+            v[graph.b[i]] = at(graph.b[i], fb)
         for ch in graph.w_ch:
-            v[ch] = level_volts(cmap[int(ch)], fw)
+            v[ch] = at(ch, fw)
         meta = {"sweep": "BW", "fractions": (fb, fw)}
     else:
         raise ValueError(f"unknown self-term sweep {sweep!r} (Q, R or BW)")
@@ -308,15 +320,16 @@ def plan_edges(cmap, graph, know: Knowledge, matchings, levels: int, q_min: floa
 
 
 def edge_config(cmap, graph, know: Knowledge, match, fraction: float, q_min: float, r_conf: float, *,
-                name: str = "edge", matching: int = 0) -> Config:
-    """The couplings of one matching at ``fraction`` of their safe ranges; each matched node gets
+                name: str = "edge", matching: int = 0, volts=None) -> Config:
+    """The couplings of one matching at ``fraction`` of their safe ranges (or at ``volts``
+    (n_channels,), a program's own: :mod:`calibration.local`); each matched node gets
     ``Q = max(q_min, |C| / 2)`` (summed over its matched couplings), the rest as :func:`plan_zero`
     with couplings at their estimated zero."""
     v = _base(cmap, graph, know, q_min, r_conf)
     load = np.zeros(graph.n_nodes)
     for e in match:
         ch = int(graph.edge_ch[e])
-        v[ch] = level_volts(cmap[ch], fraction)
+        v[ch] = level_volts(cmap[ch], fraction) if volts is None else float(volts[ch])
         est = abs(know.value_at(ch, v[ch]))
         a, b = graph.edges[e]
         load[a] += est

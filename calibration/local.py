@@ -32,7 +32,7 @@ calibration's curve is as good as it was.  Nothing here reads the emulator's tru
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -110,40 +110,15 @@ def _helpers(cal: Calibration) -> design.Knowledge:
 def _self_setting(cmap, graph, know, kind: str, volts, opts) -> design.Config:
     """Every node's ``kind`` channel(s) at ``volts`` (n_channels,) with the helpers of
     :func:`calibration.design.self_at` (``kind`` ``"Q"``, ``"R"`` or ``"BW"``)."""
-    q_conf, r_conf = opts["q_confine"], opts["r_confine"]
-    v = design._base(cmap, graph, know, q_conf, r_conf)
-    for i in range(graph.n_nodes):
-        q_ch, r_ch, b_ch = int(graph.q[i]), int(graph.r[i]), int(graph.b[i])
-        if kind == "Q":
-            v[q_ch] = volts[q_ch]
-            q = know.value_at(q_ch, v[q_ch])
-            v[r_ch] = know.volts_for(r_ch, max(-q / (2 * 0.64) if q < 0 else r_conf, r_conf))
-        elif kind == "R":
-            v[r_ch] = volts[r_ch]
-            r = know.value_at(r_ch, v[r_ch])
-            v[q_ch] = know.volts_for(q_ch, 10.0 if r < 0.5 else (q_conf if r < 4.0 else -r / 4))
-        else:
-            v[q_ch] = know.volts_for(q_ch, 5.0)
-            v[r_ch] = know.volts_for(r_ch, 1.0)
-            v[b_ch] = volts[b_ch]
-    if kind == "BW":
-        for ch in graph.w_ch:
-            v[int(ch)] = volts[int(ch)]
-    return design.Config(f"local-{kind}", "local", v, {"sweep": kind})
+    cfg = design.self_at(cmap, graph, know, kind, None, opts["q_confine"], opts["r_confine"], volts=volts)
+    return replace(cfg, name=f"local-{kind}", stage="local", meta={"sweep": kind})
 
 
 def _edge_setting(cmap, graph, know, match, volts, m: int, opts) -> design.Config:
     """The couplings of matching ``match`` at ``volts``, helpers as :func:`calibration.design.edge_config`."""
-    v = design._base(cmap, graph, know, opts["q_confine"], opts["r_confine"])
-    load = np.zeros(graph.n_nodes)
-    for e in match:
-        ch = int(graph.edge_ch[e])
-        v[ch] = volts[ch]
-        a, b = graph.edges[e]
-        load[[a, b]] += abs(know.value_at(ch, v[ch]))
-    for i in np.flatnonzero(load > 0):
-        v[graph.q[i]] = know.volts_for(graph.q[i], max(opts["q_confine"], 0.5 * load[i]))
-    return design.Config(f"local-edge-{m}", "local", v, {"matching": int(m), "edges": np.asarray(match).tolist()})
+    cfg = design.edge_config(cmap, graph, know, match, 0.0, opts["q_confine"], opts["r_confine"], volts=volts)
+    return replace(cfg, name=f"local-edge-{m}", stage="local",
+                   meta={"matching": int(m), "edges": np.asarray(match).tolist()})
 
 
 def local_configs(cal: Calibration, graph: stein.Graph, volts, channels, opts: dict | None = None) -> list:
@@ -168,12 +143,6 @@ def local_configs(cal: Calibration, graph: stein.Graph, volts, channels, opts: d
     return out
 
 
-def _input_amplitude(cmap) -> float:
-    """The calibration routine's input amplitude: ``15 / largest nominal |W|``."""
-    w_nom = max([abs(c.gain) * max(abs(c.vmin), abs(c.vmax)) for c in cmap.of_kind("W")] or [1.0])
-    return 15.0 / w_nom
-
-
 def measure_local(device, cal: Calibration, volts, channels, *, progress=None, **options) -> LocalPoints:
     """Acquire the local settings (:func:`local_configs`) on ``device`` and estimate every asked-for
     channel at its applied voltage.  ``options``: :data:`LOCAL_DEFAULTS`.  Channels of nodes that
@@ -186,7 +155,7 @@ def measure_local(device, cal: Calibration, volts, channels, *, progress=None, *
     cmap = device.channel_map
     graph = stein.Graph.from_map(cmap, device.n_nodes, device.n_inputs)
     dt = float(_integrator_dt(device, "auto") or 0.0)
-    inputs = design.input_batch(int(o["chains"]), device.n_inputs, _input_amplitude(cmap))
+    inputs = design.input_batch(int(o["chains"]), device.n_inputs, design.input_amplitude(cmap))
     common = dict(interval_s=o["interval_tau"] * float(device.tau_s), samples=int(o["samples"]),
                   burn=int(math.ceil(o["burn_tau"] / o["interval_tau"])), repeats=int(o["repeats"]),
                   groups=int(o["groups"]), integrator_dt_tau=dt, keep_raw_chains=0)

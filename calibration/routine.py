@@ -364,8 +364,7 @@ def _resolve(device, opts: dict) -> dict:
     cmap = device.channel_map
     opts["integrator_dt_tau"] = _integrator_dt(device, opts["integrator_dt_tau"])
     opts["edge_levels"] = opts["edge_levels"] or (8 if any(c.period > 0 for c in cmap) else 6)
-    w_nom = max([abs(c.gain) * max(abs(c.vmin), abs(c.vmax)) for c in cmap.of_kind("W")] or [1.0])
-    opts["input_amplitude"] = opts["input_amplitude"] or 15.0 / w_nom
+    opts["input_amplitude"] = opts["input_amplitude"] or design.input_amplitude(cmap)
     burn = int(math.ceil(opts["burn_tau"] / opts["interval_tau"]))
     if burn >= opts["samples"]:
         raise ValueError(f"burn-in of {burn} samples leaves nothing of samples={opts['samples']}")
