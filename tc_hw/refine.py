@@ -401,17 +401,28 @@ def _softmax(z) -> np.ndarray:
 
 
 def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
-                     volts=None, input_scale: float = 1.0, readout=None) -> float:
+                     volts=None, input_scale: float = 1.0, readout=None, unbiased: bool = False) -> float:
     """cos(2 pi z) loss of ``params`` uploaded through ``cal`` (or of given ``volts``, all
     channels, and ``readout`` (n_out,)), measured on ``device`` with ``points`` inputs and
     ``samples`` readings each (the input line carrying ``input_scale * z``: a program whose
-    crossbar weights were divided by ``input_scale``)."""
+    crossbar weights were divided by ``input_scale``).  With ``unbiased`` the variance of the
+    sample means is subtracted (:func:`measure_cos_losses`)."""
+    return measure_cos_losses(device, params, cal, points=points, samples=samples, seed=seed, volts=volts,
+                              input_scale=input_scale, readout=readout)[int(unbiased)]
+
+
+def measure_cos_losses(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
+                       volts=None, input_scale: float = 1.0, readout=None) -> tuple[float, float]:
+    """``(loss, unbiased loss)`` of :func:`measure_cos_loss` from one measurement: the unbiased one
+    subtracts the variance of each input's mean answer (the readings' variance over ``samples``), as
+    :func:`~tc_hw.model.tasks.cos_loss_unbiased` does on the twin."""
     prob = _Problem(device, params, cal, RefineConfig(final_samples=samples, input_scale=input_scale))
     z, _ = cos_task(points)
     f = prob.readout0 if readout is None else np.asarray(readout, float)
     v = np.concatenate([prob.volts0[prob.trainable] if volts is None else np.asarray(volts)[prob.trainable], f])
-    loss, _ = _retrying(prob.cfg, "the measurement", lambda: prob.losses(v[None, :], z, [seed], samples))
-    return float(loss[0])
+    xbar, var = _retrying(prob.cfg, "the measurement", lambda: prob.means(v[None, :], z, [seed], samples))
+    loss = float(prob.loss_of(xbar[0], f, var[0], samples, z))
+    return loss, float(loss - np.mean(var[0]) / samples)
 
 
 def _wait_for_band(device, band, cfg: RefineConfig, bar) -> tuple[float, float]:

@@ -162,6 +162,37 @@ def test_malformed_files_give_clear_errors(tmp_path):
         load_params(tmp_path / "missing.h5")
 
 
+def test_flipped_program_has_the_same_energy_and_answer():
+    """x_i -> -x_i on some nodes: V(s x) of the flipped program equals V(x), inputs included, and the
+    readout gives the same answer on the twin (within noise); one_polarity makes every weight negative."""
+    from sim_backend.twin import sample_reset
+    from tc_hw.model.network import layered
+
+    rng = np.random.default_rng(3)
+    net = layered(4, 2, 1)
+    p = Params.uniform(net, 1.0, 0.0, 1.0, bias=rng.normal(0, 1, net.n_nodes), coupling=rng.normal(0, 0.5, net.n_edges),
+                       crossbar=rng.normal(0, 1, net.n_crossbar), readout=rng.normal(0, 1, (1, 4)), kT=0.3)
+    p = p.copy(cubic=rng.normal(0, 0.2, net.n_nodes))
+    nodes = [0, 2, 5, 7]
+    q = p.flipped(nodes)
+    s = np.ones(net.n_nodes)
+    s[nodes] = -1
+    x = rng.normal(0, 1, (5, net.n_nodes))
+    i = rng.normal(0, 1, (5, 1))
+    np.testing.assert_allclose(q.energy(x * s, i), p.energy(x, i))
+    assert np.allclose(p.flipped(nodes).flipped(nodes).vector(), p.vector())
+    neg = p.one_polarity(-1.0)
+    assert np.all(neg.crossbar < 0) and np.allclose(np.abs(neg.crossbar), np.abs(p.crossbar))
+    z = np.array([[0.2], [0.9]])
+    m = 4000
+    yp = sample_reset(p, z, 1.0, m, dt=1e-3, seed=1, nodes=net.outputs).x[:, :, 0] @ p.readout[0]
+    yq = sample_reset(q, z, 1.0, m, dt=1e-3, seed=2, nodes=net.outputs).x[:, :, 0] @ q.readout[0]
+    se = np.sqrt((yp.var(1) + yq.var(1)) / m)
+    assert np.all(np.abs(yp.mean(1) - yq.mean(1)) < 5 * se)
+    with pytest.raises(ParamsError):
+        p.flipped([net.n_nodes])
+
+
 def test_rescaled_program_computes_the_same_answer():
     """y = x / lam: same output (readout lam f) at the same time, from the twin, within noise."""
     from sim_backend.twin import sample_reset
@@ -183,3 +214,30 @@ def test_rescaled_program_computes_the_same_answer():
     assert np.all(np.abs(yp.mean(1) - yq.mean(1)) < 5 * se)
     with pytest.raises(ParamsError):
         p.rescaled(0.0)
+
+
+def test_unbiased_cos_loss_removes_the_variance_of_the_mean():
+    """Answers ``mu(z) + sigma n`` (Gaussian), M readings per input: the plain loss (14) is biased up by
+    ``sigma^2 / M``, the unbiased one is not.  Over 4000 repeated measurements the mean of each is
+    known to within its standard error (about 3e-4 here); the plain loss's bias (0.2) is 600 of those,
+    and the unbiased loss must lie within 5 of the true squared error."""
+    from tc_hw.model.tasks import cos_loss, cos_loss_unbiased
+
+    net = layered(4, 2, 1)
+    p = Params.uniform(net, 1.0, 0.0, 1.0, readout=np.array([[1.0, 0.0, 0.0, 0.0]]))
+    rng = np.random.default_rng(11)
+    points, m, sigma, reps = 20, 5, 1.0, 4000
+    target = np.cos(np.linspace(0, 2 * np.pi, points))
+    mu = target + rng.normal(0, 0.3, points)
+    true = float(np.mean((mu - target) ** 2))
+    plain, unbiased = [], []
+    for _ in range(reps):
+        x = np.zeros((points, m, 4))
+        x[:, :, 0] = mu[:, None] + sigma * rng.normal(size=(points, m))
+        plain.append(cos_loss(p, x, target))
+        unbiased.append(cos_loss_unbiased(p, x, target))
+    se = np.std(unbiased) / np.sqrt(reps)
+    assert abs(np.mean(plain) - (true + sigma**2 / m)) < 5 * np.std(plain) / np.sqrt(reps)
+    assert abs(np.mean(unbiased) - true) < 5 * se
+    with pytest.raises(ValueError, match="readings >= 2"):
+        cos_loss_unbiased(p, x[:, :1], target)

@@ -38,9 +38,11 @@ def test_scenario_board_seed_draws_another_board_with_the_same_sizes():
 
     doc = tomllib.loads(board_toml("crosstalk", seed=7))
     assert doc["seed"] == 7 and doc["nonideal"]["crosstalk"] == 0.03
-    a = scenario_board("crosstalk").truth["channels"]["xtalk_next"]
-    b = scenario_board("crosstalk", seed=7).truth["channels"]["xtalk_next"]
-    assert not np.allclose(a, b)
+    a = scenario_board("crosstalk").truth["channels"]
+    b = scenario_board("crosstalk", seed=7).truth["channels"]
+    assert not np.allclose(a["gain_factor"], b["gain_factor"])
+    np.testing.assert_array_equal(a["xtalk_next"], b["xtalk_next"])  # 3 % on every line but the last
+    assert set(np.unique(a["xtalk_next"])) == {0.0, 0.03}
     assert board_toml("crosstalk") == board_toml("crosstalk", seed=None)
 
 

@@ -267,6 +267,42 @@ class Params:
             mobility=self.mobility / lam**2,
         )
 
+    def flipped(self, nodes) -> "Params":
+        """The same computer with the coordinates of ``nodes`` reversed, ``x_i -> -x_i`` (exact).
+
+        ``V(s x)`` with ``s_i = -1`` on ``nodes`` is ``V(x)`` of a program whose odd terms of those
+        nodes change sign: bias and cubic, every coupling with exactly one end among them, their
+        crossbar weights; read-out weights of flipped output nodes change sign, so the answer is the
+        same.  Which sign a node's crossbar weight has is thus a choice of the program's author
+        (e.g. every weight of one polarity, as a capacitive crossbar has).
+        """
+        n = self.network.n_nodes
+        idx = np.asarray(list(nodes), dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ParamsError(f"nodes to flip must be in 0..{n - 1}, got {idx.tolist()}")
+        s = np.ones(n)
+        s[idx] = -1.0
+        a, b = self.network.edges.T
+        cb = self.network.crossbar[:, 1]
+        return replace(
+            self,
+            cubic=self.cubic * s,
+            bias=self.bias * s,
+            coupling=self.coupling * s[a] * s[b],
+            crossbar=self.crossbar * s[cb],
+            readout=None if self.readout is None else self.readout * s[self.network.outputs],
+        )
+
+    def one_polarity(self, sign: float = -1.0) -> "Params":
+        """:meth:`flipped` so that every crossbar weight has the sign of ``sign``; raises
+        :class:`ParamsError` when a node's weights from several input lines have mixed signs."""
+        cb = self.network.crossbar[:, 1]
+        wrong = np.sign(self.crossbar) == -np.sign(sign)
+        nodes = np.unique(cb[wrong])
+        if np.any(np.isin(cb[~wrong & (self.crossbar != 0)], nodes)):
+            raise ParamsError("a node has crossbar weights of both signs: no flip gives one polarity")
+        return self.flipped(nodes)
+
     @classmethod
     def uniform(
         cls,

@@ -102,6 +102,25 @@ def cos_loss(params: Params, output_samples, targets) -> float:
     return loss if np.isfinite(loss) else float("inf")
 
 
+def cos_loss_unbiased(params: Params, output_samples, targets) -> float:
+    """Loss (14) without its finite-sample bias: ``mean_z [(y(z) - y0(z))^2 - s^2(z) / M]``.
+
+    ``y(z)`` is the mean of ``M`` readings, so ``(y - y0)^2`` overestimates the program's squared
+    error by the variance of that mean, ``sigma^2(z) / M``; ``s^2(z)`` (the readings' variance of the
+    read-out answer, ``ddof = 1``) is its unbiased estimate, so the expectation of this loss is the
+    loss at infinitely many readings, the part an analog change can lower.  Shapes as
+    :func:`cos_loss`; ``M >= 2``.  It can be slightly negative for a program that is almost exact.
+    """
+    x = np.asarray(output_samples, dtype=np.float64)
+    if x.ndim != 3 or x.shape[1] < 2:
+        raise ValueError(f"need (inputs, readings >= 2, outputs) samples, got shape {x.shape}")
+    y = params.output(x)[..., 0]  # (P, M): the answer of every reading
+    with np.errstate(over="ignore", invalid="ignore"):
+        bias = float(np.mean(y.var(axis=1, ddof=1))) / x.shape[1]
+    loss = cos_loss(params, x, targets) - bias
+    return loss if np.isfinite(loss) else float("inf")
+
+
 # ----------------------------------------------------------------------------- tasks as data
 LOSSES = ("mse", "cross-entropy", "accuracy")
 TASK_FORMAT = "tc-hw/task"

@@ -77,7 +77,7 @@ from tc_hw.model.files import save_params
 from tc_hw.model.network import layered
 from tc_hw.model.params import Params, ParamsError
 from tc_hw.model.plotting import figure, save
-from tc_hw.model.tasks import cos_loss, cos_task
+from tc_hw.model.tasks import cos_loss, cos_loss_unbiased, cos_task
 
 from ..model import seeds
 from .direct import _Adam, _Model, backward, forward
@@ -179,10 +179,19 @@ def _json_list(a) -> list:
 
 
 def twin_cos_loss(params: Params, *, points: int = PAPER_POINTS, samples: int = 1000, dt: float = 1e-3,
-                  seed: int = 0) -> float:
-    """Loss (14) of one trained computer on ``points`` inputs of [0, 1], ``samples`` reset runs each."""
+                  seed: int = 0, unbiased: bool = False) -> float:
+    """Loss (14) of one trained computer on ``points`` inputs of [0, 1], ``samples`` reset runs each;
+    with ``unbiased`` without the variance of the sample means (:func:`~tc_hw.model.tasks.cos_loss_unbiased`)."""
+    return twin_cos_losses(params, points=points, samples=samples, dt=dt, seed=seed)[int(unbiased)]
+
+
+def twin_cos_losses(params: Params, *, points: int = PAPER_POINTS, samples: int = 1000, dt: float = 1e-3,
+                    seed: int = 0) -> tuple[float, float]:
+    """``(loss, unbiased loss)`` of :func:`twin_cos_loss`, both from the same runs."""
     z, y0 = cos_task(points)
-    return float(evaluate_cos(params.vector()[None, :], params, z, y0, samples=samples, dt=dt, seed=seed)[0])
+    with np.errstate(all="ignore"):
+        x = _sample([params], z, "reset", samples, dt, 1.0, 0.2, int(seed))[0]
+    return cos_loss(params, x, y0), cos_loss_unbiased(params, x, y0)
 
 
 def readout_lstsq(params: Params, *, mode: str = "reset", points: int = PAPER_POINTS, samples: int = 1000,
