@@ -319,7 +319,7 @@ def test_run_loss_agrees_with_the_refinement_measurement(tmp_path):
     false alarm below 1e-6.  (On the demo board, 250 x 1000 readings, the two agreed to 1.4e-4
     with sigma = 7e-5.)"""
     import calibration
-    from tc_hw.refine import measure_cos_loss
+    from tc_hw.refine import measure_cos_loss, measure_cos_losses
     from tc_hw.run import CosTask, run_program
 
     dev, p, task = TwinDevice(), _program(), CosTask(25)
@@ -331,6 +331,11 @@ def test_run_loss_agrees_with_the_refinement_measurement(tmp_path):
     sigma = np.sqrt(np.sum(4 * resid**2 * run["mean_errors"] ** 2)) / len(resid)
     assert abs(r["loss"] - ref) < 5 * np.sqrt(2) * sigma, (r["loss"], ref, sigma)
     assert sigma < 0.01  # the check has teeth: the loss is about 0.5
+    # the unbiased loss subtracts the variance of each mean answer: the same, within 20 %, as the
+    # run's squared standard errors (25 inputs x 400 readings: their mean has a relative error of 1.4 %)
+    plain, unbiased = measure_cos_losses(dev, p, cal, points=25, samples=400, seed=11)
+    assert plain == ref
+    assert plain - unbiased == pytest.approx(np.mean(run["mean_errors"] ** 2), rel=0.2)
 
 
 def test_a_program_that_would_rail_is_refused_before_anything_is_sent(tmp_path):
