@@ -264,8 +264,9 @@ def gap_check(name, program, *, points: int = 100, samples: int = 400, seed: int
     scenario's age and temperature step), and the board's true equation at those volts
     (:meth:`Board.params` at ``elapsed_s`` seconds after the emulator's start, its temperature
     then) is sampled on the twin with the emulator's time step and rails; the program itself is
-    sampled at dt = 1e-3.  Both use the same noise streams (common random numbers) and each gets
-    its own least-squares readout, so ``ratio`` = ``board_loss / twin_loss`` is the gap that a
+    sampled at dt = 1e-3.  Both use the same seed, but with different time steps their noise is
+    not shared (each loss has its own standard error, about 3e-4 at 100 x 1000); each gets its
+    own least-squares readout, so ``ratio`` = ``board_loss / twin_loss`` is the gap that a
     board measurement with a board-fitted readout shows (ADC noise and quantisation left out:
     1 mV against node spreads of order 0.3 V).
 
