@@ -27,7 +27,8 @@ the run) gives:
                    term (about 0.0015 here, two thirds of the twin's plain loss) is the same for every
                    program and no analog change removes it; the plain losses are ``*_loss_1000``;
 ``gap_closed``     ``(start - refined) / (start - twin)`` (the same with either loss, up to noise);
-``readings``       board readings the run took (start measurements and generations);
+``readings``       board readings the run took: start measurement, generations and the final
+                   comparison of the start with the method's best (``search_readings``: without it);
 ``seconds``        wall time of the run.
 
 One JSON object per (scenario, method) with ``--json``.  ``--quick`` runs a reduced version
@@ -179,7 +180,8 @@ def _methods(name, dev, setup, methods, quick, final, folder: Path, seed: int):
                "refined_loss": refined, "gap_closed": gap_closed(twin, start, refined),
                "twin_loss_1000": twin_1000, "start_loss_1000": start_1000, "refined_loss_1000": refined_1000,
                "twin_loss_se": twin_se,
-               "readings": r["readings"], "seconds": round(seconds, 1), "kept": r["kept"],
+               "readings": r["readings"] + r["final_readings"], "search_readings": r["readings"],
+               "seconds": round(seconds, 1), "kept": r["kept"],
                "generations": r["generations"], "run_start_loss": r["start_loss"],
                "run_refined_loss": r["refined_loss"], "description": setup["description"]}
 
