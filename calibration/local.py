@@ -12,7 +12,7 @@ little (its stated uncertainties are right elsewhere).
 
 This module measures the channels a program uses *at the program's own voltages*, with the
 calibration's own acquisition designs (:mod:`calibration.design`: the same confining helpers,
-inputs and estimator, :mod:`calibration.stein`), and combines each local value with the curve:
+inputs and estimator, :mod:`calibration.stein`), and blends each local value with the curve's:
 
 * :func:`local_configs`: the settings: every node's Q at its program voltage (one setting), every
   node's R (one), every bias and crossbar weight (one), and one setting per matching of the
@@ -21,8 +21,8 @@ inputs and estimator, :mod:`calibration.stein`), and combines each local value w
 * :func:`measure_local`: acquire them and return :class:`LocalPoints` (applied volts, value,
   one-sigma error per channel);
 * :func:`corrected`: a new :class:`~calibration.record.Calibration` whose measured channels are
-  shifted by a constant so that each curve passes through the combined value at the program's
-  voltage (see :func:`combine`); every other channel is the calibration's own curve.
+  shifted by a constant so that each curve passes through the blended value at the program's
+  voltage (see :func:`blend_with_curve`); every other channel is the calibration's own curve.
 
 The shift is constant along the curve (slope, branch, span and monotonicity unchanged): it is
 meant for uploads at or near the measured voltages (a program, its refinement); far from them the
@@ -48,7 +48,7 @@ __all__ = [
     "LOCAL_DEFAULTS",
     "LocalPoints",
     "ShiftedCurve",
-    "combine",
+    "blend_with_curve",
     "corrected",
     "local_configs",
     "local_pass",
@@ -179,8 +179,10 @@ def measure_local(device, cal: Calibration, volts, channels, *, progress=None, *
     return LocalPoints(arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4], len(configs))
 
 
-def combine(curve_value, curve_sigma, local_value, local_sigma) -> tuple[np.ndarray, np.ndarray]:
-    """Combined value and weight of the local one (arrays broadcast).
+def blend_with_curve(curve_value, curve_sigma, local_value, local_sigma) -> tuple[np.ndarray, np.ndarray]:
+    """Blended value of a channel at one voltage, and the weight of the local value (arrays broadcast).
+
+    Not to be confused with :func:`calibration.combine`, which pools a record's entries.
 
     Inverse-variance weighting, with the curve's variance at that voltage taken as at least what
     the two disagree by beyond the local noise, ``max(sigma_c^2, d^2 - sigma_l^2)`` (``d`` the
@@ -194,11 +196,11 @@ def combine(curve_value, curve_sigma, local_value, local_sigma) -> tuple[np.ndar
 
 
 def corrected(cal: Calibration, points: LocalPoints) -> tuple[Calibration, dict]:
-    """``cal`` with each measured channel's curve shifted through its combined value (:func:`combine`
+    """``cal`` with each measured channel's curve shifted through its blended value (:func:`blend_with_curve`
     at the applied volts, the calibration's reference temperature).  Returns the new calibration
     (same ADC, nodes and map; entry ``<entry>+local``) and a report: per kind the channels, the rms
     and largest |shift| (board units) and the number whose local value differs from the curve
-    by more than 3 combined sigmas."""
+    by more than 3 sigmas (the two errors in quadrature)."""
     fits = list(cal.fits)
     rep: dict = {}
     for ch, v, y, s, t in zip(points.channels, points.volts, points.value, points.sigma, points.temperature_k):
@@ -208,7 +210,7 @@ def corrected(cal: Calibration, points: LocalPoints) -> tuple[Calibration, dict]
         factor = float(curve._temp_factor(t))  # 1 unless the temperature coefficient is known
         y, s = y / factor, s / abs(factor)
         yc, sc = float(curve.raw_value(v)), float(curve.sigma(v))
-        best, _ = combine(yc, sc, y, s)
+        best, _ = blend_with_curve(yc, sc, y, s)
         fits[int(ch)] = ShiftedCurve.of(curve, float(best) - yc, float(v))
         r = rep.setdefault(curve.kind, {"channels": 0, "shift": [], "beyond_3_sigma": 0})
         r["channels"] += 1

@@ -18,13 +18,15 @@ Board actors (:func:`board_actor`)
     the boards of a station are calibrated or refined in parallel, each on the host that provides
     the ``board`` resource (start that host's Ray node with ``--resources '{"board": 1}'``).
 
-``connect("local")`` starts a one-machine cluster (node 127.0.0.1, no dashboard); any other address
-joins an existing cluster (``ray.init(address=...)``).  Without a cluster nothing here is used and
-every result is the single-process one.
+``connect("local")`` starts a one-machine cluster (node 127.0.0.1, every Ray server listening on
+127.0.0.1 only, no dashboard); any other address joins an existing cluster
+(``ray.init(address=...)``).  Without a cluster nothing here is used and every result is the
+single-process one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -53,6 +55,11 @@ __all__ = [
     "station_log",
     "worker_pids",
 ]
+
+#: The only address a local cluster's servers listen on.
+LOOPBACK = "127.0.0.1"
+#: Ray's switch for its single-machine mode (see :func:`_loopback_only`).
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 #: Environment of every twin task: one thread per task (a task reserves one CPU).
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -85,8 +92,8 @@ def connect(address: str, *, num_cpus: int | None = None, boards: int = 0) -> di
 
     ``num_cpus`` (local only; default ``os.cpu_count()``): how many one-thread twin tasks run at
     once.  ``boards`` (local only): the amount of the custom resource ``board`` this machine
-    offers, one per board actor.  A local cluster's node is 127.0.0.1 and it starts no dashboard
-    (Ray's own servers still listen on all interfaces: see docs/cluster.md).
+    offers, one per board actor.  A local cluster's node is 127.0.0.1, every Ray server of it
+    listens on 127.0.0.1 only (:func:`_loopback_only`) and it starts no dashboard.
     Returns ``{"address", "cpus", "boards", "started"}`` of the cluster joined; ``started`` is
     False when this process had already joined one (which is kept: call :func:`shutdown` only if
     ``started``).
@@ -95,14 +102,55 @@ def connect(address: str, *, num_cpus: int | None = None, boards: int = 0) -> di
     started = not ray.is_initialized()
     if started:
         if address == "local":
-            ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1), resources={"board": float(boards)} if boards else None,
-                     include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                     object_store_memory=200 * 2**20, configure_logging=False)
+            with _loopback_only(ray):
+                ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1),
+                         resources={"board": float(boards)} if boards else None,
+                         include_dashboard=False, _node_ip_address=LOOPBACK, log_to_driver=False,
+                         object_store_memory=200 * 2**20, configure_logging=False)
+            _check_loopback(ray)
         else:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     _notices_to_stderr()
     res = ray.cluster_resources()
     return {"address": address, "cpus": int(res.get("CPU", 0)), "boards": int(res.get("board", 0)), "started": started}
+
+
+@contextlib.contextmanager
+def _loopback_only(ray):
+    """While a local cluster starts: Ray's single-machine mode, in which the node address
+    ``127.0.0.1`` is kept (on Linux Ray otherwise swaps it for the primary interface's address)
+    and so every server (GCS, raylet, object manager, workers, agents) binds to 127.0.0.1.
+
+    That mode is Ray's default on macOS and Windows; on Linux it is the environment variable
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``.  Ray reads the variable when it is first imported,
+    so the already-read value (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``) is set too, and
+    both are restored afterwards (joining another cluster later still uses the host's address).
+    The started processes inherit the variable."""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    saved_env = os.environ.get(_RAY_CLUSTER_ENV)
+    saved_flag = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    if saved_flag is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(_RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTER_ENV] = saved_env
+        if saved_flag is not None:
+            constants.ENABLE_RAY_CLUSTER = saved_flag
+
+
+def _check_loopback(ray) -> None:
+    """Refuse a local cluster whose node is not 127.0.0.1 (its servers would listen on a
+    network interface): stop it and raise :class:`ClusterError`."""
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:
+        ray.shutdown()
+        raise ClusterError(f"the local Ray node registered as {node_ip}, not {LOOPBACK}: its servers would listen "
+                           f"beyond loopback; this Ray version ignores {_RAY_CLUSTER_ENV}=0")
 
 
 def _notices_to_stderr() -> None:

@@ -1,5 +1,6 @@
 """The local pass (calibration.local): a program's channels measured at the program's own
-voltages with the calibration's designs, and each curve shifted through the combined value.
+voltages with the calibration's designs, and each curve shifted through the blended value
+(calibration.local.blend_with_curve).
 
 The board is the in-process twin (:class:`sim_backend.device.TwinDevice`), whose elements are
 exactly their nominal curves, so :func:`calibration.nominal` is its true calibration; a
@@ -15,7 +16,7 @@ import calibration
 from calibration import stein
 from calibration.local import (
     ShiftedCurve,
-    combine,
+    blend_with_curve,
     corrected,
     local_configs,
     measure_local,
@@ -38,15 +39,15 @@ def _with_misses(cal, misses: dict):
                                    technology=cal.technology, entry="missing")
 
 
-def test_combine_weights_by_variance_and_trusts_the_local_value_where_the_curve_misses():
+def test_blend_with_curve_weights_by_variance_and_trusts_the_local_value_where_the_curve_misses():
     # agreement within the noise: inverse-variance weights (curve sigma 0.01, local 0.02 -> w = 0.2)
-    best, w = combine(1.0, 0.01, 1.001, 0.02)
+    best, w = blend_with_curve(1.0, 0.01, 1.001, 0.02)
     assert w == pytest.approx(0.2) and best == pytest.approx(1.0002)
     # a miss of 25 curve sigmas: the curve's variance is at least the miss, the local value wins
-    best, w = combine(1.0, 0.01, 1.25, 0.02)
+    best, w = blend_with_curve(1.0, 0.01, 1.25, 0.02)
     assert w > 0.99 and abs(best - 1.25) < 0.003
     # an exact curve (sigma 0) that agrees keeps its value
-    best, w = combine(2.0, 0.0, 2.0, 0.05)
+    best, w = blend_with_curve(2.0, 0.0, 2.0, 0.05)
     assert w == 0.0 and best == 2.0
 
 

@@ -3,6 +3,7 @@ whatever the number of workers, and a worker killed mid-call costs a logged retr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -35,6 +36,37 @@ def population():
     base = cos_network()
     rng = np.random.default_rng(17)
     return base, start_vector(base) + 0.05 * rng.standard_normal((10, base.vector().size))
+
+
+def _listening(pids) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket and bound UDP socket of ``pids``."""
+    psutil = pytest.importorskip("psutil")
+    out = []
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        out += [(pid, c.laddr.ip, c.laddr.port) for c in conns
+                if c.status == psutil.CONN_LISTEN or (c.status == psutil.CONN_NONE and not c.raddr)]
+    return out
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def test_a_local_cluster_listens_on_loopback_only(local_cluster):
+    # every Ray process of the local cluster is a child of this one (GCS, raylet, agents, workers)
+    psutil = pytest.importorskip("psutil")
+    pids = [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)]
+    sockets = _listening(pids)
+    assert len(sockets) >= 3  # at least the GCS, the raylet and this driver's worker server
+    assert [s for s in sockets if not _is_loopback(s[1])] == []
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("::") and _is_loopback("::ffff:127.0.0.1")
 
 
 def test_split_rows_covers_every_row_once():

@@ -184,17 +184,18 @@ def test_weak_boards_train_at_smaller_scales_until_the_rails(monkeypatch, tmp_pa
     """A program that did not learn is trained again at smaller coordinate scales (x 0.8 each) while its nodes
     stay within the safe range; it learns below scale 0.15 here, and its nodes reach extent / scale volts."""
     from tc_hw import demo
+    from tc_hw.demo import training  # where _learn_at_smaller_scales looks its helpers up
 
     cmap = channel_map(PRESETS["default"])
     base, nodes = board_computer(cmap)
-    monkeypatch.setattr(demo, "plan_for_board", lambda *a, min_scale=0.3, **k: demo.BoardPlan(
+    monkeypatch.setattr(training, "plan_for_board", lambda *a, min_scale=0.3, **k: demo.BoardPlan(
         1.0, min_scale, np.ones(32), np.ones(32), [], 1.0))
 
     def train(plan, *a):  # a stand-in for the twin training: learns only at small scales
         loss = 0.05 if plan.scale < 0.15 else 0.5
         return "params", {"loss": loss}, "program", plan.scale, extent_at_unit_scale
 
-    monkeypatch.setattr(demo, "_train_for", train)
+    monkeypatch.setattr(training, "_train_for", train)
     plan0 = demo.BoardPlan(1.0, 0.3, np.ones(32), np.ones(32), [], 1.0)
     trainings = []
     found = demo._learn_at_smaller_scales(plan0, train(plan0), base, nodes, cmap, None, tmp_path, 0, False, 2.7,
