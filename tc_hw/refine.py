@@ -270,16 +270,31 @@ class _Problem:
         return inputs
 
     def means(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean output-node readings (C, P, n_out) and the variance of the readout ``f . x`` over
-        the readings (C, P), one upload and one acquisition of ``samples`` readings per input for
-        each candidate (default ``cfg.samples``)."""
-        xbar = np.empty((len(population), len(z), len(self.outputs)))
-        var = np.zeros((len(population), len(z)))
+        """Mean output-node readings (C, P, n_out) and the variance of each candidate's own readout
+        ``f . x`` over the readings (C, P) (:meth:`moments`)."""
+        xbar, cov = self.moments(population, z, seeds, samples)
+        return xbar, self.readout_var(cov, [self.split(v)[1] for v in population])
+
+    def readout_var(self, cov, readouts) -> np.ndarray:
+        """Variance of one reading of the read-out output(s) (C, P), summed over the readout's rows,
+        from the output nodes' covariance ``cov`` (C, P, n_out, n_out) and a readout per candidate."""
+        f = np.stack([self.readout_matrix(r) for r in readouts])  # (C, n_y, n_out)
+        return np.einsum("cyi,cpij,cyj->cp", f, np.asarray(cov, float), f)
+
+    def moments(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean output-node readings (C, P, n_out) and their covariance over the readings (C, P,
+        n_out, n_out; zeros with one reading), one upload and one acquisition of ``samples``
+        readings per input for each candidate (default ``cfg.samples``).  A readout's variance is
+        :meth:`readout_var` of it, so a candidate scored with a readout fitted afterwards gets the
+        noise of that readout, not of the one it was sent with."""
+        n_out = len(self.outputs)
+        xbar = np.empty((len(population), len(z), n_out))
+        cov = np.zeros((len(population), len(z), n_out, n_out))
         dev = self.device
         self.readings += len(population) * len(z) * int(samples or self.cfg.samples)
         dev.set_inputs(self.device_inputs(z))
         for c, v in enumerate(population):
-            volts, f = self.split(v)
+            volts = self.split(v)[0]
             dev.set_channels(volts)
             if seeds is not None and isinstance(dev, Seedable):
                 dev.reseed(seeds[c])
@@ -288,8 +303,9 @@ class _Problem:
             x = self.cal.adc.correct(acq.volts, self.outputs)  # (P, M, n_out)
             xbar[c] = x.mean(axis=1)
             if x.shape[1] > 1:
-                var[c] = (x @ self.readout_matrix(f).T).var(axis=1, ddof=1).sum(axis=-1)
-        return xbar, var
+                d = x - xbar[c][:, None, :]
+                cov[c] = np.einsum("pmi,pmj->pij", d, d) / (x.shape[1] - 1)
+        return xbar, cov
 
     def loss_of(self, xbar, f, var, samples: int, z) -> float:
         """The task loss of mean readings ``xbar`` (P, n_out) read out with ``f``; with
@@ -606,10 +622,11 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g)] * len(pop)
     else:
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, c) for c in range(len(pop))]
-    xbar, var = prob.means(pop, z, noise)
+    xbar, cov = prob.moments(pop, z, noise)
     fs = [prob.split(v)[1] for v in pop]
     if cfg.method == "cma" and cfg.readout_fit and cfg.cma_readout_fit:  # each candidate scored with its exact readout
         fs = prob.exact_readouts(xbar, z, fs)  # (CMA-ES's vector keeps the start's readout; only the score uses it)
+    var = prob.readout_var(cov, fs)  # the noise of the readout scored (the debias term), not of the vector's
     losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], cfg.samples, z) for c in range(len(pop))])
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
