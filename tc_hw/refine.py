@@ -72,6 +72,12 @@ candidate's loss pools its measurements; the elites come from the last rung), th
 double (up to ``max_factor`` times) once the candidates' spread of losses is no larger than one
 candidate's standard error (:meth:`_Problem.loss_se`), and ``max_readings`` caps the run's
 readings (the run stops before a generation that would pass it: ``stop`` is ``"readings"``).
+
+CMA-ES scores each candidate with its exact readout (``cma_readout_fit``) and the debias term of
+that readout's noise, and measures each candidate with readings that double (up to ``max_factor``)
+by the GA's rule (:class:`tc_hw.train.cmaes.CMAES`); without ``max_readings`` it stops before a
+generation that would pass the readings of ``generations`` generations at ``samples``.  Its program
+is the distribution mean, which then goes through the same final comparison and keep test.
 """
 
 from __future__ import annotations
@@ -136,7 +142,7 @@ class RefineConfig:
     subspace: int = 12  #: ga/cma: search along the twin's r most visible output directions (0: every channel)
     subspace_step: float = 0.3  #: ga/cma: rms output change of one mutation, fraction of sqrt(start loss)
     rungs: int = 3  #: ga: successive-halving rungs per generation (best half re-measured with twice the readings)
-    max_factor: int = 4  #: ga: the base readings per candidate may double up to this factor as the population converges
+    max_factor: int = 4  #: ga/cma: the base readings per candidate may double up to this factor as the population converges
     elite_memory: float = 0.0  #: ga: fraction of an elite's readings carried into the next generation's estimate
     cma_readout_fit: bool = True  #: cma: each candidate's loss with the readout fitted to its own measurement
     recombine: bool = True  #: ga: one child per generation is the elites' centroid
@@ -518,7 +524,7 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
     if cfg.method == "cma":
 
         return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations,
-                     basis=basis)
+                     basis=basis, max_factor=cfg.max_factor)
 
     z = _design(cfg, prob.task)
     xbar, _ = _retrying(cfg, "the start measurement at the design inputs", lambda: prob.means(
@@ -618,20 +624,22 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     else:
         z = _batch(cfg, g, prob.task)
         pop = opt.ask()
+    m = cfg.samples * getattr(opt, "samples_factor", 1)  # CMA-ES: more readings per candidate as it converges
     if cfg.common_noise:
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g)] * len(pop)
     else:
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, c) for c in range(len(pop))]
-    xbar, cov = prob.moments(pop, z, noise)
+    xbar, cov = prob.moments(pop, z, noise, m)
     fs = [prob.split(v)[1] for v in pop]
     if cfg.method == "cma" and cfg.readout_fit and cfg.cma_readout_fit:  # each candidate scored with its exact readout
         fs = prob.exact_readouts(xbar, z, fs)  # (CMA-ES's vector keeps the start's readout; only the score uses it)
     var = prob.readout_var(cov, fs)  # the noise of the readout scored (the debias term), not of the vector's
-    losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], cfg.samples, z) for c in range(len(pop))])
+    losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))])
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
     else:
-        opt.tell(losses)
+        se = [prob.loss_se(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))]
+        opt.tell(losses, se=None if None in se else np.array(se))
     return pop, losses
 
 
@@ -797,8 +805,14 @@ def _next_readings(cfg: RefineConfig, opt) -> int:
 
 
 def _out_of_readings(cfg: RefineConfig, prob: "_Problem", opt) -> bool:
-    """True when the next generation would take the run past ``cfg.max_readings``."""
-    return cfg.max_readings is not None and prob.readings + _next_readings(cfg, opt) > cfg.max_readings
+    """True when the next generation would take the run past ``cfg.max_readings``; CMA-ES without
+    it: past the readings of ``generations`` generations at ``samples`` (its grown sample sizes spend
+    that budget in fewer generations)."""
+    if cfg.max_readings is not None:
+        return prob.readings + _next_readings(cfg, opt) > cfg.max_readings
+    if cfg.method == "cma":
+        return opt.units + opt.generation_units() > cfg.generations * cfg.population
+    return False
 
 
 def _final_inputs(cfg: RefineConfig, prob: "_Problem"):
