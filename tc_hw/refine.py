@@ -638,8 +638,11 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
     else:
+        # each candidate's own noise decides CMA-ES's sample growth; with noise common to the generation
+        # (a seedable backend) the candidates' differences carry far less of it, and no se is told
+        shared = cfg.common_noise and isinstance(prob.device, Seedable)
         se = [prob.loss_se(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))]
-        opt.tell(losses, se=None if None in se else np.array(se))
+        opt.tell(losses, se=None if shared or None in se else np.array(se))
     return pop, losses
 
 
