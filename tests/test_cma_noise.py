@@ -15,6 +15,7 @@ from calibration.scale import fitting_scale  # noqa: E402
 from sim_backend.device import TwinDevice  # noqa: E402
 from tc_hw.model.files import load_params  # noqa: E402
 from tc_hw.model.tasks import cos_task  # noqa: E402
+from tc_hw.model.runlog import read_log  # noqa: E402
 from tc_hw.refine import RefineConfig, _Problem, refine  # noqa: E402
 from tc_hw.train.cmaes import CMAES  # noqa: E402
 
@@ -105,3 +106,51 @@ def test_growing_samples_bring_the_cma_mean_closer_under_noise_for_the_same_read
     fixed = np.array([_noisy_quadratic_run(1, s, 3.0) for s in range(12)])
     assert np.sum(grow < fixed) >= 10
     assert np.median(grow) <= 0.7 * np.median(fixed)
+
+
+def _perturbed(amp: float = 0.3, seed: int = 0):
+    """The benchmark's cos program on the twin board with its biases moved by ``amp`` (program units)
+    N(0, 1) draws (twin loss with a fitted readout ~0.03 instead of ~0.005), and the exact calibration."""
+    cmap = TwinDevice().channel_map
+    params = load_params(PROGRAM)
+    params = params.rescaled(fitting_scale(params, cmap))
+    rng = np.random.default_rng(seed)
+    bad = params.copy(bias=params.bias + amp * rng.standard_normal(params.bias.shape))
+    return bad.rescaled(min(1.0, fitting_scale(bad, cmap))), calibration.nominal(cmap)
+
+
+TWIN = dict(population=10, points=12, samples=50, final_points=50, final_samples=500, twin_samples=16, twin_dt=2e-2)
+
+
+def test_cma_improves_a_perturbed_program_on_the_twin(tmp_path):
+    """CMA-ES's mean, through the final comparison and keep test, beats the start (calibrated upload
+    with the fitted readout).  Measured: refine seed 3, start 0.0299, CMA-ES 0.0056, the difference
+    7.9 standard errors; refine seed 4, 0.0321 -> 0.0069, 7.9 se.  The keep test (level 5 %) keeps a
+    2.5-se improvement with 80 % power; asserted: kept, and below half the start's loss.  (The old
+    CMA-ES passes this too: its failure needs a gap near the noise and many generations, see the
+    noisy-quadratic test.)"""
+    bad, cal = _perturbed()
+    r = refine(TwinDevice(), bad, cal, tmp_path / "a.h5", RefineConfig(method="cma", generations=10, seed=3, **TWIN),
+               progress=False)
+    assert r["kept"] == "cma" and r["keep_test"]["keep"]
+    assert r["refined_loss"] < 0.5 * r["start_loss"]
+
+
+def test_cma_with_growing_samples_resumes_bitwise(tmp_path):
+    """Independent noise per candidate (``common_noise=False``): the sample factor grows, the run
+    stops on its readings, and a run killed after two generations resumes to the same populations,
+    losses, factors and result."""
+    bad, cal = _perturbed()
+    cfg = dict(method="cma", seed=5, common_noise=False, **{**TWIN, "final_points": 20, "final_samples": 50,
+                                                          "samples": 20, "points": 6})
+    full = refine(TwinDevice(), bad, cal, tmp_path / "a.h5", RefineConfig(generations=8, **cfg), progress=False)
+    refine(TwinDevice(), bad, cal, tmp_path / "b.h5", RefineConfig(generations=2, **cfg), progress=False)
+    resumed = refine(TwinDevice(), bad, cal, tmp_path / "b.h5", RefineConfig(generations=8, **cfg), resume=True,
+                     progress=False)
+    a, b = read_log(tmp_path / "a.h5"), read_log(tmp_path / "b.h5")
+    np.testing.assert_array_equal(a["population"], b["population"])
+    np.testing.assert_array_equal(a["losses"], b["losses"])
+    fa, fb = CMAES.load(tmp_path / "a.h5.ga.h5"), CMAES.load(tmp_path / "b.h5.ga.h5")
+    assert fa.factors == fb.factors and max(fa.factors) > 1  # it grew
+    assert full["stop"] == resumed["stop"] == "readings" and full["generations"] < 8
+    assert resumed["readings"] == full["readings"] and resumed["best_volts"] == full["best_volts"]
