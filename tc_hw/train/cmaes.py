@@ -214,6 +214,8 @@ class CMAES:
             # version 1 (before growing sample sizes): every generation at factor 1
             factors = f["factors"][()] if "factors" in f else np.ones(len(told), dtype=np.int64)
             factor = int(f.attrs.get("factor", 1))
+        if len(factors) != len(told) or np.any(np.asarray(factors) < 1) or factor < 1:
+            raise ValueError(f"{path}: {len(told)} generations told but {len(factors)} sample factors, or a factor < 1")
         es = cls(x0, sigma, basis=basis, **cfg)
         for y, loss, w in zip(asked, told, factors):
             if not np.array_equal(es.ask(), es._x(y)):
