@@ -5,21 +5,24 @@ was scored with its own exact readout)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 pytest.importorskip("cma")
 
-import calibration  # noqa: E402
-from calibration.scale import fitting_scale  # noqa: E402
-from sim_backend.device import TwinDevice  # noqa: E402
-from tc_hw.model.files import load_params  # noqa: E402
-from tc_hw.model.tasks import cos_task  # noqa: E402
-from tc_hw.model.runlog import read_log  # noqa: E402
-from tc_hw.refine import RefineConfig, _Problem, refine  # noqa: E402
-from tc_hw.train.cmaes import CMAES  # noqa: E402
+import calibration
+from calibration.scale import fitting_scale
+from sim_backend.device import TwinDevice
+from tc_hw.model.device import armed
+from tc_hw.model.files import load_params
+from tc_hw.model.runlog import read_log
+from tc_hw.model.tasks import cos_task
+from tc_hw.refine import RefineConfig, _Problem, refine
+from tc_hw.train.cmaes import CMAES
 
-PROGRAM = "tests/data/cos_program.h5"
+PROGRAM = Path(__file__).parent / "data" / "cos_program.h5"
 
 
 def _es(max_factor: int) -> CMAES:
@@ -69,8 +72,6 @@ def test_readout_var_is_the_variance_of_the_scored_readout():
     dev.set_inputs(prob.device_inputs(z))
     dev.set_channels(prob.split(x[0])[0])
     dev.reseed(5)
-    from tc_hw.model.device import armed
-
     with armed(dev):
         acq = dev.acquire("reset", prob.time_s, 40, nodes=prob.outputs)
     raw = prob.cal.adc.correct(acq.volts, prob.outputs)  # (P, M, n_out)
@@ -119,7 +120,8 @@ def _perturbed(amp: float = 0.3, seed: int = 0):
     return bad.rescaled(min(1.0, fitting_scale(bad, cmap))), calibration.nominal(cmap)
 
 
-TWIN = dict(population=10, points=12, samples=50, final_points=50, final_samples=500, twin_samples=16, twin_dt=2e-2)
+TWIN = {"population": 10, "points": 12, "samples": 50, "final_points": 50, "final_samples": 500, "twin_samples": 16,
+        "twin_dt": 2e-2}
 
 
 def test_cma_improves_a_perturbed_program_on_the_twin(tmp_path):
