@@ -72,6 +72,12 @@ candidate's loss pools its measurements; the elites come from the last rung), th
 double (up to ``max_factor`` times) once the candidates' spread of losses is no larger than one
 candidate's standard error (:meth:`_Problem.loss_se`), and ``max_readings`` caps the run's
 readings (the run stops before a generation that would pass it: ``stop`` is ``"readings"``).
+
+CMA-ES scores each candidate with its exact readout (``cma_readout_fit``) and the debias term of
+that readout's noise, and measures each candidate with readings that double (up to ``max_factor``)
+by the GA's rule (:class:`tc_hw.train.cmaes.CMAES`); without ``max_readings`` it stops before a
+generation that would pass the readings of ``generations`` generations at ``samples``.  Its program
+is the distribution mean, which then goes through the same final comparison and keep test.
 """
 
 from __future__ import annotations
@@ -136,7 +142,7 @@ class RefineConfig:
     subspace: int = 12  #: ga/cma: search along the twin's r most visible output directions (0: every channel)
     subspace_step: float = 0.3  #: ga/cma: rms output change of one mutation, fraction of sqrt(start loss)
     rungs: int = 3  #: ga: successive-halving rungs per generation (best half re-measured with twice the readings)
-    max_factor: int = 4  #: ga: the base readings per candidate may double up to this factor as the population converges
+    max_factor: int = 4  #: ga/cma: the base readings per candidate may double up to this factor as the population converges
     elite_memory: float = 0.0  #: ga: fraction of an elite's readings carried into the next generation's estimate
     cma_readout_fit: bool = True  #: cma: each candidate's loss with the readout fitted to its own measurement
     recombine: bool = True  #: ga: one child per generation is the elites' centroid
@@ -270,16 +276,31 @@ class _Problem:
         return inputs
 
     def means(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean output-node readings (C, P, n_out) and the variance of the readout ``f . x`` over
-        the readings (C, P), one upload and one acquisition of ``samples`` readings per input for
-        each candidate (default ``cfg.samples``)."""
-        xbar = np.empty((len(population), len(z), len(self.outputs)))
-        var = np.zeros((len(population), len(z)))
+        """Mean output-node readings (C, P, n_out) and the variance of each candidate's own readout
+        ``f . x`` over the readings (C, P) (:meth:`moments`)."""
+        xbar, cov = self.moments(population, z, seeds, samples)
+        return xbar, self.readout_var(cov, [self.split(v)[1] for v in population])
+
+    def readout_var(self, cov, readouts) -> np.ndarray:
+        """Variance of one reading of the read-out output(s) (C, P), summed over the readout's rows,
+        from the output nodes' covariance ``cov`` (C, P, n_out, n_out) and a readout per candidate."""
+        f = np.stack([self.readout_matrix(r) for r in readouts])  # (C, n_y, n_out)
+        return np.einsum("cyi,cpij,cyj->cp", f, np.asarray(cov, float), f)
+
+    def moments(self, population, z, seeds, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean output-node readings (C, P, n_out) and their covariance over the readings (C, P,
+        n_out, n_out; zeros with one reading), one upload and one acquisition of ``samples``
+        readings per input for each candidate (default ``cfg.samples``).  A readout's variance is
+        :meth:`readout_var` of it, so a candidate scored with a readout fitted afterwards gets the
+        noise of that readout, not of the one it was sent with."""
+        n_out = len(self.outputs)
+        xbar = np.empty((len(population), len(z), n_out))
+        cov = np.zeros((len(population), len(z), n_out, n_out))
         dev = self.device
         self.readings += len(population) * len(z) * int(samples or self.cfg.samples)
         dev.set_inputs(self.device_inputs(z))
         for c, v in enumerate(population):
-            volts, f = self.split(v)
+            volts = self.split(v)[0]
             dev.set_channels(volts)
             if seeds is not None and isinstance(dev, Seedable):
                 dev.reseed(seeds[c])
@@ -288,8 +309,9 @@ class _Problem:
             x = self.cal.adc.correct(acq.volts, self.outputs)  # (P, M, n_out)
             xbar[c] = x.mean(axis=1)
             if x.shape[1] > 1:
-                var[c] = (x @ self.readout_matrix(f).T).var(axis=1, ddof=1).sum(axis=-1)
-        return xbar, var
+                d = x - xbar[c][:, None, :]
+                cov[c] = np.einsum("pmi,pmj->pij", d, d) / (x.shape[1] - 1)
+        return xbar, cov
 
     def loss_of(self, xbar, f, var, samples: int, z) -> float:
         """The task loss of mean readings ``xbar`` (P, n_out) read out with ``f``; with
@@ -513,7 +535,7 @@ def _new_optimizer(cfg: RefineConfig, prob: "_Problem", x_start, sigma, fit_know
     if cfg.method == "cma":
 
         return CMAES(x_start, sigma, population=cfg.population, seed=cfg.seed, max_generations=cfg.generations,
-                     basis=basis)
+                     basis=basis, max_factor=cfg.max_factor)
 
     z = _design(cfg, prob.task)
     xbar, _ = _retrying(cfg, "the start measurement at the design inputs", lambda: prob.means(
@@ -613,19 +635,25 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     else:
         z = _batch(cfg, g, prob.task)
         pop = opt.ask()
+    m = cfg.samples * getattr(opt, "samples_factor", 1)  # CMA-ES: more readings per candidate as it converges
     if cfg.common_noise:
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g)] * len(pop)
     else:
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g, c) for c in range(len(pop))]
-    xbar, var = prob.means(pop, z, noise)
+    xbar, cov = prob.moments(pop, z, noise, m)
     fs = [prob.split(v)[1] for v in pop]
     if cfg.method == "cma" and cfg.readout_fit and cfg.cma_readout_fit:  # each candidate scored with its exact readout
         fs = prob.exact_readouts(xbar, z, fs)  # (CMA-ES's vector keeps the start's readout; only the score uses it)
-    losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], cfg.samples, z) for c in range(len(pop))])
+    var = prob.readout_var(cov, fs)  # the noise of the readout scored (the debias term), not of the vector's
+    losses = np.array([prob.loss_of(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))])
     if cfg.method == "twin-guided":
         opt.tell(pop, losses, xbar)
     else:
-        opt.tell(losses)
+        # each candidate's own noise decides CMA-ES's sample growth; with noise common to the generation
+        # (a seedable backend) the candidates' differences carry far less of it, and no se is told
+        shared = cfg.common_noise and isinstance(prob.device, Seedable)
+        se = [prob.loss_se(xbar[c], fs[c], var[c], m, z) for c in range(len(pop))]
+        opt.tell(losses, se=None if shared or None in se else np.array(se))
     return pop, losses
 
 
@@ -791,8 +819,14 @@ def _next_readings(cfg: RefineConfig, opt) -> int:
 
 
 def _out_of_readings(cfg: RefineConfig, prob: "_Problem", opt) -> bool:
-    """True when the next generation would take the run past ``cfg.max_readings``."""
-    return cfg.max_readings is not None and prob.readings + _next_readings(cfg, opt) > cfg.max_readings
+    """True when the next generation would take the run past ``cfg.max_readings``; CMA-ES without
+    it: past the readings of ``generations`` generations at ``samples`` (its grown sample sizes spend
+    that budget in fewer generations)."""
+    if cfg.max_readings is not None:
+        return prob.readings + _next_readings(cfg, opt) > cfg.max_readings
+    if cfg.method == "cma":
+        return opt.units + opt.generation_units() > cfg.generations * cfg.population
+    return False
 
 
 def _final_inputs(cfg: RefineConfig, prob: "_Problem"):

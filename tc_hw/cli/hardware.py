@@ -253,10 +253,11 @@ def add_parsers(sub) -> None:
                    "on all 250 inputs (default: 1000)")
     p.add_argument("--rungs", type=int, help="ga: successive-halving rungs per generation: every candidate measured, "
                    "the better half measured again with twice the readings, ... (default: 3; 1: one measurement each)")
-    p.add_argument("--max-factor", type=int, help="ga: the readings per candidate double (up to this factor) once "
-                   "the candidates' losses differ by less than their noise (default: 4; 1: never)")
+    p.add_argument("--max-factor", type=int, help="ga, cma: the readings per candidate double (up to this factor) "
+                   "once the candidates' losses differ by less than their noise (default: 4; 1: never)")
     p.add_argument("--max-readings", type=int, help="stop before a generation that would take the run past this "
-                   "many board readings (default: no limit)")
+                   "many board readings (default: no limit; cma: the readings of --generations generations at "
+                   "--samples)")
     p.add_argument("--scale", help=scale_help)
     p.add_argument("--temp-band", type=float, nargs=2, metavar=("LOW_K", "HIGH_K"),
                    help="pause while the board is outside this band (default: calibration temperature +- 5 K)")

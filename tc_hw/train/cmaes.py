@@ -9,8 +9,16 @@ The search runs in scaled coordinates ``y = (x - x0) / sigma`` over the paramete
 GA's per-parameter mutation scale.  ``best`` is the distribution mean (``xfavorite``): under
 measurement noise the mean is a better estimate of the optimum than the smallest noisy loss.
 
-Checkpoints are HDF5 without pickle: the configuration, every population asked and every loss
-told.  :meth:`load` rebuilds the strategy with the same seed and replays the ask/tell sequence;
+Growing sample sizes (``max_factor > 1``, the genetic algorithm's rule): when the caller passes
+each candidate's standard error with its losses (``tell(..., se=)``) and the candidates' spread of
+losses is no larger than one candidate's noise (``robust_sd(losses)^2 < 2 median(se)^2``), the
+next generation's candidates are to be measured with twice the readings (:attr:`samples_factor`
+units), up to ``max_factor``.  Selection in a converged population is otherwise decided by the
+noise: the mean then walks away from the optimum it had reached, and the noisiest candidates
+(the largest loss spread) are the ones most often ranked first.
+
+Checkpoints are HDF5 without pickle: the configuration, every population asked, every loss
+told and every generation's sample factor.  :meth:`load` rebuilds the strategy with the same seed and replays the ask/tell sequence;
 ``cma`` draws from numpy's global generator, so the wrapper keeps that generator's state as its
 own (set before every ask, read back after), and the replay reproduces the run bitwise.
 """
@@ -57,15 +65,23 @@ class CMAES:
     basis : array, shape (n_params, r), optional
         Search ``x = x0 + basis @ y`` over ``y`` in R^r (initial step 1, full covariance), instead
         of the per-parameter scaled coordinates (``sigma`` then unused).
+    max_factor : int
+        Largest :attr:`samples_factor` (1: every generation measured alike, as before).
     """
 
-    def __init__(self, x0, sigma, *, population: int = 20, seed: int = 0, max_generations: int = 30, basis=None):
+    def __init__(self, x0, sigma, *, population: int = 20, seed: int = 0, max_generations: int = 30, basis=None,
+                 max_factor: int = 1):
         self.x0 = np.asarray(x0, float).copy()
         self.sigma = np.asarray(np.broadcast_to(sigma, self.x0.shape), float).copy()
         self.basis = None if basis is None else np.asarray(basis, float).reshape(self.x0.size, -1).copy()
         if self.basis is None and not np.any(self.sigma > 0):
             raise ValueError("CMA-ES needs at least one parameter with sigma > 0")
         self.population, self.seed, self.max_generations = int(population), int(seed), int(max_generations)
+        self.max_factor = int(max_factor)
+        if self.max_factor < 1:
+            raise ValueError(f"max_factor must be an integer >= 1, got {max_factor!r}")
+        self.factor = 1  #: the sample factor of the next generation (units of the caller's base measurement)
+        self.factors: list[int] = []  #: the sample factor every told generation was measured with
         self.free = np.flatnonzero(self.sigma > 0) if self.basis is None else np.arange(self.basis.shape[1])
         self._es, self._rng_state = self._strategy()
         self.asked: list[np.ndarray] = []
@@ -97,6 +113,20 @@ class CMAES:
     def generation(self) -> int:
         return len(self.told)
 
+    @property
+    def samples_factor(self) -> int:
+        """How much to measure each candidate of :meth:`ask`, in units of the caller's base measurement."""
+        return self.factor
+
+    @property
+    def units(self) -> int:
+        """Measurement units told so far (a candidate measured at factor ``f`` counts ``f``)."""
+        return self.population * int(sum(self.factors))
+
+    def generation_units(self) -> int:
+        """Units the next generation costs."""
+        return self.population * self.factor
+
     def _x(self, y) -> np.ndarray:
         if self.basis is not None:
             return self.x0 + np.asarray(y) @ self.basis.T
@@ -112,11 +142,14 @@ class CMAES:
                 self._rng_state = np.random.get_state()
         return self._x(self._pending)
 
-    def tell(self, losses) -> None:
-        """Losses (population,) of :meth:`ask`'s population; ``+inf`` marks a failed candidate."""
+    def tell(self, losses, se=None) -> None:
+        """Losses (population,) of :meth:`ask`'s population; ``+inf`` marks a failed candidate.
+        ``se`` (population,), optional: each loss's standard error, which decides whether the next
+        generation's :attr:`samples_factor` doubles (module docstring)."""
         loss = np.asarray(losses, float)
         if loss.shape != (self.population,) or np.isnan(loss).any():
             raise ValueError(f"expected {self.population} losses (no NaN), got shape {loss.shape}")
+        grow = se is not None and _noise_dominates(loss, se)
         self.ask()
         y = self._pending
         finite = loss[np.isfinite(loss)]
@@ -126,7 +159,10 @@ class CMAES:
             self._rng_state = np.random.get_state()
         self.asked.append(y)
         self.told.append(loss)
+        self.factors.append(self.factor)
         self._pending = None
+        if grow:
+            self.factor = min(2 * self.factor, self.max_factor)
 
     @property
     def best(self) -> tuple[np.ndarray, float]:
@@ -152,9 +188,11 @@ class CMAES:
     def _write_checkpoint(self, tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = CHECKPOINT_FORMAT
-            f.attrs["format_version"] = 1
+            f.attrs["format_version"] = 2
             f.attrs["config"] = json.dumps({"population": self.population, "seed": self.seed,
-                                            "max_generations": self.max_generations})
+                                            "max_generations": self.max_generations, "max_factor": self.max_factor})
+            f.attrs["factor"] = self.factor
+            f["factors"] = np.array(self.factors, dtype=np.int64)
             f["x0"], f["sigma"] = self.x0, self.sigma
             if self.basis is not None:
                 f["basis"] = self.basis
@@ -167,15 +205,37 @@ class CMAES:
         with open_hdf5_read(path, "CMA-ES checkpoint") as f:
             if f.attrs.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"{path}: not a CMA-ES checkpoint")
-            if int(f.attrs.get("format_version", 1)) > 1:
+            if int(f.attrs.get("format_version", 1)) > 2:
                 raise ValueError(f"{path}: checkpoint version {f.attrs['format_version']} is newer than this code")
             cfg = json.loads(f.attrs["config"])
             x0, sigma = f["x0"][()], f["sigma"][()]
             basis = f["basis"][()] if "basis" in f else None
             asked, told = f["asked"][()], f["told"][()]
+            # version 1 (before growing sample sizes): every generation at factor 1
+            factors = f["factors"][()] if "factors" in f else np.ones(len(told), dtype=np.int64)
+            factor = int(f.attrs.get("factor", 1))
+        if len(factors) != len(told) or np.any(np.asarray(factors) < 1) or factor < 1:
+            raise ValueError(f"{path}: {len(told)} generations told but {len(factors)} sample factors, or a factor < 1")
         es = cls(x0, sigma, basis=basis, **cfg)
-        for y, loss in zip(asked, told):
+        for y, loss, w in zip(asked, told, factors):
             if not np.array_equal(es.ask(), es._x(y)):
                 raise ValueError(f"{path}: replaying generation {es.generation} asked another population")
+            es.factor = int(w)
             es.tell(loss)
+        es.factor = factor
         return es
+
+
+
+def _noise_dominates(loss, se) -> bool:
+    """True when the candidates' spread of losses is no more than one candidate's noise:
+    ``robust_sd^2 < 2 median(se)^2`` over the finite ones (robust sd: 1.4826 MAD), the rule of
+    :meth:`tc_hw.train.ga.GeneticAlgorithm._noise_dominates`."""
+    loss, se = np.asarray(loss, float), np.asarray(se, float)
+    if se.shape != loss.shape:
+        raise ValueError(f"se must have shape {loss.shape}, got {se.shape}")
+    ok = np.isfinite(loss) & np.isfinite(se)
+    if ok.sum() < 3:
+        return False
+    spread = 1.4826 * np.median(np.abs(loss[ok] - np.median(loss[ok])))
+    return bool(spread**2 < 2.0 * np.median(se[ok]) ** 2)
