@@ -5,7 +5,9 @@ are the emulator's default board with one non-ideality, calibrated by a perfect 
 calibration time (:func:`tc_hw.scenarios.truth_calibration`: exact for the curves it models,
 blind to later drift, crosstalk and per-node time constants), running the benchmark's cos
 computer (8 x 4 layered, 3 read-out nodes, trained on the twin, then observed at the time that
-gives its best twin loss: :func:`tc_hw.scenarios.fit_observation_time`), with every crossbar weight
+gives its best twin loss: :func:`tc_hw.scenarios.fit_observation_time`; by default the stored one,
+:data:`DEFAULT_PROGRAM`, on which ``docs/scenarios.md`` measured every gap; ``--train`` trains a
+fresh one, whose gaps differ: the crosstalk gap depends on the program), with every crossbar weight
 negative (:meth:`~tc_hw.model.params.Params.one_polarity`: an exact change of sign of some nodes, so
 that same-sign crosstalk adds up along the crossbar instead of cancelling), rescaled to fit.
 ``zoo`` (``zoo:SEED``) is a zoo board calibrated by the real routine (the demo's quick settings)
@@ -35,7 +37,7 @@ One JSON object per (scenario, method) with ``--json``.  ``--quick`` runs a redu
 (fewer generations, 250 x 200 final measurement, a shorter training) for checks.
 
 Usage: ``python benchmarks/refine_methods.py [--json] [--quick] [--scenarios aged,tau,zoo:880019]
-[--methods twin-guided,ga] [--program cos.h5] [--work DIR] [--board-seed N] [--zoo-cal cal.h5]
+[--methods twin-guided,ga] [--program cos.h5 | --train] [--work DIR] [--board-seed N] [--zoo-cal cal.h5]
 [--port 57300]``
 """
 
@@ -54,6 +56,8 @@ from tc_hw.model import seeds
 
 METHODS = ("twin-guided", "ga", "cma")
 SCENARIO_NAMES = ("aged", "crosstalk", "tau", "zoo")
+#: The benchmark's cos program (:func:`train_program`'s training of an earlier version, time-fitted).
+DEFAULT_PROGRAM = Path(__file__).resolve().parents[1] / "tests" / "data" / "cos_program.h5"
 #: Twin measurements (250 x 1000 each) averaged for the reference ``twin_loss``.
 TWIN_REPEATS = 8
 
@@ -66,7 +70,8 @@ SIZES = {
     "ga": ({"generations": 1000, "population": 20, "elites": 5, "points": 25, "samples": 100, "rungs": 3,
             "max_factor": 4, "subspace_step": 0.45, "max_readings": 11_000_000, "keep_samples": 4000},
            {"generations": 8, "population": 12, "elites": 3, "points": 25, "samples": 100}),
-    "cma": ({"generations": 80, "population": 20, "points": 25, "samples": 100},
+    # CMA-ES with growing readings per candidate (up to 4x): 240 base generations, 12.2 M readings
+    "cma": ({"generations": 240, "population": 20, "points": 25, "samples": 100},
             {"generations": 8, "population": 12, "points": 25, "samples": 100}),
 }
 
@@ -226,7 +231,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="reduced sizes for a check (minutes, not an hour)")
     ap.add_argument("--scenarios", default=",".join(SCENARIO_NAMES), help="comma-separated (default: aged,crosstalk,tau,zoo; also control, classify and zoo:SEED)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: twin-guided,ga,cma)")
-    ap.add_argument("--program", help="cos program (.h5) to use instead of training one")
+    ap.add_argument("--program", default=str(DEFAULT_PROGRAM),
+                    help="cos program (.h5) of the default-board scenarios (default: the stored benchmark program)")
+    ap.add_argument("--train", action="store_true", help="train a fresh cos program instead (about 2 minutes)")
     ap.add_argument("--work", help="folder for boards, logs and the program (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--board-seed", type=int, default=None,
@@ -236,7 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=0,
                     help="first loopback TCP port of the emulators (one per scenario, in order; 0: the OS picks)")
     ap.add_argument("--generations", type=int, help="generations of ga and cma (default: ga until 13 M readings, "
-                    "cma 80; quick 8)")
+                    "cma 240 base generations; quick 8)")
     args = ap.parse_args(argv)
     if args.generations is not None:
         if args.generations < 1:
@@ -250,11 +257,13 @@ def main(argv=None) -> int:
     if bad:
         print(f"refine_methods: unknown {bad}", file=sys.stderr)
         return 2
+    truth_scenarios = [s for s in scenarios if not s.startswith("zoo")]
+    if truth_scenarios and not args.train and not Path(args.program).is_file():
+        print(f"refine_methods: no program file {args.program}", file=sys.stderr)
+        return 2
     work = Path(args.work or tempfile.mkdtemp(prefix="refine-methods-"))
     work.mkdir(parents=True, exist_ok=True)
-    truth_scenarios = [s for s in scenarios if not s.startswith("zoo")]
-    program = (Path(args.program) if args.program
-               else train_program(work / "cos.h5", args.quick) if truth_scenarios else None)
+    program = (train_program(work / "cos.h5", args.quick) if args.train and truth_scenarios else Path(args.program))
     for i, name in enumerate(scenarios):
         port = args.port + i if args.port else 0
         for row in run_scenario(name, program, methods, args.quick, work, args.seed, port, args.board_seed,
