@@ -34,6 +34,7 @@ import numpy as np
 
 from ..model.safeio import open_hdf5_read, replace_atomically
 from ..model import seeds
+from .ga import noise_dominates
 
 __all__ = ["CMAES", "CHECKPOINT_FORMAT"]
 
@@ -149,7 +150,7 @@ class CMAES:
         loss = np.asarray(losses, float)
         if loss.shape != (self.population,) or np.isnan(loss).any():
             raise ValueError(f"expected {self.population} losses (no NaN), got shape {loss.shape}")
-        grow = se is not None and _noise_dominates(loss, se)
+        grow = se is not None and noise_dominates(loss, se)
         self.ask()
         y = self._pending
         finite = loss[np.isfinite(loss)]
@@ -224,18 +225,3 @@ class CMAES:
             es.tell(loss)
         es.factor = factor
         return es
-
-
-
-def _noise_dominates(loss, se) -> bool:
-    """True when the candidates' spread of losses is no more than one candidate's noise:
-    ``robust_sd^2 < 2 median(se)^2`` over the finite ones (robust sd: 1.4826 MAD), the rule of
-    :meth:`tc_hw.train.ga.GeneticAlgorithm._noise_dominates`."""
-    loss, se = np.asarray(loss, float), np.asarray(se, float)
-    if se.shape != loss.shape:
-        raise ValueError(f"se must have shape {loss.shape}, got {se.shape}")
-    ok = np.isfinite(loss) & np.isfinite(se)
-    if ok.sum() < 3:
-        return False
-    spread = 1.4826 * np.median(np.abs(loss[ok] - np.median(loss[ok])))
-    return bool(spread**2 < 2.0 * np.median(se[ok]) ** 2)

@@ -75,7 +75,7 @@ from tc_hw.model.params import ELEMENT_KINDS
 from ..model import provenance, seeds
 from ..model.safeio import open_hdf5_read, replace_atomically
 
-__all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "CHECKPOINT_FORMAT"]
+__all__ = ["GeneticAlgorithm", "GAConfig", "fan_in_sigma", "noise_dominates", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "tc-hw/ga-checkpoint"
 CHECKPOINT_VERSION = 2  #: 2 adds the successive-halving and sample-growth state
@@ -310,7 +310,7 @@ class GeneticAlgorithm:
         self._weight[self._rows] += w
         self.units += n * w
         if self._rung == 0 and se is not None:
-            self._grow = self._noise_dominates(loss, se)
+            self._grow = noise_dominates(loss, se)
         sizes = self.config.rung_sizes()
         if self._rung + 1 < len(sizes):
             est = self._estimates()[self._rows]
@@ -330,18 +330,6 @@ class GeneticAlgorithm:
         if (loss == -np.inf).any():
             raise ValueError("losses contain -inf")
         return loss
-
-    def _noise_dominates(self, loss, se) -> bool:
-        """True when the rows' spread of losses is no more than one row's noise:
-        ``robust_sd^2 < 2 median(se)^2`` over the finite rows (robust sd: 1.4826 MAD)."""
-        se = np.asarray(se, dtype=np.float64)
-        if se.shape != loss.shape:
-            raise ValueError(f"se must have shape {loss.shape}, got {se.shape}")
-        ok = np.isfinite(loss) & np.isfinite(se)
-        if ok.sum() < 3:
-            return False
-        spread = 1.4826 * np.median(np.abs(loss[ok] - np.median(loss[ok])))
-        return bool(spread**2 < 2.0 * np.median(se[ok]) ** 2)
 
     def _end_generation(self) -> None:
         """Select the elites among the last rung's rows, record the history, breed."""
@@ -565,3 +553,17 @@ def fan_in_sigma(params, trainable=("bias", "coupling", "crossbar", "readout"), 
     if params.readout is not None:
         parts.append(np.full(params.readout.size, scale if "readout" in trainable else 0.0))
     return np.concatenate(parts)
+
+
+def noise_dominates(loss, se) -> bool:
+    """True when the candidates' spread of losses is no more than one candidate's noise:
+    ``robust_sd^2 < 2 median(se)^2`` over the finite ones (robust sd: 1.4826 MAD); the rule by
+    which the GA and CMA-ES grow their readings per candidate.  ``loss``, ``se``: shape (C,)."""
+    loss, se = np.asarray(loss, dtype=np.float64), np.asarray(se, dtype=np.float64)
+    if se.shape != loss.shape:
+        raise ValueError(f"se must have shape {loss.shape}, got {se.shape}")
+    ok = np.isfinite(loss) & np.isfinite(se)
+    if ok.sum() < 3:
+        return False
+    spread = 1.4826 * np.median(np.abs(loss[ok] - np.median(loss[ok])))
+    return bool(spread**2 < 2.0 * np.median(se[ok]) ** 2)
