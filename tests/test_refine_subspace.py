@@ -29,15 +29,14 @@ def test_scenario_boards_are_the_default_board_with_their_changes():
         board_toml("nope")
 
 
-def test_crosstalk_scenario_couplings_are_1_to_3_percent_and_same_sign():
+def test_crosstalk_scenario_couplings_are_3_percent_and_same_sign():
     from sim_backend.emulator.board import Board, parse_board
     from tc_hw.scenarios import board_toml
 
     ch = Board(parse_board(board_toml("crosstalk"), "crosstalk")).truth["channels"]
     prev, nxt = np.asarray(ch["xtalk_prev"]), np.asarray(ch["xtalk_next"])
     for x in (prev[1:], nxt[:-1]):  # the first (last) channel has no left (right) neighbour
-        assert x.min() >= 0.01 - 1e-12 and x.max() <= 0.03 + 1e-12
-        assert np.ptp(x) > 0.015  # spread over the range, not one value
+        np.testing.assert_allclose(x, 0.03)
     assert prev[0] == 0 and nxt[-1] == 0
 
 
@@ -51,13 +50,14 @@ def test_crosstalk_min_zero_keeps_old_boards_unchanged():
     assert np.abs(both).min() >= 0.01 and np.abs(both).max() <= 0.03
 
 
-def test_tau_scenario_factors_are_6_to_10_percent_slower():
+def test_tau_scenario_makes_every_node_10_percent_slower():
     import tomllib
 
     from tc_hw.scenarios import board_toml
 
     f = np.asarray(tomllib.loads(board_toml("tau"))["tau_node_factors"])
-    assert f.shape == (32,) and f.min() >= 1.06 and f.max() <= 1.10
+    assert f.shape == (32,)
+    np.testing.assert_allclose(f, 1.10)
 
 
 def test_subspace_basis_moves_the_outputs_by_the_set_rms_along_the_visible_directions():
