@@ -162,56 +162,55 @@ def test_malformed_files_give_clear_errors(tmp_path):
         load_params(tmp_path / "missing.h5")
 
 
+def _random_layered_program(seed: int) -> Params:
+    """A 4 x 2 layered program with random bias, couplings, crossbar and readout (kT 0.3)."""
+    rng = np.random.default_rng(seed)
+    net = layered(4, 2, 1)
+    return Params.uniform(net, 1.0, 0.0, 1.0, bias=rng.normal(0, 1, net.n_nodes), coupling=rng.normal(0, 0.5, net.n_edges),
+                          crossbar=rng.normal(0, 1, net.n_crossbar), readout=rng.normal(0, 1, (1, 4)), kT=0.3)
+
+
+def _assert_same_answer(p: Params, q: Params, dt_q: float) -> None:
+    """The read-out answers of ``p`` (dt 1e-3) and ``q`` (dt ``dt_q``) at t = 1 agree within 5 standard
+    errors at two inputs (4000 twin runs each, independent noise)."""
+    from sim_backend.twin import sample_reset
+
+    z, m, outputs = np.array([[0.2], [0.9]]), 4000, p.network.outputs
+    yp = sample_reset(p, z, 1.0, m, dt=1e-3, seed=1, nodes=outputs).x[:, :, 0] @ p.readout[0]
+    yq = sample_reset(q, z, 1.0, m, dt=dt_q, seed=2, nodes=outputs).x[:, :, 0] @ q.readout[0]
+    se = np.sqrt((yp.var(1) + yq.var(1)) / m)
+    assert np.all(np.abs(yp.mean(1) - yq.mean(1)) < 5 * se)
+
+
 def test_flipped_program_has_the_same_energy_and_answer():
     """x_i -> -x_i on some nodes: V(s x) of the flipped program equals V(x), inputs included, and the
     readout gives the same answer on the twin (within noise); one_polarity makes every weight negative."""
-    from sim_backend.twin import sample_reset
-    from tc_hw.model.network import layered
-
     rng = np.random.default_rng(3)
-    net = layered(4, 2, 1)
-    p = Params.uniform(net, 1.0, 0.0, 1.0, bias=rng.normal(0, 1, net.n_nodes), coupling=rng.normal(0, 0.5, net.n_edges),
-                       crossbar=rng.normal(0, 1, net.n_crossbar), readout=rng.normal(0, 1, (1, 4)), kT=0.3)
-    p = p.copy(cubic=rng.normal(0, 0.2, net.n_nodes))
+    p = _random_layered_program(3)
+    p = p.copy(cubic=rng.normal(0, 0.2, p.network.n_nodes))
     nodes = [0, 2, 5, 7]
     q = p.flipped(nodes)
-    s = np.ones(net.n_nodes)
+    s = np.ones(p.network.n_nodes)
     s[nodes] = -1
-    x = rng.normal(0, 1, (5, net.n_nodes))
+    x = rng.normal(0, 1, (5, p.network.n_nodes))
     i = rng.normal(0, 1, (5, 1))
     np.testing.assert_allclose(q.energy(x * s, i), p.energy(x, i))
     assert np.allclose(p.flipped(nodes).flipped(nodes).vector(), p.vector())
     neg = p.one_polarity(-1.0)
     assert np.all(neg.crossbar < 0) and np.allclose(np.abs(neg.crossbar), np.abs(p.crossbar))
-    z = np.array([[0.2], [0.9]])
-    m = 4000
-    yp = sample_reset(p, z, 1.0, m, dt=1e-3, seed=1, nodes=net.outputs).x[:, :, 0] @ p.readout[0]
-    yq = sample_reset(q, z, 1.0, m, dt=1e-3, seed=2, nodes=net.outputs).x[:, :, 0] @ q.readout[0]
-    se = np.sqrt((yp.var(1) + yq.var(1)) / m)
-    assert np.all(np.abs(yp.mean(1) - yq.mean(1)) < 5 * se)
+    _assert_same_answer(p, q, 1e-3)
     with pytest.raises(ParamsError):
-        p.flipped([net.n_nodes])
+        p.flipped([p.network.n_nodes])
 
 
 def test_rescaled_program_computes_the_same_answer():
     """y = x / lam: same output (readout lam f) at the same time, from the twin, within noise."""
-    from sim_backend.twin import sample_reset
-    from tc_hw.model.network import layered
-
-    rng = np.random.default_rng(0)
-    net = layered(4, 2, 1)
-    p = Params.uniform(net, 1.0, 0.0, 1.0, bias=rng.normal(0, 1, net.n_nodes), coupling=rng.normal(0, 0.5, net.n_edges),
-                       crossbar=rng.normal(0, 1, net.n_crossbar), readout=rng.normal(0, 1, (1, 4)), kT=0.3)
+    p = _random_layered_program(0)
     q = p.rescaled(0.5)
     assert q.mobility == 4.0 and q.kT == p.kT and np.allclose(q.quartic, p.quartic / 16)
-    x = np.linspace(-1, 1, 2 * net.n_nodes).reshape(2, -1)
+    x = np.linspace(-1, 1, 2 * p.network.n_nodes).reshape(2, -1)
     np.testing.assert_allclose(q.energy(x / 0.5), p.energy(x))  # V(lam y) = V(x)
-    z = np.array([[0.2], [0.9]])
-    m = 4000
-    yp = sample_reset(p, z, 1.0, m, dt=1e-3, seed=1, nodes=net.outputs).x[:, :, 0] @ p.readout[0]
-    yq = sample_reset(q, z, 1.0, m, dt=2.5e-4, seed=2, nodes=net.outputs).x[:, :, 0] @ q.readout[0]
-    se = np.sqrt((yp.var(1) + yq.var(1)) / m)
-    assert np.all(np.abs(yp.mean(1) - yq.mean(1)) < 5 * se)
+    _assert_same_answer(p, q, 2.5e-4)
     with pytest.raises(ParamsError):
         p.rescaled(0.0)
 
