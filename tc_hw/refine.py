@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Protocol, runtime_checkable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -423,14 +424,14 @@ def _softmax(z) -> np.ndarray:
 
 
 def measure_cos_loss(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
-                     volts=None, input_scale: float = 1.0, readout=None, unbiased: bool = False) -> float:
+                     volts=None, input_scale: float = 1.0, readout=None) -> float:
     """cos(2 pi z) loss of ``params`` uploaded through ``cal`` (or of given ``volts``, all
     channels, and ``readout`` (n_out,)), measured on ``device`` with ``points`` inputs and
     ``samples`` readings each (the input line carrying ``input_scale * z``: a program whose
-    crossbar weights were divided by ``input_scale``).  With ``unbiased`` the variance of the
-    sample means is subtracted (:func:`measure_cos_losses`)."""
+    crossbar weights were divided by ``input_scale``); :func:`measure_cos_losses` gives the
+    unbiased loss too."""
     return measure_cos_losses(device, params, cal, points=points, samples=samples, seed=seed, volts=volts,
-                              input_scale=input_scale, readout=readout)[int(unbiased)]
+                              input_scale=input_scale, readout=readout)[0]
 
 
 def measure_cos_losses(device, params: Params, cal, *, points: int = 250, samples: int = 1000, seed: int = 0,
@@ -635,7 +636,7 @@ def _generation(cfg: RefineConfig, prob: "_Problem", opt, model, g: int):
     else:
         z = _batch(cfg, g, prob.task)
         pop = opt.ask()
-    m = cfg.samples * getattr(opt, "samples_factor", 1)  # CMA-ES: more readings per candidate as it converges
+    m = cfg.samples * (opt.samples_factor if isinstance(opt, Metered) else 1)  # CMA-ES: more as it converges
     if cfg.common_noise:
         noise = [seeds.derive(cfg.seed, seeds.REFINE_NOISE, g)] * len(pop)
     else:
@@ -804,17 +805,32 @@ def _population_size(cfg: RefineConfig) -> int:
     return cfg.trials + 1 if cfg.method == "twin-guided" else cfg.population
 
 
+@runtime_checkable
+class Metered(Protocol):
+    """An optimiser that measures its candidates in a varying number of units of ``points x
+    samples`` readings (the GA's rungs and growing samples, CMA-ES's growing samples)."""
+
+    @property
+    def samples_factor(self) -> int: ...  # units per candidate of the next ask
+
+    @property
+    def units(self) -> int: ...  # units asked so far
+
+    def generation_units(self) -> int: ...  # units the next generation takes
+
+
 def _readings_so_far(cfg: RefineConfig, stored: dict, completed: int, opt=None) -> int:
     """Board readings of a resumed run's first sessions: its start measurements and ``completed``
-    generations (the GA counts what it asked, ``opt.units`` units of ``points x samples``)."""
-    if opt is not None and hasattr(opt, "units"):
+    generations (a :class:`Metered` optimiser counts what it asked, ``opt.units`` units of
+    ``points x samples``)."""
+    if isinstance(opt, Metered):
         return int(stored.get("start_readings", 0)) + int(opt.units) * cfg.points * cfg.samples
     return int(stored.get("start_readings", 0)) + completed * cfg.points * cfg.samples * _population_size(cfg)
 
 
 def _next_readings(cfg: RefineConfig, opt) -> int:
     """Board readings the optimiser's next generation takes (every rung of the GA's)."""
-    units = opt.generation_units() if hasattr(opt, "generation_units") else _population_size(cfg)
+    units = opt.generation_units() if isinstance(opt, Metered) else _population_size(cfg)
     return int(units) * cfg.points * cfg.samples
 
 
