@@ -67,7 +67,7 @@ SIZES = {
     "twin-guided": ({"generations": 16, "points": 50, "samples": 200}, {"generations": 4, "points": 40, "samples": 200}),
     # the noise-aware GA (successive halving over 3 rungs, readings growing to 4x, mutations moving the
     # outputs by 0.45 sqrt(start loss)) until 11 M readings, then the start and the GA's best compared with
-    # 250 x 4000 readings each (the keep test): 13 M in all (twin-guided takes 1.06 M: 12.3x)
+    # 250 x 4000 readings each (the keep test): 12.9 M in all (twin-guided 1.56 M with its final comparison: 8.3x)
     "ga": ({"generations": 1000, "population": 20, "elites": 5, "points": 25, "samples": 100, "rungs": 3,
             "max_factor": 4, "subspace_step": 0.45, "max_readings": 11_000_000, "keep_samples": 4000},
            {"generations": 8, "population": 12, "elites": 3, "points": 25, "samples": 100}),

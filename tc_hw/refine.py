@@ -84,9 +84,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Protocol, runtime_checkable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import h5py
 import numpy as np
